@@ -190,20 +190,6 @@ def load_ranks(path: Path | None = None) -> dict[bytes, int]:
     return ranks
 
 
-def _byte_to_unicode() -> dict[int, str]:
-    """The byte-level BPE alphabet: printable bytes stand for themselves, the rest are
-    shifted past 255 so that every byte has a visible, unambiguous character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    table, shift = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + shift)
-            shift += 1
-    return table
-
-
 def build_tokenizer_object(ranks: dict[bytes, int]):
     """A `tokenizers.Tokenizer` equivalent to tiktoken's BPE over the same ranks.
 
@@ -212,7 +198,7 @@ def build_tokenizer_object(ranks: dict[bytes, int]):
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    b2u = _byte_to_unicode()
+    from .tokenizer import BYTE_TO_UNICODE as b2u
 
     def enc(b: bytes) -> str:
         return "".join(b2u[x] for x in b)

@@ -1,0 +1,103 @@
+"""Text side of a model folder: tokenizer, chat template, generation defaults.
+
+Uses the `tokenizers` library and Jinja2 directly (no transformers, no torch), so a
+bm1684x worker stays small.  Works for both folder layouts: files at the top of a
+Hugging Face folder, or under `config/` beside a `*.bmodel`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+IM_END = 151645
+END_OF_TEXT = 151643
+IMAGE_PAD = 151655
+VIDEO_PAD = 151656
+VISION_START = 151652
+VISION_END = 151653
+
+
+def config_dir(model_dir: Path) -> Path:
+    """Where tokenizer/processor files live for either layout."""
+    nested = model_dir / "config"
+    return nested if (nested / "tokenizer.json").exists() else model_dir
+
+
+class ChatTokenizer:
+    def __init__(self, folder: Path):
+        folder = config_dir(Path(folder))
+        path = folder / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer.json in {folder}")
+        self.folder = folder
+        self.tok = Tokenizer.from_file(str(path))
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.generation_config = _read_json(folder / "generation_config.json")
+        eos = self.generation_config.get("eos_token_id", [IM_END, END_OF_TEXT])
+        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) | {IM_END, END_OF_TEXT}
+        self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+            _find_chat_template(folder)
+        )
+        self.special_ids = frozenset(
+            tid for tid in range(END_OF_TEXT, self.vocab_size) if self.tok.id_to_token(tid) is not None
+        )
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (special tokens: their text)."""
+        return self.tok.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass") \
+            if token_id >= END_OF_TEXT else _unbyte(self.tok.id_to_token(token_id))
+
+
+def _find_chat_template(folder: Path) -> str:
+    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+        data = _read_json(folder / name)
+        if isinstance(data.get(key), str):
+            return data[key]
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    raise FileNotFoundError(f"no chat template in {folder}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet: printable bytes stand for themselves, the rest are
+    shifted past 255 so every byte has a visible, unambiguous character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    table, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+BYTE_TO_UNICODE = _byte_to_unicode()
+_UNBYTE = {c: b for b, c in BYTE_TO_UNICODE.items()}
+
+
+def _unbyte(piece: str | None) -> bytes:
+    """Byte-level BPE piece -> the bytes it encodes."""
+    if piece is None:
+        return b""
+    return bytes(_UNBYTE[c] for c in piece)
