@@ -68,22 +68,22 @@ VOCAB_ROWS = 151936
 # video parts become a vision block whose single pad token the processor expands.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['content'] is string -%}"
     "{{ message['content'] }}"
     "{%- else -%}"
     "{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
     "{%- elif part['type'] == 'image' or part['type'] == 'image_url' -%}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
     "{%- elif part['type'] == 'video' or part['type'] == 'video_url' -%}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- endif -%}"
-    "<|im_end|>\n"
+    "{{ '<|im_end|>\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
 GENERATION_CONFIG = {

@@ -1,0 +1,8 @@
+"""Blueprints, one per resource; each module's schemas sit beside it."""
+
+
+def register_all(app, auth):
+    from . import chat, health, models
+
+    for module in (health, models, chat):
+        module.register(app, auth)

@@ -1,0 +1,43 @@
+"""Small pieces every blueprint uses: strict JSON bodies and mapping of domain errors to 4xx/503."""
+from __future__ import annotations
+
+from flask import request
+
+from ..engine.runner import EngineUnavailable, QueueFull
+from ..errors import APIError
+from ..processing.prompt import PromptError
+
+RETRY_AFTER_SECONDS = "2"
+
+
+def json_body() -> dict:
+    if not request.is_json:
+        raise APIError("Send the request body as JSON with 'Content-Type: application/json'.", 415,
+                       None, "unsupported_media_type")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise APIError("The request body is not valid JSON.", 400, None, "invalid_json")
+    if not isinstance(body, dict):
+        raise APIError("The request body must be a JSON object.", 400, None, "invalid_json")
+    return body
+
+
+def run_guarded(fn, *args):
+    """Call fn, turning the domain's own failures into OpenAI-format API errors."""
+    try:
+        return fn(*args)
+    except PromptError as e:
+        raise APIError(str(e), 400, e.param, "invalid_prompt") from None
+    except QueueFull:
+        raise APIError("The server is at capacity; retry shortly.", 503, None, "server_busy",
+                       {"Retry-After": RETRY_AFTER_SECONDS}) from None
+    except EngineUnavailable as e:
+        raise APIError(str(e), 503, None, "model_unavailable", {"Retry-After": RETRY_AFTER_SECONDS}) from None
+
+
+def resolve_media_or_400(state, media):
+    """Fetch and preprocess every media item of the conversation, in order."""
+    if not media:
+        return []
+    raise APIError("Images and videos are not supported by this build yet.", 400, media[0].param,
+                   "unsupported_content")

@@ -1,0 +1,51 @@
+"""GET /v1/models and /v1/models/<id> (OpenAI list/retrieve), with what the engine honours."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from ..errors import APIError
+
+bp = Blueprint("models", __name__)
+
+
+def model_card(state) -> dict:
+    engine = state.runner.engine
+    caps = getattr(engine, "capabilities", None)
+    card = {
+        "id": state.model_id,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "qwen3vl-server",
+        "engine": state.engine_kind,
+        "demo": state.demo,
+    }
+    if state.demo:
+        card["description"] = state.demo_notice
+    if engine is not None:
+        card["max_context"] = engine.limits.max_context
+        card["capabilities"] = {
+            "sampling": caps.sampling,
+            "logprobs": caps.logits,
+            "parameters": (["temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+                            "frequency_penalty", "seed", "logprobs", "top_logprobs"] if caps.sampling else [])
+            + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"],
+        }
+    return card
+
+
+def register(app, auth):
+    @bp.get("/v1/models")
+    @auth.login_required
+    def list_models():
+        state = current_app.extensions["qwen3vl"]
+        return jsonify({"object": "list", "data": [model_card(state)]})
+
+    @bp.get("/v1/models/<path:model_id>")
+    @auth.login_required
+    def get_model(model_id):
+        state = current_app.extensions["qwen3vl"]
+        if model_id != state.model_id:
+            raise APIError(f"The model '{model_id}' does not exist.", 404, "model", "model_not_found")
+        return jsonify(model_card(state))
+
+    app.register_blueprint(bp)

@@ -1,0 +1,59 @@
+"""The decode loop shared by every engine: prefill, then choose/feed one token at a time.
+
+Runs in the worker's engine thread.  It stops on an end token, at max_tokens, when the
+context is full, or as soon as `cancel` is set (checked before every decode step, so a
+cancelled request costs at most one more step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from .base import Engine, Prompt
+from .sampling import Choice, Sampler, SamplingParams
+
+
+class Cancel:
+    """A flag set from the request greenlet and read in the engine thread.  A plain
+    attribute on purpose: gevent-patched threading primitives must not cross threads."""
+
+    __slots__ = ("is_set", "reason")
+
+    def __init__(self):
+        self.is_set = False
+        self.reason = None
+
+    def set(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        self.is_set = True
+
+
+@dataclass
+class Generated:
+    choice: Choice
+    finish_reason: str | None  # None, "stop" (end token) or "length"
+
+    @property
+    def token_id(self) -> int:
+        return self.choice.token_id
+
+
+def max_new_tokens(engine: Engine, prompt: Prompt, requested: int) -> int:
+    return max(0, min(requested, engine.limits.max_context - len(prompt.input_ids)))
+
+
+def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, cancel: Cancel) -> Iterator[Generated]:
+    budget = max_new_tokens(engine, prompt, params.max_tokens)
+    if budget == 0 or cancel.is_set:
+        return
+    sampler = Sampler(params, prompt.input_ids)
+    out = engine.prefill(prompt)
+    for produced in range(1, budget + 1):
+        choice = Choice(out.token_id) if out.logits is None else sampler.choose(out.logits)
+        if choice.token_id in eos_ids:
+            yield Generated(choice, "stop")
+            return
+        yield Generated(choice, "length" if produced == budget else None)
+        if produced == budget or cancel.is_set:
+            return
+        out = engine.decode(choice.token_id)

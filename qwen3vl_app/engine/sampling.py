@@ -1,0 +1,113 @@
+"""Host-side token choice from logits (numpy): penalties, temperature, top-k, top-p, seed.
+
+Both engines share it, so the same logits and the same seed give the same token on
+either.  Semantics follow what clients expect:
+- repetition_penalty (Hugging Face): over prompt + generated ids, positive logits divided,
+  negative multiplied.
+- presence/frequency penalty (OpenAI): over generated ids, subtract
+  `presence * (count > 0) + frequency * count`.
+- temperature 0 means greedy.  Log-probabilities are of the penalised distribution before
+  temperature and truncation, like most OpenAI-compatible servers report them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 1024
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 1e-5 or self.top_k == 1
+
+
+@dataclass
+class Choice:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams, prompt_ids: list[int]):
+        self.p = params
+        self.rng = np.random.default_rng(params.seed)
+        self._seen = np.unique(np.asarray(prompt_ids, dtype=np.int64)) if params.repetition_penalty != 1.0 else None
+        self._counts: dict[int, int] = {}
+
+    def choose(self, logits: np.ndarray) -> Choice:
+        p = self.p
+        x = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
+        self._penalise(x)
+        if p.greedy:
+            token = int(np.argmax(x))
+        else:
+            token = self._sample(x / np.float32(p.temperature))
+        choice = Choice(token)
+        if p.logprobs:
+            lp = _log_softmax(x)
+            choice.logprob = float(lp[token])
+            if p.top_logprobs:
+                k = p.top_logprobs
+                idx = np.argpartition(-lp, k - 1)[:k]
+                idx = idx[np.argsort(-lp[idx], kind="stable")]
+                choice.top_logprobs = [(int(i), float(lp[i])) for i in idx]
+        self._record(token)
+        return choice
+
+    def _penalise(self, x: np.ndarray) -> None:
+        p = self.p
+        if p.repetition_penalty != 1.0:
+            ids = self._seen_ids()
+            vals = x[ids]
+            x[ids] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and self._counts:
+            ids = np.fromiter(self._counts.keys(), dtype=np.int64)
+            counts = np.fromiter(self._counts.values(), dtype=np.float32)
+            x[ids] -= p.presence_penalty + p.frequency_penalty * counts
+
+    def _seen_ids(self) -> np.ndarray:
+        if not self._counts:
+            return self._seen
+        return np.union1d(self._seen, np.fromiter(self._counts.keys(), dtype=np.int64))
+
+    def _record(self, token: int) -> None:
+        self._counts[token] = self._counts.get(token, 0) + 1
+
+    def _sample(self, x: np.ndarray) -> int:
+        p = self.p
+        k = p.top_k if p.top_k and p.top_k > 0 else x.size
+        if k < x.size:
+            cand = np.argpartition(-x, k - 1)[:k]
+        else:
+            cand = np.arange(x.size)
+        cand = cand[np.argsort(-x[cand], kind="stable")]  # most likely first
+        probs = _softmax(x[cand])
+        if p.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
+            cand, probs = cand[:keep], probs[:keep] / probs[:keep].sum()
+        return int(cand[self.rng.choice(len(cand), p=probs)])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp((x - x.max()).astype(np.float64))
+    return e / e.sum()
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())

@@ -1,0 +1,36 @@
+"""What one worker knows about its model: tokenizer, engine runner, identity."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine.loader import detect_engine, is_demo, load_engine
+from .engine.runner import EngineRunner
+from .tokenizer import ChatTokenizer
+
+MODEL_ID = "qwen3-vl-instruct"  # the old service's model id; clients send it
+
+
+@dataclass
+class ServerState:
+    settings: object
+    tokenizer: ChatTokenizer
+    runner: EngineRunner
+    engine_kind: str
+    demo: bool
+    model_id: str = MODEL_ID
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def create(cls, settings) -> "ServerState":
+        model_dir = Path(settings.model_dir)
+        kind = settings.engine if settings.engine != "auto" else detect_engine(model_dir)
+        runner = EngineRunner(settings, lambda: load_engine(settings, kind))
+        return cls(settings, ChatTokenizer(model_dir), runner, kind, is_demo(model_dir))
+
+    @property
+    def demo_notice(self) -> str | None:
+        if not self.demo:
+            return None
+        return "DEMO: random-weight tiny Qwen3-VL (built by `make tiny-model`); output is meaningless"

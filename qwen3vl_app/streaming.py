@@ -1,0 +1,60 @@
+"""OpenAI response objects and the SSE encoding of chat completion chunks."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse(obj) -> str:
+    return f"data: {_dumps(obj)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+SSE_PING = ": ping\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class ChunkEncoder:
+    """Builds the `chat.completion.chunk` objects of one stream (shared id/created/model)."""
+
+    def __init__(self, completion_id: str, model: str, created: int | None = None):
+        self.base = {"id": completion_id, "object": "chat.completion.chunk",
+                     "created": created or int(time.time()), "model": model}
+
+    def chunk(self, delta: dict, finish_reason=None, logprobs=None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse({**self.base, "choices": [choice]})
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
+        return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+
+
+def completion(completion_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+               completion_tokens: int, logprobs=None) -> dict:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
