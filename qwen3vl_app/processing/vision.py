@@ -108,7 +108,8 @@ def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) 
         except MediaError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise MediaError("image is too large to decode safely", code="image_too_large") from None
+            raise MediaError(f"image header claims more pixels than this server's limit of {max_decode_pixels} "
+                             "pixels; refused before decoding", code="image_too_large") from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError):
             raise MediaError("image data is corrupt, truncated or not a supported image", code="invalid_image") \
                 from None
