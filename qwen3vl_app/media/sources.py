@@ -329,7 +329,6 @@ def _pinned_session(server_hostname: str | None):
 
     s = requests.Session()
     s.trust_env = False  # no HTTP(S)_PROXY: the connection must go to the checked address
-    s.max_redirects = 0
     adapter = PinnedAdapter(max_retries=0, pool_connections=1, pool_maxsize=1)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
