@@ -1,0 +1,143 @@
+"""BM1684X engine: a vendor-compiled Qwen3-VL `*.bmodel` run by our native module.
+
+A model folder is one `*.bmodel` plus `config/` (tokenizer, processor and model config
+json files).  Every shape limit comes from the bmodel itself (`qwen3vl_native` reads
+SEQLEN, MAX_INPUT_LENGTH, hidden size and the vision encoder's patch count from the
+networks' tensor shapes).  The vision encoder's position inputs are computed on the host
+(`vit_inputs`, numpy only): this path never imports torch.
+
+The module is built by `make native` (sim mode links the BM1684X cmodel simulator from
+the tpu-mlir wheel; box mode links libsophon on the SE7).  Calls into it release the
+GIL; one engine (one device handle) is driven by one thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..tokenizer import IMAGE_PAD, VIDEO_PAD
+from .base import Capabilities, Engine, Limits, Prompt, StepOutput
+from .vit_inputs import vit_calls
+
+log = logging.getLogger("qwen3vl.engine.bm1684x")
+
+PATCH_PIXELS = 16 * 16
+
+
+def load_native():
+    try:
+        from . import qwen3vl_native
+    except ImportError as e:  # pragma: no cover - depends on the build
+        raise RuntimeError(
+            "the native BM1684X module is not built (qwen3vl_app/engine/qwen3vl_native*.so): "
+            f"run `make native` (sim) or `make native BM_MODE=box` on the SE7 ({e})") from e
+    return qwen3vl_native
+
+
+def find_bmodel(model_dir: Path) -> Path:
+    found = sorted(Path(model_dir).glob("*.bmodel"))
+    if not found:
+        raise FileNotFoundError(f"no *.bmodel in {model_dir}")
+    if len(found) > 1:
+        log.warning("several bmodels in %s; using %s", model_dir, found[0].name)
+    return found[0]
+
+
+class BM1684XEngine(Engine):
+    name = "bm1684x"
+
+    def __init__(self, model_dir: Path | str, devid: int = 0):
+        self.model_dir = Path(model_dir)
+        self.bmodel = find_bmodel(self.model_dir)
+        native = load_native()
+        cfg = self._read_config()
+        vcfg = cfg.get("vision_config", {})
+        self.merge = int(vcfg.get("spatial_merge_size", 2))
+        self.num_grid_per_side = int(round(int(vcfg.get("num_position_embeddings", 2304)) ** 0.5))
+        self.image_token = int(cfg.get("image_token_id", IMAGE_PAD))
+        self.video_token = int(cfg.get("video_token_id", VIDEO_PAD))
+        self.rt = native.Runtime(str(self.bmodel), int(devid))
+        rt = self.rt
+        self.device = f"bm1684x:{devid}" + (" (cmodel)" if native.build_mode == "sim" else "")
+        self.limits = Limits(
+            max_context=rt.seq_len,
+            max_input_tokens=rt.max_input_length,
+            max_pixels=rt.vit_patches * PATCH_PIXELS if rt.vit_patches else None,
+        )
+        self.capabilities = Capabilities(logits=bool(rt.lm_head_logits))
+        self._next_pos = 0
+        log.info("loaded %s on %s: SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
+                 self.bmodel.name, self.device, rt.seq_len, rt.max_input_length, rt.hidden_size,
+                 rt.num_layers, rt.vit_patches, "logits" if rt.lm_head_logits else "token id")
+
+    def _read_config(self) -> dict:
+        for path in (self.model_dir / "config" / "config.json", self.model_dir / "config.json"):
+            if path.exists():
+                return json.loads(path.read_text())
+        return {}
+
+    # ---- Engine ----
+
+    def prefill(self, prompt: Prompt) -> StepOutput:
+        ids = np.asarray(prompt.input_ids, dtype=np.int32)
+        pos = np.ascontiguousarray(np.asarray(prompt.position_ids), dtype=np.int32)
+        if pos.shape != (3, len(ids)):
+            raise ValueError(f"position_ids must be [3, {len(ids)}], got {pos.shape}")
+        vis_pos = embeds = None
+        deepstack: list[np.ndarray] = []
+        if prompt.vision:
+            vis_pos, embeds, deepstack = self._encode_vision(ids, prompt)
+        out = self.rt.prefill(ids, pos, vis_pos, embeds, deepstack)
+        self._next_pos = prompt.next_position
+        return self._step(out)
+
+    def decode(self, token_id: int) -> StepOutput:
+        out = self.rt.decode(int(token_id), int(self._next_pos))
+        self._next_pos += 1
+        return self._step(out)
+
+    def prefill_logits(self, prompt: Prompt) -> np.ndarray:
+        return self.prefill(prompt).logits
+
+    def close(self) -> None:
+        rt = getattr(self, "rt", None)
+        if rt is not None:
+            rt.close()
+
+    def timings(self) -> dict:
+        """Per network: (calls, total ms) since load."""
+        return self.rt.timings()
+
+    # ---- helpers ----
+
+    @staticmethod
+    def _step(out) -> StepOutput:
+        if isinstance(out, int):
+            return StepOutput(token_id=out)
+        return StepOutput(logits=out)
+
+    def _encode_vision(self, ids: np.ndarray, prompt: Prompt):
+        rt = self.rt
+        if not rt.vit_patches:
+            raise ValueError("this bmodel has no vision encoder")
+        slots = np.flatnonzero((ids == self.image_token) | (ids == self.video_token)).astype(np.int32)
+        need = sum(v.num_tokens for v in prompt.vision)
+        if need != len(slots):
+            raise ValueError(f"the prompt has {len(slots)} vision placeholders but the media need {need}")
+        n_ds = rt.vit_outputs - 1
+        main, ds = [], [[] for _ in range(n_ds)]
+        for v in prompt.vision:
+            calls = vit_calls(np.asarray(v.pixel_values, dtype=np.float32), v.grid_thw, rt.vit_patches,
+                              self.num_grid_per_side, self.merge, dynamic=rt.vit_dynamic,
+                              with_mask=rt.vit_inputs >= 5)
+            for c in calls:
+                outs = rt.run_vit(c.pixel_values, c.position_ids, c.pos_idx, c.pos_weight, c.attention_mask)
+                main.append(outs[0][:c.tokens])
+                for i in range(n_ds):
+                    ds[i].append(outs[1 + i][:c.tokens])
+        embeds = np.concatenate(main, axis=0)
+        deepstack = [np.concatenate(d, axis=0) for d in ds]
+        return slots, embeds, deepstack

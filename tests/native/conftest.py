@@ -1,0 +1,58 @@
+"""Fixtures for the BM1684X simulator tests: the native module and the tiny bmodel.
+
+Both are built on first use when missing (so `pytest -m bm1684x` works alone), and both
+builds are cached: the module in qwen3vl_app/engine/, the bmodel folder outside the
+checkout (scripts/build_tiny_bmodel.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _build_native() -> None:
+    subprocess.run(["bash", str(REPO / "native" / "fetch_sim_runtime.sh")], check=True,
+                   env=dict(os.environ, PYTHON=sys.executable))
+    build = REPO / "native" / "build"
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(["cmake", "-S", str(REPO / "native"), "-B", str(build), *gen, "-DBM_MODE=sim",
+                    f"-DPython3_EXECUTABLE={sys.executable}"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def native_module():
+    try:
+        from qwen3vl_app.engine import qwen3vl_native
+    except ImportError:
+        _build_native()
+        import importlib
+
+        importlib.invalidate_caches()
+        from qwen3vl_app.engine import qwen3vl_native
+    return qwen3vl_native
+
+
+@pytest.fixture(scope="session")
+def tiny_bmodel_dir() -> Path:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py")], cwd=REPO,
+                         check=True, stdout=subprocess.PIPE, text=True)
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert list(folder.glob("*.bmodel")) and (folder / "config" / "tokenizer.json").exists()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bm_engine(native_module, tiny_bmodel_dir):
+    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+
+    eng = BM1684XEngine(tiny_bmodel_dir, devid=0)
+    yield eng
+    eng.close()
