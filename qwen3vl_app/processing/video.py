@@ -178,10 +178,13 @@ def _count_frames(path: str) -> int:
         cap.release()
 
 
-def read_frames(cap, indices: np.ndarray) -> tuple[list[np.ndarray], list[bool]]:
+def read_frames(cap, indices: np.ndarray, transform=None) -> tuple[list[np.ndarray], list[bool]]:
     """Decode the frames at `indices` (ascending) as RGB uint8 arrays, seeking over long gaps.
-    Returns the frames and, per index, whether it was decoded (a failed one repeats the
-    previous good frame, or the next good one at the start)."""
+
+    `transform(rgb)` is applied to each frame as soon as it is decoded (the resize), so only
+    small frames are kept however long the clip.  Returns the frames and, per index,
+    whether it was decoded (a failed one repeats the previous good frame, or the first
+    good one when the failure is at the start)."""
     import cv2
 
     frames: list[np.ndarray | None] = []
@@ -204,17 +207,16 @@ def read_frames(cap, indices: np.ndarray) -> tuple[list[np.ndarray], list[bool]]
         ok, bgr = cap.read()
         pos = idx + 1
         if ok and bgr is not None and bgr.ndim == 3 and bgr.shape[2] >= 3:
-            last = cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB)
+            rgb = cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB)
+            last = transform(rgb) if transform is not None else rgb
             last_idx = idx
             frames.append(last)
             ok_flags.append(True)
         else:
             frames.append(None)
             ok_flags.append(False)
-    good = [f for f in frames if f is not None]
-    if not good:
+    if last is None:
         raise MediaError("video has no decodable frames", code="invalid_video")
-    # Fill failures from the neighbouring good frame.
     prev = None
     for i, f in enumerate(frames):
         if f is None:
@@ -222,8 +224,22 @@ def read_frames(cap, indices: np.ndarray) -> tuple[list[np.ndarray], list[bool]]
         else:
             prev = f
     first_good = next(f for f in frames if f is not None)
-    frames = [f if f is not None else first_good for f in frames]
-    return frames, ok_flags
+    return [f if f is not None else first_good for f in frames], ok_flags
+
+
+class _Resizer:
+    """Resizes every decoded frame to the one size the first decoded frame determines."""
+
+    def __init__(self, num_frames: int, budget: VideoBudget):
+        self.num_frames, self.budget = num_frames, budget
+        self.size: tuple[int, int] | None = None
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        if self.size is None:
+            h, w = rgb.shape[:2]
+            self.size = video_smart_resize(self.num_frames, h, w, TEMPORAL_PATCH, FACTOR, self.budget.min_pixels,
+                                           self.budget.stack_max_pixels(self.num_frames))
+        return resize_rgb(Image.fromarray(rgb), *self.size)
 
 
 def video_from_path(path: str, budget: VideoBudget = VideoBudget()) -> VisionInput:
@@ -231,27 +247,28 @@ def video_from_path(path: str, budget: VideoBudget = VideoBudget()) -> VisionInp
     try:
         meta = _probe(cap, path, budget.max_decode_pixels)
         indices = sample_indices(meta.total_frames, meta.fps, budget.fps, budget.min_frames, budget.max_frames)
-        frames, ok = read_frames(cap, indices)
+        frames, ok = read_frames(cap, indices, _Resizer(len(indices), budget))
     finally:
         cap.release()
     if sum(ok) * 2 < len(ok):
         raise MediaError("video is corrupt: most sampled frames could not be decoded", code="invalid_video")
-    return frames_to_input(frames, indices, meta.fps, budget)
+    return _assemble(frames, indices, meta.fps)
+
+
+def _assemble(resized: list[np.ndarray], indices, video_fps: float) -> VisionInput:
+    resized = list(resized)
+    if len(resized) % TEMPORAL_PATCH:
+        resized.extend([resized[-1]] * (TEMPORAL_PATCH - len(resized) % TEMPORAL_PATCH))
+    pixel_values, grid = patchify(np.stack(resized))
+    return VisionInput(kind="video", pixel_values=pixel_values, grid_thw=grid,
+                       timestamps=block_timestamps(indices, video_fps))
 
 
 def frames_to_input(frames: list[np.ndarray], indices: np.ndarray | list[int], video_fps: float,
                     budget: VideoBudget = VideoBudget()) -> VisionInput:
-    """Decoded RGB frames (all the same size) -> VisionInput(kind="video")."""
-    n = len(frames)
-    height, width = frames[0].shape[:2]
-    rh, rw = video_smart_resize(n, height, width, TEMPORAL_PATCH, FACTOR, budget.min_pixels,
-                                budget.stack_max_pixels(n))
-    resized = [resize_rgb(Image.fromarray(np.ascontiguousarray(f)), rh, rw) for f in frames]
-    if n % TEMPORAL_PATCH:
-        resized.extend([resized[-1]] * (TEMPORAL_PATCH - n % TEMPORAL_PATCH))
-    pixel_values, grid = patchify(np.stack(resized))
-    return VisionInput(kind="video", pixel_values=pixel_values, grid_thw=grid,
-                       timestamps=block_timestamps(indices, video_fps))
+    """Already decoded RGB frames (the sampled ones, same size) -> VisionInput(kind="video")."""
+    resize = _Resizer(len(frames), budget)
+    return _assemble([resize(np.ascontiguousarray(f)) for f in frames], indices, video_fps)
 
 
 def video_from_bytes(data: bytes, ext: str = ".mp4", budget: VideoBudget = VideoBudget(),
