@@ -80,6 +80,12 @@ def register_error_handlers(app: Flask) -> None:
     def _api_error(e: APIError):
         return error_response(e.message, e.status, e.param, e.code, e.headers)
 
+    from .media.errors import MediaError
+
+    @app.errorhandler(MediaError)
+    def _media_error(e: MediaError):
+        return error_response(e.message, e.status, e.param, e.code)
+
     @app.errorhandler(ValidationError)
     def _validation(e: ValidationError):
         param, msg = first_validation_error(e.messages)

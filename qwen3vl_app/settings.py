@@ -90,6 +90,26 @@ OPTIONS: tuple[Option, ...] = (
            ("auto", "float32", "bfloat16")),
     Option("load_timeout", ("--load-timeout",), 900.0,
            "seconds a request waits for the worker's engine to finish loading", "float"),
+    # --- media (docs/media.md) ---
+    Option("allowed_local_media_path", ("--allowed-local-media-path",), (),
+           "directory whose files (symlinks resolved) requests may name by local path or file://; "
+           "repeatable; none = local paths refused", "list"),
+    Option("allow_private_media_urls", ("--allow-private-media-urls",), False,
+           "let media URLs reach loopback/private/link-local addresses (off: refused)", "bool"),
+    Option("max_media_items", ("--max-media-items",), 16, "most images+videos in one request", "int"),
+    Option("max_image_pixels", ("--max-image-pixels",), 16777216,
+           "ceiling of the resized pixel budget per image (the engine may lower it)", "int"),
+    Option("min_image_pixels", ("--min-image-pixels",), 65536, "default lower pixel budget per image", "int"),
+    Option("max_source_pixels", ("--max-source-pixels",), 8192 * 8192,
+           "largest source image / video frame (width x height) decoded at all", "int"),
+    Option("max_video_frames", ("--max-video-frames",), 768, "most frames sampled from one video", "int"),
+    Option("video_fps", ("--video-fps",), 2.0, "default frames per second sampled from videos", "float"),
+    Option("max_prompt_tokens", ("--max-prompt-tokens",), 0,
+           "longest prompt (media tokens included); 0 = what the engine accepts", "int"),
+    Option("max_media_bytes", ("--max-media-bytes",), 64 * 1024 * 1024,
+           "largest media file fetched, read or decoded from a data: URI", "int"),
+    Option("media_fetch_timeout", ("--media-fetch-timeout",), 60.0,
+           "seconds one media download may take in total", "float"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 

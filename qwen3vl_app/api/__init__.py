@@ -2,7 +2,7 @@
 
 
 def register_all(app, auth):
-    from . import chat, health, models
+    from . import chat, health, media, models
 
-    for module in (health, models, chat):
+    for module in (health, models, chat, media):
         module.register(app, auth)

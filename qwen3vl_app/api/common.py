@@ -35,9 +35,15 @@ def run_guarded(fn, *args):
         raise APIError(str(e), 503, None, "model_unavailable", {"Retry-After": RETRY_AFTER_SECONDS}) from None
 
 
-def resolve_media_or_400(state, media):
-    """Fetch and preprocess every media item of the conversation, in order."""
+def resolve_media_or_400(state, media, limits=None, messages=None):
+    """Fetch and preprocess every media item of the conversation, in order; a bad one is a
+    4xx naming its part.  With `messages`, each template part gets the kind the bytes
+    turned out to be (a video sent through image_url becomes a video placeholder)."""
     if not media:
         return []
-    raise APIError("Images and videos are not supported by this build yet.", 400, media[0].param,
-                   "unsupported_content")
+    from ..media.pipeline import MediaConfig, resolve_media, retag_parts
+
+    vision = resolve_media(media, MediaConfig.from_settings(state.settings, limits))
+    if messages is not None:
+        retag_parts(messages, vision)
+    return vision

@@ -22,7 +22,10 @@ class Detokenizer:
         return self._utf8.decode(self._tok.token_bytes(token_id))
 
     def flush(self) -> str:
-        return self._utf8.decode(b"", final=True)
+        """End of output: bytes of a character the model never finished are dropped rather
+        than shown as U+FFFD."""
+        self._utf8.reset()
+        return ""
 
 
 class StopMatcher:

@@ -23,15 +23,17 @@ def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: list[Vi
     if vision:
         from .vision_prompt import expand_vision, mrope_positions
 
-        ids = expand_vision(ids, list(vision))
+        ids = expand_vision(ids, list(vision), tokenizer.encode)
         return Prompt(ids, mrope_positions(ids, list(vision)), list(vision))
     if IMAGE_PAD in ids or VIDEO_PAD in ids:
         raise PromptError("The text contains image/video placeholder tokens but the request has no media.")
     return Prompt(ids, np.tile(np.arange(len(ids), dtype=np.int64), (3, 1)))
 
 
-def check_length(prompt: Prompt, limits) -> None:
+def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0) -> None:
     n = len(prompt.input_ids)
     limit = min(limits.max_input_tokens, limits.max_context - 1)
+    if max_prompt_tokens:
+        limit = min(limit, max_prompt_tokens)
     if n > limit:
         raise PromptError(f"The prompt is {n} tokens; this model accepts at most {limit}.")

@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject.toml
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test unit tiny-model clean
+
+install: $(STAMP)
+
+$(STAMP): $(REQS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+## Serve on :8899 (the tiny random-weight demo model unless ./models/qwen3vl_2b or -m exists).
+## Extra flags: make run ARGS="-m /path/to/model --workers 2"
+run: install
+	$(BIN)/python -m qwen3vl_app $(ARGS)
+
+## The whole suite (unit, live gunicorn + openai client, and the simulator tests).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+## Build (or reuse) the tiny random-weight checkpoint; its folder is the last line printed.
+tiny-model: install
+	@$(BIN)/python -m qwen3vl_app.tiny_model
+
+clean:
+	rm -rf $(VENV) native/build .pytest_cache

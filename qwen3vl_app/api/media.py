@@ -1,0 +1,126 @@
+"""POST /v1/media/describe: the old service's upload endpoint, kept for its users.
+
+multipart/form-data fields:
+  file    (required) an image or a video; the bytes decide which, not the name
+  prompt  (optional) instruction; default DEFAULT_PROMPT
+  stream  (optional) "true"/"1"/"yes" for Server-Sent Events
+  max_tokens, temperature (optional) as in chat completions
+
+Reply (non-stream), the old service's shape plus `usage`:
+  {"status": "success", "description": "...",
+   "metadata": {"filename", "media_type", "prompt", "processing_time_seconds", "model", "model_dir"},
+   "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
+
+Stream: `data: {"status": "streaming", "delta": "..."}` events, then one
+`data: {"status": "success", "description": <full text>, "metadata": {...}, "usage": {...}}`
+and `data: [DONE]`.  Errors before the stream starts are OpenAI-format JSON errors.
+"""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from ..chat_service import PING, ChatJob, Delta, Finish, events
+from ..errors import APIError
+from ..media.errors import MediaError
+from ..media.pipeline import MediaConfig, upload_to_input
+from ..processing.prompt import build_prompt, check_length
+from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, sse, usage
+from .chat import PING_EVERY, sampling_params
+from .common import run_guarded
+
+bp = Blueprint("media", __name__)
+DEFAULT_PROMPT = "Describe this {kind} in detail."
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _form_number(name: str, kind, low, high):
+    raw = request.form.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise APIError(f"{name} must be a number", 400, name, "invalid_value") from None
+    if not (low <= value <= high):
+        raise APIError(f"{name} must be between {low} and {high}", 400, name, "invalid_value")
+    return value
+
+
+def register(app, auth):
+    @bp.post("/v1/media/describe")
+    @auth.login_required
+    def describe():
+        started = time.monotonic()
+        state = current_app.extensions["qwen3vl"]
+        settings = state.settings
+        if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
+            raise APIError("Send the media as multipart/form-data with a 'file' field.", 415, "file",
+                           "unsupported_media_type")
+        upload = request.files.get("file")
+        if upload is None:
+            raise APIError("The form has no 'file' field.", 400, "file", "missing_file")
+        cap = MediaConfig.from_settings(settings).policy.max_bytes
+        data = upload.stream.read(cap + 1)
+        if len(data) > cap:
+            raise MediaError(f"upload is larger than the {cap / 1048576:g} MiB limit", "file", 413, "media_too_large")
+        filename = upload.filename or "upload"
+        stream = (request.form.get("stream") or "").strip().lower() in _TRUE
+        req = {"max_tokens": _form_number("max_tokens", int, 1, 1 << 20),
+               "temperature": _form_number("temperature", float, 0.0, 2.0)}
+
+        engine = run_guarded(state.runner.wait_ready)
+        config = MediaConfig.from_settings(settings, engine.limits)
+        blob, vision = upload_to_input(data, filename, config)
+        del data
+        prompt_text = (request.form.get("prompt") or "").strip() or DEFAULT_PROMPT.format(kind=vision.kind)
+        messages = [{"role": "user", "content": [{"type": vision.kind}, {"type": "text", "text": prompt_text}]}]
+        prompt = run_guarded(build_prompt, state.tokenizer, messages, [vision])
+        run_guarded(check_length, prompt, engine.limits, getattr(settings, "max_prompt_tokens", 0))
+        params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
+        job = ChatJob(prompt, params, [], settings.request_timeout)
+        it = events(state.runner, state.tokenizer, job, PING_EVERY if stream else None)
+        run_guarded(next, it)  # our turn on the engine, or 503 at once
+
+        def metadata():
+            return {"filename": blob.name, "media_type": vision.kind, "prompt": prompt_text,
+                    "processing_time_seconds": round(time.monotonic() - started, 3), "model": state.model_id,
+                    "model_dir": str(settings.model_dir)}
+
+        if stream:
+            return Response(stream_with_context(_sse(it, metadata)), mimetype="text/event-stream",
+                            headers=SSE_HEADERS)
+        text, fin = [], None
+        try:
+            for ev in it:
+                if isinstance(ev, Delta):
+                    text.append(ev.text)
+                elif isinstance(ev, Finish):
+                    fin = ev
+        finally:
+            it.close()
+        g.usage = (fin.prompt_tokens, fin.completion_tokens)
+        return jsonify({"status": "success", "description": "".join(text), "metadata": metadata(),
+                        "usage": usage(fin.prompt_tokens, fin.completion_tokens)})
+
+    app.register_blueprint(bp)
+
+
+def _sse(it, metadata):
+    text = []
+    try:
+        for ev in it:
+            if ev is PING:
+                yield SSE_PING
+            elif isinstance(ev, Delta):
+                text.append(ev.text)
+                if ev.text:
+                    yield sse({"status": "streaming", "delta": ev.text})
+            elif isinstance(ev, Finish):
+                g.usage = (ev.prompt_tokens, ev.completion_tokens)
+                yield sse({"status": "success", "description": "".join(text), "finish_reason": ev.reason,
+                           "metadata": metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens)})
+        yield SSE_DONE
+    finally:
+        it.close()

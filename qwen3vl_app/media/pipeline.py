@@ -1,0 +1,171 @@
+"""Media of one request: source -> bytes -> type from the bytes -> `VisionInput`, in order.
+
+This is the one place where the server's ceilings meet the request's wishes: per-part
+`min_pixels`/`max_pixels`/`fps`/`max_frames` are clamped to the server's flags, never
+trusted as given.  Network and file reads run in the calling greenlet (cooperative I/O);
+decoding and pixel work run in the gevent hub's thread pool when the process is
+monkey-patched, so one big video does not stall every other connection of the worker.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+from ..engine.base import VisionInput
+from ..processing.video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, DEFAULT_VIDEO_RATIO, VideoBudget,
+                                video_from_bytes)
+from ..processing.vision import (DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, FACTOR,
+                                 ImageBudget, image_from_bytes)
+from .errors import MediaError
+from .sources import DEFAULT_MAX_BYTES, MediaBlob, SourcePolicy, blob_from_bytes, load_media
+
+DEFAULT_MAX_ITEMS = 16
+# Tokens kept free for the text around the media when the video pixel cap is derived from
+# the prompt budget (the vendor demo's MAX_INPUT_LENGTH - 128 rule).
+TEXT_RESERVE_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    policy: SourcePolicy = field(default_factory=SourcePolicy)
+    max_items: int = DEFAULT_MAX_ITEMS
+    image: ImageBudget = field(default_factory=ImageBudget)
+    video: VideoBudget = field(default_factory=VideoBudget)
+    tmp_dir: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings, limits=None) -> "MediaConfig":
+        """Ceilings from the flags, tightened by what the loaded engine accepts."""
+        g = lambda name, default: getattr(settings, name, default)  # noqa: E731
+        max_pixels = int(g("max_image_pixels", DEFAULT_MAX_PIXELS))
+        engine_pixels = getattr(limits, "max_pixels", None) if limits is not None else None
+        if engine_pixels:
+            max_pixels = min(max_pixels, int(engine_pixels))
+        max_pixels = max(max_pixels, FACTOR * FACTOR)
+        min_pixels = min(int(g("min_image_pixels", DEFAULT_MIN_PIXELS)), max_pixels)
+        source_pixels = int(g("max_source_pixels", DEFAULT_MAX_DECODE_PIXELS))
+        ratio = float(g("video_ratio", DEFAULT_VIDEO_RATIO))
+        ratio = min(max(ratio, 0.0), 1.0)
+        prompt_tokens = _prompt_token_limit(settings, limits)
+        total_pixels = None
+        if prompt_tokens:
+            total_pixels = max(prompt_tokens - TEXT_RESERVE_TOKENS, 1) * FACTOR * FACTOR
+        policy = SourcePolicy(
+            allowed_local_roots=tuple(os.path.abspath(p) for p in g("allowed_local_media_path", ()) or ()),
+            allow_private=bool(g("allow_private_media_urls", False)),
+            max_bytes=int(g("max_media_bytes", DEFAULT_MAX_BYTES)),
+            total_timeout=float(g("media_fetch_timeout", 60.0)),
+        )
+        return cls(
+            policy=policy,
+            max_items=int(g("max_media_items", DEFAULT_MAX_ITEMS)),
+            image=ImageBudget(min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=source_pixels),
+            video=VideoBudget(
+                fps=float(g("video_fps", DEFAULT_FPS)),
+                min_frames=DEFAULT_MIN_FRAMES,
+                max_frames=max(int(g("max_video_frames", DEFAULT_MAX_FRAMES)), 1),
+                frame_max_pixels=max(int(max_pixels * ratio), FACTOR * FACTOR),
+                total_pixels=total_pixels,
+                max_decode_pixels=source_pixels,
+            ),
+            tmp_dir=g("media_tmp_dir", None) or None,
+        )
+
+
+def _prompt_token_limit(settings, limits) -> int | None:
+    values = [v for v in (getattr(settings, "max_prompt_tokens", 0),
+                          getattr(limits, "max_input_tokens", None) if limits is not None else None) if v]
+    return min(int(v) for v in values) if values else None
+
+
+def image_budget_for(config: MediaConfig, options: dict) -> ImageBudget:
+    b = config.image
+    max_pixels = b.max_pixels
+    if options.get("max_pixels"):
+        max_pixels = min(max_pixels, max(int(options["max_pixels"]), FACTOR * FACTOR))
+    min_pixels = b.min_pixels
+    if options.get("min_pixels"):
+        min_pixels = max(int(options["min_pixels"]), 1)
+    min_pixels = min(min_pixels, max_pixels)
+    return replace(b, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def video_budget_for(config: MediaConfig, options: dict) -> VideoBudget:
+    b = config.video
+    fps = b.fps
+    if options.get("fps"):
+        fps = float(options["fps"])
+        if not math.isfinite(fps) or fps <= 0:
+            raise MediaError("fps must be a positive number", code="invalid_value")
+        fps = min(fps, 60.0)
+    max_frames = b.max_frames
+    if options.get("max_frames"):
+        max_frames = min(max_frames, max(int(options["max_frames"]), 1))
+    frame_max = b.frame_max_pixels
+    if options.get("max_pixels"):
+        frame_max = min(frame_max, max(int(options["max_pixels"]), FACTOR * FACTOR))
+    return replace(b, fps=fps, max_frames=max_frames, min_frames=min(b.min_frames, max_frames),
+                   frame_max_pixels=frame_max)
+
+
+def _offload(fn, *args):
+    """Run CPU-heavy work off the gevent hub when the process is monkey-patched."""
+    try:
+        from gevent import get_hub, monkey
+
+        if monkey.is_module_patched("threading"):
+            return get_hub().threadpool.apply(fn, args)
+    except ImportError:
+        pass
+    return fn(*args)
+
+
+def preprocess_blob(blob: MediaBlob, config: MediaConfig, options: dict | None = None) -> VisionInput:
+    """Bytes of a known type -> VisionInput; the bytes decide image or video."""
+    options = options or {}
+    if blob.media.is_video:
+        budget = video_budget_for(config, options)
+        return _offload(video_from_bytes, blob.data, blob.media.ext, budget, config.tmp_dir)
+    return _offload(image_from_bytes, blob.data, image_budget_for(config, options))
+
+
+def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
+    """Every media reference of a conversation (objects with .url, .param, .options), in
+    order.  Raises MediaError (with `param` naming the part) on the first bad one."""
+    refs = list(refs)
+    if len(refs) > config.max_items:
+        raise MediaError(f"the request carries {len(refs)} images/videos; this server accepts at most "
+                         f"{config.max_items} per request (--max-media-items)", param="messages",
+                         code="too_many_media")
+    out = []
+    for ref in refs:
+        try:
+            blob = load_media(ref.url, config.policy, ref.param)
+            out.append(preprocess_blob(blob, config, getattr(ref, "options", None)))
+        except MediaError as e:
+            raise e.with_param(ref.param)
+    return out
+
+
+def upload_to_input(data: bytes, filename: str, config: MediaConfig, param: str = "file") -> tuple[MediaBlob, VisionInput]:
+    try:
+        blob = blob_from_bytes(data, filename, config.policy, param)
+        return blob, preprocess_blob(blob, config)
+    except MediaError as e:
+        raise e.with_param(param)
+
+
+def retag_parts(messages: list[dict], vision: list[VisionInput]) -> None:
+    """Set each template media part's type from what the bytes turned out to be, so a
+    video sent through `image_url` (the old service's habit) gets a video placeholder."""
+    it = iter(vision)
+    for msg in messages:
+        content = msg.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if part.get("type") in ("image", "video"):
+                v = next(it, None)
+                if v is not None:
+                    part["type"] = v.kind

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from qwen3vl_app.engine.sampling import Sampler, SamplingParams
+
+
+def logits(n=1000, seed=0):
+    return np.random.default_rng(seed).normal(size=n).astype(np.float32)
+
+
+def test_greedy_is_argmax():
+    x = logits()
+    assert Sampler(SamplingParams(temperature=0), []).choose(x).token_id == int(np.argmax(x))
+
+
+def test_seed_reproducible_and_seeds_differ():
+    x = logits()
+    a = [Sampler(SamplingParams(temperature=1.0, seed=7), []).choose(x).token_id for _ in range(3)]
+    assert len(set(a)) == 1
+    draws = {Sampler(SamplingParams(temperature=1.5, seed=s), []).choose(x).token_id for s in range(20)}
+    assert len(draws) > 1
+
+
+def test_top_k_restricts_support():
+    x = logits()
+    top3 = set(np.argsort(-x)[:3].tolist())
+    s = Sampler(SamplingParams(temperature=5.0, top_k=3, seed=1), [])
+    assert {s.choose(x).token_id for _ in range(200)} <= top3
+
+
+def test_top_p_restricts_support():
+    x = np.full(100, -10.0, dtype=np.float32)
+    x[5], x[6] = 10.0, 9.0  # ~73% / 27%
+    s = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=3), [])
+    assert {s.choose(x).token_id for _ in range(100)} == {5}
+
+
+def test_repetition_penalty_discourages_prompt_tokens():
+    x = np.zeros(10, dtype=np.float32)
+    x[2], x[3] = 2.0, 1.5
+    assert Sampler(SamplingParams(temperature=0, repetition_penalty=2.0), [2]).choose(x).token_id == 3
+
+
+def test_frequency_and_presence_penalties_apply_to_generated():
+    x = np.zeros(10, dtype=np.float32)
+    x[1], x[2] = 1.0, 0.9
+    s = Sampler(SamplingParams(temperature=0, presence_penalty=0.5), [])
+    assert [s.choose(x).token_id for _ in range(2)] == [1, 2]
+    s = Sampler(SamplingParams(temperature=0, frequency_penalty=0.06), [])
+    assert [s.choose(x).token_id for _ in range(3)] == [1, 1, 2]
+
+
+def test_logprobs_sorted_and_normalised():
+    x = logits(50)
+    c = Sampler(SamplingParams(temperature=0, logprobs=True, top_logprobs=5), []).choose(x)
+    lps = [lp for _, lp in c.top_logprobs]
+    assert lps == sorted(lps, reverse=True)
+    assert c.top_logprobs[0][0] == c.token_id
+    assert c.logprob == pytest.approx(float(x[c.token_id] - np.log(np.exp(x.astype(np.float64)).sum())), abs=1e-5)
