@@ -27,7 +27,7 @@ from ..media.errors import MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
 from ..processing.prompt import build_prompt, check_length
 from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, sse, usage
-from .chat import PING_EVERY, sampling_params
+from .chat import sampling_params
 from .common import run_guarded
 
 bp = Blueprint("media", __name__)
@@ -80,7 +80,8 @@ def register(app, auth):
         run_guarded(check_length, prompt, engine.limits, getattr(settings, "max_prompt_tokens", 0))
         params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
         job = ChatJob(prompt, params, [], settings.request_timeout)
-        it = events(state.runner, state.tokenizer, job, PING_EVERY if stream else None)
+        keepalive = float(getattr(settings, "sse_keepalive", 10.0) or 10.0)
+        it = events(state.runner, state.tokenizer, job, keepalive if stream else None)
         run_guarded(next, it)  # our turn on the engine, or 503 at once
 
         def metadata():
