@@ -175,12 +175,12 @@ def _torch_greedy(model, prompt: Prompt, n: int):
                     **kwargs)
         logits = [out.logits[0, -1].float().numpy()]
         tokens = [int(logits[-1].argmax())]
-        cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
+        cache = out.cache
         for i in range(n):
             pos = torch.tensor([L + i] + [prompt.next_position + i] * 3).view(4, 1, 1)
-            out = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=pos, past_key_values=cache,
+            out = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=pos, cache=cache,
                         use_cache=True)
-            cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
+            cache = out.cache
             logits.append(out.logits[0, -1].float().numpy())
             tokens.append(int(logits[-1].argmax()))
     return tokens, logits
@@ -191,7 +191,7 @@ def _assert_close(mine, ref, what):
     scale = float(np.abs(ref).max())
     err = float(np.abs(mine - ref).max())
     assert int(mine.argmax()) == int(ref.argmax()), f"{what}: argmax differs"
-    assert err <= 0.03 * scale + 5e-3, f"{what}: max abs diff {err:.4f} (logit scale {scale:.3f})"
+    assert err <= 0.015 * scale + 5e-3, f"{what}: max abs diff {err:.4f} (logit scale {scale:.3f})"
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
