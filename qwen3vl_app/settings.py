@@ -88,6 +88,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("torch_dtype", ("--torch-dtype",), "auto",
            "torch engine weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16", "choice",
            ("auto", "float32", "bfloat16")),
+    Option("sse_keepalive", ("--sse-keepalive",), 10.0,
+           "seconds between ': ping' comments on a stream while the prompt is being processed", "float"),
     Option("load_timeout", ("--load-timeout",), 900.0,
            "seconds a request waits for the worker's engine to finish loading", "float"),
     # --- media (docs/media.md) ---

@@ -18,7 +18,6 @@ from .common import json_body, resolve_media_or_400, run_guarded
 
 log = logging.getLogger("qwen3vl.chat")
 bp = Blueprint("chat", __name__)
-PING_EVERY = 10.0  # seconds between SSE keep-alive comments while a prefill runs
 
 
 def sampling_params(req: dict, defaults: dict, settings, greedy_only: bool) -> SamplingParams:
@@ -61,7 +60,7 @@ def register(app, auth):
         params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
         job = ChatJob(prompt, params, req["stop"] or [], settings.request_timeout)
         stream = bool(req.get("stream"))
-        it = events(state.runner, state.tokenizer, job, PING_EVERY if stream else None)
+        it = events(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
         run_guarded(next, it)  # waits for this worker's turn (or 503 at once when the queue is full)
         cid = new_completion_id()
         if stream:
