@@ -52,6 +52,7 @@ def _make_lut() -> np.ndarray:
 
 
 _LUT = _make_lut()
+_LUT_UNIFORM = np.ascontiguousarray(_LUT[:, 0]) if (_LUT == _LUT[:, :1]).all() else None
 
 
 @dataclass(frozen=True)
@@ -130,19 +131,30 @@ def resize_rgb(img: Image.Image, height: int, width: int) -> np.ndarray:
     return np.asarray(img.resize((width, height), resample=Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
+def normalize(frames: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] -> normalised float32 (same shape), by table lookup."""
+    if _LUT_UNIFORM is not None:
+        return np.take(_LUT_UNIFORM, frames)
+    return _LUT[frames, np.arange(3)]
+
+
 def patchify(frames: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     """uint8 frames [T, H, W, 3] (T even, H and W multiples of 32) -> normalised
     float32 rows [grid_t*grid_h*grid_w, 1536] in merge order, and (grid_t, grid_h, grid_w).
 
     Row order: temporal block, then merge-group row, merge-group column, then the 2x2
-    patches inside the group; inside a row: channel, frame, patch row, patch column."""
+    patches inside the group; inside a row: channel, frame, patch row, patch column.
+    A stack whose frames are all one (an image repeated over the temporal patch, passed as
+    a broadcast view) is normalised once."""
     t, h, w, c = frames.shape
     if t % TEMPORAL_PATCH or h % FACTOR or w % FACTOR or c != 3:
         raise ValueError(f"bad frame stack shape {frames.shape}")
+    if frames.strides[0] == 0:
+        x = np.broadcast_to(normalize(frames[:1]), frames.shape)
+    else:
+        x = normalize(frames)  # [T, H, W, 3] float32
     gt, gh, gw = t // TEMPORAL_PATCH, h // PATCH_SIZE, w // PATCH_SIZE
     m, p = MERGE_SIZE, PATCH_SIZE
-    # Normalise first (lookup per channel), channels-last.
-    x = _LUT[frames, np.arange(3)]  # [T, H, W, 3] float32
     x = x.reshape(gt, TEMPORAL_PATCH, gh // m, m, p, gw // m, m, p, c)
     # -> (gt, gh/m, gw/m, m_h, m_w, c, tp, p_h, p_w)
     x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
