@@ -177,6 +177,10 @@ struct Net {
 
 }  // namespace
 
+class Runtime;
+static std::mutex g_live_mu;
+static std::vector<Runtime*> g_live;  // open runtimes, closed at interpreter exit
+
 class Runtime {
  public:
   Runtime(const std::string& bmodel_path, int devid) : path_(bmodel_path), devid_(devid) {
@@ -186,10 +190,30 @@ class Runtime {
       close_locked();
       throw;
     }
+    std::lock_guard<std::mutex> g(g_live_mu);
+    g_live.push_back(this);
   }
   ~Runtime() {
+    {
+      std::lock_guard<std::mutex> g(g_live_mu);
+      for (auto it = g_live.begin(); it != g_live.end(); ++it)
+        if (*it == this) {
+          g_live.erase(it);
+          break;
+        }
+    }
     std::lock_guard<std::mutex> g(mu_);
     close_locked();
+  }
+  // Device buffers must be freed before the process exits (the device memory pool asserts
+  // otherwise), even when Python never collected an engine.
+  static void close_all() {
+    std::vector<Runtime*> live;
+    {
+      std::lock_guard<std::mutex> g(g_live_mu);
+      live = g_live;
+    }
+    for (Runtime* r : live) r->close();
   }
 
   void close() {
@@ -241,15 +265,16 @@ class Runtime {
       if (p < 0 || p >= L) throw std::invalid_argument("visual position outside the prompt");
     token_length = 0;
 
-    const int Lr = prefill_dynamic ? L : max_input_length;  // rows the networks run on
-    // input ids
+    const int Lr = prefill_dynamic ? L : max_input_length;  // rows the blocks run on
+    // input ids (the embedding stays static in dynamic builds)
+    const int Le = emb_.info->is_dynamic ? L : emb_.in_shape(0).dims[1];
     std::vector<int32_t> idbuf(static_cast<size_t>(max_input_length), 0);
     std::copy(ids.begin(), ids.end(), idbuf.begin());
-    s2d(ids_, idbuf.data(), static_cast<size_t>(Lr) * 4);
+    s2d(ids_, idbuf.data(), static_cast<size_t>(Le) * 4);
     // embedding
     {
-      bm_tensor_t in = tensor(ids_, emb_.in_dtype(0), make_shape({1, Lr}));
-      bm_tensor_t out = tensor(hid_[0], emb_.out_dtype(0), make_shape({1, Lr, hidden_size}));
+      bm_tensor_t in = tensor(ids_, emb_.in_dtype(0), make_shape({1, Le}));
+      bm_tensor_t out = tensor(hid_[0], emb_.out_dtype(0), make_shape({1, Le, hidden_size}));
       launch(emb_, &in, 1, &out, 1);
     }
     const bm_data_type_t hdt = emb_.out_dtype(0);
@@ -297,7 +322,9 @@ class Runtime {
       if (has_mask) in[2] = tensor(mask_, n.in_dtype(2), make_shape({1, 1, Lr, Lr}));
       bm_tensor_t out[3];
       out[0] = tensor(hid_[1 - cur], n.out_dtype(0), make_shape({1, Lr, hidden_size}));
-      size_t kv_bytes = static_cast<size_t>(Lr) * kv_row * dtype_size(n.out_dtype(1));
+      // dynamic nets check the user buffer against their largest output: give them the
+      // cache's first MAX_INPUT_LENGTH rows (SEQLEN >= MAX_INPUT_LENGTH)
+      size_t kv_bytes = static_cast<size_t>(max_input_length) * kv_row * dtype_size(n.out_dtype(1));
       out[1] = tensor(sub(kcache_[static_cast<size_t>(l)], 0, kv_bytes), n.out_dtype(1),
                       make_shape({1, Lr, kv_heads, head_dim}));
       out[2] = tensor(sub(vcache_[static_cast<size_t>(l)], 0, kv_bytes), n.out_dtype(2),
@@ -635,6 +662,15 @@ PYBIND11_MODULE(qwen3vl_native, m) {
 #else
   m.attr("build_mode") = "box";
 #endif
+
+  m.def(
+      "close_all",
+      []() {
+        py::gil_scoped_release nogil;
+        Runtime::close_all();
+      },
+      "Close every open Runtime (registered with atexit).");
+  py::module_::import("atexit").attr("register")(m.attr("close_all"));
 
   py::class_<Runtime>(m, "Runtime")
       .def(py::init([](const std::string& path, int devid) {

@@ -104,7 +104,8 @@ def vit_calls(pixel_values: np.ndarray, grid_thw: tuple[int, int, int], compiled
     if per_frame > compiled_patches:
         raise ValueError(f"a {h * 16}x{w * 16} frame ({per_frame} patches) exceeds the vision encoder's "
                          f"{compiled_patches} patches; resize it to at most {compiled_patches * 256} pixels")
-    frames_per_call = max(1, compiled_patches // per_frame)
+    # without a mask input every patch of a call attends to every other: one frame per call
+    frames_per_call = max(1, compiled_patches // per_frame) if with_mask else 1
     calls = []
     for t0 in range(0, t, frames_per_call):
         tt = min(frames_per_call, t - t0)
