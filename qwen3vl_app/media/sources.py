@@ -310,6 +310,11 @@ def _split_url(url: str) -> tuple[str, str, int, str]:
         raise MediaError("media URL redirected to a scheme other than http(s)", code="media_url_not_allowed")
     if not host:
         raise MediaError("media URL has no host", code="invalid_media_url")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise MediaError("media URL host name is not valid", code="invalid_media_url") from None
     return scheme, host, port, parts.path
 
 
