@@ -92,6 +92,7 @@ OPTIONS: tuple[Option, ...] = (
            "seconds between ': ping' comments on a stream while the prompt is being processed", "float"),
     Option("load_timeout", ("--load-timeout",), 900.0,
            "seconds a request waits for the worker's engine to finish loading", "float"),
+    Option("disable_docs", ("--disable-docs",), False, "turn off /docs and /openapi.json (open by default)", "bool"),
     # --- media (docs/media.md) ---
     Option("allowed_local_media_path", ("--allowed-local-media-path",), (),
            "directory whose files (symlinks resolved) requests may name by local path or file://; "

@@ -2,7 +2,7 @@
 
 
 def register_all(app, auth):
-    from . import chat, health, media, models
+    from . import chat, docs, health, media, models
 
-    for module in (health, models, chat, media):
+    for module in (health, models, chat, media, docs):
         module.register(app, auth)

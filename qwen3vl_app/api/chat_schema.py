@@ -114,3 +114,75 @@ class ChatCompletionRequestSchema(_Loose):
     def _consistency(self, data, **kwargs):
         if data.get("top_logprobs") and not data.get("logprobs"):
             raise ValidationError("top_logprobs requires logprobs: true", "top_logprobs")
+
+
+# --- responses (documentation and contract tests; the server builds them in streaming.py) ---
+
+FINISH_REASONS = ("stop", "length")
+
+
+class UsageSchema(Schema):
+    prompt_tokens = fields.Integer(required=True)
+    completion_tokens = fields.Integer(required=True)
+    total_tokens = fields.Integer(required=True)
+
+
+class TopLogprobSchema(Schema):
+    token = fields.String(required=True)
+    logprob = fields.Float(required=True)
+    bytes = fields.List(fields.Integer(), required=True, allow_none=True)
+
+
+class TokenLogprobSchema(TopLogprobSchema):
+    top_logprobs = fields.List(fields.Nested(TopLogprobSchema), required=True)
+
+
+class ChoiceLogprobsSchema(Schema):
+    content = fields.List(fields.Nested(TokenLogprobSchema), required=True, allow_none=True)
+
+
+class AssistantMessageSchema(Schema):
+    role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
+    content = fields.String(required=True, allow_none=True)
+
+
+class CompletionChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    message = fields.Nested(AssistantMessageSchema, required=True)
+    logprobs = fields.Nested(ChoiceLogprobsSchema, required=True, allow_none=True)
+    finish_reason = fields.String(required=True, validate=validate.OneOf(FINISH_REASONS))
+
+
+class ChatCompletionSchema(Schema):
+    """Reply of a non-stream request."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["chat.completion"]))
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(CompletionChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, required=True)
+
+
+class ChunkDeltaSchema(Schema):
+    role = fields.String(validate=validate.OneOf(["assistant"]))
+    content = fields.String()
+
+
+class ChunkChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    delta = fields.Nested(ChunkDeltaSchema, required=True)
+    logprobs = fields.Nested(ChoiceLogprobsSchema, required=True, allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True, validate=validate.OneOf(FINISH_REASONS))
+
+
+class ChatCompletionChunkSchema(Schema):
+    """One `data:` event of a stream (`stream: true`); the stream ends with `data: [DONE]`.
+    With `stream_options.include_usage` a last chunk has empty `choices` and `usage`."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["chat.completion.chunk"]))
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(ChunkChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import request
+from marshmallow import Schema, fields
 
 from ..engine.runner import EngineUnavailable, QueueFull
 from ..errors import APIError
@@ -47,3 +48,16 @@ def resolve_media_or_400(state, media, limits=None, messages=None):
     if messages is not None:
         retag_parts(messages, vision)
     return vision
+
+
+class ErrorDetailSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True)
+
+
+class ErrorResponseSchema(Schema):
+    """OpenAI's error body, the answer to every failure (qwen3vl_app/errors.py)."""
+
+    error = fields.Nested(ErrorDetailSchema, required=True)

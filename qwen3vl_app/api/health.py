@@ -5,10 +5,31 @@ import os
 import time
 
 from flask import Blueprint, current_app, jsonify
+from marshmallow import Schema, fields, validate
 
 from .. import __version__
 
 bp = Blueprint("health", __name__)
+
+
+class HealthSchema(Schema):
+    """Body of GET /health (200 when the engine is ready or loading, 503 when it failed)."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["healthy", "loading", "unhealthy"]))
+    details = fields.String(required=True)
+    model = fields.String(required=True)
+    model_dir = fields.String(required=True)
+    max_concurrent = fields.Integer(required=True)
+    api_auth_enabled = fields.Boolean(required=True)
+    timestamp = fields.Integer(required=True)
+    version = fields.String(required=True)
+    engine = fields.String(required=True)
+    device = fields.String(required=True, allow_none=True)
+    demo = fields.Boolean(required=True)
+    worker_pid = fields.Integer(required=True)
+    load_seconds = fields.Float(required=True, allow_none=True)
+    running = fields.Integer(required=True)
+    queued = fields.Integer(required=True)
 
 
 def register(app, auth):

@@ -2,10 +2,36 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
+from marshmallow import Schema, fields, validate
 
 from ..errors import APIError
 
 bp = Blueprint("models", __name__)
+
+
+class ModelCapabilitiesSchema(Schema):
+    sampling = fields.Boolean(required=True)
+    logprobs = fields.Boolean(required=True)
+    parameters = fields.List(fields.String(), required=True)
+
+
+class ModelSchema(Schema):
+    """One model card (OpenAI's fields, plus what this server's engine honours)."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["model"]))
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True)
+    engine = fields.String(required=True)
+    demo = fields.Boolean(required=True)
+    description = fields.String()
+    max_context = fields.Integer()
+    capabilities = fields.Nested(ModelCapabilitiesSchema)
+
+
+class ModelListSchema(Schema):
+    object = fields.String(required=True, validate=validate.OneOf(["list"]))
+    data = fields.List(fields.Nested(ModelSchema), required=True)
 
 
 def model_card(state) -> dict:
