@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build (or reuse) the tiny random-weight Qwen3-VL as a BM1684X model folder.
 
-    python scripts/build_tiny_bmodel.py          # prints the model folder as its last line
+    python scripts/build_tiny_bmodel.py            # prints the model folder as its last line
+    python scripts/build_tiny_bmodel.py --dynamic  # the same as a dynamic build
 
 1. builds the tiny Hugging Face checkpoint (`qwen3vl_app.tiny_model`, same as the torch
    tests) with this Python (it needs torch + transformers);
@@ -146,9 +147,10 @@ def ensure_venv(root: Path) -> Path:
     return venv
 
 
-def cache_key(ckpt: Path) -> str:
+def cache_key(ckpt: Path, extra: list[str]) -> str:
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
+    h.update(" ".join(extra).encode())
     h.update(TPU_MLIR_VERSION.encode())
     for name in sorted(os.listdir(ckpt)):
         p = ckpt / name
@@ -158,14 +160,14 @@ def cache_key(ckpt: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def convert(ckpt: Path, venv: Path, work: Path) -> Path:
+def convert(ckpt: Path, venv: Path, work: Path, extra: list[str]) -> Path:
     ensure_parallel()
     env = dict(os.environ)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"  # model_deploy.py etc. must run on the venv's python
     env.pop("PYTHONPATH", None)
     out = work / "out"
     t0 = time.time()
-    run([str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *CONVERT_ARGS, "-o", str(out)],
+    run([str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *CONVERT_ARGS, *extra, "-o", str(out)],
         log=work / "llm_convert.log", cwd=work, env=env)
     say(f"llm_convert took {time.time() - t0:.0f} s")
     found = sorted(out.glob("*.bmodel"))
@@ -177,12 +179,16 @@ def convert(ckpt: Path, venv: Path, work: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild even when cached")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="dynamic prefill + vit build (variable-length networks) instead of static")
     args = ap.parse_args()
+    extra = ["--dynamic"] if args.dynamic else []
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ckpt = build_checkpoint()
-    final = root / f"tiny-bmodel-{cache_key(ckpt)}"
+    kind = "tiny-bmodel-dynamic" if args.dynamic else "tiny-bmodel"
+    final = root / f"{kind}-{cache_key(ckpt, extra)}"
     if not args.force and (final / BMODEL_NAME).exists() and (final / "config" / "config.json").exists():
         say(f"cached: {final}")
         print(final)
@@ -190,7 +196,7 @@ def main() -> None:
     venv = ensure_venv(root)
     work = Path(tempfile.mkdtemp(prefix="tiny-bmodel-build-", dir=root))
     try:
-        bmodel = convert(ckpt, venv, work)
+        bmodel = convert(ckpt, venv, work, extra)
         stage = work / "folder"
         (stage / "config").mkdir(parents=True)
         shutil.copy2(bmodel, stage / BMODEL_NAME)

@@ -40,13 +40,22 @@ def native_module():
     return qwen3vl_native
 
 
-@pytest.fixture(scope="session")
-def tiny_bmodel_dir() -> Path:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py")], cwd=REPO,
+def _build_tiny_bmodel(*args: str) -> Path:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py"), *args], cwd=REPO,
                          check=True, stdout=subprocess.PIPE, text=True)
     folder = Path(out.stdout.strip().splitlines()[-1])
     assert list(folder.glob("*.bmodel")) and (folder / "config" / "tokenizer.json").exists()
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bmodel_dir() -> Path:
+    return _build_tiny_bmodel()
+
+
+@pytest.fixture(scope="session")
+def tiny_bmodel_dynamic_dir(tiny_bmodel_dir) -> Path:
+    return _build_tiny_bmodel("--dynamic")
 
 
 @pytest.fixture(scope="session")

@@ -209,3 +209,18 @@ def test_prefill_and_decode_match_transformers(bm_engine, tiny_bmodel_dir, torch
         out = bm_engine.decode(ref_tokens[i])  # teacher-forced: compare step by step
         _assert_close(out.logits, ref_logits[i + 1], f"{kind} decode step {i}")
     assert int(logits[0].argmax()) == ref_tokens[0]
+
+
+def test_dynamic_build_matches_transformers(native_module, tiny_bmodel_dynamic_dir, torch_model):
+    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+
+    eng = BM1684XEngine(tiny_bmodel_dynamic_dir)
+    try:
+        assert eng.rt.prefill_dynamic and eng.rt.vit_dynamic and eng.rt.vit_inputs == 4
+        for kind, prompt in [("text", _text_prompt(tiny_bmodel_dynamic_dir)),
+                             ("image", _image_prompt(tiny_bmodel_dynamic_dir, eng.limits.max_pixels, seed=3))]:
+            ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, 1)
+            _assert_close(eng.prefill(prompt).logits, ref_logits[0], f"dynamic {kind} prefill")
+            _assert_close(eng.decode(ref_tokens[0]).logits, ref_logits[1], f"dynamic {kind} decode")
+    finally:
+        eng.close()
