@@ -26,7 +26,9 @@ class ServerState:
     def create(cls, settings) -> "ServerState":
         model_dir = Path(settings.model_dir)
         kind = settings.engine if settings.engine != "auto" else detect_engine(model_dir)
-        runner = EngineRunner(settings, lambda: load_engine(settings, kind))
+        from .engine.faults import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
+
+        runner = EngineRunner(settings, lambda: maybe_wrap(load_engine(settings, kind)))
         return cls(settings, ChatTokenizer(model_dir), runner, kind, is_demo(model_dir))
 
     @property

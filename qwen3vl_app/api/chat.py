@@ -14,7 +14,7 @@ from ..errors import APIError
 from ..processing.prompt import build_prompt, check_length
 from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, ChunkEncoder, completion, new_completion_id
 from .chat_schema import ChatCompletionRequestSchema
-from .common import json_body, resolve_media_or_400, run_guarded
+from .common import json_body, resolve_media_or_400, run_guarded, stream_failure_event
 
 log = logging.getLogger("qwen3vl.chat")
 bp = Blueprint("chat", __name__)
@@ -86,6 +86,8 @@ def _sse(it, enc: ChunkEncoder, include_usage: bool):
                 if include_usage:
                     yield enc.usage_chunk(ev.prompt_tokens, ev.completion_tokens)
         yield SSE_DONE
+    except Exception:  # engine failure mid-stream: an error event, then the stream ends
+        yield stream_failure_event()
     finally:
         it.close()  # client gone or done: cancel the generation, free the engine
 

@@ -1,14 +1,17 @@
 """Small pieces every blueprint uses: strict JSON bodies and mapping of domain errors to 4xx/503."""
 from __future__ import annotations
 
-from flask import request
+import logging
+
+from flask import g, request
 from marshmallow import Schema, fields
 
 from ..engine.runner import EngineUnavailable, QueueFull
-from ..errors import APIError
+from ..errors import APIError, error_body
 from ..processing.prompt import PromptError
 
 RETRY_AFTER_SECONDS = "2"
+log = logging.getLogger("qwen3vl.errors")
 
 
 def json_body() -> dict:
@@ -61,3 +64,15 @@ class ErrorResponseSchema(Schema):
     """OpenAI's error body, the answer to every failure (qwen3vl_app/errors.py)."""
 
     error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+def stream_failure_event() -> str:
+    """For a failure after an SSE stream has started (status and headers are sent): log it
+    with the request id and return one OpenAI-format error event; the caller then ends the
+    stream without `[DONE]` (the openai client raises an APIError on such an event)."""
+    import json
+
+    rid = g.get("request_id", "-")
+    log.exception("generation failed in request %s", rid)
+    body = error_body(f"Internal server error (request id {rid}).", 500, None, "internal_error")
+    return f"data: {json.dumps(body)}\n\n"

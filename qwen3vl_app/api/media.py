@@ -28,7 +28,7 @@ from ..media.pipeline import MediaConfig, upload_to_input
 from ..processing.prompt import build_prompt, check_length
 from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, sse, usage
 from .chat import sampling_params
-from .common import run_guarded
+from .common import run_guarded, stream_failure_event
 
 bp = Blueprint("media", __name__)
 DEFAULT_PROMPT = "Describe this {kind} in detail."
@@ -123,5 +123,7 @@ def _sse(it, metadata):
                 yield sse({"status": "success", "description": "".join(text), "finish_reason": ev.reason,
                            "metadata": metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens)})
         yield SSE_DONE
+    except Exception:  # engine failure mid-stream: an error event, then the stream ends
+        yield stream_failure_event()
     finally:
         it.close()
