@@ -124,6 +124,9 @@ def block_timestamps(indices: list[int] | np.ndarray, video_fps: float, temporal
 
 
 def _open(path: str):
+    # FFmpeg's own warnings about broken input would otherwise go to the server's stderr.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     import cv2
 
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)

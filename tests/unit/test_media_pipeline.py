@@ -1,0 +1,85 @@
+"""Server ceilings vs per-request wishes, and the request-level media pipeline."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen3vl_app.engine.base import Limits
+from qwen3vl_app.media.errors import MediaError
+from qwen3vl_app.media.pipeline import (MediaConfig, image_budget_for, resolve_media, retag_parts,
+                                        upload_to_input, video_budget_for)
+from qwen3vl_app.processing.vision import preprocess_image
+from qwen3vl_app.settings import Settings
+from media_samples import gradient_rgb, image_bytes, video_bytes
+
+
+class Ref:
+    def __init__(self, url, param="messages[0].content[0]", **options):
+        self.url, self.param, self.options = url, param, options
+
+
+def data_uri(blob):
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(blob).decode()
+
+
+def test_config_from_settings_and_engine_limits():
+    s = Settings(max_image_pixels=16777216, video_ratio=0.5, allowed_local_media_path=("rel/dir",))
+    bm = MediaConfig.from_settings(s, Limits(max_context=2048, max_input_tokens=2048, max_pixels=768 * 768))
+    assert bm.image.max_pixels == 768 * 768  # the vision encoder's compiled size wins
+    assert bm.video.frame_max_pixels == 768 * 768 // 2  # video_ratio share
+    assert bm.video.total_pixels == (2048 - 128) * 32 * 32  # the vendor demo's rule
+    assert bm.policy.allowed_local_roots[0].startswith("/")
+    assert not bm.policy.allow_private
+    loose = MediaConfig.from_settings(Settings(max_prompt_tokens=1000), Limits(4096, 4096))
+    assert loose.video.total_pixels == (1000 - 128) * 1024
+
+
+def test_request_controls_are_clamped():
+    cfg = MediaConfig.from_settings(Settings(max_image_pixels=100_000, max_video_frames=10))
+    b = image_budget_for(cfg, {"max_pixels": 10**9, "min_pixels": 10**9})
+    assert b.max_pixels == 100_000 and b.min_pixels == 100_000
+    assert image_budget_for(cfg, {"max_pixels": 5}).max_pixels == 1024
+    v = video_budget_for(cfg, {"fps": 1000, "max_frames": 10**6, "max_pixels": 10**9})
+    assert v.fps == 60 and v.max_frames == 10 and v.frame_max_pixels == cfg.video.frame_max_pixels
+    assert video_budget_for(cfg, {"max_frames": 2}).min_frames == 2
+
+
+def test_resolve_in_order_and_retag(tmp_path):
+    cfg = MediaConfig()
+    vid = video_bytes(tmp_path, ".mp4", frames=10, h=64, w=64)
+    import base64
+
+    refs = [Ref(data_uri(image_bytes("PNG", 64, 64))),
+            Ref("data:image/png;base64," + base64.b64encode(vid).decode(), "messages[0].content[1]")]
+    out = resolve_media(refs, cfg)
+    assert [v.kind for v in out] == ["image", "video"]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "x"}]}]
+    retag_parts(messages, out)
+    assert [p["type"] for p in messages[0]["content"]] == ["image", "video", "text"]
+
+
+def test_errors_name_the_part_and_limits():
+    cfg = MediaConfig(max_items=2)
+    with pytest.raises(MediaError) as e:
+        resolve_media([Ref(data_uri(image_bytes()))] * 3, cfg)
+    assert e.value.code == "too_many_media"
+    with pytest.raises(MediaError) as e:
+        resolve_media([Ref(data_uri(image_bytes())), Ref("data:image/png;base64,AAAA", "messages[2].content[5]")],
+                      cfg)
+    assert e.value.param == "messages[2].content[5]"
+
+
+def test_upload_and_animated_gif_first_frame():
+    frames = [Image.fromarray(gradient_rgb(64, 96, seed=s)) for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    blob, v = upload_to_input(buf.getvalue(), "anim.gif", MediaConfig())
+    assert blob.media.format == "gif" and v.kind == "image"
+    first = Image.open(io.BytesIO(buf.getvalue()))
+    assert np.array_equal(v.pixel_values, preprocess_image(first).pixel_values)
+    with pytest.raises(MediaError) as e:
+        upload_to_input(b"", "x.png", MediaConfig())
+    assert e.value.param == "file"
