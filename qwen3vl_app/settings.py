@@ -99,6 +99,8 @@ OPTIONS: tuple[Option, ...] = (
            "repeatable; none = local paths refused", "list"),
     Option("allow_private_media_urls", ("--allow-private-media-urls",), False,
            "let media URLs reach loopback/private/link-local addresses (off: refused)", "bool"),
+    Option("allowed_media_network", ("--allowed-media-network",), (),
+           "non-public network (CIDR) media URLs may reach, e.g. 192.168.7.0/24; repeatable", "list"),
     Option("max_media_items", ("--max-media-items",), 16, "most images+videos in one request", "int"),
     Option("max_image_pixels", ("--max-image-pixels",), 16777216,
            "ceiling of the resized pixel budget per image (the engine may lower it)", "int"),

@@ -54,6 +54,7 @@ class MediaConfig:
         policy = SourcePolicy(
             allowed_local_roots=tuple(os.path.abspath(p) for p in g("allowed_local_media_path", ()) or ()),
             allow_private=bool(g("allow_private_media_urls", False)),
+            allowed_networks=tuple(g("allowed_media_network", ()) or ()),
             max_bytes=int(g("max_media_bytes", DEFAULT_MAX_BYTES)),
             total_timeout=float(g("media_fetch_timeout", 60.0)),
         )

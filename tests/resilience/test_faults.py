@@ -1,0 +1,106 @@
+"""Engine failures inside a real server: the failing request gets a 500 in OpenAI format
+(or, once a stream has started, an error event and the end of the stream) carrying the
+request id; the worker recovers, or is replaced when the failure kills it.
+
+Faults come from the test-only hook in qwen3vl_app/engine/faults.py (QWEN3VL_FAULT_INJECT
+names a trigger file; writing a step name into it makes that engine step fail once).
+"""
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import API_KEY, wait_healthy
+
+from .helpers import openai_error, png_bytes, sse_events
+
+MSG = [{"role": "user", "content": "Tell me a story."}]
+
+
+@pytest.fixture(scope="module")
+def faulty(server_factory, tmp_path_factory):
+    trigger = tmp_path_factory.mktemp("fault") / "trigger"
+    with server_factory(api_key=API_KEY, workers=1, env={"QWEN3VL_FAULT_INJECT": str(trigger)}) as s:
+        s.trigger = trigger
+        yield s
+
+
+def arm(server, step: str) -> None:
+    server.trigger.write_text(step)
+
+
+def ok(server, **kw):
+    r = server.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 4, **kw})
+    assert r.status_code == 200, r.text
+    return r
+
+
+@pytest.mark.parametrize("step", ["prefill", "decode"])
+def test_non_stream_engine_failure_is_a_500_with_request_id(faulty, step):
+    pid = ok(faulty).headers["X-Worker-Pid"]
+    arm(faulty, step)
+    rid = f"fault-{step}-1"
+    r = faulty.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 8},
+                    headers={**faulty.headers, "X-Request-Id": rid})
+    err = openai_error(r, 500)
+    assert err["type"] == "server_error" and err["code"] == "internal_error"
+    assert rid in err["message"] and r.headers["X-Request-Id"] == rid
+    assert "injected" not in r.text.lower() and "Traceback" not in r.text  # no exception text leaks
+    assert not faulty.trigger.exists(), "the fault did not fire"
+    # The same worker keeps serving, and its engine works.
+    for _ in range(3):
+        assert ok(faulty).headers["X-Worker-Pid"] == pid
+    h = faulty.get("/health").json()
+    assert h["status"] == "healthy" and h["running"] == 0 and h["queued"] == 0
+    assert rid in faulty.log()  # the traceback is logged under the request id
+
+
+def test_stream_engine_failure_is_an_error_event_then_the_end(faulty):
+    arm(faulty, "decode")
+    rid = "fault-stream-1"
+    r = faulty.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 8, "stream": True},
+                    headers={**faulty.headers, "X-Request-Id": rid}, stream=True)
+    assert r.status_code == 200  # headers were sent before the engine failed
+    events = sse_events(r)
+    assert "[DONE]" not in events
+    last = events[-1]
+    assert set(last) == {"error"} and last["error"]["code"] == "internal_error" and rid in last["error"]["message"]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+
+    # The official client turns that event into an exception instead of hanging or returning silently.
+    arm(faulty, "prefill")
+    client = faulty.openai(max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(model="m", messages=MSG, max_tokens=8, stream=True):
+            pass
+    ok(faulty, stream=True)
+
+
+def test_media_describe_engine_failure(faulty):
+    arm(faulty, "prefill")
+    files = {"file": ("a.png", png_bytes(), "image/png")}
+    r = faulty.post("/v1/media/describe", files=files, data={"max_tokens": "4"})
+    openai_error(r, 500)
+    r = faulty.post("/v1/media/describe", files=files, data={"max_tokens": "4", "stream": "true"}, stream=True)
+    events = sse_events(r)
+    assert r.status_code == 200 and events[-1] == "[DONE]" and events[-2]["status"] == "success"  # one-shot fault
+    arm(faulty, "decode")
+    r = faulty.post("/v1/media/describe", files=files, data={"max_tokens": "4", "stream": "true"}, stream=True)
+    events = sse_events(r)
+    assert "error" in events[-1] and "[DONE]" not in events
+
+
+def test_worker_dying_in_the_engine_is_replaced(faulty):
+    old = set(faulty.worker_pids())
+    arm(faulty, "exit")
+    t0 = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        faulty.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 4}, timeout=60)
+    assert time.monotonic() - t0 < 30, "the client was left hanging"
+    wait_healthy(faulty, 1, 120)
+    new = set(faulty.worker_pids())
+    assert new and not (new & old), (old, new)
+    assert ok(faulty).headers["X-Worker-Pid"] in {str(p) for p in new}
