@@ -45,6 +45,9 @@ class SourcePolicy:
 
     allowed_local_roots: tuple[str, ...] = ()
     allow_private: bool = False
+    # Non-public networks media URLs may still reach (CIDR strings), e.g. a camera subnet,
+    # without opening every private address as `allow_private` does.
+    allowed_networks: tuple[str, ...] = ()
     max_bytes: int = DEFAULT_MAX_BYTES
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
@@ -284,18 +287,42 @@ def _resolve(host: str, port: int, policy: SourcePolicy) -> list[IPAddress]:
     return out
 
 
+def parse_networks(cidrs) -> list:
+    """CIDR strings -> networks; a bad entry is a ValueError naming it (checked at start-up)."""
+    out = []
+    for c in cidrs or ():
+        try:
+            out.append(ipaddress.ip_network(str(c).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"--allowed-media-network: {c!r} is not an IP network (e.g. 192.168.7.0/24)") from None
+    return out
+
+
 def check_destination(host: str, port: int, policy: SourcePolicy) -> IPAddress:
     """Resolve `host` and return the address to connect to, or refuse (no traffic sent)."""
     addrs = _resolve(host, port, policy)
     if not policy.allow_private:
-        allowed = policy.is_allowed_ip or is_public_ip
+        if policy.is_allowed_ip is not None:
+            allowed = policy.is_allowed_ip
+        else:
+            nets = parse_networks(policy.allowed_networks)
+
+            def allowed(ip):
+                if is_public_ip(ip):
+                    return True
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                return any(ip.version == n.version and ip in n for n in nets)
         # Every address must pass: a name that also resolves to an internal address is refused.
         if not all(allowed(ip) for ip in addrs):
             raise MediaError(
                 "media URL points to a loopback, private, link-local or otherwise non-public address, "
-                "which this server does not fetch (see --allow-private-media-urls)",
+                "which this server does not fetch (see --allow-private-media-urls, --allowed-media-network)",
                 code="media_url_not_allowed")
-    return addrs[0]
+    first = addrs[0]
+    if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped is not None:
+        first = first.ipv4_mapped  # connect over IPv4 to the address that was checked
+    return first
 
 
 def _split_url(url: str) -> tuple[str, str, int, str]:

@@ -342,10 +342,16 @@ def test_private_urls_refused(server, url):
     assert time.monotonic() - t0 < 5  # refused at resolution, not after a connect timeout
 
 
-def test_redirect_to_private_refused(server, remote):
-    # `server` refuses private addresses, so even the first (loopback) hop is refused; the
-    # allowed-host -> private-host redirect case runs in the unit tests with an injected policy.
-    _bad(server, user(image_part(f"{remote}/redirect?to=http://10.0.0.1/a.png")), 400, "media_url_not_allowed")
+def test_redirect_from_allowed_host_to_private_refused(server_factory, remote):
+    """Only 127.0.0.1 is opened (--allowed-media-network): the first hop is fetched, a
+    redirect to 10.0.0.1 / 169.254.169.254 / 127.0.0.2 is refused before connecting."""
+    with server_factory("--allowed-media-network", "127.0.0.1/32", api_key=API_KEY) as s:
+        assert _chat(s, user(image_part(remote + "/a.png"))).usage.prompt_tokens > 20
+        for target in ("http://10.0.0.1/a.png", "http://169.254.169.254/latest/meta-data/",
+                       "http://127.0.0.2:9/a.png"):
+            t0 = time.monotonic()
+            _bad(s, user(image_part(f"{remote}/redirect?to={target}")), 400, "media_url_not_allowed")
+            assert time.monotonic() - t0 < 5
 
 
 def test_redirect_followed_and_slow_server(media_server, remote):

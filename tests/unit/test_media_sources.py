@@ -359,3 +359,18 @@ def test_other_schemes_and_uploads():
     assert e.value.code == "empty_media"
     with pytest.raises(MediaError):
         blob_from_bytes(b"%PDF-1.4", "a.png", SourcePolicy())
+
+
+def test_allowed_networks_open_only_those(server, connections):
+    base, _ = server
+    pol = SourcePolicy(allowed_networks=("127.0.0.1/32",))
+    assert load_media(base + "/img.png", pol).data == PNG
+    for target in ("http://10.0.0.1/x.png", "http://169.254.169.254/latest", "http://127.0.0.2:1/"):
+        with pytest.raises(MediaError, match="non-public"):
+            load_media(f"{base}/redirect?to={target}", pol)
+    with pytest.raises(MediaError, match="non-public"):
+        load_media("http://[::ffff:10.0.0.1]/x", pol)
+    assert load_media(f"http://[::ffff:127.0.0.1]:{server[1]}/img.png", pol).data == PNG
+    assert set(connections) == {"127.0.0.1"}
+    with pytest.raises(ValueError, match="not an IP network"):
+        load_media(base + "/img.png", SourcePolicy(allowed_networks=("nonsense",)))
