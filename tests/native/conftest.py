@@ -7,7 +7,6 @@ checkout (scripts/build_tiny_bmodel.py).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +20,7 @@ def _build_native() -> None:
     subprocess.run(["bash", str(REPO / "native" / "fetch_sim_runtime.sh")], check=True,
                    env=dict(os.environ, PYTHON=sys.executable))
     build = REPO / "native" / "build"
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(REPO / "native"), "-B", str(build), *gen, "-DBM_MODE=sim",
+    subprocess.run(["cmake", "-S", str(REPO / "native"), "-B", str(build), "-DBM_MODE=sim",
                     f"-DPython3_EXECUTABLE={sys.executable}"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, stdout=subprocess.DEVNULL)
 

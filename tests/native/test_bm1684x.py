@@ -224,3 +224,23 @@ def test_dynamic_build_matches_transformers(native_module, tiny_bmodel_dynamic_d
             _assert_close(eng.decode(ref_tokens[0]).logits, ref_logits[1], f"dynamic {kind} decode")
     finally:
         eng.close()
+
+
+def test_serving_path_never_imports_torch(native_module, tiny_bmodel_dir):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from qwen3vl_app.engine.bm1684x import BM1684XEngine\n"
+        "import tests.native.test_bm1684x as t\n"
+        f"eng = BM1684XEngine({str(tiny_bmodel_dir)!r})\n"
+        "p = t._image_prompt(eng.model_dir, eng.limits.max_pixels)\n"
+        "assert eng.prefill(p).logits is not None\n"
+        "eng.close()\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert r.returncode == 0, r.stderr[-3000:]
