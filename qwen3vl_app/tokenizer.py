@@ -7,6 +7,8 @@ Hugging Face folder, or under `config/` beside a `*.bmodel`.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from pathlib import Path
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -49,7 +51,46 @@ class ChatTokenizer:
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str) -> list[int]:
+        """Trusted text (the rendered template): control tokens in it are real tokens."""
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_untrusted(self, text: str) -> list[int]:
+        """Client text: `<|im_start|>` and friends stay plain text, so a message cannot
+        forge a role turn or a control token."""
+        self.tok.encode_special_tokens = True
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        finally:
+            self.tok.encode_special_tokens = False
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Render the chat template and tokenize it, the template's own text as trusted and
+        every message text as untrusted.  Each text is swapped for a marker before
+        rendering; the rendered string is split on the markers afterwards."""
+        texts: list[str] = []
+        nonce = secrets.token_hex(4)
+
+        def mark(text: str) -> str:
+            texts.append(text)
+            return f"\ue000{nonce}:{len(texts) - 1}\ue001"
+
+        marked = []
+        for msg in messages:
+            content = msg["content"]
+            if isinstance(content, str):
+                content = mark(content)
+            else:
+                content = [{**p, "text": mark(p["text"])} if p.get("type") == "text" else p for p in content]
+            marked.append({**msg, "content": content})
+        rendered = self.render(marked, add_generation_prompt)
+        pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2 == 0:
+                ids += self.encode(piece) if piece else []
+            else:
+                ids += self.encode_untrusted(texts[int(piece)])
+        return ids
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special)

@@ -31,7 +31,7 @@ def run_guarded(fn, *args):
     try:
         return fn(*args)
     except PromptError as e:
-        raise APIError(str(e), 400, e.param, "invalid_prompt") from None
+        raise APIError(str(e), 400, e.param, e.code) from None
     except QueueFull:
         raise APIError("The server is at capacity; retry shortly.", 503, None, "server_busy",
                        {"Retry-After": RETRY_AFTER_SECONDS}) from None

@@ -13,21 +13,40 @@ from ..tokenizer import IMAGE_PAD, VIDEO_PAD, ChatTokenizer
 
 
 class PromptError(ValueError):
-    def __init__(self, message: str, param: str = "messages"):
+    def __init__(self, message: str, param: str = "messages", code: str = "invalid_prompt"):
         super().__init__(message)
         self.param = param
+        self.code = code
+
+
+# Typed into a message these would only confuse the placeholder expansion; refuse them
+# clearly (other control tokens in client text are tokenized as plain text).
+VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: list[VisionInput] = ()) -> Prompt:
-    ids = tokenizer.encode(tokenizer.render(messages, add_generation_prompt=True))
+    _refuse_typed_vision_tokens(messages)
+    ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
     if vision:
         from .vision_prompt import expand_vision, mrope_positions
 
         ids = expand_vision(ids, list(vision), tokenizer.encode)
         return Prompt(ids, mrope_positions(ids, list(vision)), list(vision))
     if IMAGE_PAD in ids or VIDEO_PAD in ids:
-        raise PromptError("The text contains image/video placeholder tokens but the request has no media.")
+        raise PromptError("The chat template produced media placeholders but the request has no media.")
     return Prompt(ids, np.tile(np.arange(len(ids), dtype=np.int64), (3, 1)))
+
+
+def _refuse_typed_vision_tokens(messages: list[dict]) -> None:
+    for i, msg in enumerate(messages):
+        content = msg["content"]
+        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content]
+        for text in texts:
+            for token in VISION_TOKEN_TEXTS:
+                if token in text:
+                    raise PromptError(f"Message {i} contains the reserved token {token}; send images and "
+                                      "videos as image_url/video_url parts instead.", f"messages[{i}].content",
+                                      "placeholder_mismatch")
 
 
 def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0) -> None:
