@@ -19,7 +19,7 @@ def options(settings: Settings) -> dict:
         "worker_class": "gevent",
         "worker_connections": max(64, settings.max_concurrent * 4),
         "timeout": 60,  # heartbeat; the hub stays free while the engine computes
-        "graceful_timeout": 30,
+        "graceful_timeout": settings.graceful_timeout,  # SIGTERM/HUP: in-flight generations get this long
         "keepalive": 5,
         "preload_app": False,
         "loglevel": settings.log_level.lower(),
@@ -27,8 +27,11 @@ def options(settings: Settings) -> dict:
         "errorlog": "-",
         "limit_request_field_size": 16384,
         "control_socket_disable": True,  # several servers (tests, benchmarks) may run side by side
+        "on_starting": on_starting,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
         "when_ready": when_ready,
     }
 
@@ -36,6 +39,56 @@ def options(settings: Settings) -> dict:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+def on_starting(server) -> None:
+    """Master, before any fork: the shared admission slots and a fresh Prometheus
+    multiprocess folder, both named in the environment the workers inherit.  Nothing here
+    imports prometheus_client: it must see the variable when it is first imported."""
+    import shutil
+
+    from .admission import ENV_FILE, Admission, make_runtime_dir
+
+    settings = Settings.from_env()
+    runtime = make_runtime_dir(settings.runtime_dir)
+    server._qwen3vl_runtime = runtime
+    os.environ[ENV_FILE] = Admission.create_file(runtime, settings.max_concurrent)
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:  # the operator's folder: start it empty, stale files would corrupt totals
+        os.makedirs(metrics_dir, exist_ok=True)
+        for name in os.listdir(metrics_dir):
+            if name.endswith(".db"):
+                os.remove(os.path.join(metrics_dir, name))
+    else:
+        metrics_dir = os.path.join(runtime, "metrics")
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.makedirs(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+
+def child_exit(server, worker) -> None:
+    """Master: a worker is gone (finished, killed or crashed): drop its live gauges and give
+    back any admission slot it still held."""
+    from .admission import ENV_FILE, free_slots_of
+
+    path = os.environ.get(ENV_FILE)
+    if path:
+        freed = free_slots_of(path, worker.pid)
+        if freed:
+            logging.getLogger("qwen3vl").warning("worker %d died holding %d admission slot(s); freed", worker.pid,
+                                                 freed)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    import shutil
+
+    runtime = getattr(server, "_qwen3vl_runtime", None)
+    if runtime:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def when_ready(server) -> None:
@@ -60,6 +113,20 @@ def post_worker_init(worker) -> None:
     configure_logging(Settings.from_env().log_level)
     state = worker.wsgi.extensions["qwen3vl"]
     state.runner.start_loading()
+    import gevent
+
+    gevent.spawn(_watch_shutdown, worker, state.runner, float(worker.cfg.graceful_timeout))
+
+
+def _watch_shutdown(worker, runner, grace: float) -> None:
+    """SIGTERM (stop) or SIGHUP (reload: the master retires old workers with SIGTERM) sets
+    worker.alive to False; from then on new generations are refused and running ones get
+    `grace` seconds to finish while gunicorn keeps serving their connections."""
+    import gevent
+
+    while worker.alive:
+        gevent.sleep(0.1)
+    runner.begin_drain(grace)
 
 
 def worker_exit(server, worker) -> None:

@@ -93,6 +93,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("load_timeout", ("--load-timeout",), 900.0,
            "seconds a request waits for the worker's engine to finish loading", "float"),
     Option("disable_docs", ("--disable-docs",), False, "turn off /docs and /openapi.json (open by default)", "bool"),
+    # --- operations (docs/operations.md) ---
+    Option("graceful_timeout", ("--graceful-timeout",), 30,
+           "seconds in-flight generations get to finish on SIGTERM/SIGHUP (then they end with "
+           "finish_reason 'length' and the worker exits)", "int"),
+    Option("metrics_auth", ("--metrics-auth",), False,
+           "require the API key on GET /metrics (off: open, for a scraper on localhost)", "bool"),
+    Option("runtime_dir", ("--runtime-dir",), "",
+           "where the master keeps the shared admission counter and metrics files "
+           "(default: a fresh folder in /dev/shm, else the temp dir)"),
     # --- media (docs/media.md) ---
     Option("allowed_local_media_path", ("--allowed-local-media-path",), (),
            "directory whose files (symlinks resolved) requests may name by local path or file://; "

@@ -20,6 +20,7 @@ class ServerState:
     engine_kind: str
     demo: bool
     model_id: str = MODEL_ID
+    admission: object = None  # admission.Admission: the server-wide --max_concurrent slots
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod

@@ -2,7 +2,7 @@
 
 
 def register_all(app, auth):
-    from . import chat, docs, health, media, models
+    from . import chat, docs, health, media, metrics, models
 
-    for module in (health, models, chat, media, docs):
+    for module in (health, models, chat, media, docs, metrics):
         module.register(app, auth)

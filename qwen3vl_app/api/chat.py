@@ -7,6 +7,7 @@ import socket
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
+from ..admission import admitted
 from ..chat_service import PING, ChatJob, Delta, Finish, events
 from ..conversation import split_messages
 from ..engine.sampling import SamplingParams
@@ -48,6 +49,7 @@ def sampling_params(req: dict, defaults: dict, settings, greedy_only: bool) -> S
 def register(app, auth):
     @bp.post("/v1/chat/completions")
     @auth.login_required
+    @admitted  # a --max_concurrent slot for the whole response, or 503 at once
     def chat_completions():
         state = current_app.extensions["qwen3vl"]
         settings = state.settings
@@ -59,6 +61,7 @@ def register(app, auth):
         run_guarded(check_length, prompt, engine.limits, settings.max_prompt_tokens)
         params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
         job = ChatJob(prompt, params, req["stop"] or [], settings.request_timeout)
+        g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
         stream = bool(req.get("stream"))
         it = events(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
         run_guarded(next, it)  # waits for this worker's turn (or 503 at once when the queue is full)

@@ -21,6 +21,7 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
+from ..admission import admitted
 from ..chat_service import PING, ChatJob, Delta, Finish, events
 from ..errors import APIError
 from ..media.errors import MediaError
@@ -51,6 +52,7 @@ def _form_number(name: str, kind, low, high):
 def register(app, auth):
     @bp.post("/v1/media/describe")
     @auth.login_required
+    @admitted  # a --max_concurrent slot for the whole response, or 503 at once
     def describe():
         started = time.monotonic()
         state = current_app.extensions["qwen3vl"]
@@ -80,6 +82,7 @@ def register(app, auth):
         run_guarded(check_length, prompt, engine.limits, getattr(settings, "max_prompt_tokens", 0))
         params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
         job = ChatJob(prompt, params, [], settings.request_timeout)
+        g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
         keepalive = float(getattr(settings, "sse_keepalive", 10.0) or 10.0)
         it = events(state.runner, state.tokenizer, job, keepalive if stream else None)
         run_guarded(next, it)  # our turn on the engine, or 503 at once

@@ -17,6 +17,8 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
+from .. import metrics
+
 log = logging.getLogger("qwen3vl.runner")
 
 
@@ -41,6 +43,7 @@ class EngineRunner:
         self.load_seconds: float | None = None
         self.waiting = 0
         self.running = 0
+        self.drain_deadline: float | None = None  # monotonic; set when the worker shuts down
 
     # -- lifecycle ---------------------------------------------------------------
     def start_loading(self) -> None:
@@ -56,6 +59,7 @@ class EngineRunner:
             self.engine = self.call(self._load_fn)
             self.load_seconds = time.monotonic() - t0
             self.state = "ready"
+            metrics.engine_loaded(self.load_seconds)
             log.info("engine %s ready on %s in %.1f s", self.engine.name, self.engine.device, self.load_seconds)
         except Exception as e:  # the worker stays up and reports the failure on /health
             self.state = "failed"
@@ -72,13 +76,29 @@ class EngineRunner:
             raise EngineUnavailable(f"the model failed to load: {self.error}")
         return self.engine
 
+    @property
+    def draining(self) -> bool:
+        return self.drain_deadline is not None
+
+    def begin_drain(self, grace: float) -> None:
+        """The worker is shutting down: new requests are refused, running generations may go
+        on until `grace` seconds from now (a little less, so they end cleanly before the
+        master's kill)."""
+        if self.drain_deadline is None:
+            margin = min(2.0, grace * 0.25)
+            self.drain_deadline = time.monotonic() + max(0.0, grace - margin)
+            log.info("shutting down: refusing new requests; %d running, %d queued get %.1f s to finish",
+                     self.running, self.waiting, max(0.0, grace - margin))
+
     def close(self) -> None:
         if self.engine is not None:
             engine, self.engine = self.engine, None
             try:
                 self.call(engine.close)
+                log.info("engine %s released", engine.name)
             except Exception:
                 log.exception("engine close failed")
+            metrics.engine_closed()
         if self._pool is not None:
             self._pool.kill()
             self._pool = None
@@ -103,15 +123,20 @@ class EngineRunner:
     def turn(self):
         """Hold the engine for one generation, queueing behind at most max_queue others."""
         if self._turn.locked() and self.waiting >= self.settings.max_queue:
+            metrics.rejected("worker_queue_full")
             raise QueueFull()
         self.waiting += 1
+        metrics.QUEUED.inc()
         try:
             self._turn.acquire()
         finally:
             self.waiting -= 1
+            metrics.QUEUED.dec()
         self.running += 1
+        metrics.RUNNING.inc()
         try:
             yield self.wait_ready()
         finally:
             self.running -= 1
+            metrics.RUNNING.dec()
             self._turn.release()

@@ -143,10 +143,23 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
     for ref in refs:
         try:
             blob = load_media(ref.url, config.policy, ref.param)
+        except MediaError as e:
+            _fetch_failed(e.code)
+            raise e.with_param(ref.param)
+        try:
             out.append(preprocess_blob(blob, config, getattr(ref, "options", None)))
         except MediaError as e:
             raise e.with_param(ref.param)
     return out
+
+
+def _fetch_failed(reason: str) -> None:
+    """Count it on GET /metrics (qwen3vl_media_fetch_failures_total{reason})."""
+    try:
+        from ..metrics import media_fetch_failed
+    except ImportError:  # metrics are optional for the media layer
+        return
+    media_fetch_failed(reason)
 
 
 def upload_to_input(data: bytes, filename: str, config: MediaConfig, param: str = "file") -> tuple[MediaBlob, VisionInput]:

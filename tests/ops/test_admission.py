@@ -1,0 +1,99 @@
+"""--max_concurrent across workers: a burst beyond capacity gets fast 503s with Retry-After,
+then the server recovers; slots held by a worker that dies are given back."""
+import os
+import signal
+import threading
+import time
+
+import requests
+
+from tests.conftest import API_KEY
+from tests.ops.common import MSG, chat, scrape, total, value, wait_for, wait_running
+
+
+def _assert_busy(r, code="server_busy"):
+    assert r.status_code == 503, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code, err
+
+
+def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
+    with server_factory("-c", "2", "--max-queue", "4", workers=2, api_key=API_KEY) as s:
+        results = []
+        lock = threading.Lock()
+
+        def one():
+            t0 = time.monotonic()
+            r = chat(s, max_tokens=400)
+            with lock:
+                results.append((r, time.monotonic() - t0))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ok = [(r, dt) for r, dt in results if r.status_code == 200]
+        busy = [(r, dt) for r, dt in results if r.status_code != 200]
+        assert len(ok) == 2, [r.status_code for r, _ in results]  # two slots server-wide, not per worker
+        for r, dt in busy:
+            _assert_busy(r)
+        slowest_refusal = max(dt for _, dt in busy)
+        fastest_success = min(dt for _, dt in ok)
+        print(f"refusals within {slowest_refusal*1000:.0f} ms; admitted requests took >= {fastest_success:.2f} s")
+        assert slowest_refusal < 1.0 and slowest_refusal < fastest_success / 2
+
+        # Recovery: the slots are free again, and clients that honour Retry-After all get through.
+        assert chat(s).status_code == 200
+        client = s.openai(max_retries=30)
+        done = []
+
+        def retrying():
+            done.append(client.chat.completions.create(model="m", messages=MSG, max_tokens=30).usage.completion_tokens)
+
+        threads = [threading.Thread(target=retrying) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert done == [30] * 5
+
+        m = wait_for(lambda: (lambda m: m if value(m, "qwen3vl_requests_in_flight") == 0 else None)(scrape(s)))
+        assert value(m, "qwen3vl_max_concurrent") == 2
+        assert value(m, "qwen3vl_requests_rejected_total", reason="server_full") >= 6
+        assert total(m, "qwen3vl_requests_total", endpoint="/v1/chat/completions", status="503") >= 6
+        assert value(m, "qwen3vl_requests_running") == 0 and value(m, "qwen3vl_requests_queued") == 0
+
+
+def test_worker_queue_bound_still_applies(server_factory):
+    # Plenty of server-wide slots, one worker without a queue: the second request is refused.
+    with server_factory("-c", "10", "--max-queue", "0", workers=1) as s:
+        holder = threading.Thread(target=lambda: chat(s, max_tokens=600))
+        holder.start()
+        wait_running(s)
+        _assert_busy(chat(s))
+        holder.join()
+        m = scrape(s)
+        assert value(m, "qwen3vl_requests_rejected_total", reason="worker_queue_full") == 1
+
+
+def test_slots_of_a_killed_worker_are_given_back(server_factory):
+    with server_factory("-c", "1", workers=1) as s:
+        pid = s.worker_pids()[0]
+        stream = chat(s, max_tokens=1900, stream=True, timeout=60)
+        wait_running(s)
+        _assert_busy(chat(s))
+        os.kill(pid, signal.SIGKILL)  # dies holding the only slot
+        stream.close()
+
+        def new_worker_ready():
+            try:
+                h = requests.get(s.url + "/health", headers={"Connection": "close"}, timeout=5).json()
+            except requests.RequestException:
+                return False
+            return h["status"] == "healthy" and h["worker_pid"] != pid
+
+        wait_for(new_worker_ready, timeout=120, every=0.2)
+        assert chat(s).status_code == 200  # without the master freeing the slot: 503 forever
+        assert "died holding 1 admission slot" in s.log()
