@@ -48,6 +48,22 @@ def _image_prompt(folder, max_pixels: int, seed: int = 0) -> Prompt:
     return build_prompt(_tokenizer(folder), messages, [vis])
 
 
+def _video_prompt(folder) -> Prompt:
+    """Four 128x128 frames -> 2 temporal blocks of 16 tokens, each needing its own vit
+    call on the 64-patch static encoder."""
+    from qwen3vl_app.engine.base import VisionInput
+    from qwen3vl_app.processing.vision import patchify
+    from qwen3vl_app.processing.vision_prompt import expand_vision, mrope_positions
+
+    frames = np.stack([np.asarray(_image(10 + k)) for k in range(4)])
+    pixel_values, grid = patchify(frames)
+    vis = VisionInput(kind="video", pixel_values=pixel_values, grid_thw=grid, timestamps=[0.5, 2.5])
+    tok = _tokenizer(folder)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    ids = expand_vision(tok.encode(tok.render(messages)), [vis], encode=tok.encode)
+    return Prompt(ids, mrope_positions(ids, [vis]), [vis])
+
+
 def _greedy(engine, prompt: Prompt, n: int):
     out = engine.prefill(prompt)
     logits = [out.logits]
@@ -141,7 +157,9 @@ def test_native_calls_release_the_gil(bm_engine, tiny_bmodel_dir):
     elapsed = time.perf_counter() - start
     gaps = np.diff([start] + ticks)
     assert elapsed > 0.3, "prefill was too quick to tell"
-    assert gaps.max() < 0.25, f"the main thread stalled {gaps.max():.2f}s during a {elapsed:.2f}s native call"
+    # holding the GIL would stall the main thread for the whole call; allow for a loaded machine
+    assert gaps.max() < 0.5 * elapsed, f"the main thread stalled {gaps.max():.2f}s during a {elapsed:.2f}s native call"
+    assert len(ticks) > 20
 
 
 # ---- against transformers on the same checkpoint ----
@@ -166,9 +184,15 @@ def _torch_greedy(model, prompt: Prompt, n: int):
     L = ids.shape[1]
     rope = torch.as_tensor(prompt.position_ids, dtype=torch.long).view(3, 1, L)
     kwargs = {}
+    images = [v for v in prompt.vision if v.kind == "image"]
+    videos = [v for v in prompt.vision if v.kind == "video"]
+    if images:
+        kwargs["pixel_values"] = torch.from_numpy(np.concatenate([v.pixel_values for v in images]))
+        kwargs["image_grid_thw"] = torch.tensor([v.grid_thw for v in images])
+    if videos:
+        kwargs["pixel_values_videos"] = torch.from_numpy(np.concatenate([v.pixel_values for v in videos]))
+        kwargs["video_grid_thw"] = torch.tensor([v.grid_thw for v in videos])
     if prompt.vision:
-        kwargs["pixel_values"] = torch.from_numpy(np.concatenate([v.pixel_values for v in prompt.vision]))
-        kwargs["image_grid_thw"] = torch.tensor([v.grid_thw for v in prompt.vision])
         kwargs["mm_token_type_ids"] = (ids == IMAGE_PAD).int() + 2 * (ids == VIDEO_PAD).int()
     with torch.inference_mode():
         out = model(input_ids=ids, position_ids=torch.cat([torch.arange(L).view(1, 1, L), rope]), use_cache=True,
@@ -194,12 +218,15 @@ def _assert_close(mine, ref, what):
     assert err <= 0.015 * scale + 5e-3, f"{what}: max abs diff {err:.4f} (logit scale {scale:.3f})"
 
 
-@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("kind", ["text", "image", "video"])
 def test_prefill_and_decode_match_transformers(bm_engine, tiny_bmodel_dir, torch_model, kind):
     if kind == "text":
         prompt = _text_prompt(tiny_bmodel_dir)
-    else:
+    elif kind == "image":
         prompt = _image_prompt(tiny_bmodel_dir, bm_engine.limits.max_pixels, seed=2)
+    else:
+        prompt = _video_prompt(tiny_bmodel_dir)
+        assert prompt.vision[0].grid_thw == (2, 8, 8)
     ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, N_DECODE)
     tokens, logits = [], []
     out = bm_engine.prefill(prompt)

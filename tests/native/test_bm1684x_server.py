@@ -40,4 +40,6 @@ def test_health_answers_while_the_tpu_generates(native_module, tiny_bmodel_dir, 
         assert result["body"]["usage"]["completion_tokens"] >= 1
         assert elapsed > 1.0, "generation too quick to tell"
         assert len(latencies) >= 5
-        assert max(latencies) < 1.0, f"/health stalled {max(latencies):.2f}s during a {elapsed:.1f}s generation"
+        # a held GIL would block /health for the whole generation; allow for a loaded machine
+        assert max(latencies) < min(1.5, 0.5 * elapsed), \
+            f"/health stalled {max(latencies):.2f}s during a {elapsed:.1f}s generation"
