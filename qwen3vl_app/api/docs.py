@@ -75,6 +75,12 @@ def _errors(*statuses: int) -> dict:
     return {str(s): _json(ERROR, text[s]) for s in statuses}
 
 
+def _sse_event(data: str) -> dict:
+    """One Server-Sent Event (OpenAPI before 3.2: the media type's schema describes each event)."""
+    return {"schema": {"type": "object", "required": ["data"], "properties": {
+        "data": {"type": "string", "description": data}, "event": {"type": "string"}}}}
+
+
 _REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
                "description": "echoed back; one is made up when absent"}
 
@@ -82,8 +88,8 @@ _REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False, "schem
 def _operations(settings) -> dict[str, dict[str, dict]]:
     """path (OpenAPI form) -> method -> operation."""
     auth = () if settings.disable_api_auth else (401,)
-    sse_chunk = {"schema": {"type": "string", "description": "`data: <ChatCompletionChunk JSON>` events, then "
-                                                             "`data: [DONE]`; `: ping` comments keep it alive"}}
+    sse_chunk = _sse_event("a ChatCompletionChunk as JSON (an ErrorResponse if the engine fails mid-stream), "
+                           "then `[DONE]`; `: ping` comments keep the stream alive")
     return {
         "/health": {"get": {
             "tags": ["service"], "summary": "Engine state and server facts (the old service's fields)",
@@ -124,7 +130,9 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                 "200": {"description": "the description, or with `stream` an SSE stream of MediaStreamDelta "
                                        "events, a final MediaDescription event and `data: [DONE]`",
                         "content": {"application/json": {"schema": "MediaDescription"},
-                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                                    "text/event-stream": _sse_event(
+                                        "a MediaStreamDelta or, last, a MediaDescription as JSON (an ErrorResponse "
+                                        "if the engine fails mid-stream), then `[DONE]`")}},
                 **_errors(400, *auth, 413, 415, 500, 503),
             },
         }},

@@ -51,11 +51,13 @@ class Sampler:
     def choose(self, logits: np.ndarray) -> Choice:
         p = self.p
         x = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
-        self._penalise(x)
-        if p.greedy:
-            token = int(np.argmax(x))
-        else:
-            token = self._sample(x / np.float32(p.temperature))
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            self._penalise(x)
+            _finite(x)
+            if p.greedy:
+                token = int(np.argmax(x))
+            else:
+                token = self._sample(_finite(x / np.float32(p.temperature)))
         choice = Choice(token)
         if p.logprobs:
             lp = _log_softmax(x)
@@ -100,6 +102,17 @@ class Sampler:
             keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
             cand, probs = cand[:keep], probs[:keep] / probs[:keep].sum()
         return int(cand[self.rng.choice(len(cand), p=probs)])
+
+
+_F32 = np.finfo(np.float32)
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """Clamp in place what extreme but valid parameters overflow to (a repetition_penalty of
+    5e-324 divides logits to inf, and inf - inf is NaN in the softmax: a 500, found by fuzzing)."""
+    if not np.isfinite(x).all():
+        np.nan_to_num(x, copy=False, nan=_F32.min, posinf=_F32.max, neginf=_F32.min)
+    return x
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,60 @@
+"""Bugs the fuzzing work found, each pinned: they were 500s (see docs/api-contract.md)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qwen3vl_app.engine.sampling import Sampler, SamplingParams
+
+from .helpers import openai_error
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("kw", [
+    {"repetition_penalty": 5e-324},  # schemathesis: logits / 5e-324 = inf, inf - inf = NaN -> rng.choice raised
+    {"repetition_penalty": 5e-324, "temperature": 2.0, "top_p": 0.5},
+    {"repetition_penalty": 10.0, "temperature": 1.1e-5},  # tiny temperature overflows float32
+    {"presence_penalty": -2.0, "frequency_penalty": -2.0, "logprobs": True, "top_logprobs": 20},
+])
+def test_sampler_survives_extreme_valid_parameters(kw):
+    rng = np.random.default_rng(0)
+    sampler = Sampler(SamplingParams(seed=3, **kw), [1, 2, 3, 5, 8])
+    for _ in range(10):
+        logits = (rng.standard_normal(500) * 30).astype(np.float32)
+        logits[[2, 5]] = [3e38, -3e38]
+        choice = sampler.choose(logits)
+        assert 0 <= choice.token_id < 500
+        if kw.get("logprobs"):
+            assert np.isfinite(choice.logprob) or choice.logprob == -np.inf
+
+
+def test_extreme_repetition_penalty_is_served(server):
+    r = server.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3, "repetition_penalty": 5e-324,
+                                                  "temperature": 1.0})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100000 + "]" * 100000,  # RecursionError in the JSON parser
+    '{"messages": ' + "[" * 50000 + "]" * 50000 + "}",
+])
+def test_deeply_nested_json_is_a_400(server, body):
+    r = server.post("/v1/chat/completions", data=body, headers={**server.headers, "Content-Type": "application/json"})
+    assert openai_error(r, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("text", ['"\\ud800"', '"a\\udfffb"'])
+def test_lone_surrogate_is_a_400(server, text):
+    for body in ('{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}' % text,
+                 '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}], "max_tokens": 2}' % text):
+        r = server.post("/v1/chat/completions", data=body,
+                        headers={**server.headers, "Content-Type": "application/json"})
+        err = openai_error(r, 400)
+        assert err["code"] == "invalid_json" and "surrogate" in err["message"]
+
+
+def test_surrogate_pair_is_fine(server):
+    body = '{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}], "max_tokens": 2}'
+    r = server.post("/v1/chat/completions", data=body, headers={**server.headers, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
