@@ -450,8 +450,14 @@ class Runtime {
     return res;
   }
 
-  std::map<std::string, std::pair<long, double>> timings() const { return timings_; }
-  void reset_timings() { timings_.clear(); }
+  std::map<std::string, std::pair<long, double>> timings() {
+    std::lock_guard<std::mutex> g(timings_mu_);
+    return timings_;
+  }
+  void reset_timings() {
+    std::lock_guard<std::mutex> g(timings_mu_);
+    timings_.clear();
+  }
 
  private:
   std::mutex mu_;
@@ -464,6 +470,7 @@ class Runtime {
   bm_device_mem_t id1_{}, pos1_{}, dmask_{}, dh_[2]{}, knew_{}, vnew_{};
   std::vector<bm_device_mem_t> kcache_, vcache_, vit_in_, vit_out_;
   bool mask_ready_ = false;
+  std::mutex timings_mu_;
   std::map<std::string, std::pair<long, double>> timings_;
 
   static void check(bm_status_t st, const char* what) {
@@ -523,6 +530,7 @@ class Runtime {
       throw std::runtime_error("launching network '" + n.name + "' failed");
     check(bm_thread_sync(handle_), "bm_thread_sync");
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::lock_guard<std::mutex> g(timings_mu_);
     auto& e = timings_[n.name];
     e.first++;
     e.second += ms;

@@ -262,7 +262,7 @@ def test_serving_path_never_imports_torch(native_module, tiny_bmodel_dir):
         "from qwen3vl_app.engine.bm1684x import BM1684XEngine\n"
         "import tests.native.test_bm1684x as t\n"
         f"eng = BM1684XEngine({str(tiny_bmodel_dir)!r})\n"
-        "p = t._image_prompt(eng.model_dir, eng.limits.max_pixels)\n"
+        "p = t._text_prompt(eng.model_dir)\n"
         "assert eng.prefill(p).logits is not None\n"
         "eng.close()\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
