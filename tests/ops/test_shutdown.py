@@ -1,0 +1,89 @@
+"""Graceful shutdown and reload with a generation in flight: it finishes (within
+--graceful-timeout), new requests are refused with 503, the engine is released."""
+import signal
+import threading
+import time
+
+import requests
+
+from tests.ops.common import MSG, chat, sse_events, wait_for, wait_running
+
+
+def _stream_in_background(s, max_tokens):
+    out = {}
+
+    def run():
+        r = chat(s, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+        out["pid"] = int(r.headers["X-Worker-Pid"])
+        out["events"] = sse_events(r)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_running(s)
+    return t, out
+
+
+def _finish(events):
+    chunks = [e for _, e in events if e != "[DONE]"]
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    usage = chunks[-1]["usage"]
+    return finish, usage, events[-1][1] == "[DONE]"
+
+
+def test_sigterm_lets_the_stream_finish_and_refuses_new_requests(server_factory):
+    with server_factory("--graceful-timeout", "30", workers=1) as s:
+        session = requests.Session()  # a keep-alive connection opened before the signal
+        assert session.get(s.url + "/health", timeout=10).status_code == 200
+        t, out = _stream_in_background(s, 150)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "refusing new requests" in s.log(), timeout=5)
+        r = session.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}, timeout=10)
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+        assert r.json()["error"]["code"] == "server_shutting_down"
+        t.join(60)
+        finish, usage, done = _finish(out["events"])
+        assert done and finish == ["length"] and usage["completion_tokens"] == 150  # ran to the end
+        assert s.proc.wait(60) == 0
+        log = s.log()
+        assert "engine torch released" in log
+        print(f"stream finished {time.monotonic() - t0:.1f} s after SIGTERM; server exited cleanly")
+
+
+def test_graceful_timeout_bounds_the_drain(server_factory):
+    with server_factory("--graceful-timeout", "3", workers=1) as s:
+        t, out = _stream_in_background(s, 1900)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        elapsed = time.monotonic() - t0
+        finish, usage, done = _finish(out["events"])
+        # Cut before the master's kill: a proper end (finish_reason, usage, [DONE]), not a broken stream.
+        assert done and finish == ["length"] and 0 < usage["completion_tokens"] < 1900
+        assert elapsed < 3.5, elapsed
+        assert s.proc.wait(30) == 0
+        assert "engine torch released" in s.log()
+        print(f"long stream ended after {usage['completion_tokens']} tokens, {elapsed:.1f} s after SIGTERM")
+
+
+def test_hup_reload_finishes_the_stream_on_the_old_worker(server_factory):
+    with server_factory("--graceful-timeout", "30", workers=1) as s:
+        old = s.worker_pids()
+        t, out = _stream_in_background(s, 150)
+        s.proc.send_signal(signal.SIGHUP)
+        t.join(60)
+        finish, usage, done = _finish(out["events"])
+        assert done and finish == ["length"] and usage["completion_tokens"] == 150
+        assert out["pid"] == old[0]
+
+        def new_worker_serves():
+            try:
+                r = chat(s, max_tokens=2, timeout=30)
+            except requests.RequestException:
+                return False
+            return r.status_code == 200 and int(r.headers["X-Worker-Pid"]) not in old
+
+        wait_for(new_worker_serves, timeout=120, every=0.2)
+        wait_for(lambda: old[0] not in s.worker_pids(), timeout=30)
+        assert "engine torch released" in s.log()
+        assert s.proc.poll() is None  # the master stays up across the reload
