@@ -1,0 +1,153 @@
+"""deploy/nginx.conf for real: an nginx (Debian package, installed by .ci/run) on a loopback
+port in front of a live gunicorn.  Streamed chunks arrive one by one through it, and
+uploads larger than nginx's default 1 MiB body limit get through."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import API_KEY, REPO, free_port
+from tests.ops.common import MSG
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (.ci/run installs the Debian package)")
+
+
+def render_site(backend_port: int, listen_port: int) -> str:
+    site = (REPO / "deploy" / "nginx.conf").read_text()
+    site, n1 = re.subn(r"server 127\.0\.0\.1:8899;", f"server 127.0.0.1:{backend_port};", site)
+    site, n2 = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen_port};", site)
+    assert n1 == 1 and n2 == 1, "deploy/nginx.conf changed shape: update render_site()"
+    return site
+
+
+def main_conf(prefix: Path, site: Path) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""  # worker processes reach the temp folders
+    return f"""{user}worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {site};
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def proxied(server_factory, tmp_path_factory):
+    """(gunicorn, nginx base URL)."""
+    with server_factory(workers=1, api_key=API_KEY) as s:
+        prefix = tmp_path_factory.mktemp("nginx")
+        port = free_port()
+        site = prefix / "qwen3vl.conf"
+        site.write_text(render_site(s.port, port))
+        conf = prefix / "nginx.conf"
+        conf.write_text(main_conf(prefix, site))
+        base = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        check = subprocess.run(base + ["-t"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        proc = subprocess.Popen(base + ["-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                try:
+                    if requests.get(url + "/health", headers=s.headers, timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                assert time.monotonic() < deadline, (prefix / "error.log").read_text()
+                time.sleep(0.1)
+            yield s, url
+        finally:
+            proc.terminate()  # nginx: SIGTERM = fast shutdown
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _timed_events(resp):
+    """(arrival time, event text) per SSE event, stamped as bytes come off the socket."""
+    buf, out = b"", []
+    for piece in resp.iter_content(chunk_size=None):
+        now = time.monotonic()
+        buf += piece
+        while b"\n\n" in buf:
+            event, buf = buf.split(b"\n\n", 1)
+            out.append((now, event.decode()))
+    return out
+
+
+def test_stream_chunks_arrive_one_by_one_through_nginx(proxied):
+    s, url = proxied
+    t0 = time.monotonic()
+    r = requests.post(url + "/v1/chat/completions", stream=True, timeout=120, headers={**s.headers,
+                      "Accept-Encoding": "gzip", "X-Request-Id": "via-nginx-1"},
+                      json={"messages": MSG, "max_tokens": 120, "temperature": 0, "stream": True})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    assert "gzip" not in r.headers.get("Content-Encoding", "")
+    assert r.headers["X-Request-Id"] == "via-nginx-1"
+    events = _timed_events(r)
+    assert events[-1][1] == "data: [DONE]"
+    content = [(t, e) for t, e in events if '"content":"' in e and '"content":""' not in e]
+    first, last = content[0][0] - t0, content[-1][0] - t0
+    distinct = len({round(t, 4) for t, _ in content})
+    print(f"through nginx: {len(content)} content chunks, first at {first*1000:.0f} ms, last at {last*1000:.0f} ms, "
+          f"{distinct} distinct arrival times")
+    assert last > 0.3, "generation too short to tell streaming from buffering"
+    assert first < last / 4  # the first token did not wait for the last
+    assert distinct >= len(content) / 2  # not delivered in a few buffered bursts
+
+
+def _big_png(side: int = 640) -> bytes:
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG", compress_level=0)
+    return buf.getvalue()
+
+
+def test_upload_larger_than_nginx_default_limit(proxied):
+    s, url = proxied
+    png = _big_png()
+    assert len(png) > 1024 * 1024  # nginx alone would answer 413 above 1 MiB
+    r = requests.post(url + "/v1/media/describe", headers=s.headers, timeout=120,
+                      files={"file": ("noise.png", png, "image/png")}, data={"max_tokens": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "success" and body["metadata"]["media_type"] == "image"
+    assert body["metadata"]["filename"] == "noise.png" and body["usage"]["completion_tokens"] == 3
+
+    # The same bytes as a data: URI inside a JSON body (~1.6 MiB).
+    import base64
+
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    r = requests.post(url + "/v1/chat/completions", headers=s.headers, timeout=120, json={"max_tokens": 2, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "?"}]}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] > 100  # the image's tokens are in the prompt
+
+
+def test_metrics_through_nginx_from_localhost(proxied):
+    s, url = proxied
+    r = requests.get(url + "/metrics", timeout=10)
+    assert r.status_code == 200 and "qwen3vl_requests_total" in r.text
