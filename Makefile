@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit tiny-model clean
+.PHONY: install run test unit tiny-model load bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,17 @@ unit: install
 ## Build (or reuse) the tiny random-weight checkpoint; its folder is the last line printed.
 tiny-model: install
 	@$(BIN)/python -m qwen3vl_app.tiny_model
+
+## Load test: a local server + locust headless for LOAD_TIME (text/image/video streams; TTFT, ITL).
+LOAD_TIME ?= 30s
+LOAD_USERS ?= 4
+load: install
+	$(BIN)/python bench/load.py --time $(LOAD_TIME) --users $(LOAD_USERS) $(ARGS)
+
+## Benchmark (< 5 min): TTFT/TPOT/req/s/tok/s at 1,2,4 clients x 1,2 workers, server overhead,
+## worker RSS (torch-free vs torch), preprocessing vs transformers.  JSON, then a table.
+bench: install
+	$(BIN)/python bench/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) native/build .pytest_cache
