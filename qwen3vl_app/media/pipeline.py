@@ -116,10 +116,22 @@ def _offload(fn, *args):
         from gevent import get_hub, monkey
 
         if monkey.is_module_patched("threading"):
-            return get_hub().threadpool.apply(fn, args)
+            ok, value = get_hub().threadpool.apply(_capture, (fn, args))
+            if ok:
+                return value
+            raise value  # in the request greenlet, where the API maps it to a 4xx
     except ImportError:
         pass
     return fn(*args)
+
+
+def _capture(fn, args):
+    """Return the outcome instead of raising in the pool thread: gevent prints a traceback
+    for every task that raises, which put one in the log per corrupt upload (a 400)."""
+    try:
+        return True, fn(*args)
+    except Exception as e:
+        return False, e
 
 
 def preprocess_blob(blob: MediaBlob, config: MediaConfig, options: dict | None = None) -> VisionInput:
