@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit tiny-model load bench clean
+.PHONY: install run test unit tiny-model load bench soak clean
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ load: install
 ## worker RSS (torch-free vs torch), preprocessing vs transformers.  JSON, then a table.
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)
+
+## Soak (~1 min, also part of `make test`): SOAK_REQUESTS mixed requests against 2 workers, then
+## leaked temp files, fds and RSS growth per worker, printed.  Longer: make soak SOAK_REQUESTS=10000
+SOAK_REQUESTS ?= 1200
+soak: install
+	QWEN3VL_SOAK_REQUESTS=$(SOAK_REQUESTS) QWEN3VL_SOAK_SECONDS=$$(( $(SOAK_REQUESTS) / 4 + 60 )) \
+		$(BIN)/python -m pytest tests/resilience/test_soak.py -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) native/build .pytest_cache
