@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .engine.loader import ModelFolderError, detect_engine
+from .media.sources import parse_networks
 from .settings import DEFAULT_MODEL_DIR, OPTIONS
 
 
@@ -35,6 +36,10 @@ def resolve_model_dir(settings, environ=None):
         raise StartupError(str(e)) from None
     if settings.engine not in ("auto", kind):
         raise StartupError(f"--engine {settings.engine} does not match {path} (a {kind} model folder)")
+    try:
+        parse_networks(settings.allowed_media_network)  # a typo fails here, not on every request
+    except ValueError as e:
+        raise StartupError(str(e)) from None
     return replace(settings, model_dir=str(path))
 
 

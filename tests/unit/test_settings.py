@@ -56,3 +56,9 @@ def test_help_lists_every_flag():
     for opt in OPTIONS:
         for flag in opt.flags:
             assert flag in r.stdout
+
+
+def test_bad_allowed_media_network_is_a_startup_error(tiny_model_dir):
+    r = subprocess.run([sys.executable, "-m", "qwen3vl_app", "-m", str(tiny_model_dir),
+                        "--allowed-media-network", "192.168.7.0/33"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "192.168.7.0/33" in r.stderr and "Traceback" not in r.stderr
