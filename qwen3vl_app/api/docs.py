@@ -137,9 +137,11 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
             },
         }},
         "/metrics": {"get": {
-            "tags": ["service"], "summary": "Prometheus metrics", "operationId": "metrics",
+            "tags": ["service"], "summary": "Prometheus metrics (open unless --metrics-auth)", "operationId": "metrics",
+            **({} if getattr(settings, "metrics_auth", False) else {"security": []}),
             "responses": {"200": {"description": "Prometheus text format",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(*auth)},
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors(*(auth if getattr(settings, "metrics_auth", False) else ()))},
         }},
         "/openapi.json": {"get": {
             "tags": ["docs"], "summary": "This document", "operationId": "openapi", "security": [],

@@ -95,6 +95,16 @@ def test_security_scheme_follows_the_auth_settings(tiny_model_dir, env, scheme):
     assert doc["security"] == [{name: []}]
     assert doc["paths"]["/docs"]["get"]["security"] == [] and doc["paths"]["/openapi.json"]["get"]["security"] == []
     assert "security" not in doc["paths"]["/v1/chat/completions"]["post"]  # the global requirement applies
+    if "/metrics" in doc["paths"]:  # open unless --metrics-auth (api/metrics.py)
+        assert doc["paths"]["/metrics"]["get"]["security"] == []
+
+
+def test_metrics_auth_is_reflected(tiny_model_dir):
+    routes, doc = app_and_doc(tiny_model_dir, metrics_auth="1")
+    if ("/metrics", "get") not in routes:
+        pytest.skip("no /metrics in this build")
+    assert "security" not in doc["paths"]["/metrics"]["get"]
+    assert "401" in doc["paths"]["/metrics"]["get"]["responses"]
 
 
 def test_live_document_and_swagger_ui_without_cdn(server):
