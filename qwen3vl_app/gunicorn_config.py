@@ -54,6 +54,8 @@ def on_starting(server) -> None:
     server._qwen3vl_runtime = runtime
     os.environ[ENV_FILE] = Admission.create_file(runtime, settings.max_concurrent)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir and metrics_dir == os.environ.get("_QWEN3VL_OWN_METRICS_DIR"):
+        metrics_dir = None  # inherited from a previous master of ours (USR2 re-exec): make a new one
     if metrics_dir:  # the operator's folder: start it empty, stale files would corrupt totals
         os.makedirs(metrics_dir, exist_ok=True)
         for name in os.listdir(metrics_dir):
@@ -63,7 +65,7 @@ def on_starting(server) -> None:
         metrics_dir = os.path.join(runtime, "metrics")
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.makedirs(metrics_dir)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_QWEN3VL_OWN_METRICS_DIR"] = metrics_dir
 
 
 def child_exit(server, worker) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 
@@ -53,6 +54,10 @@ def install(app, state) -> None:
         # streams: when the view returns, and again when the stream ends.)
         done = _Finisher(g._get_current_object(), request.method, request.path, request.url_rule,
                          resp.status_code, resp.is_streamed, anonymous)
+        if resp.status_code == 503:
+            # Busy or draining: close the connection after this answer, so the client's retry
+            # opens a new one -- which another, idle worker may accept.
+            done.sock = request.environ.get("gunicorn.socket")
         g.finisher = done
         resp.call_on_close(done)
         return resp
@@ -68,11 +73,12 @@ class _Finisher:
     """Runs once, after the response is closed, with no request context left: everything
     it needs was captured when the response was made (g is the request's own object)."""
 
-    __slots__ = ("g", "method", "path", "rule", "status", "streamed", "anonymous", "exc", "done")
+    __slots__ = ("g", "method", "path", "rule", "status", "streamed", "anonymous", "exc", "done", "sock")
 
     def __init__(self, gobj, method, path, rule, status, streamed, anonymous, exc=None):
         self.g, self.method, self.path, self.rule = gobj, method, path, rule
         self.status, self.streamed, self.anonymous, self.exc, self.done = status, streamed, anonymous, exc, False
+        self.sock = None
 
     def __call__(self):
         if self.done:
@@ -82,6 +88,11 @@ class _Finisher:
             release_request_slot(self.g)
         finally:
             _log_and_count(self)
+            if self.sock is not None:  # the answer is fully written (gunicorn closes the body after)
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def server_timing(stats, started: float, total: float) -> str:
