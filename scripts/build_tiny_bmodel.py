@@ -22,6 +22,7 @@ apt-get when missing (root only).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import hashlib
 import os
@@ -189,8 +190,18 @@ def main() -> None:
     ckpt = build_checkpoint()
     kind = "tiny-bmodel-dynamic" if args.dynamic else "tiny-bmodel"
     final = root / f"{kind}-{cache_key(ckpt, extra)}"
-    if not args.force and (final / BMODEL_NAME).exists() and (final / "config" / "config.json").exists():
+    def ready() -> bool:
+        return (final / BMODEL_NAME).exists() and (final / "config" / "config.json").exists()
+
+    if not args.force and ready():
         say(f"cached: {final}")
+        print(final)
+        return
+    # one builder at a time (a test session and `make tiny-bmodel` may race)
+    lock = open(root / ".tiny-bmodel.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not args.force and ready():
+        say(f"built meanwhile by another run: {final}")
         print(final)
         return
     venv = ensure_venv(root)
