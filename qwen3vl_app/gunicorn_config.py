@@ -109,6 +109,16 @@ def when_ready(server) -> None:
         log.warning("Put a real model at ./models/qwen3vl_2b or pass -m /path/to/model.")
         log.warning("=" * 72)
     log_auth_config(settings)
+    log.info("admission: %d request(s) at once server-wide (-c), %d waiting per worker (--max-queue); "
+             "graceful timeout %d s; metrics files in %s", settings.max_concurrent, settings.max_queue,
+             settings.graceful_timeout, os.environ.get("PROMETHEUS_MULTIPROC_DIR", "-"))
+    reachable = settings.workers * (1 + settings.max_queue)
+    if settings.max_concurrent > reachable:
+        log.info("at most %d generation requests are admitted at once: %d worker(s) x (1 running + %d queued)",
+                 reachable, settings.workers, settings.max_queue)
+    elif settings.max_concurrent < settings.workers:
+        log.warning("-c %d is below --workers %d: some engines can never be busy at the same time",
+                    settings.max_concurrent, settings.workers)
 
 
 def post_worker_init(worker) -> None:

@@ -91,6 +91,8 @@ class EngineRunner:
                      self.running, self.waiting, max(0.0, grace - margin))
 
     def close(self) -> None:
+        if self.state == "loading":  # stopped mid-load: let it finish, so the device is released cleanly
+            self._ready.wait(float(getattr(self.settings, "graceful_timeout", 30)))
         if self.engine is not None:
             engine, self.engine = self.engine, None
             try:
