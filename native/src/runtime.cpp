@@ -237,6 +237,9 @@ class Runtime {
   int vit_patch_dim = 0;
   int vit_inputs = 0;
   bool vit_dynamic = false;
+  bool has_greedy_head = false;  // device-side heads over the last logits (--do_sample builds)
+  bool has_sample_head = false;
+  int sample_candidates = 0;     // sample_head's top-k width
   bool prefill_dynamic = false;
   int token_length = 0;  // tokens in the KV cache
   std::vector<std::string> networks;
@@ -451,6 +454,57 @@ class Runtime {
     return res;
   }
 
+  // Device-side heads over the logits of the last prefill/decode (still on the device).
+  // On the simulator they take minutes (the sort engine is simulated): box only.
+  int greedy_last() {
+    std::lock_guard<std::mutex> g(mu_);
+    check_open();
+    if (!has_greedy_head) throw std::logic_error("this bmodel has no greedy_head over logits");
+    if (!logits_valid_) throw std::logic_error("no logits yet: run prefill first");
+    bm_tensor_t in = tensor(logits_, greedy_.in_dtype(0), make_shape({1, vocab_size}));
+    bm_tensor_t out = tensor(tok_, greedy_.out_dtype(0), make_shape({1, 1}));
+    launch(greedy_, &in, 1, &out, 1);
+    int32_t tok = 0;
+    d2s_at(&tok, tok_, 0, 4);
+    return tok;
+  }
+
+  // Returns the top candidates (probabilities after temperature/top-k/top-p/penalty, and
+  // their token ids); the caller draws one of them.
+  void sample_last(const std::vector<int32_t>& history, float penalty, float temperature, int32_t top_k,
+                   float top_p, std::vector<float>& probs, std::vector<int32_t>& ids) {
+    std::lock_guard<std::mutex> g(mu_);
+    check_open();
+    if (!has_sample_head) throw std::logic_error("this bmodel has no sample_head over logits");
+    if (!logits_valid_) throw std::logic_error("no logits yet: run prefill first");
+    const int max_hist = sample_.in_shape(1).dims[sample_.in_shape(1).num_dims - 1];
+    std::vector<int32_t> hist(history.end() - std::min<size_t>(history.size(), static_cast<size_t>(max_hist)),
+                              history.end());
+    if (hist.empty()) hist.push_back(0);
+    const int n = sample_.info->is_dynamic ? static_cast<int>(hist.size()) : max_hist;
+    hist.resize(static_cast<size_t>(n), hist.back());
+    s2d(s_ids_, hist.data(), hist.size() * 4);
+    s2d(s_penalty_, &penalty, 4);
+    s2d(s_temp_, &temperature, 4);
+    s2d(s_topk_, &top_k, 4);
+    s2d(s_topp_, &top_p, 4);
+    bm_tensor_t in[6];
+    in[0] = tensor(logits_, sample_.in_dtype(0), make_shape({1, vocab_size}));
+    in[1] = tensor(s_ids_, sample_.in_dtype(1), make_shape({1, n}));
+    in[2] = tensor(s_penalty_, sample_.in_dtype(2), make_shape({1}));
+    in[3] = tensor(s_temp_, sample_.in_dtype(3), make_shape({1}));
+    in[4] = tensor(s_topk_, sample_.in_dtype(4), make_shape({1}));
+    in[5] = tensor(s_topp_, sample_.in_dtype(5), make_shape({1}));
+    bm_tensor_t out[2];
+    out[0] = tensor(s_probs_, sample_.out_dtype(0), sample_.out_shape(0));
+    out[1] = tensor(s_idx_, sample_.out_dtype(1), sample_.out_shape(1));
+    launch(sample_, in, 6, out, 2);
+    probs.resize(static_cast<size_t>(sample_candidates));
+    ids.resize(static_cast<size_t>(sample_candidates));
+    d2s_at(probs.data(), s_probs_, 0, probs.size() * 4);
+    d2s_at(ids.data(), s_idx_, 0, ids.size() * 4);
+  }
+
   std::map<std::string, std::pair<long, double>> timings() {
     std::lock_guard<std::mutex> g(timings_mu_);
     return timings_;
@@ -465,7 +519,9 @@ class Runtime {
   bm_handle_t handle_ = nullptr;
   void* rt_ = nullptr;
   std::vector<bm_device_mem_t> owned_;
-  Net emb_, embc_, lm_, vit_;
+  Net emb_, embc_, lm_, vit_, greedy_, sample_;
+  bool logits_valid_ = false;
+  bm_device_mem_t tok_{}, s_ids_{}, s_penalty_{}, s_temp_{}, s_topk_{}, s_topp_{}, s_probs_{}, s_idx_{};
   std::vector<Net> blocks_, caches_;
   bm_device_mem_t ids_{}, pos_{}, mask_{}, hid_[2]{}, logits_{};
   bm_device_mem_t id1_{}, pos1_{}, dmask_{}, dh_[2]{}, knew_{}, vnew_{};
@@ -541,6 +597,7 @@ class Runtime {
     bm_tensor_t in = tensor(hidden_row, lm_.in_dtype(0), make_shape({1, hidden_size}));
     bm_tensor_t out = tensor(logits_, lm_.out_dtype(0), lm_.out_shape(0));
     launch(lm_, &in, 1, &out, 1);
+    logits_valid_ = true;
     if (lm_head_logits) {
       size_t n = static_cast<size_t>(vocab_size);
       std::vector<uint8_t> raw(n * dtype_size(lm_.out_dtype(0)));
@@ -569,6 +626,8 @@ class Runtime {
     embc_ = net("embedding_cache", true);
     lm_ = net("lm_head", true);
     vit_ = net("vit", false);
+    greedy_ = net("greedy_head", false);
+    sample_ = net("sample_head", false);
     for (int l = 0;; l++) {
       Net b = net("block_" + std::to_string(l), false);
       if (!b.present()) break;
@@ -620,6 +679,19 @@ class Runtime {
     for (auto& h : dh_) h = alloc(static_cast<size_t>(hidden_size) * hsz);
     knew_ = alloc(c0.out_bytes(1));
     vnew_ = alloc(c0.out_bytes(2));
+    has_greedy_head = lm_head_logits && greedy_.present();
+    has_sample_head = lm_head_logits && sample_.present() && sample_.info->input_num == 6;
+    if (has_greedy_head) tok_ = alloc(4);
+    if (has_sample_head) {
+      s_ids_ = alloc(sample_.in_bytes(1));
+      s_penalty_ = alloc(4);
+      s_temp_ = alloc(4);
+      s_topk_ = alloc(4);
+      s_topp_ = alloc(4);
+      s_probs_ = alloc(sample_.out_bytes(0));
+      s_idx_ = alloc(sample_.out_bytes(1));
+      sample_candidates = sample_.out_shape(0).dims[sample_.out_shape(0).num_dims - 1];
+    }
     if (vit_.present()) {
       for (int i = 0; i < vit_inputs; i++) vit_in_.push_back(alloc(vit_.in_bytes(i)));
       for (int i = 0; i < vit_outputs; i++) vit_out_.push_back(alloc(vit_.out_bytes(i)));
@@ -644,6 +716,7 @@ class Runtime {
       handle_ = nullptr;
     }
     token_length = 0;
+    logits_valid_ = false;
   }
 };
 
@@ -771,6 +844,35 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           py::arg("pixel_values"), py::arg("position_ids"), py::arg("pos_idx"), py::arg("pos_weight"),
           py::arg("attention_mask") = py::none(),
           "Vision encoder: returns [merged embeds, deepstack features...], each float32 [P/4, hidden].")
+      .def_readonly("has_greedy_head", &Runtime::has_greedy_head)
+      .def_readonly("has_sample_head", &Runtime::has_sample_head)
+      .def_readonly("sample_candidates", &Runtime::sample_candidates)
+      .def(
+          "greedy_last",
+          [](Runtime& r) {
+            py::gil_scoped_release nogil;
+            return r.greedy_last();
+          },
+          "Device greedy_head over the last logits -> token id (box only: minutes on the simulator).")
+      .def(
+          "sample_last",
+          [](Runtime& r, py::handle history, float penalty, float temperature, int top_k, float top_p) {
+            auto hist = to_vec<int32_t>(history, "history");
+            std::vector<float> probs;
+            std::vector<int32_t> ids;
+            {
+              py::gil_scoped_release nogil;
+              r.sample_last(hist, penalty, temperature, top_k, top_p, probs, ids);
+            }
+            py::array_t<float> p(static_cast<py::ssize_t>(probs.size()));
+            py::array_t<int32_t> i(static_cast<py::ssize_t>(ids.size()));
+            std::memcpy(p.mutable_data(), probs.data(), probs.size() * 4);
+            std::memcpy(i.mutable_data(), ids.data(), ids.size() * 4);
+            return py::make_tuple(p, i);
+          },
+          py::arg("history"), py::arg("penalty") = 1.0f, py::arg("temperature") = 1.0f, py::arg("top_k") = 50,
+          py::arg("top_p") = 1.0f,
+          "Device sample_head over the last logits -> (probs, token ids) of the top candidates (box only).")
       .def("timings", &Runtime::timings, "network name -> (calls, total milliseconds)")
       .def("reset_timings", &Runtime::reset_timings);
 }

@@ -107,6 +107,30 @@ class BM1684XEngine(Engine):
         if rt is not None:
             rt.close()
 
+    # ---- device-side heads (optional; real hardware only) ----
+    # `--do_sample` builds carry `greedy_head` and `sample_head`, which pick the next token
+    # on the TPU from the logits the last step left there.  The shared generation code
+    # samples on the host from `StepOutput.logits` (identical results, works everywhere);
+    # these are for a box where the host CPU is the bottleneck.  On the cmodel simulator
+    # each call takes minutes (its sort engine is simulated): never use them there.
+
+    @property
+    def device_heads(self) -> bool:
+        return bool(self.rt.has_greedy_head and self.rt.has_sample_head) and not self.device.endswith("(cmodel)")
+
+    def device_greedy(self) -> int:
+        """Token id chosen by `greedy_head` from the last step's logits."""
+        return int(self.rt.greedy_last())
+
+    def device_sample_candidates(self, history: list[int], temperature: float = 1.0, top_p: float = 1.0,
+                                 top_k: int = 50, repetition_penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """`sample_head` over the last step's logits: (probabilities, token ids) of up to
+        `rt.sample_candidates` candidates, after penalty, temperature, top-k and top-p;
+        draw one with the request's RNG."""
+        k = max(1, min(int(top_k) if top_k and top_k > 0 else self.rt.sample_candidates, self.rt.sample_candidates))
+        return self.rt.sample_last(np.asarray(history, dtype=np.int32), float(repetition_penalty),
+                                   float(max(temperature, 1e-5)), k, float(top_p))
+
     def timings(self) -> dict:
         """Per network: (calls, total ms) since load."""
         return self.rt.timings()

@@ -105,6 +105,8 @@ def test_limits_and_capabilities_come_from_the_bmodel(bm_engine):
     assert bm_engine.capabilities.logits and rt.lm_head_logits and rt.vocab_size == 151936
     assert rt.vit_outputs == 3  # merger + 2 deepstack taps
     assert {"greedy_head", "sample_head"} <= set(rt.networks)
+    assert rt.has_greedy_head and rt.has_sample_head and rt.sample_candidates == 50
+    assert not bm_engine.device_heads  # minutes per call on the simulator: host sampling instead
 
 
 # ---- generation ----
