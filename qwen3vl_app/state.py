@@ -1,6 +1,7 @@
 """What one worker knows about its model: tokenizer, engine runner, identity."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,25 @@ class ServerState:
     @classmethod
     def create(cls, settings) -> "ServerState":
         model_dir = Path(settings.model_dir)
-        kind = settings.engine if settings.engine != "auto" else detect_engine(model_dir)
+        try:
+            kind = settings.engine if settings.engine != "auto" else detect_engine(model_dir)
+            tokenizer = ChatTokenizer(model_dir)
+        except Exception as e:
+            # The folder was checked when the server started, so it went away or became
+            # unreadable since.  Boot anyway and report it (/health 503, requests 503): a
+            # worker that fails to boot makes gunicorn halt the whole server, healthy workers
+            # included -- which is what one worker crash did with the folder gone.
+            logging.getLogger("qwen3vl").exception("model folder %s is unusable", model_dir)
+            error = f"{type(e).__name__}: {e}"
+
+            def unusable():
+                raise RuntimeError(error)
+
+            return cls(settings, None, EngineRunner(settings, unusable), settings.engine, False)
         from .engine.faults import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
 
         runner = EngineRunner(settings, lambda: maybe_wrap(load_engine(settings, kind)))
-        return cls(settings, ChatTokenizer(model_dir), runner, kind, is_demo(model_dir))
+        return cls(settings, tokenizer, runner, kind, is_demo(model_dir))
 
     @property
     def demo_notice(self) -> str | None:

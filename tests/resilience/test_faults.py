@@ -7,6 +7,8 @@ names a trigger file; writing a step name into it makes that engine step fail on
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import openai
@@ -104,3 +106,54 @@ def test_worker_dying_in_the_engine_is_replaced(faulty):
     new = set(faulty.worker_pids())
     assert new and not (new & old), (old, new)
     assert ok(faulty).headers["X-Worker-Pid"] in {str(p) for p in new}
+
+
+def test_model_folder_gone_then_a_worker_crash(server_factory, tiny_model_dir, tmp_path):
+    """The folder disappears under a running server and a worker dies: the replacement must
+    boot anyway and answer 503 (it used to fail to boot, and gunicorn then halted the whole
+    server, healthy worker included).  With the folder back, a HUP brings every worker back."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    with server_factory(api_key=API_KEY, workers=2, model_dir=model) as s:
+        old = set(s.worker_pids())
+        model.rename(tmp_path / "moved")
+        victim = sorted(old)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(s.worker_pids()) < 2 or victim in s.worker_pids()):
+            assert s.proc.poll() is None, "gunicorn halted:\n" + s.log()[-3000:]
+            time.sleep(0.2)
+        time.sleep(2)
+        assert s.proc.poll() is None, "gunicorn halted:\n" + s.log()[-3000:]
+        new = (set(s.worker_pids()) - old).pop()
+        seen = {}
+        for _ in range(40):  # fresh connections land on either worker
+            r = requests.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2},
+                              headers={**s.headers, "Connection": "close"}, timeout=30)
+            pid = int(r.headers["X-Worker-Pid"])
+            seen.setdefault(pid, set()).add(r.status_code)
+            if r.status_code != 200:
+                err = openai_error(r, 503)
+                assert err["code"] == "model_unavailable" and r.headers.get("Retry-After")
+            if len(seen) == 2:
+                break
+        assert seen.get(new) == {503} and seen.get(max(old)) == {200}, seen
+        h = requests.get(s.url + "/health", headers={**s.headers, "Connection": "close"}, timeout=10)
+        assert h.status_code in (200, 503) and h.json()["status"] in ("healthy", "unhealthy")
+        # the folder is back: a reload (HUP) replaces every worker and all are healthy again
+        (tmp_path / "moved").rename(model)
+        os.kill(s.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (len(s.worker_pids()) != 2 or set(s.worker_pids()) & (old | {new})):
+            time.sleep(0.2)
+        fresh = set(s.worker_pids())
+        assert len(fresh) == 2 and not fresh & (old | {new}), fresh
+        healthy = set()
+        while time.monotonic() < deadline and healthy != fresh:
+            r = requests.get(s.url + "/health", headers={**s.headers, "Connection": "close"}, timeout=10)
+            if r.status_code == 200 and r.json()["status"] == "healthy":
+                healthy.add(r.json()["worker_pid"])
+            time.sleep(0.05)
+        assert healthy == fresh
