@@ -17,26 +17,37 @@ from tests.conftest import REPO
 from .helpers import openai_error
 
 _PROBE = r"""
-import json, sys
+import dataclasses, json, sys
 from qwen3vl_app import create_app
-from qwen3vl_app.api.docs import app_routes
+from qwen3vl_app.api.docs import app_routes, build_spec
 app = create_app()
 r = app.test_client().get("/openapi.json")
 doc = r.get_json() if r.status_code == 200 else None
-print(json.dumps({"routes": sorted(app_routes(app)), "doc": doc}))
+settings = app.extensions["qwen3vl"].settings
+variants = {name: build_spec(app, dataclasses.replace(settings, **kw)) for name, kw in json.loads(sys.argv[1]).items()}
+print(json.dumps({"routes": sorted(app_routes(app)), "doc": doc, "variants": variants}))
 """
 
+VARIANTS = {
+    "bearer": {},
+    "token prefix": {"api_prefix": "Token"},
+    "custom header": {"api_header": "X-API-Key"},
+    "auth off": {"disable_api_auth": True},
+    "metrics auth": {"metrics_auth": True},
+}
 
-def app_and_doc(model_dir, **env) -> tuple[set, dict]:
+
+def app_and_doc(model_dir, **env) -> tuple[set, dict, dict]:
     """Build the app in a fresh interpreter (blueprints register once per process) with the
-    given QWEN3VL_* settings; return its routes and its document."""
+    given QWEN3VL_* settings; return its routes, its served document, and the documents
+    built for each of VARIANTS' settings."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")}
     full.update({"QWEN3VL_MODEL_DIR": str(model_dir), **{f"QWEN3VL_{k.upper()}": v for k, v in env.items()}})
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=full, cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(VARIANTS)], env=full, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    return {tuple(r) for r in data["routes"]}, data["doc"]
+    return {tuple(r) for r in data["routes"]}, data["doc"], data["variants"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +56,7 @@ def default_doc(tiny_model_dir):
 
 
 def test_every_route_is_documented_and_the_document_validates(default_doc):
-    routes, doc = default_doc
+    routes, doc, _ = default_doc
     validate(doc)  # raises on an invalid OpenAPI 3 document
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert routes, "no routes found"
@@ -58,7 +69,7 @@ def test_every_route_is_documented_and_the_document_validates(default_doc):
 
 
 def test_schemas_come_from_marshmallow(default_doc):
-    _, doc = default_doc
+    _, doc, _ = default_doc
     schemas = doc["components"]["schemas"]
     req = schemas["ChatCompletionRequest"]
     assert req["required"] == ["messages"]
@@ -77,14 +88,14 @@ def test_schemas_come_from_marshmallow(default_doc):
     assert chat["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
 
 
-@pytest.mark.parametrize("env,scheme", [
-    ({}, {"type": "http", "scheme": "bearer"}),
-    ({"api_prefix": "Token"}, {"type": "apiKey", "in": "header", "name": "Authorization"}),
-    ({"api_header": "X-API-Key"}, {"type": "apiKey", "in": "header", "name": "X-API-Key"}),
-    ({"disable_api_auth": "1"}, None),
+@pytest.mark.parametrize("variant,scheme", [
+    ("bearer", {"type": "http", "scheme": "bearer"}),
+    ("token prefix", {"type": "apiKey", "in": "header", "name": "Authorization"}),
+    ("custom header", {"type": "apiKey", "in": "header", "name": "X-API-Key"}),
+    ("auth off", None),
 ])
-def test_security_scheme_follows_the_auth_settings(tiny_model_dir, env, scheme):
-    _, doc = app_and_doc(tiny_model_dir, **env)
+def test_security_scheme_follows_the_auth_settings(default_doc, variant, scheme):
+    doc = default_doc[2][variant]
     validate(doc)
     schemes = doc.get("components", {}).get("securitySchemes")
     if scheme is None:
@@ -99,12 +110,16 @@ def test_security_scheme_follows_the_auth_settings(tiny_model_dir, env, scheme):
         assert doc["paths"]["/metrics"]["get"]["security"] == []
 
 
-def test_metrics_auth_is_reflected(tiny_model_dir):
-    routes, doc = app_and_doc(tiny_model_dir, metrics_auth="1")
-    if ("/metrics", "get") not in routes:
+def test_metrics_auth_is_reflected(default_doc):
+    doc = default_doc[2]["metrics auth"]
+    if "/metrics" not in doc["paths"]:
         pytest.skip("no /metrics in this build")
     assert "security" not in doc["paths"]["/metrics"]["get"]
     assert "401" in doc["paths"]["/metrics"]["get"]["responses"]
+
+
+def test_the_served_document_is_the_built_one(default_doc):
+    assert default_doc[1] == default_doc[2]["bearer"]
 
 
 def test_live_document_and_swagger_ui_without_cdn(server):
@@ -132,6 +147,6 @@ def test_live_document_and_swagger_ui_without_cdn(server):
 
 
 def test_docs_can_be_turned_off(tiny_model_dir):
-    routes, doc = app_and_doc(tiny_model_dir, disable_docs="1")
+    routes, doc, _ = app_and_doc(tiny_model_dir, disable_docs="1")
     assert not any(p.startswith(("/docs", "/openapi")) for p, _ in routes)
     assert doc is None
