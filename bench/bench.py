@@ -199,6 +199,22 @@ def preprocessing(repeat: int) -> dict:
     return rows
 
 
+def admission_cost(n: int = 20000) -> dict:
+    """Cost of the server-wide admission on the request path: take + give back one slot."""
+    from qwen3vl_app.admission import ENV_FILE, Admission
+
+    with tempfile.TemporaryDirectory() as d:
+        adm = Admission.from_env(10, {ENV_FILE: Admission.create_file(d, 10)})
+        held = [adm.try_acquire() for _ in range(9)]  # worst case: the free slot is the last one
+        t0 = time.perf_counter()
+        for _ in range(n):
+            adm.try_acquire().release()
+        per = (time.perf_counter() - t0) / n
+        for t in held:
+            t.release()
+    return {"acquire_release_us": round(per * 1e6, 2), "slots": 10, "slots_taken": 9}
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -237,6 +253,7 @@ def main() -> None:
     report["rss_mib"]["worker_like_bm1684x_path"] = worker_like_rss(model_dir, "bm1684x")
     report["rss_mib"]["worker_like_torch_stack"] = worker_like_rss(model_dir, "torch")
     report["preprocess"] = preprocessing(2 if args.quick else 3)
+    report["admission"] = admission_cost()
     report["bench_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
     print_table(report)
@@ -257,6 +274,7 @@ def print_table(rep: dict) -> None:
     print(f"\nserver overhead per request (outside engine and queue), p50 {f(o.get('server_overhead_p50_ms'), 2)} ms "
           f"(p90 {f(o.get('server_overhead_p90_ms'), 2)} ms); engine p50 {f(o.get('engine_p50_ms'))} ms of app "
           f"p50 {f(o.get('app_p50_ms'))} ms; client-side total p50 {f(o.get('client_total_p50_ms'))} ms")
+    print(f"admission (server-wide slot, flock + scan): {rep['admission']['acquire_release_us']} us per request")
     m = rep["rss_mib"]
     bm, th = m.get("worker_like_bm1684x_path", {}), m.get("worker_like_torch_stack", {})
     print(f"\nRSS: bm1684x-path worker-like process {bm.get('rss_mib', bm.get('error'))} MiB "
