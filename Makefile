@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit tiny-model load bench soak clean
+.PHONY: install run test unit tiny-model native tiny-bmodel load bench soak clean
 
 install: $(STAMP)
 
@@ -23,8 +23,9 @@ $(STAMP): $(REQS)
 run: install
 	$(BIN)/python -m qwen3vl_app $(ARGS)
 
-## The whole suite (unit, live gunicorn + openai client, and the simulator tests).
-test: install
+## The whole suite (unit, live gunicorn + openai client, nginx, fuzzing, and the BM1684X
+## engine on the vendor's cmodel simulator).
+test: install native
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
@@ -33,6 +34,21 @@ unit: install
 ## Build (or reuse) the tiny random-weight checkpoint; its folder is the last line printed.
 tiny-model: install
 	@$(BIN)/python -m qwen3vl_app.tiny_model
+
+## The BM1684X module: BM_MODE=sim (default; runtime + cmodel from the tpu-mlir wheel on PyPI)
+## or BM_MODE=box (libsophon at /opt/sophon/libsophon-current, on the SE7 / a PCIe host).
+BM_MODE ?= sim
+native: install
+ifeq ($(BM_MODE),sim)
+	PYTHON=$(BIN)/python bash native/fetch_sim_runtime.sh
+endif
+	cmake -S native -B native/build -DBM_MODE=$(BM_MODE) -DPython3_EXECUTABLE=$(CURDIR)/$(BIN)/python >/dev/null
+	cmake --build native/build -j2
+
+## Compile the tiny checkpoint for the BM1684X with tpu-mlir (Python 3.10 venv, cached);
+## the model folder is the last line printed.
+tiny-bmodel: install
+	@$(BIN)/python scripts/build_tiny_bmodel.py
 
 ## Load test: a local server + locust headless for LOAD_TIME (text/image/video streams; TTFT, ITL).
 LOAD_TIME ?= 30s
