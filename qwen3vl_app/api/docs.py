@@ -211,6 +211,23 @@ def _custom_fields(converter):
     converter.add_attribute_function(attribute)
 
 
+def _split_content_part(schemas: dict) -> None:
+    """ContentPartSchema checks "a <type> part needs '<type>'" in a @validates_schema that
+    JSON Schema cannot see; document it as one variant per part type, each generated from
+    the marshmallow fields: the type, its payload field, and (media) the per-part budget."""
+    from .chat_schema import PART_TYPES
+
+    part = schemas["ContentPart"]
+    media_options = ("min_pixels", "max_pixels", "fps", "max_frames")
+    variants = []
+    for t in PART_TYPES:
+        keep = ("type", t if t != "text" else "text") + (media_options if t != "text" else ())
+        props = {k: v for k, v in part["properties"].items() if k in keep}
+        props["type"] = {**props["type"], "enum": [t]}
+        variants.append({"type": "object", "title": f"{t} part", "properties": props, "required": ["type", keep[1]]})
+    schemas["ContentPart"] = {"oneOf": variants, "description": "one part of a message's content"}
+
+
 def build_spec(app, settings) -> dict:
     from apispec import APISpec
     from apispec.ext.marshmallow import MarshmallowPlugin
@@ -254,6 +271,7 @@ def build_spec(app, settings) -> dict:
             op.setdefault("parameters", []).append(dict(_REQUEST_ID))
         spec.path(path=path, operations=ops)
     doc = spec.to_dict()
+    _split_content_part(doc["components"]["schemas"])
     if scheme:
         doc["security"] = [{SECURITY_NAME: []}]
     return doc

@@ -82,6 +82,10 @@ def test_schemas_come_from_marshmallow(default_doc):
                  "MediaDescribeForm", "MediaDescription"):
         assert name in schemas, name
     assert schemas["MediaDescribeForm"]["properties"]["file"]["format"] == "binary"
+    parts = {v["properties"]["type"]["enum"][0]: v for v in schemas["ContentPart"]["oneOf"]}
+    assert set(parts) == {"text", "image_url", "video_url", "image", "video"}
+    assert parts["text"]["required"] == ["type", "text"] and parts["image_url"]["required"] == ["type", "image_url"]
+    assert "max_pixels" in parts["video_url"]["properties"] and "max_pixels" not in parts["text"]["properties"]
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert chat["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletion"}
     assert "text/event-stream" in chat["200"]["content"]
