@@ -46,6 +46,16 @@ def sampling_params(req: dict, defaults: dict, settings, greedy_only: bool) -> S
     )
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+                   "frequency_penalty", "seed")
+
+
+def ignored_params(req: dict, greedy_only: bool) -> list[str]:
+    """Sampling fields a device-greedy engine cannot honour; the response names them in
+    `X-Ignored-Params` (and /v1/models lists the capabilities) instead of hiding it."""
+    return [f for f in SAMPLING_FIELDS if greedy_only and req.get(f) is not None]
+
+
 def register(app, auth):
     @bp.post("/v1/chat/completions")
     @auth.login_required
@@ -59,7 +69,9 @@ def register(app, auth):
         vision = resolve_media_or_400(state, media, engine.limits, messages)
         prompt = run_guarded(build_prompt, state.tokenizer, messages, vision)
         run_guarded(check_length, prompt, engine.limits, settings.max_prompt_tokens)
-        params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
+        greedy_only = not engine.capabilities.sampling
+        params = sampling_params(req, state.tokenizer.generation_config, settings, greedy_only)
+        ignored = {"X-Ignored-Params": ",".join(ignored_params(req, greedy_only))} if greedy_only else {}
         job = ChatJob(prompt, params, req["stop"] or [], settings.request_timeout)
         g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
         stream = bool(req.get("stream"))
@@ -69,8 +81,9 @@ def register(app, auth):
         if stream:
             include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
             body = _sse(it, ChunkEncoder(cid, state.model_id), include_usage)
-            return Response(stream_with_context(body), mimetype="text/event-stream", headers=SSE_HEADERS)
-        return jsonify(_collect(it, cid, state.model_id, request.environ))
+            return Response(stream_with_context(body), mimetype="text/event-stream",
+                            headers={**SSE_HEADERS, **ignored})
+        return jsonify(_collect(it, cid, state.model_id, request.environ)), 200, ignored
 
     app.register_blueprint(bp)
 

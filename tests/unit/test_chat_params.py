@@ -1,0 +1,25 @@
+"""Request -> SamplingParams, and what a device-greedy engine reports it cannot honour."""
+import pytest
+
+from qwen3vl_app.api.chat import ignored_params, sampling_params
+from qwen3vl_app.errors import APIError
+from qwen3vl_app.settings import Settings
+
+DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.0}
+
+
+def test_generation_config_defaults_and_request_overrides():
+    p = sampling_params({}, DEFAULTS, Settings(), greedy_only=False)
+    assert (p.temperature, p.top_p, p.top_k, p.max_tokens) == (0.7, 0.8, 20, Settings().max_tokens_default)
+    p = sampling_params({"temperature": 0, "top_k": 5, "max_tokens": 9, "max_completion_tokens": 4},
+                        DEFAULTS, Settings(), greedy_only=False)
+    assert (p.temperature, p.top_k, p.max_tokens, p.greedy) == (0, 5, 4, True)
+
+
+def test_greedy_only_engine_names_ignored_params_and_refuses_logprobs():
+    req = {"temperature": 0.9, "seed": 1, "top_p": None}
+    assert ignored_params(req, greedy_only=True) == ["temperature", "seed"]
+    assert ignored_params(req, greedy_only=False) == []
+    with pytest.raises(APIError) as e:
+        sampling_params({"logprobs": True}, DEFAULTS, Settings(), greedy_only=True)
+    assert e.value.param == "logprobs" and e.value.status == 400
