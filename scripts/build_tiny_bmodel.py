@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from qwen3vl_app.tiny_model import cache_root  # noqa: E402  (one cache root for every builder)
 TPU_MLIR_VERSION = "1.30.2"
 TORCH_FOR_CONVERTER = "torch==2.11.0"  # what tpu_mlir 1.30.2's [torch] extra pins
 EXTRA_PACKAGES = ["psutil", "flatbuffers"]
@@ -49,11 +51,6 @@ BUNDLED_LIBC = ["libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "libr
 
 def say(msg: str) -> None:
     print(f"[tiny-bmodel] {msg}", file=sys.stderr, flush=True)
-
-
-def cache_root() -> Path:
-    env = os.environ.get("QWEN3VL_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "qwen3vl-server"
 
 
 def run(cmd: list[str], log: Path | None = None, **kw) -> None:
