@@ -22,14 +22,13 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from ..admission import admitted
-from ..chat_service import PING, ChatJob, Delta, Finish, events
+from ..chat_service import PING, Delta, Finish
 from ..errors import APIError
 from ..media.errors import MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
-from ..processing.prompt import build_prompt, check_length
 from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, sse, usage
-from .chat import sampling_params
 from .common import run_guarded, stream_failure_event
+from .generation import start_generation
 
 bp = Blueprint("media", __name__)
 DEFAULT_PROMPT = "Describe this {kind} in detail."
@@ -78,14 +77,7 @@ def register(app, auth):
         del data
         prompt_text = (request.form.get("prompt") or "").strip() or DEFAULT_PROMPT.format(kind=vision.kind)
         messages = [{"role": "user", "content": [{"type": vision.kind}, {"type": "text", "text": prompt_text}]}]
-        prompt = run_guarded(build_prompt, state.tokenizer, messages, [vision])
-        run_guarded(check_length, prompt, engine.limits, getattr(settings, "max_prompt_tokens", 0))
-        params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
-        job = ChatJob(prompt, params, [], settings.request_timeout)
-        g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
-        keepalive = float(getattr(settings, "sse_keepalive", 10.0) or 10.0)
-        it = events(state.runner, state.tokenizer, job, keepalive if stream else None)
-        run_guarded(next, it)  # our turn on the engine, or 503 at once
+        it = start_generation(state, engine, messages, [vision], req, [], stream)
 
         def metadata():
             return {"filename": blob.name, "media_type": vision.kind, "prompt": prompt_text,

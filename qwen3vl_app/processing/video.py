@@ -140,8 +140,6 @@ def _open(path: str):
 
 
 def probe(path: str, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> VideoMeta:
-    import cv2
-
     cap = _open(path)
     try:
         return _probe(cap, path, max_decode_pixels)
