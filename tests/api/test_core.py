@@ -21,7 +21,6 @@ def test_non_stream_completion_with_real_usage(server):
     assert r.usage.completion_tokens == 7
     # prompt tokens counted by the real tokenizer over the rendered ChatML prompt
     from qwen3vl_app.tokenizer import ChatTokenizer
-    from qwen3vl_app.engine.loader import detect_engine  # noqa: F401  (import check only)
 
     tok = ChatTokenizer(server.get("/health").json()["model_dir"])
     assert r.usage.prompt_tokens == len(tok.encode(tok.render(MSG)))

@@ -230,7 +230,7 @@ def test_prefill_and_decode_match_transformers(bm_engine, tiny_bmodel_dir, torch
         prompt = _video_prompt(tiny_bmodel_dir)
         assert prompt.vision[0].grid_thw == (2, 8, 8)
     ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, N_DECODE)
-    tokens, logits = [], []
+    logits = []
     out = bm_engine.prefill(prompt)
     logits.append(out.logits)
     _assert_close(out.logits, ref_logits[0], f"{kind} prefill")

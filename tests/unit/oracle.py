@@ -71,7 +71,6 @@ class RefVideoProcessor:
 
     def sample(self, total, video_fps):
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-        from transformers.video_utils import VideoMetadata
 
         me = types.SimpleNamespace(fps=self.fps, min_frames=self.min_frames, max_frames=self.max_frames)
         meta = VideoMetadata(total_num_frames=total, fps=video_fps)
@@ -87,7 +86,6 @@ class RefVideoProcessor:
         import torch
         import torch.nn.functional as F
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor, smart_resize
-        from transformers.video_utils import VideoMetadata
 
         pixel_values, grids, metas = [], [], []
         for frames, video_fps in zip(videos, self.video_fps):

@@ -1,6 +1,5 @@
 """The tokenizer rebuilt from qwen.tiktoken must tokenize exactly like tiktoken over the
 same ranks, with Qwen3-VL's added tokens at their published ids."""
-import base64
 
 import pytest
 import tiktoken
