@@ -71,6 +71,7 @@ class RefVideoProcessor:
 
     def sample(self, total, video_fps):
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+        from transformers.video_utils import VideoMetadata
 
         me = types.SimpleNamespace(fps=self.fps, min_frames=self.min_frames, max_frames=self.max_frames)
         meta = VideoMetadata(total_num_frames=total, fps=video_fps)
