@@ -10,6 +10,7 @@ from marshmallow import Schema, fields
 from ..engine.runner import EngineUnavailable, QueueFull
 from ..errors import APIError, error_body
 from ..processing.prompt import PromptError
+from ..streaming import sse
 
 RETRY_AFTER_SECONDS = "2"
 log = logging.getLogger("qwen3vl.errors")
@@ -68,17 +69,16 @@ def run_guarded(fn, *args):
         raise APIError(str(e), 503, None, "model_unavailable", {"Retry-After": RETRY_AFTER_SECONDS}) from None
 
 
-def resolve_media_or_400(state, media, limits=None, messages=None):
+def resolve_media_or_400(state, media, limits, messages):
     """Fetch and preprocess every media item of the conversation, in order; a bad one is a
-    4xx naming its part.  With `messages`, each template part gets the kind the bytes
-    turned out to be (a video sent through image_url becomes a video placeholder)."""
+    4xx naming its part.  Each template part of `messages` gets the kind the bytes turned
+    out to be (a video sent through image_url becomes a video placeholder)."""
     if not media:
         return []
     from ..media.pipeline import MediaConfig, resolve_media, retag_parts
 
     vision = resolve_media(media, MediaConfig.from_settings(state.settings, limits))
-    if messages is not None:
-        retag_parts(messages, vision)
+    retag_parts(messages, vision)
     return vision
 
 
@@ -99,9 +99,6 @@ def stream_failure_event() -> str:
     """For a failure after an SSE stream has started (status and headers are sent): log it
     with the request id and return one OpenAI-format error event; the caller then ends the
     stream without `[DONE]` (the openai client raises an APIError on such an event)."""
-    import json
-
     rid = g.get("request_id", "-")
     log.exception("generation failed in request %s", rid)
-    body = error_body(f"Internal server error (request id {rid}).", 500, None, "internal_error")
-    return f"data: {json.dumps(body)}\n\n"
+    return sse(error_body(f"Internal server error (request id {rid}).", 500, None, "internal_error"))
