@@ -5,7 +5,7 @@ import logging
 import select
 import socket
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from ..admission import admitted
 from ..chat_service import PING, Delta, Finish
@@ -54,7 +54,6 @@ def _sse(it, enc: ChunkEncoder, include_usage: bool):
             elif isinstance(ev, Delta):
                 yield enc.chunk({"content": ev.text}, logprobs={"content": ev.logprobs} if ev.logprobs else None)
             elif isinstance(ev, Finish):
-                g.usage = (ev.prompt_tokens, ev.completion_tokens)
                 yield enc.chunk({}, finish_reason=ev.reason)
                 if include_usage:
                     yield enc.usage_chunk(ev.prompt_tokens, ev.completion_tokens)
@@ -76,7 +75,6 @@ def _collect(it, cid: str, model: str, environ) -> dict:
                     log.info("client disconnected; cancelling %s", cid)
                     break
             elif isinstance(ev, Finish):
-                g.usage = (ev.prompt_tokens, ev.completion_tokens)
                 return completion(cid, model, "".join(text), ev.reason, ev.prompt_tokens, ev.completion_tokens,
                                   {"content": logprobs} if logprobs else None)
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from ..admission import admitted
 from ..chat_service import PING, Delta, Finish
@@ -96,7 +96,6 @@ def register(app, auth):
                     fin = ev
         finally:
             it.close()
-        g.usage = (fin.prompt_tokens, fin.completion_tokens)
         return jsonify({"status": "success", "description": "".join(text), "metadata": metadata(),
                         "usage": usage(fin.prompt_tokens, fin.completion_tokens)})
 
@@ -114,7 +113,6 @@ def _sse(it, metadata):
                 if ev.text:
                     yield sse({"status": "streaming", "delta": ev.text})
             elif isinstance(ev, Finish):
-                g.usage = (ev.prompt_tokens, ev.completion_tokens)
                 yield sse({"status": "success", "description": "".join(text), "finish_reason": ev.reason,
                            "metadata": metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens)})
         yield SSE_DONE
