@@ -178,19 +178,16 @@ def admitted(view):
         from flask import current_app, g
 
         from . import metrics
-        from .api.common import RETRY_AFTER_SECONDS
-        from .errors import APIError
+        from .errors import ServerBusy
 
         state = current_app.extensions["qwen3vl"]
         if state.runner.draining:
             metrics.rejected("shutting_down")
-            raise APIError("This server process is shutting down; retry shortly.", 503, None,
-                           "server_shutting_down", {"Retry-After": RETRY_AFTER_SECONDS})
+            raise ServerBusy("This server process is shutting down; retry shortly.", "server_shutting_down")
         ticket = state.admission.try_acquire()
         if ticket is None:
             metrics.rejected("server_full")
-            raise APIError(f"The server is at capacity ({state.admission.limit} requests at once); retry shortly.",
-                           503, None, "server_busy", {"Retry-After": RETRY_AFTER_SECONDS})
+            raise ServerBusy(f"The server is at capacity ({state.admission.limit} requests at once); retry shortly.")
         g.admission_ticket = ticket
         metrics.IN_FLIGHT.inc()
         return view(*args, **kwargs)

@@ -4,68 +4,94 @@ The key travels as `<prefix> <key>` in the configured header (old service: `Auth
 Bearer <key>`); a custom header such as `X-API-Key` may carry the bare key.  Keys are
 compared in constant time, several keys may be valid at once, and only a masked form
 (first/last 4 characters) ever reaches a log.
+
+`auth` is built once, at import, so blueprints can declare their routes at import; the
+header, prefix and keys are read from the serving app's settings on every request, so
+several apps with different settings can live in one process.
 """
 from __future__ import annotations
 
 import hmac
 import logging
 
-from flask import g
+from flask import current_app, g, request
 from flask_httpauth import HTTPTokenAuth
+from werkzeug.datastructures import Authorization
 
-from .errors import error_response
-from .settings import OLD_DEFAULT_API_KEY, mask_key
+from .api.errors import error_response
+from .settings import OLD_DEFAULT_API_KEY, Settings, mask_key
 
 log = logging.getLogger("qwen3vl.auth")
+ANONYMOUS = "anonymous"
 
 
-def build_auth(settings) -> HTTPTokenAuth:
-    header = settings.api_header
-    prefix = settings.api_prefix
-    custom_header = header.lower() != "authorization"
-    auth = HTTPTokenAuth(scheme=prefix, header=None if not custom_header else header)
-    keys = [k.encode() for k in settings.api_keys()]
-    enabled = not settings.disable_api_auth
+def _settings() -> Settings:
+    return current_app.extensions["qwen3vl"].settings
 
-    @auth.verify_token
-    def verify(token: str):
-        if not enabled:
-            return "anonymous"
-        if custom_header and prefix and token[: len(prefix) + 1].lower() == prefix.lower() + " ":
-            token = token[len(prefix) + 1:]
-        candidate = token.strip().encode()
-        # Compare against every key so timing does not reveal which one (or whether any) matched.
-        matched = None
-        for key in keys:
-            if hmac.compare_digest(candidate, key):
-                matched = key
-        if matched is None:
+
+class ApiKeyAuth(HTTPTokenAuth):
+    """flask-httpauth's token auth, with the header and prefix taken from the settings of
+    the app serving the request.  The header is read as sent: werkzeug's own parser would
+    take `Bearer a=b` for parameters and lose the key."""
+
+    def get_auth(self) -> Authorization | None:
+        settings = _settings()
+        if settings.disable_api_auth:
+            auth = Authorization(settings.api_prefix or "token")
+            auth.token = ANONYMOUS
+            return auth
+        raw = request.headers.get(settings.api_header)
+        if raw is None:
             return None
-        g.key_id = mask_key(matched.decode())
-        return g.key_id
+        token = raw.strip()
+        prefix = settings.api_prefix
+        has_prefix = bool(prefix) and token[: len(prefix) + 1].lower() == prefix.lower() + " "
+        if has_prefix:
+            token = token[len(prefix) + 1:].strip()
+        elif prefix and settings.api_header.lower() == "authorization":
+            return None  # `Authorization` must name its scheme; a custom header may carry the bare key
+        auth = Authorization(prefix or "token")
+        auth.token = token
+        return auth
 
-    if not enabled:
-        # Without a header flask-httpauth never calls verify(); let every request through.
-        auth.get_auth = lambda: _Anonymous(prefix)
-
-    @auth.error_handler
-    def unauthorized(status):
-        where = f"'{header}: {prefix} <key>'" if not custom_header else f"the '{header}' header"
-        if status == 403:
-            return error_response("This key may not use this endpoint.", 403)
-        return error_response(f"Missing or invalid API key: send it in {where}.", 401, None, "invalid_api_key")
-
-    return auth
+    def authenticate_header(self) -> str:
+        return f'{_settings().api_prefix or "ApiKey"} realm="{self.realm}"'
 
 
-class _Anonymous(dict):
-    def __init__(self, scheme):
-        super().__init__()
-        self.type = scheme
-        self.token = "anonymous"
+auth = ApiKeyAuth()
 
 
-def log_auth_config(settings) -> None:
+@auth.verify_token
+def _verify(token: str) -> str | None:
+    state = current_app.extensions["qwen3vl"]
+    if state.settings.disable_api_auth:
+        return ANONYMOUS
+    try:  # WSGI hands headers over as Latin-1: back to the bytes the client sent (UTF-8 keys work)
+        candidate = token.encode("latin-1")
+    except UnicodeEncodeError:
+        candidate = token.encode("utf-8", "surrogateescape")
+    # Compare against every key so timing does not reveal which one (or whether any) matched.
+    matched = None
+    for key in state.api_keys:
+        if hmac.compare_digest(candidate, key):
+            matched = key
+    if matched is None:
+        return None
+    g.key_id = mask_key(matched.decode("utf-8", "replace"))
+    return g.key_id
+
+
+@auth.error_handler
+def _unauthorized(status: int):
+    settings = _settings()
+    header, prefix = settings.api_header, settings.api_prefix
+    where = f"'{header}: {prefix} <key>'" if header.lower() == "authorization" else f"the '{header}' header"
+    if status == 403:
+        return error_response("This key may not use this endpoint.", 403)
+    return error_response(f"Missing or invalid API key: send it in {where}.", 401, None, "invalid_api_key")
+
+
+def log_auth_config(settings: Settings) -> None:
     if settings.disable_api_auth:
         log.warning("API auth is DISABLED (--disable-api-auth): anyone who reaches the port can use the model")
         return

@@ -1,19 +1,17 @@
-"""OpenAI's error format for every failure: {"error": {"message", "type", "param", "code"}}.
+"""Every failure a client can cause or meet, as one exception family.
 
-Handlers here cover our own `APIError`, marshmallow validation errors, werkzeug's HTTP
-errors (404, 405, 413, malformed bodies) and, last, any unexpected exception -- which is
-logged with its traceback but answered with a generic message and the request id, never
-with exception text.
+Each error carries what OpenAI's error body needs -- a message written for the caller,
+the request field it concerns (`param`), an HTTP status and a short machine-readable
+`code` -- so one handler (`api/errors.py`) answers all of them the same way.  This module
+imports nothing from the package: media, processing and the engine runner raise these
+without depending on the HTTP layer or on each other.
+
+Messages name the problem only: never file contents, paths outside what the caller sent,
+addresses of objects or stack traces.
 """
 from __future__ import annotations
 
-import logging
-
-from flask import Flask, g, jsonify
-from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger("qwen3vl.errors")
+RETRY_AFTER_SECONDS = "2"  # what a 503 tells clients to wait before retrying
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -30,21 +28,8 @@ _TYPE_BY_STATUS = {
 }
 
 
-class APIError(Exception):
-    def __init__(self, message: str, status: int = 400, param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return error_body(self.message, self.status, self.param, self.code)
-
-
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's {"error": {"message", "type", "param", "code"}}."""
     return {"error": {
         "message": message,
         "type": _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
@@ -53,57 +38,75 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
     }}
 
 
-def error_response(message: str, status: int, param=None, code=None, headers=None):
-    resp = jsonify(error_body(message, status, param, code))
-    resp.status_code = status
-    for k, v in (headers or {}).items():
-        resp.headers[k] = v
-    return resp
+class APIError(Exception):
+    """Base of every error answered with a status other than 500."""
+
+    status = 400
+    code: str | None = None
+
+    def __init__(self, message: str, status: int | None = None, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status or type(self).status
+        self.param = param
+        self.code = code or type(self).code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.status, self.param, self.code)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, status={self.status}, param={self.param!r})"
 
 
-def first_validation_error(messages, path: str = "") -> tuple[str, str]:
-    """marshmallow's nested {field: [msgs]} -> (dotted param, first message)."""
-    if isinstance(messages, dict):
-        for key, sub in messages.items():
-            key = "body" if key == "_schema" else str(key)
-            return first_validation_error(sub, f"{path}.{key}" if path else key)
-    if isinstance(messages, list) and messages:
-        first = messages[0]
-        if isinstance(first, (dict, list)):
-            return first_validation_error(first, path)
-        return path or "body", str(first)
-    return path or "body", str(messages)
+class MediaError(APIError):
+    """A media item that cannot be fetched, read or decoded within the server's limits."""
+
+    code = "invalid_media"
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(message, status, param, code)
+
+    def with_param(self, param: str | None) -> MediaError:
+        """Attach the request field (e.g. ``messages[0].content[1]``) if none is set yet."""
+        if self.param is None and param is not None:
+            self.param = param
+        return self
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(APIError)
-    def _api_error(e: APIError):
-        return error_response(e.message, e.status, e.param, e.code, e.headers)
+class PromptError(APIError):
+    """Messages that do not make a prompt this model accepts."""
 
-    from .media.errors import MediaError
+    code = "invalid_prompt"
 
-    @app.errorhandler(MediaError)
-    def _media_error(e: MediaError):
-        return error_response(e.message, e.status, e.param, e.code)
+    def __init__(self, message: str, param: str = "messages", code: str | None = None):
+        super().__init__(message, 400, param, code)
 
-    @app.errorhandler(ValidationError)
-    def _validation(e: ValidationError):
-        param, msg = first_validation_error(e.messages)
-        return error_response(f"{param}: {msg}", 400, param, "invalid_value")
 
-    @app.errorhandler(HTTPException)
-    def _http(e: HTTPException):
-        status = e.code or 500
-        messages = {
-            404: "No such endpoint.",
-            405: "Method not allowed for this endpoint.",
-            413: "Request body too large.",
-        }
-        msg = messages.get(status) or (e.description if status < 500 else "Internal server error.")
-        return error_response(msg, status, None, e.name.lower().replace(" ", "_") if e.name else None)
+class _Retryable(APIError):
+    status = 503
 
-    @app.errorhandler(Exception)
-    def _unexpected(e: Exception):
-        rid = getattr(g, "request_id", "-")
-        log.exception("unhandled error in request %s", rid)
-        return error_response(f"Internal server error (request id {rid}).", 500, None, "internal_error")
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message, code=code, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class QueueFull(_Retryable):
+    """This worker's engine is busy and its queue is full."""
+
+    code = "server_busy"
+
+    def __init__(self, message: str = "The server is at capacity; retry shortly."):
+        super().__init__(message)
+
+
+class ServerBusy(_Retryable):
+    """Every server-wide --max_concurrent slot is taken, or this worker is shutting down."""
+
+    code = "server_busy"
+
+
+class EngineUnavailable(_Retryable):
+    """The model is still loading or failed to load."""
+
+    code = "model_unavailable"

@@ -1,145 +1,149 @@
-"""Every setting of the server, in one table: flag, environment variable, default.
+"""Every setting of the server, in one typed, frozen dataclass: each field carries its
+flag(s), help and default; its environment variable is `QWEN3VL_<NAME>`.
 
 The CLI turns flags into `QWEN3VL_*` environment variables before it starts gunicorn, and
 each worker builds its `Settings` from the environment.  So `python -m qwen3vl_app ...`
 and `gunicorn -c gunicorn.conf.py wsgi:app` with the same variables behave the same.
-Precedence: flag > environment > default.
+Precedence: flag > environment > default.  Nothing else in the package reads `QWEN3VL_*`
+variables: a new setting is one field here.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, make_dataclass
+from collections.abc import Mapping, MutableMapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL_DIR = "./models/qwen3vl_2b"
 OLD_DEFAULT_API_KEY = "abc@123"  # kept for compatibility with the old service; warned about
 ENV_PREFIX = "QWEN3VL_"
 
 
-def _bool(v) -> bool:
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _list(v) -> tuple[str, ...]:
-    if isinstance(v, (list, tuple)):
-        return tuple(v)
-    return tuple(p.strip() for p in str(v).split(",") if p.strip())
+def _opt(default: Any, flags: tuple[str, ...], help: str, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"flags": flags, "help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Option:
-    name: str  # attribute of Settings; env var is QWEN3VL_<NAME>
+    """One setting as the CLI and the environment see it (derived from a Settings field)."""
+
+    name: str
     flags: tuple[str, ...]
-    default: object
+    default: Any
     help: str
-    kind: str = "str"  # str | int | float | bool | list | choice
+    kind: type  # str | int | float | bool | tuple
     choices: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
-    def parse(self, raw):
-        if self.kind == "int":
-            return int(raw)
-        if self.kind == "float":
-            return float(raw)
-        if self.kind == "bool":
-            return _bool(raw)
-        if self.kind == "list":
-            return _list(raw)
-        if self.kind == "choice" and raw not in self.choices:
+    def parse(self, raw: str) -> Any:
+        if self.kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if self.kind is tuple:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if self.choices and raw not in self.choices:
             raise ValueError(f"{self.env}={raw!r}: choose one of {', '.join(self.choices)}")
-        return str(raw)
+        try:
+            return self.kind(raw)
+        except ValueError:
+            raise ValueError(f"{self.env}={raw!r} is not a valid {self.kind.__name__}") from None
 
 
-OPTIONS: tuple[Option, ...] = (
+@dataclass(frozen=True)
+class Settings:
     # --- flags of the old service: same names, short forms and defaults ---
-    Option("model_dir", ("-m", "--model_dir"), DEFAULT_MODEL_DIR,
-           "model folder: *.bmodel + config/ (BM1684X) or a Hugging Face checkpoint"),
-    Option("max_concurrent", ("-c", "--max_concurrent"), 10,
-           "most requests admitted at once across the server", "int"),
-    Option("log_level", ("-l", "--log_level"), "INFO", "log level", "choice",
-           ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
-    Option("devid", ("-d", "--devid"), 0, "TPU device id", "int"),
-    Option("video_ratio", ("-v", "--video_ratio"), 0.5,
-           "0-1: share of the image pixel budget one video frame may use", "float"),
-    Option("port", ("-p", "--port"), 8899, "listening port", "int"),
-    Option("api_key", ("--api-key",), (OLD_DEFAULT_API_KEY,),
-           "accepted API key; repeat the flag (or comma-separate the variable) for several", "list"),
-    Option("api_header", ("--api-header",), "Authorization", "header that carries the key"),
-    Option("api_prefix", ("--api-prefix",), "Bearer", "word before the key: '<prefix> <key>'"),
-    Option("disable_api_auth", ("--disable-api-auth",), False, "turn auth off (testing only)", "bool"),
+    model_dir: str = _opt(DEFAULT_MODEL_DIR, ("-m", "--model_dir"),
+            "model folder: *.bmodel + config/ (BM1684X) or a Hugging Face checkpoint")
+    max_concurrent: int = _opt(10, ("-c", "--max_concurrent"),
+            "most requests admitted at once across the server")
+    log_level: str = _opt("INFO", ("-l", "--log_level"),
+            "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    devid: int = _opt(0, ("-d", "--devid"),
+            "TPU device id")
+    video_ratio: float = _opt(0.5, ("-v", "--video_ratio"),
+            "0-1: share of the image pixel budget one video frame may use")
+    port: int = _opt(8899, ("-p", "--port"),
+            "listening port")
+    api_key: tuple[str, ...] = _opt((OLD_DEFAULT_API_KEY,), ("--api-key",),
+            "accepted API key; repeat the flag (or comma-separate the variable) for several", secret=True)
+    api_header: str = _opt("Authorization", ("--api-header",),
+            "header that carries the key")
+    api_prefix: str = _opt("Bearer", ("--api-prefix",),
+            "word before the key: '<prefix> <key>'")
+    disable_api_auth: bool = _opt(False, ("--disable-api-auth",),
+            "turn auth off (testing only)")
     # --- new ---
-    Option("api_key_file", ("--api-key-file",), "",
-           "file with one API key per line (preferred over --api-key on the command line)"),
-    Option("workers", ("--workers",), 1, "gunicorn worker processes, each with its own engine", "int"),
-    Option("host", ("--host",), "0.0.0.0", "listening address"),
-    Option("engine", ("--engine",), "auto", "engine kind", "choice", ("auto", "bm1684x", "torch")),
-    Option("max_queue", ("--max-queue",), 8,
-           "requests one worker keeps waiting for its engine before answering 503", "int"),
-    Option("request_timeout", ("--request-timeout",), 600.0,
-           "seconds one generation may run before it ends with finish_reason 'length'", "float"),
-    Option("max_tokens_default", ("--max-tokens-default",), 1024,
-           "max_tokens when the request gives none (capped by the context)", "int"),
-    Option("max_body_bytes", ("--max-body-bytes",), 64 * 1024 * 1024,
-           "largest request body accepted (JSON or upload)", "int"),
-    Option("torch_dtype", ("--torch-dtype",), "auto",
-           "torch engine weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16", "choice",
-           ("auto", "float32", "bfloat16")),
-    Option("sse_keepalive", ("--sse-keepalive",), 10.0,
-           "seconds between ': ping' comments on a stream while the prompt is being processed", "float"),
-    Option("load_timeout", ("--load-timeout",), 900.0,
-           "seconds a request waits for the worker's engine to finish loading", "float"),
-    Option("disable_docs", ("--disable-docs",), False, "turn off /docs and /openapi.json (open by default)", "bool"),
+    api_key_file: str = _opt("", ("--api-key-file",),
+            "file with one API key per line (preferred over --api-key on the command line)")
+    workers: int = _opt(1, ("--workers",),
+            "gunicorn worker processes, each with its own engine")
+    host: str = _opt("0.0.0.0", ("--host",),
+            "listening address")
+    engine: str = _opt("auto", ("--engine",),
+            "engine kind", choices=("auto", "bm1684x", "torch"))
+    max_queue: int = _opt(8, ("--max-queue",),
+            "requests one worker keeps waiting for its engine before answering 503")
+    request_timeout: float = _opt(600.0, ("--request-timeout",),
+            "seconds one generation may run before it ends with finish_reason 'length'")
+    max_tokens_default: int = _opt(1024, ("--max-tokens-default",),
+            "max_tokens when the request gives none (capped by the context)")
+    max_body_bytes: int = _opt(64 * 1024 * 1024, ("--max-body-bytes",),
+            "largest request body accepted (JSON or upload)")
+    torch_dtype: str = _opt("auto", ("--torch-dtype",),
+            "torch engine weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16", choices=("auto", "float32", "bfloat16"))
+    sse_keepalive: float = _opt(10.0, ("--sse-keepalive",),
+            "seconds between ': ping' comments on a stream while the prompt is being processed")
+    load_timeout: float = _opt(900.0, ("--load-timeout",),
+            "seconds a request waits for the worker's engine to finish loading")
+    disable_docs: bool = _opt(False, ("--disable-docs",),
+            "turn off /docs and /openapi.json (open by default)")
     # --- operations (docs/operations.md) ---
-    Option("graceful_timeout", ("--graceful-timeout",), 30,
-           "seconds in-flight generations get to finish on SIGTERM/SIGHUP (then they end with "
-           "finish_reason 'length' and the worker exits)", "int"),
-    Option("metrics_auth", ("--metrics-auth",), False,
-           "require the API key on GET /metrics (off: open, for a scraper on localhost)", "bool"),
-    Option("runtime_dir", ("--runtime-dir",), "",
-           "where the master keeps the shared admission counter and metrics files "
-           "(default: a fresh folder in /dev/shm, else the temp dir)"),
+    graceful_timeout: int = _opt(30, ("--graceful-timeout",),
+            "seconds in-flight generations get to finish on SIGTERM/SIGHUP (then they end with "
+           "finish_reason 'length' and the worker exits)")
+    metrics_auth: bool = _opt(False, ("--metrics-auth",),
+            "require the API key on GET /metrics (off: open, for a scraper on localhost)")
+    runtime_dir: str = _opt("", ("--runtime-dir",),
+            "where the master keeps the shared admission counter and metrics files "
+           "(default: a fresh folder in /dev/shm, else the temp dir)")
     # --- media (docs/media.md) ---
-    Option("allowed_local_media_path", ("--allowed-local-media-path",), (),
-           "directory whose files (symlinks resolved) requests may name by local path or file://; "
-           "repeatable; none = local paths refused", "list"),
-    Option("allow_private_media_urls", ("--allow-private-media-urls",), False,
-           "let media URLs reach loopback/private/link-local addresses (off: refused)", "bool"),
-    Option("allowed_media_network", ("--allowed-media-network",), (),
-           "non-public network (CIDR) media URLs may reach, e.g. 192.168.7.0/24; repeatable", "list"),
-    Option("max_media_items", ("--max-media-items",), 16, "most images+videos in one request", "int"),
-    Option("max_image_pixels", ("--max-image-pixels",), 16777216,
-           "ceiling of the resized pixel budget per image (the engine may lower it)", "int"),
-    Option("min_image_pixels", ("--min-image-pixels",), 65536, "default lower pixel budget per image", "int"),
-    Option("max_source_pixels", ("--max-source-pixels",), 8192 * 8192,
-           "largest source image / video frame (width x height) decoded at all", "int"),
-    Option("max_video_frames", ("--max-video-frames",), 768, "most frames sampled from one video", "int"),
-    Option("video_fps", ("--video-fps",), 2.0, "default frames per second sampled from videos", "float"),
-    Option("max_prompt_tokens", ("--max-prompt-tokens",), 0,
-           "longest prompt (media tokens included); 0 = what the engine accepts", "int"),
-    Option("max_media_bytes", ("--max-media-bytes",), 64 * 1024 * 1024,
-           "largest media file fetched, read or decoded from a data: URI", "int"),
-    Option("media_fetch_timeout", ("--media-fetch-timeout",), 60.0,
-           "seconds one media download may take in total", "float"),
-)
-_BY_NAME = {o.name: o for o in OPTIONS}
+    allowed_local_media_path: tuple[str, ...] = _opt((), ("--allowed-local-media-path",),
+            "directory whose files (symlinks resolved) requests may name by local path or file://; "
+           "repeatable; none = local paths refused")
+    allow_private_media_urls: bool = _opt(False, ("--allow-private-media-urls",),
+            "let media URLs reach loopback/private/link-local addresses (off: refused)")
+    allowed_media_network: tuple[str, ...] = _opt((), ("--allowed-media-network",),
+            "non-public network (CIDR) media URLs may reach, e.g. 192.168.7.0/24; repeatable")
+    max_media_items: int = _opt(16, ("--max-media-items",),
+            "most images+videos in one request")
+    max_image_pixels: int = _opt(16777216, ("--max-image-pixels",),
+            "ceiling of the resized pixel budget per image (the engine may lower it)")
+    min_image_pixels: int = _opt(65536, ("--min-image-pixels",),
+            "default lower pixel budget per image")
+    max_source_pixels: int = _opt(8192 * 8192, ("--max-source-pixels",),
+            "largest source image / video frame (width x height) decoded at all")
+    max_video_frames: int = _opt(768, ("--max-video-frames",),
+            "most frames sampled from one video")
+    video_fps: float = _opt(2.0, ("--video-fps",),
+            "default frames per second sampled from videos")
+    max_prompt_tokens: int = _opt(0, ("--max-prompt-tokens",),
+            "longest prompt (media tokens included); 0 = what the engine accepts")
+    max_media_bytes: int = _opt(64 * 1024 * 1024, ("--max-media-bytes",),
+            "largest media file fetched, read or decoded from a data: URI")
+    media_fetch_timeout: float = _opt(60.0, ("--media-fetch-timeout",),
+            "seconds one media download may take in total")
 
-
-class _SettingsMethods:
-    """Methods of `Settings`; its fields are generated from OPTIONS (one place to add a
-    setting: a line in OPTIONS gives the flag, the variable, the default and the field)."""
+    torch_max_context: int = _opt(0, ("--torch-max-context",),
+            "torch engine: longest context (prompt + reply); 0 = the model's own, at most 32768")
 
     @classmethod
-    def from_env(cls, environ=None):
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        values = {}
-        for opt in OPTIONS:
-            if opt.env in environ:
-                values[opt.name] = opt.parse(environ[opt.env])
-        return cls(**values)
+        return cls(**{o.name: o.parse(environ[o.env]) for o in OPTIONS if o.env in environ})
 
     def api_keys(self) -> tuple[str, ...]:
         keys = list(self.api_key)
@@ -151,44 +155,46 @@ class _SettingsMethods:
         return tuple(dict.fromkeys(k for k in keys if k))
 
 
-Settings = make_dataclass(
-    "Settings",
-    [(o.name, object, field(default=o.default)) for o in OPTIONS],
-    bases=(_SettingsMethods,),
-    frozen=True,
-)
+def _option(f: Field) -> Option:
+    assert f.default is not MISSING
+    return Option(f.name, f.metadata["flags"], f.default, f.metadata["help"], type(f.default),
+                  f.metadata["choices"])
+
+
+OPTIONS: tuple[Option, ...] = tuple(_option(f) for f in fields(Settings))
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qwen3vl-server",
         description="OpenAI-compatible Qwen3-VL server (BM1684X TPU or torch). "
-        "Every flag also reads an environment variable QWEN3VL_<NAME>.",
+            "Every flag also reads an environment variable QWEN3VL_<NAME>.",
     )
     for opt in OPTIONS:
-        kw = {"dest": opt.name, "default": None, "help": f"{opt.help} (env {opt.env}; default {opt.default!r})"}
-        if opt.kind == "bool":
+        kw: dict[str, Any] = {"dest": opt.name, "default": None,
+                              "help": f"{opt.help} (env {opt.env}; default {opt.default!r})"}
+        if opt.kind is bool:
             kw["action"] = "store_true"
-        elif opt.kind == "list":
+        elif opt.kind is tuple:
             kw["action"] = "append"
-        elif opt.kind == "choice":
+        elif opt.choices:
             kw["choices"] = opt.choices
-        elif opt.kind in ("int", "float"):
-            kw["type"] = int if opt.kind == "int" else float
+        elif opt.kind in (int, float):
+            kw["type"] = opt.kind
         p.add_argument(*opt.flags, **kw)
     return p
 
 
-def args_to_env(ns: argparse.Namespace, environ=None) -> None:
+def args_to_env(ns: argparse.Namespace, environ: MutableMapping[str, str] | None = None) -> None:
     """Write given flags into the environment, where workers read them."""
     environ = os.environ if environ is None else environ
     for opt in OPTIONS:
         value = getattr(ns, opt.name, None)
         if value is None:
             continue
-        if opt.kind == "list":
+        if opt.kind is tuple:
             value = ",".join(value)
-        elif opt.kind == "bool":
+        elif opt.kind is bool:
             value = "1" if value else "0"
         environ[opt.env] = str(value)
 

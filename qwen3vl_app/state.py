@@ -1,4 +1,4 @@
-"""What one worker knows about its model: tokenizer, engine runner, identity."""
+"""What one worker knows about its model: tokenizer, engine runner, identity, keys."""
 from __future__ import annotations
 
 import logging
@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .admission import Admission
 from .engine.loader import detect_engine, is_demo, load_engine
 from .engine.runner import EngineRunner
+from .settings import Settings
 from .tokenizer import ChatTokenizer
 
 MODEL_ID = "qwen3-vl-instruct"  # the old service's model id; clients send it
@@ -15,17 +17,20 @@ MODEL_ID = "qwen3-vl-instruct"  # the old service's model id; clients send it
 
 @dataclass
 class ServerState:
-    settings: object
-    tokenizer: ChatTokenizer
+    settings: Settings
+    tokenizer: ChatTokenizer | None  # None when the model folder is unusable (then every request is a 503)
     runner: EngineRunner
     engine_kind: str
     demo: bool
+    admission: Admission
+    api_keys: tuple[bytes, ...] = ()  # UTF-8, read once (the key file too)
     model_id: str = MODEL_ID
-    admission: object = None  # admission.Admission: the server-wide --max_concurrent slots
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def create(cls, settings) -> "ServerState":
+    def create(cls, settings: Settings) -> ServerState:
+        admission = Admission.from_env(settings.max_concurrent)
+        keys = tuple(k.encode("utf-8") for k in settings.api_keys())
         model_dir = Path(settings.model_dir)
         try:
             kind = settings.engine if settings.engine != "auto" else detect_engine(model_dir)
@@ -41,11 +46,11 @@ class ServerState:
             def unusable():
                 raise RuntimeError(error)
 
-            return cls(settings, None, EngineRunner(settings, unusable), settings.engine, False)
+            return cls(settings, None, EngineRunner(settings, unusable), settings.engine, False, admission, keys)
         from .engine.faults import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
 
         runner = EngineRunner(settings, lambda: maybe_wrap(load_engine(settings, kind)))
-        return cls(settings, tokenizer, runner, kind, is_demo(model_dir))
+        return cls(settings, tokenizer, runner, kind, is_demo(model_dir), admission, keys)
 
     @property
     def demo_notice(self) -> str | None:

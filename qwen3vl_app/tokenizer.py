@@ -14,12 +14,8 @@ from pathlib import Path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-IM_END = 151645
-END_OF_TEXT = 151643
-IMAGE_PAD = 151655
-VIDEO_PAD = 151656
-VISION_START = 151652
-VISION_END = 151653
+from .model_constants import END_OF_TEXT, IM_END
+
 
 
 def config_dir(model_dir: Path) -> Path:

@@ -1,8 +1,12 @@
-"""Blueprints, one per resource; each module's schemas sit beside it."""
+"""Blueprints, one per resource; each module's schemas sit beside it.  Routes are declared
+at import, so any number of apps can register them."""
+from __future__ import annotations
+
+from flask import Flask
 
 
-def register_all(app, auth):
+def register_all(app: Flask) -> None:
     from . import chat, docs, health, media, metrics, models
 
     for module in (health, models, chat, media, docs, metrics):
-        module.register(app, auth)
+        app.register_blueprint(module.bp)

@@ -1,94 +1,59 @@
-"""POST /v1/chat/completions: schema -> media -> prompt -> engine -> response or SSE stream."""
+"""POST /v1/chat/completions: schema -> media -> serving -> response or SSE stream."""
 from __future__ import annotations
-
-import logging
-import select
-import socket
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
+from .. import serving
 from ..admission import admitted
-from ..chat_service import PING, Delta, Finish
+from ..auth import auth
 from ..conversation import split_messages
-from ..errors import APIError
-from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, ChunkEncoder, completion, new_completion_id
+from ..streaming import SSE_HEADERS, ChunkEncoder, completion, new_completion_id
 from .chat_schema import ChatCompletionRequestSchema
-from .common import json_body, resolve_media_or_400, run_guarded, stream_failure_event
-from .generation import ignored_params, start_generation
+from .common import json_body
 
-log = logging.getLogger("qwen3vl.chat")
 bp = Blueprint("chat", __name__)
 
 
-def register(app, auth):
-    @bp.post("/v1/chat/completions")
-    @auth.login_required
-    @admitted  # a --max_concurrent slot for the whole response, or 503 at once
-    def chat_completions():
-        state = current_app.extensions["qwen3vl"]
-        req = ChatCompletionRequestSchema().load(json_body())
-        messages, media = split_messages(req["messages"])
-        engine = run_guarded(state.runner.wait_ready)
-        vision = resolve_media_or_400(state, media, engine.limits, messages)
-        stream = bool(req.get("stream"))
-        it = start_generation(state, engine, messages, vision, req, req["stop"] or [], stream)
-        greedy_only = not engine.capabilities.sampling
-        ignored = {"X-Ignored-Params": ",".join(ignored_params(req, greedy_only))} if greedy_only else {}
-        cid = new_completion_id()
-        if stream:
-            include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-            body = _sse(it, ChunkEncoder(cid, state.model_id), include_usage)
-            return Response(stream_with_context(body), mimetype="text/event-stream",
-                            headers={**SSE_HEADERS, **ignored})
-        return jsonify(_collect(it, cid, state.model_id, request.environ)), 200, ignored
-
-    app.register_blueprint(bp)
-
-
-def _sse(it, enc: ChunkEncoder, include_usage: bool):
-    try:
-        yield enc.chunk({"role": "assistant", "content": ""})
-        for ev in it:
-            if ev is PING:
-                yield SSE_PING
-            elif isinstance(ev, Delta):
-                yield enc.chunk({"content": ev.text}, logprobs={"content": ev.logprobs} if ev.logprobs else None)
-            elif isinstance(ev, Finish):
-                yield enc.chunk({}, finish_reason=ev.reason)
-                if include_usage:
-                    yield enc.usage_chunk(ev.prompt_tokens, ev.completion_tokens)
-        yield SSE_DONE
-    except Exception:  # engine failure mid-stream: an error event, then the stream ends
-        yield stream_failure_event()
-    finally:
-        it.close()  # client gone or done: cancel the generation, free the engine
+@bp.post("/v1/chat/completions")
+@auth.login_required
+@admitted  # a --max_concurrent slot for the whole response, or 503 at once
+def chat_completions():
+    state = current_app.extensions["qwen3vl"]
+    req = ChatCompletionRequestSchema().load(json_body())
+    messages, media = split_messages(req["messages"])
+    engine = state.runner.wait_ready()
+    vision = serving.resolve_media(state, media, engine, messages)
+    stream = bool(req.get("stream"))
+    events = serving.start(state, engine, messages, vision, req, req["stop"] or [], stream)
+    greedy_only = not engine.capabilities.sampling
+    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(req, greedy_only))} if greedy_only else {}
+    cid = new_completion_id()
+    if stream:
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        body = serving.stream(events, ChatStreamEncoder(ChunkEncoder(cid, state.model_id), include_usage))
+        return Response(stream_with_context(body), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
+    out = serving.collect(events, request.environ)
+    fin = out.finish
+    body = completion(cid, state.model_id, out.text, fin.reason, fin.prompt_tokens, fin.completion_tokens,
+                      {"content": out.logprobs} if out.logprobs else None)
+    return jsonify(body), 200, ignored
 
 
-def _collect(it, cid: str, model: str, environ) -> dict:
-    text, logprobs = [], []
-    try:
-        for ev in it:
-            if isinstance(ev, Delta):
-                text.append(ev.text)
-                logprobs.extend(ev.logprobs)
-                if _client_gone(environ):
-                    log.info("client disconnected; cancelling %s", cid)
-                    break
-            elif isinstance(ev, Finish):
-                return completion(cid, model, "".join(text), ev.reason, ev.prompt_tokens, ev.completion_tokens,
-                                  {"content": logprobs} if logprobs else None)
-    finally:
-        it.close()
-    raise APIError("Client closed the connection.", 400, None, "client_closed")
+class ChatStreamEncoder:
+    """`chat.completion.chunk` events: a role chunk, content deltas, a finish chunk and,
+    when asked for, a usage chunk."""
 
+    def __init__(self, chunks: ChunkEncoder, include_usage: bool):
+        self.chunks = chunks
+        self.include_usage = include_usage
 
-def _client_gone(environ) -> bool:
-    """True when the peer has closed its side (readable with zero bytes pending)."""
-    sock = environ.get("gunicorn.socket")
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
-        return True
+    def start(self):
+        yield self.chunks.chunk({"role": "assistant", "content": ""})
+
+    def delta(self, ev: serving.Delta):
+        yield self.chunks.chunk({"content": ev.text}, logprobs={"content": ev.logprobs} if ev.logprobs else None)
+
+    def finish(self, ev: serving.Finish):
+        yield self.chunks.chunk({}, finish_reason=ev.reason)
+        if self.include_usage:
+            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens)

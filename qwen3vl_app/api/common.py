@@ -1,19 +1,12 @@
-"""Small pieces every blueprint uses: strict JSON bodies and mapping of domain errors to 4xx/503."""
+"""Small pieces the blueprints share: strict JSON bodies and the error body's schema."""
 from __future__ import annotations
 
-import logging
 import re
 
 from flask import g, request
 from marshmallow import Schema, fields
 
-from ..engine.runner import EngineUnavailable, QueueFull
-from ..errors import APIError, error_body
-from ..processing.prompt import PromptError
-from ..streaming import sse
-
-RETRY_AFTER_SECONDS = "2"
-log = logging.getLogger("qwen3vl.errors")
+from ..errors import APIError
 
 
 def json_body() -> dict:
@@ -56,32 +49,6 @@ def _has_lone_surrogate(value) -> bool:
     return False
 
 
-def run_guarded(fn, *args):
-    """Call fn, turning the domain's own failures into OpenAI-format API errors."""
-    try:
-        return fn(*args)
-    except PromptError as e:
-        raise APIError(str(e), 400, e.param, e.code) from None
-    except QueueFull:
-        raise APIError("The server is at capacity; retry shortly.", 503, None, "server_busy",
-                       {"Retry-After": RETRY_AFTER_SECONDS}) from None
-    except EngineUnavailable as e:
-        raise APIError(str(e), 503, None, "model_unavailable", {"Retry-After": RETRY_AFTER_SECONDS}) from None
-
-
-def resolve_media_or_400(state, media, limits, messages):
-    """Fetch and preprocess every media item of the conversation, in order; a bad one is a
-    4xx naming its part.  Each template part of `messages` gets the kind the bytes turned
-    out to be (a video sent through image_url becomes a video placeholder)."""
-    if not media:
-        return []
-    from ..media.pipeline import MediaConfig, resolve_media, retag_parts
-
-    vision = resolve_media(media, MediaConfig.from_settings(state.settings, limits))
-    retag_parts(messages, vision)
-    return vision
-
-
 class ErrorDetailSchema(Schema):
     message = fields.String(required=True)
     type = fields.String(required=True)
@@ -93,12 +60,3 @@ class ErrorResponseSchema(Schema):
     """OpenAI's error body, the answer to every failure (qwen3vl_app/errors.py)."""
 
     error = fields.Nested(ErrorDetailSchema, required=True)
-
-
-def stream_failure_event() -> str:
-    """For a failure after an SSE stream has started (status and headers are sent): log it
-    with the request id and return one OpenAI-format error event; the caller then ends the
-    stream without `[DONE]` (the openai client raises an APIError on such an event)."""
-    rid = g.get("request_id", "-")
-    log.exception("generation failed in request %s", rid)
-    return sse(error_body(f"Internal server error (request id {rid}).", 500, None, "internal_error"))

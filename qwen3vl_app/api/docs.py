@@ -10,7 +10,7 @@ Auth: `/docs`, its assets and `/openapi.json` are open, as the old service's `/d
 The document holds no secret (only the header name and prefix the key goes in), and a
 browser cannot send the key before Swagger UI has loaded the document and the user has
 pressed "Authorize".  Every other operation declares the security scheme built from
-`--api-header`/`--api-prefix`.  `--disable-docs` turns all three routes off (404).
+`--api-header`/`--api-prefix`.  `--disable-docs` turns all three routes off (404), decided per request.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import json
 import re
 import threading
 
-from flask import Blueprint, Response, current_app, send_from_directory, url_for
+from flask import Blueprint, Response, abort, current_app, send_from_directory, url_for
 
 from .. import __version__
 
@@ -138,10 +138,10 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
         }},
         "/metrics": {"get": {
             "tags": ["service"], "summary": "Prometheus metrics (open unless --metrics-auth)", "operationId": "metrics",
-            **({} if getattr(settings, "metrics_auth", False) else {"security": []}),
+            **({} if settings.metrics_auth else {"security": []}),
             "responses": {"200": {"description": "Prometheus text format",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          **_errors(*(auth if getattr(settings, "metrics_auth", False) else ()))},
+                          **_errors(*(auth if settings.metrics_auth else ()))},
         }},
         "/openapi.json": {"get": {
             "tags": ["docs"], "summary": "This document", "operationId": "openapi", "security": [],
@@ -299,29 +299,32 @@ window.ui = SwaggerUIBundle({{url: {spec}, dom_id: "#swagger-ui", deepLinking: t
 """
 
 
-def register(app, auth):
-    settings = app.extensions["qwen3vl"].settings
-    if getattr(settings, "disable_docs", False):
-        return
-    bp = Blueprint("docs", __name__)
+bp = Blueprint("docs", __name__)
 
-    @bp.get("/openapi.json")
-    def openapi():
-        body = json.dumps(_document(), ensure_ascii=False, indent=1)
-        return Response(body, mimetype="application/json")
 
-    @bp.get("/docs")
-    def docs():
-        def asset(name):
-            return url_for("docs.asset", filename=name)
+@bp.before_request
+def _docs_enabled():
+    if current_app.extensions["qwen3vl"].settings.disable_docs:
+        abort(404)
 
-        page = _PAGE.format(css=asset("swagger-ui.css"), icon=asset("favicon-32x32.png"),
-                            bundle=asset("swagger-ui-bundle.js"), preset=asset("swagger-ui-standalone-preset.js"),
-                            spec=json.dumps(url_for("docs.openapi")))
-        return Response(page, mimetype="text/html")
 
-    @bp.get("/docs/<path:filename>")
-    def asset(filename):
-        return send_from_directory(_swagger_dir(), filename, max_age=86400)
+@bp.get("/openapi.json")
+def openapi():
+    body = json.dumps(_document(), ensure_ascii=False, indent=1)
+    return Response(body, mimetype="application/json")
 
-    app.register_blueprint(bp)
+
+@bp.get("/docs")
+def docs():
+    def asset(name):
+        return url_for("docs.asset", filename=name)
+
+    page = _PAGE.format(css=asset("swagger-ui.css"), icon=asset("favicon-32x32.png"),
+                        bundle=asset("swagger-ui-bundle.js"), preset=asset("swagger-ui-standalone-preset.js"),
+                        spec=json.dumps(url_for("docs.openapi")))
+    return Response(page, mimetype="text/html")
+
+
+@bp.get("/docs/<path:filename>")
+def asset(filename):
+    return send_from_directory(_swagger_dir(), filename, max_age=86400)

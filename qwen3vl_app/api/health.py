@@ -7,7 +7,9 @@ import time
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
+
 from .. import __version__
+from ..auth import auth
 
 bp = Blueprint("health", __name__)
 
@@ -32,37 +34,34 @@ class HealthSchema(Schema):
     queued = fields.Integer(required=True)
 
 
-def register(app, auth):
-    @bp.get("/health")
-    @auth.login_required
-    def health():
-        state = current_app.extensions["qwen3vl"]
-        runner = state.runner
-        engine = runner.engine
-        status = {"ready": "healthy", "failed": "unhealthy"}.get(runner.state, "loading")
-        details = {
-            "ready": "model loaded",
-            "loading": "model is loading",
-            "idle": "model loads on first request",
-            "failed": f"model failed to load: {runner.error}",
-        }[runner.state]
-        body = {
-            "status": status,
-            "details": details + (f"; {state.demo_notice}" if state.demo else ""),
-            "model": state.model_id,
-            "model_dir": str(state.settings.model_dir),
-            "max_concurrent": state.settings.max_concurrent,
-            "api_auth_enabled": not state.settings.disable_api_auth,
-            "timestamp": int(time.time()),
-            "version": __version__,
-            "engine": state.engine_kind,
-            "device": getattr(engine, "device", None),
-            "demo": state.demo,
-            "worker_pid": os.getpid(),
-            "load_seconds": runner.load_seconds,
-            "running": runner.running,
-            "queued": runner.waiting,
-        }
-        return jsonify(body), 200 if runner.state != "failed" else 503
-
-    app.register_blueprint(bp)
+@bp.get("/health")
+@auth.login_required
+def health():
+    state = current_app.extensions["qwen3vl"]
+    runner = state.runner
+    engine = runner.engine
+    status = {"ready": "healthy", "failed": "unhealthy"}.get(runner.state, "loading")
+    details = {
+        "ready": "model loaded",
+        "loading": "model is loading",
+        "idle": "model loads on first request",
+        "failed": f"model failed to load: {runner.error}",
+    }[runner.state]
+    body = {
+        "status": status,
+        "details": details + (f"; {state.demo_notice}" if state.demo else ""),
+        "model": state.model_id,
+        "model_dir": str(state.settings.model_dir),
+        "max_concurrent": state.settings.max_concurrent,
+        "api_auth_enabled": not state.settings.disable_api_auth,
+        "timestamp": int(time.time()),
+        "version": __version__,
+        "engine": state.engine_kind,
+        "device": getattr(engine, "device", None),
+        "demo": state.demo,
+        "worker_pid": os.getpid(),
+        "load_seconds": runner.load_seconds,
+        "running": runner.running,
+        "queued": runner.waiting,
+    }
+    return jsonify(body), 200 if runner.state != "failed" else 503

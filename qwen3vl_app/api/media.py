@@ -21,14 +21,12 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
+from .. import serving
 from ..admission import admitted
-from ..chat_service import PING, Delta, Finish
-from ..errors import APIError
-from ..media.errors import MediaError
+from ..auth import auth
+from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
-from ..streaming import SSE_DONE, SSE_HEADERS, SSE_PING, sse, usage
-from .common import run_guarded, stream_failure_event
-from .generation import start_generation
+from ..streaming import SSE_HEADERS, sse, usage
 
 bp = Blueprint("media", __name__)
 DEFAULT_PROMPT = "Describe this {kind} in detail."
@@ -48,75 +46,65 @@ def _form_number(name: str, kind, low, high):
     return value
 
 
-def register(app, auth):
-    @bp.post("/v1/media/describe")
-    @auth.login_required
-    @admitted  # a --max_concurrent slot for the whole response, or 503 at once
-    def describe():
-        started = time.monotonic()
-        state = current_app.extensions["qwen3vl"]
-        settings = state.settings
-        if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
-            raise APIError("Send the media as multipart/form-data with a 'file' field.", 415, "file",
-                           "unsupported_media_type")
-        upload = request.files.get("file")
-        if upload is None:
-            raise APIError("The form has no 'file' field.", 400, "file", "missing_file")
-        cap = MediaConfig.from_settings(settings).policy.max_bytes
-        data = upload.stream.read(cap + 1)
-        if len(data) > cap:
-            raise MediaError(f"upload is larger than the {cap / 1048576:g} MiB limit", "file", 413, "media_too_large")
-        filename = upload.filename or "upload"
-        stream = (request.form.get("stream") or "").strip().lower() in _TRUE
-        req = {"max_tokens": _form_number("max_tokens", int, 1, 1 << 20),
-               "temperature": _form_number("temperature", float, 0.0, 2.0)}
+@bp.post("/v1/media/describe")
+@auth.login_required
+@admitted  # a --max_concurrent slot for the whole response, or 503 at once
+def describe():
+    started = time.monotonic()
+    state = current_app.extensions["qwen3vl"]
+    settings = state.settings
+    if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
+        raise APIError("Send the media as multipart/form-data with a 'file' field.", 415, "file",
+                       "unsupported_media_type")
+    upload = request.files.get("file")
+    if upload is None:
+        raise APIError("The form has no 'file' field.", 400, "file", "missing_file")
+    cap = MediaConfig.from_settings(settings).policy.max_bytes
+    data = upload.stream.read(cap + 1)
+    if len(data) > cap:
+        raise MediaError(f"upload is larger than the {cap / 1048576:g} MiB limit", "file", 413, "media_too_large")
+    filename = upload.filename or "upload"
+    stream = (request.form.get("stream") or "").strip().lower() in _TRUE
+    req = {"max_tokens": _form_number("max_tokens", int, 1, 1 << 20),
+           "temperature": _form_number("temperature", float, 0.0, 2.0)}
 
-        engine = run_guarded(state.runner.wait_ready)
-        config = MediaConfig.from_settings(settings, engine.limits)
-        blob, vision = upload_to_input(data, filename, config)
-        del data
-        prompt_text = (request.form.get("prompt") or "").strip() or DEFAULT_PROMPT.format(kind=vision.kind)
-        messages = [{"role": "user", "content": [{"type": vision.kind}, {"type": "text", "text": prompt_text}]}]
-        it = start_generation(state, engine, messages, [vision], req, [], stream)
+    engine = state.runner.wait_ready()
+    config = MediaConfig.from_settings(settings, engine.limits)
+    blob, vision = upload_to_input(data, filename, config)
+    del data
+    prompt_text = (request.form.get("prompt") or "").strip() or DEFAULT_PROMPT.format(kind=vision.kind)
+    messages = [{"role": "user", "content": [{"type": vision.kind}, {"type": "text", "text": prompt_text}]}]
+    events = serving.start(state, engine, messages, [vision], req, [], stream)
 
-        def metadata():
-            return {"filename": blob.name, "media_type": vision.kind, "prompt": prompt_text,
-                    "processing_time_seconds": round(time.monotonic() - started, 3), "model": state.model_id,
-                    "model_dir": str(settings.model_dir)}
+    def metadata():
+        return {"filename": blob.name, "media_type": vision.kind, "prompt": prompt_text,
+                "processing_time_seconds": round(time.monotonic() - started, 3), "model": state.model_id,
+                "model_dir": str(settings.model_dir)}
 
-        if stream:
-            return Response(stream_with_context(_sse(it, metadata)), mimetype="text/event-stream",
-                            headers=SSE_HEADERS)
-        text, fin = [], None
-        try:
-            for ev in it:
-                if isinstance(ev, Delta):
-                    text.append(ev.text)
-                elif isinstance(ev, Finish):
-                    fin = ev
-        finally:
-            it.close()
-        return jsonify({"status": "success", "description": "".join(text), "metadata": metadata(),
-                        "usage": usage(fin.prompt_tokens, fin.completion_tokens)})
-
-    app.register_blueprint(bp)
+    if stream:
+        return Response(stream_with_context(serving.stream(events, DescribeStreamEncoder(metadata))),
+                        mimetype="text/event-stream", headers=SSE_HEADERS)
+    out = serving.collect(events, request.environ)
+    return jsonify({"status": "success", "description": out.text, "metadata": metadata(),
+                    "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens)})
 
 
-def _sse(it, metadata):
-    text = []
-    try:
-        for ev in it:
-            if ev is PING:
-                yield SSE_PING
-            elif isinstance(ev, Delta):
-                text.append(ev.text)
-                if ev.text:
-                    yield sse({"status": "streaming", "delta": ev.text})
-            elif isinstance(ev, Finish):
-                yield sse({"status": "success", "description": "".join(text), "finish_reason": ev.reason,
-                           "metadata": metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens)})
-        yield SSE_DONE
-    except Exception:  # engine failure mid-stream: an error event, then the stream ends
-        yield stream_failure_event()
-    finally:
-        it.close()
+class DescribeStreamEncoder:
+    """The old service's stream: `{"status": "streaming", "delta"}` events, then one
+    `{"status": "success", "description", "finish_reason", "metadata", "usage"}`."""
+
+    def __init__(self, metadata):
+        self.metadata = metadata
+        self.text: list[str] = []
+
+    def start(self):
+        return ()
+
+    def delta(self, ev: serving.Delta):
+        self.text.append(ev.text)
+        if ev.text:
+            yield sse({"status": "streaming", "delta": ev.text})
+
+    def finish(self, ev: serving.Finish):
+        yield sse({"status": "success", "description": "".join(self.text), "finish_reason": ev.reason,
+                   "metadata": self.metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens)})

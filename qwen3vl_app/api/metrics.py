@@ -2,25 +2,25 @@
 
 Open by default so a scraper on the same host needs no key (bind to localhost or let
 nginx keep it private); `--metrics-auth` makes it require the API key like every other
-endpoint.
+endpoint.  That choice is made per request, from the serving app's settings.
 """
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 
 from .. import metrics
+from ..auth import auth
 
 bp = Blueprint("metrics", __name__)
 
 
-def register(app, auth):
-    settings = app.extensions["qwen3vl"].settings
+def _render() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
-    def prometheus_metrics():
-        body, content_type = metrics.render()
-        return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
-    view = auth.login_required(prometheus_metrics) if settings.metrics_auth else prometheus_metrics
-    bp.add_url_rule("/metrics", "metrics", view, methods=["GET"])
-    app.register_blueprint(bp)
-    metrics.ADMISSION_LIMIT.set(settings.max_concurrent)
+@bp.get("/metrics")
+def prometheus_metrics():
+    if current_app.extensions["qwen3vl"].settings.metrics_auth:
+        return auth.login_required(_render)()
+    return _render()

@@ -4,6 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
+
+from ..auth import auth
 from ..errors import APIError
 
 bp = Blueprint("models", __name__)
@@ -59,19 +61,16 @@ def model_card(state) -> dict:
     return card
 
 
-def register(app, auth):
-    @bp.get("/v1/models")
-    @auth.login_required
-    def list_models():
-        state = current_app.extensions["qwen3vl"]
-        return jsonify({"object": "list", "data": [model_card(state)]})
+@bp.get("/v1/models")
+@auth.login_required
+def list_models():
+    state = current_app.extensions["qwen3vl"]
+    return jsonify({"object": "list", "data": [model_card(state)]})
 
-    @bp.get("/v1/models/<path:model_id>")
-    @auth.login_required
-    def get_model(model_id):
-        state = current_app.extensions["qwen3vl"]
-        if model_id != state.model_id:
-            raise APIError(f"The model '{model_id}' does not exist.", 404, "model", "model_not_found")
-        return jsonify(model_card(state))
-
-    app.register_blueprint(bp)
+@bp.get("/v1/models/<path:model_id>")
+@auth.login_required
+def get_model(model_id):
+    state = current_app.extensions["qwen3vl"]
+    if model_id != state.model_id:
+        raise APIError(f"The model '{model_id}' does not exist.", 404, "model", "model_not_found")
+    return jsonify(model_card(state))

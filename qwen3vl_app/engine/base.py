@@ -2,7 +2,7 @@
 
 An engine knows how to run the model: a prefill over a whole `Prompt`, then one decode
 step per token.  Everything else -- sampling, stop conditions, cancellation, time limits --
-lives in `engine.generation` and is shared, so the torch and bm1684x engines behave the
+lives in `engine.decode` and is shared, so the torch and bm1684x engines behave the
 same for the same logits.  Engines do no HTTP and never see a request.
 """
 from __future__ import annotations

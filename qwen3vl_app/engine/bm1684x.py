@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tokenizer import IMAGE_PAD, VIDEO_PAD
+from ..model_constants import IMAGE_PAD, VIDEO_PAD
 from .base import Capabilities, Engine, Limits, Prompt, StepOutput
 from .vit_inputs import vit_calls
 

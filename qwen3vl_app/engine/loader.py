@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
+from ..model_constants import DEMO_MARKER
 from ..tokenizer import config_dir
 
-DEMO_MARKER = "qwen3vl_demo.json"
 
 
 class ModelFolderError(Exception):
@@ -47,7 +47,8 @@ def load_engine(settings, kind: str | None = None):
         from .torch_engine import TorchEngine
 
         threads = max(1, (os.cpu_count() or 1) // max(1, settings.workers))
-        return TorchEngine(model_dir, dtype=settings.torch_dtype, threads=threads)
+        return TorchEngine(model_dir, dtype=settings.torch_dtype, threads=threads,
+                           max_context=settings.torch_max_context)
     if kind == "bm1684x":
         from .bm1684x import BM1684XEngine
 

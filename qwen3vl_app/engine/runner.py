@@ -18,20 +18,14 @@ from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
 from .. import metrics
+from ..errors import EngineUnavailable, QueueFull
+from ..settings import Settings
 
 log = logging.getLogger("qwen3vl.runner")
 
 
-class EngineUnavailable(Exception):
-    pass
-
-
-class QueueFull(Exception):
-    pass
-
-
 class EngineRunner:
-    def __init__(self, settings, load_fn):
+    def __init__(self, settings: Settings, load_fn):
         self.settings = settings
         self._load_fn = load_fn
         self._pool: ThreadPool | None = None
@@ -92,7 +86,7 @@ class EngineRunner:
 
     def close(self) -> None:
         if self.state == "loading":  # stopped mid-load: let it finish, so the device is released cleanly
-            self._ready.wait(float(getattr(self.settings, "graceful_timeout", 30)))
+            self._ready.wait(float(self.settings.graceful_timeout))
         if self.engine is not None:
             engine, self.engine = self.engine, None
             try:

@@ -7,7 +7,6 @@ so both engines see identical inputs.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ log = logging.getLogger("qwen3vl.engine.torch")
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, model_dir: Path, dtype: str = "auto", threads: int | None = None):
+    def __init__(self, model_dir: Path, dtype: str = "auto", threads: int | None = None, max_context: int = 0):
         import torch
         from transformers import Qwen3VLForConditionalGeneration
 
@@ -35,7 +34,7 @@ class TorchEngine(Engine):
         self.model = Qwen3VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=self.dtype)
         self.model.to(self.device).eval()
         text = self.model.config.text_config
-        max_ctx = int(os.environ.get("QWEN3VL_TORCH_MAX_CONTEXT", 0)) or min(int(text.max_position_embeddings), 32768)
+        max_ctx = max_context or min(int(text.max_position_embeddings), 32768)
         self.limits = Limits(max_context=max_ctx, max_input_tokens=max_ctx)
         self.capabilities = Capabilities(logits=True)
         self._cache = None
@@ -58,7 +57,7 @@ class TorchEngine(Engine):
             kwargs["pixel_values_videos"] = self._pixels(videos)
             kwargs["video_grid_thw"] = torch.tensor([v.grid_thw for v in videos], device=self.device)
         if images or videos:
-            from ..tokenizer import IMAGE_PAD, VIDEO_PAD
+            from ..model_constants import IMAGE_PAD, VIDEO_PAD
 
             mm = (ids == IMAGE_PAD).int() + 2 * (ids == VIDEO_PAD).int()
             kwargs["mm_token_type_ids"] = mm

@@ -17,7 +17,7 @@ from ..processing.video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRA
                                 video_from_bytes)
 from ..processing.vision import (DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, FACTOR,
                                  ImageBudget, image_from_bytes)
-from .errors import MediaError
+from ..errors import MediaError
 from .sources import DEFAULT_MAX_BYTES, MediaBlob, SourcePolicy, blob_from_bytes, load_media
 
 DEFAULT_MAX_ITEMS = 16
@@ -32,52 +32,46 @@ class MediaConfig:
     max_items: int = DEFAULT_MAX_ITEMS
     image: ImageBudget = field(default_factory=ImageBudget)
     video: VideoBudget = field(default_factory=VideoBudget)
-    tmp_dir: str | None = None
 
     @classmethod
-    def from_settings(cls, settings, limits=None) -> "MediaConfig":
+    def from_settings(cls, settings: Settings, limits: Limits | None = None) -> MediaConfig:
         """Ceilings from the flags, tightened by what the loaded engine accepts."""
-        g = lambda name, default: getattr(settings, name, default)  # noqa: E731
-        max_pixels = int(g("max_image_pixels", DEFAULT_MAX_PIXELS))
-        engine_pixels = getattr(limits, "max_pixels", None) if limits is not None else None
-        if engine_pixels:
-            max_pixels = min(max_pixels, int(engine_pixels))
+        max_pixels = settings.max_image_pixels
+        if limits is not None and limits.max_pixels:
+            max_pixels = min(max_pixels, limits.max_pixels)
         max_pixels = max(max_pixels, FACTOR * FACTOR)
-        min_pixels = min(int(g("min_image_pixels", DEFAULT_MIN_PIXELS)), max_pixels)
-        source_pixels = int(g("max_source_pixels", DEFAULT_MAX_DECODE_PIXELS))
-        ratio = float(g("video_ratio", DEFAULT_VIDEO_RATIO))
-        ratio = min(max(ratio, 0.0), 1.0)
+        min_pixels = min(settings.min_image_pixels, max_pixels)
+        ratio = min(max(settings.video_ratio, 0.0), 1.0)
         prompt_tokens = _prompt_token_limit(settings, limits)
         total_pixels = None
         if prompt_tokens:
             total_pixels = max(prompt_tokens - TEXT_RESERVE_TOKENS, 1) * FACTOR * FACTOR
         policy = SourcePolicy(
-            allowed_local_roots=tuple(os.path.abspath(p) for p in g("allowed_local_media_path", ()) or ()),
-            allow_private=bool(g("allow_private_media_urls", False)),
-            allowed_networks=tuple(g("allowed_media_network", ()) or ()),
-            max_bytes=int(g("max_media_bytes", DEFAULT_MAX_BYTES)),
-            total_timeout=float(g("media_fetch_timeout", 60.0)),
+            allowed_local_roots=tuple(os.path.abspath(p) for p in settings.allowed_local_media_path),
+            allow_private=settings.allow_private_media_urls,
+            allowed_networks=settings.allowed_media_network,
+            max_bytes=settings.max_media_bytes,
+            total_timeout=settings.media_fetch_timeout,
         )
         return cls(
             policy=policy,
-            max_items=int(g("max_media_items", DEFAULT_MAX_ITEMS)),
-            image=ImageBudget(min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=source_pixels),
+            max_items=settings.max_media_items,
+            image=ImageBudget(min_pixels=min_pixels, max_pixels=max_pixels,
+                              max_decode_pixels=settings.max_source_pixels),
             video=VideoBudget(
-                fps=float(g("video_fps", DEFAULT_FPS)),
+                fps=settings.video_fps,
                 min_frames=DEFAULT_MIN_FRAMES,
-                max_frames=max(int(g("max_video_frames", DEFAULT_MAX_FRAMES)), 1),
+                max_frames=max(settings.max_video_frames, 1),
                 frame_max_pixels=max(int(max_pixels * ratio), FACTOR * FACTOR),
                 total_pixels=total_pixels,
-                max_decode_pixels=source_pixels,
+                max_decode_pixels=settings.max_source_pixels,
             ),
-            tmp_dir=g("media_tmp_dir", None) or None,
         )
 
 
-def _prompt_token_limit(settings, limits) -> int | None:
-    values = [v for v in (getattr(settings, "max_prompt_tokens", 0),
-                          getattr(limits, "max_input_tokens", None) if limits is not None else None) if v]
-    return min(int(v) for v in values) if values else None
+def _prompt_token_limit(settings: Settings, limits: Limits | None) -> int | None:
+    values = [v for v in (settings.max_prompt_tokens, limits.max_input_tokens if limits else None) if v]
+    return min(values) if values else None
 
 
 def image_budget_for(config: MediaConfig, options: dict) -> ImageBudget:
@@ -139,7 +133,7 @@ def preprocess_blob(blob: MediaBlob, config: MediaConfig, options: dict | None =
     options = options or {}
     if blob.media.is_video:
         budget = video_budget_for(config, options)
-        return _offload(video_from_bytes, blob.data, blob.media.ext, budget, config.tmp_dir)
+        return _offload(video_from_bytes, blob.data, blob.media.ext, budget)
     return _offload(image_from_bytes, blob.data, image_budget_for(config, options))
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
-from .errors import MediaError
+from ..errors import MediaError
 from .sniff import MediaType, sniff, supported_list
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

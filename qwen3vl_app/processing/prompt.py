@@ -9,14 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.base import Prompt, VisionInput
-from ..tokenizer import IMAGE_PAD, VIDEO_PAD, ChatTokenizer
-
-
-class PromptError(ValueError):
-    def __init__(self, message: str, param: str = "messages", code: str = "invalid_prompt"):
-        super().__init__(message)
-        self.param = param
-        self.code = code
+from ..errors import PromptError
+from ..model_constants import IMAGE_PAD, VIDEO_PAD
+from ..tokenizer import ChatTokenizer
 
 
 # Typed into a message these would only confuse the placeholder expansion; refuse them

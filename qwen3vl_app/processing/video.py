@@ -26,15 +26,14 @@ import numpy as np
 from PIL import Image
 
 from ..engine.base import VisionInput
-from ..media.errors import MediaError
-from .vision import DEFAULT_MAX_PIXELS, FACTOR, MAX_ASPECT_RATIO, TEMPORAL_PATCH, patchify, resize_rgb
+from ..errors import MediaError
+from .vision import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, FACTOR, MAX_ASPECT_RATIO, TEMPORAL_PATCH, patchify, resize_rgb
 
 DEFAULT_FPS = 2.0
 DEFAULT_MIN_FRAMES = 4
 DEFAULT_MAX_FRAMES = 768
 DEFAULT_MIN_PIXELS = 4096  # over the whole stack, as the reference's `shortest_edge`
 DEFAULT_VIDEO_RATIO = 0.5
-DEFAULT_MAX_DECODE_PIXELS = 4096 * 4096  # largest source frame we decode at all
 FALLBACK_FPS = 24.0  # when the container does not say
 # Gaps up to this many frames are skipped by grabbing; larger gaps seek.
 SEEK_GAP = 12

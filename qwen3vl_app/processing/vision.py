@@ -23,12 +23,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..engine.base import VisionInput
-from ..media.errors import MediaError
+from ..errors import MediaError
+from ..model_constants import FACTOR, MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH
 
-PATCH_SIZE = 16
-TEMPORAL_PATCH = 2
-MERGE_SIZE = 2
-FACTOR = PATCH_SIZE * MERGE_SIZE  # 32
 ROW_SIZE = 3 * TEMPORAL_PATCH * PATCH_SIZE * PATCH_SIZE  # 1536
 
 DEFAULT_MIN_PIXELS = 65_536

@@ -26,13 +26,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..engine.base import VisionInput
-from ..media.errors import MediaError
+from ..errors import MediaError
+from ..model_constants import IMAGE_PAD, MERGE_SIZE, VIDEO_PAD, VISION_END, VISION_START
 
-IMAGE_PAD = 151655
-VIDEO_PAD = 151656
-VISION_START = 151652
-VISION_END = 151653
-MERGE_SIZE = 2
 PLACEHOLDER_IDS = frozenset({IMAGE_PAD, VIDEO_PAD})
 
 

@@ -180,7 +180,7 @@ def torch_model():
 def _torch_greedy(model, prompt: Prompt, n: int):
     import torch
 
-    from qwen3vl_app.tokenizer import IMAGE_PAD, VIDEO_PAD
+    from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD
 
     ids = torch.tensor([prompt.input_ids])
     L = ids.shape[1]

@@ -1,7 +1,7 @@
 """Request -> SamplingParams, and what a device-greedy engine reports it cannot honour."""
 import pytest
 
-from qwen3vl_app.api.generation import ignored_params, sampling_params
+from qwen3vl_app.serving import ignored_params, sampling_params
 from qwen3vl_app.errors import APIError
 from qwen3vl_app.settings import Settings
 

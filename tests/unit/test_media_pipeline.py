@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from qwen3vl_app.engine.base import Limits
-from qwen3vl_app.media.errors import MediaError
+from qwen3vl_app.errors import MediaError
 from qwen3vl_app.media.pipeline import (MediaConfig, image_budget_for, resolve_media, retag_parts,
                                         upload_to_input, video_budget_for)
 from qwen3vl_app.processing.vision import preprocess_image

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from qwen3vl_app.media import sniff as S
-from qwen3vl_app.media.errors import MediaError
+from qwen3vl_app.errors import MediaError
 from qwen3vl_app.media.sources import SourcePolicy, blob_from_bytes, is_public_ip, load_media
 from media_samples import image_bytes
 

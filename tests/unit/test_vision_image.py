@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from qwen3vl_app.media.errors import MediaError
+from qwen3vl_app.errors import MediaError
 from qwen3vl_app.processing import vision as V
 from media_samples import gradient_rgb, image_bytes, png_header_only
 from oracle import processor

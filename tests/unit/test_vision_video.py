@@ -7,7 +7,7 @@ path) vs torch's fixed-point uint8 kernel, which round differently on rare pixel
 import numpy as np
 import pytest
 
-from qwen3vl_app.media.errors import MediaError
+from qwen3vl_app.errors import MediaError
 from qwen3vl_app.processing import video as VID
 from media_samples import VIDEO_CODECS, write_video
 from oracle import RefVideoProcessor, decode_all_frames, timestamps

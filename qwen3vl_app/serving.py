@@ -1,0 +1,326 @@
+"""Serving logic of every generation endpoint: a parsed request becomes a running
+generation, and its events become one JSON body or an SSE stream.
+
+Blueprints parse the request and pick an encoder; everything in between lives here, in
+the order a request meets it:
+
+  resolve_media -> start (prompt, length check, sampling, engine turn) -> collect | stream
+
+It runs in the request greenlet.  Every engine step executes in the worker's engine
+thread (`EngineRunner.call`), so this greenlet -- and every other connection of the
+worker -- stays responsive.  Closing the event iterator (client gone, stream closed, an
+error) cancels the generation before its next decode step and frees the engine; both
+`collect` and `stream` guarantee it.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flask import g
+
+from .engine.base import Engine, Prompt, VisionInput
+from .engine.decode import Cancel, generate
+from .engine.sampling import SamplingParams
+from .errors import APIError, error_body
+from .processing.detok import Detokenizer, StopMatcher
+from .processing.prompt import build_prompt, check_length
+from .streaming import SSE_DONE, SSE_PING, sse
+
+if TYPE_CHECKING:
+    from .conversation import MediaRef
+    from .engine.runner import EngineRunner
+    from .settings import Settings
+    from .state import ServerState
+    from .tokenizer import ChatTokenizer
+
+log = logging.getLogger("qwen3vl.serving")
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass
+class JobStats:
+    """Timings and counts of one generation, for the request log, metrics and Server-Timing.
+    Times are time.monotonic(); `engine_seconds` is measured inside the engine thread."""
+
+    queue_wait: float | None = None  # waiting for this worker's engine (and its load)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    engine_seconds: float = 0.0  # prefill + decode steps, as the engine thread saw them
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # stop | length | cancelled
+
+    def ttft(self, started: float) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - started
+
+    @property
+    def tpot(self) -> float | None:
+        if self.completion_tokens < 2 or self.first_token_at is None or self.last_token_at is None:
+            return None
+        return (self.last_token_at - self.first_token_at) / (self.completion_tokens - 1)
+
+    def overhead(self, total: float) -> float | None:
+        """Request time spent outside the engine and the queue."""
+        if self.queue_wait is None:
+            return None
+        return max(0.0, total - self.queue_wait - self.engine_seconds)
+
+
+@dataclass
+class GenerationJob:
+    prompt: Prompt
+    params: SamplingParams
+    stops: list[str] = field(default_factory=list)
+    time_limit: float = 600.0
+    stats: JobStats = field(default_factory=JobStats)
+
+
+@dataclass
+class Delta:
+    text: str
+    logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Finish:
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
+ADMITTED = object()  # first item: this request holds the engine (raised QueueFull instead if not)
+
+Event = Any  # PING | ADMITTED | Delta | Finish
+
+
+# ----------------------------------------------------------------------------- request -> generation
+
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+                   "frequency_penalty", "seed")
+
+
+def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: bool) -> SamplingParams:
+    """Request values win over the model folder's generation_config.json."""
+
+    def pick(name, fallback):
+        value = req.get(name)
+        return fallback if value is None else value
+
+    if req.get("logprobs") and greedy_only:
+        raise APIError("This engine picks tokens on the device and returns no logits, so logprobs "
+                       "are unavailable.", 400, "logprobs", "unsupported_parameter")
+    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or settings.max_tokens_default
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=pick("temperature", defaults.get("temperature", 1.0) if defaults.get("do_sample", True) else 0.0),
+        top_p=pick("top_p", defaults.get("top_p", 1.0)),
+        top_k=pick("top_k", defaults.get("top_k", 0)),
+        repetition_penalty=pick("repetition_penalty", defaults.get("repetition_penalty", 1.0)),
+        presence_penalty=pick("presence_penalty", 0.0),
+        frequency_penalty=pick("frequency_penalty", 0.0),
+        seed=req.get("seed"),
+        logprobs=bool(req.get("logprobs")),
+        top_logprobs=req.get("top_logprobs") or 0,
+    )
+
+
+def ignored_params(req: dict, greedy_only: bool) -> list[str]:
+    """Sampling fields a device-greedy engine cannot honour; the response names them in
+    `X-Ignored-Params` (and /v1/models lists the capabilities) instead of hiding it."""
+    return [f for f in SAMPLING_FIELDS if greedy_only and req.get(f) is not None]
+
+
+def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, messages: list[dict]) -> list[VisionInput]:
+    """Fetch and preprocess every media item of the conversation, in order; a bad one is a
+    4xx naming its part.  Each template part of `messages` gets the kind the bytes turned
+    out to be (a video sent through image_url becomes a video placeholder)."""
+    if not media:
+        return []
+    from .media.pipeline import MediaConfig, resolve_media as resolve, retag_parts
+
+    vision = resolve(media, MediaConfig.from_settings(state.settings, engine.limits))
+    retag_parts(messages, vision)
+    return vision
+
+
+def start(state: ServerState, engine: Engine, messages: list[dict], vision: list[VisionInput], req: dict,
+          stops: list[str], stream: bool) -> Iterator[Event]:
+    """Build and check the prompt, then take this worker's engine (503 at once when its
+    queue is full).  Returns the event iterator, already past ADMITTED."""
+    settings = state.settings
+    assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
+    prompt = build_prompt(state.tokenizer, messages, vision)
+    check_length(prompt, engine.limits, settings.max_prompt_tokens)
+    params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
+    job = GenerationJob(prompt, params, stops, settings.request_timeout)
+    g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
+    it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
+    next(it)  # ADMITTED, or QueueFull / EngineUnavailable
+    return it
+
+
+def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
+         ping_every: float | None = None) -> Iterator[Event]:
+    """Yield ADMITTED, Delta..., then one Finish (PING in between when ping_every is set).
+    Ends early with finish_reason 'length' at the job's time limit or when the worker's
+    graceful-shutdown deadline passes (`runner.drain_deadline`)."""
+    cancel = Cancel()
+    stats = job.stats
+    produced = 0
+    finish = "length"
+    completed = False
+    queued_at = time.monotonic()
+    with runner.turn() as engine:
+        stats.queue_wait = time.monotonic() - queued_at
+        yield ADMITTED
+        deadline = time.monotonic() + job.time_limit
+        gen = generate(engine, job.prompt, job.params, tokenizer.eos_ids, cancel)
+        detok = Detokenizer(tokenizer)
+        stops = StopMatcher(job.stops)
+        try:
+            first = True
+            while True:
+                if first and ping_every:
+                    pending = runner.spawn(_timed_next, gen, stats)
+                    while not pending.ready():
+                        pending.wait(ping_every)
+                        if not pending.ready():
+                            yield PING
+                    item = pending.get()
+                else:
+                    item = runner.call(_timed_next, gen, stats)
+                first = False
+                if item is None:
+                    break
+                now = time.monotonic()
+                if stats.first_token_at is None:
+                    stats.first_token_at = now
+                stats.last_token_at = now
+                produced += 1
+                text = stops.push(detok.push(item.token_id))
+                if stops.stopped:
+                    finish = "stop"
+                elif item.finish_reason:
+                    finish = item.finish_reason
+                    text += stops.push(detok.flush()) + stops.flush()
+                lp = _logprob_entry(tokenizer, item.choice) if job.params.logprobs else None
+                if text or lp:
+                    yield Delta(text, [lp] if lp else [])
+                if stops.stopped or item.finish_reason:
+                    break
+                drain = runner.drain_deadline
+                if now > deadline or (drain is not None and now > drain):
+                    finish = "length"
+                    break
+            completed = True
+        finally:
+            cancel.set()
+            runner.call(gen.close)
+            stats.prompt_tokens = len(job.prompt.input_ids)
+            stats.completion_tokens = produced
+            stats.finish_reason = finish if completed else "cancelled"
+    yield Finish(finish, len(job.prompt.input_ids), produced)
+
+
+def _timed_next(gen, stats: JobStats):
+    """One engine step, timed in the engine thread (so thread hand-off counts as overhead)."""
+    t0 = time.perf_counter()
+    try:
+        return next(gen, None)
+    finally:
+        stats.engine_seconds += time.perf_counter() - t0
+
+
+def _logprob_entry(tokenizer: ChatTokenizer, choice) -> dict:
+    def entry(tid, lp):
+        raw = tokenizer.token_bytes(tid)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": lp, "bytes": list(raw)}
+
+    out = entry(choice.token_id, choice.logprob)
+    out["top_logprobs"] = [entry(t, lp) for t, lp in (choice.top_logprobs or [])]
+    return out
+
+
+# ----------------------------------------------------------------------------- generation -> response
+
+
+@dataclass
+class Collected:
+    text: str
+    logprobs: list[dict]
+    finish: Finish
+
+
+def collect(events: Iterator[Event], environ: dict) -> Collected:
+    """Run a generation to its end for a non-stream response.  A client that hangs up
+    cancels it (checked after every token), so it never holds the engine to max_tokens."""
+    text: list[str] = []
+    logprobs: list[dict] = []
+    try:
+        for ev in events:
+            if isinstance(ev, Delta):
+                text.append(ev.text)
+                logprobs.extend(ev.logprobs)
+                if client_gone(environ):
+                    log.info("client disconnected; cancelling request %s", g.get("request_id", "-"))
+                    break
+            elif isinstance(ev, Finish):
+                return Collected("".join(text), logprobs, ev)
+    finally:
+        events.close()  # type: ignore[attr-defined]
+    raise APIError("Client closed the connection.", 400, None, "client_closed")
+
+
+class StreamEncoder(Protocol):
+    """How one endpoint spells its SSE events."""
+
+    def start(self) -> Iterable[str]: ...
+
+    def delta(self, ev: Delta) -> Iterable[str]: ...
+
+    def finish(self, ev: Finish) -> Iterable[str]: ...
+
+
+def stream(events: Iterator[Event], encoder: StreamEncoder) -> Iterator[str]:
+    """SSE text of a generation: the encoder's events, keep-alive pings while the prompt is
+    processed, then `[DONE]`.  A failure after the stream started becomes one OpenAI-format
+    error event (status and headers are already sent) and the stream ends without `[DONE]`,
+    which the openai client raises as an APIError."""
+    try:
+        yield from encoder.start()
+        for ev in events:
+            if ev is PING:
+                yield SSE_PING
+            elif isinstance(ev, Delta):
+                yield from encoder.delta(ev)
+            elif isinstance(ev, Finish):
+                yield from encoder.finish(ev)
+        yield SSE_DONE
+    except Exception:
+        rid = g.get("request_id", "-")
+        log.exception("generation failed in request %s", rid)
+        yield sse(error_body(f"Internal server error (request id {rid}).", 500, None, "internal_error"))
+    finally:
+        events.close()  # type: ignore[attr-defined]  # client gone or done: cancel, free the engine
+
+
+def client_gone(environ: dict) -> bool:
+    """True when the peer has closed its side (readable with zero bytes pending)."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
