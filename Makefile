@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit tiny-model native tiny-bmodel load bench soak clean
+.PHONY: install run test lint unit tiny-model native tiny-bmodel load bench soak clean
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $@
 
 ## Serve on :8899 (the tiny random-weight demo model unless ./models/qwen3vl_2b or -m exists).
@@ -30,6 +30,12 @@ run: install
 test: install native
 	$(BIN)/python -m pytest --ignore=tests/native $(PYTEST_ARGS)
 	$(BIN)/python -m pytest tests/native $(PYTEST_ARGS)
+
+## ruff (lint + format check) and mypy on the package, as configured in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -41,7 +41,7 @@ class Admission:
         self._local = 0  # fallback counter when there is no shared file
 
     @classmethod
-    def from_env(cls, limit: int, environ=None) -> "Admission":
+    def from_env(cls, limit: int, environ=None) -> Admission:
         environ = os.environ if environ is None else environ
         path = environ.get(ENV_FILE) or None
         if path is not None and not os.path.exists(path):
@@ -68,7 +68,7 @@ class Admission:
         return self._map
 
     # -- requests ------------------------------------------------------------------
-    def try_acquire(self) -> "Ticket | None":
+    def try_acquire(self) -> Ticket | None:
         if self.limit <= 0:
             return None
         if self.path is None:

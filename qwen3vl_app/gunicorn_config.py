@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from .settings import Settings
 
@@ -102,7 +103,7 @@ def when_ready(server) -> None:
     log = logging.getLogger("qwen3vl")
     log.info("serving %s on %s:%d with %d gevent worker(s)", settings.model_dir, settings.host, settings.port,
              settings.workers)
-    if is_demo(settings.model_dir):
+    if is_demo(Path(settings.model_dir)):
         log.warning("=" * 72)
         log.warning("DEMO MODEL: %s holds a tiny RANDOM-WEIGHT Qwen3-VL. Output is meaningless.",
                     settings.model_dir)

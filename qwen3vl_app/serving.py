@@ -146,7 +146,8 @@ def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, mes
     out to be (a video sent through image_url becomes a video placeholder)."""
     if not media:
         return []
-    from .media.pipeline import MediaConfig, resolve_media as resolve, retag_parts
+    from .media.pipeline import MediaConfig, retag_parts
+    from .media.pipeline import resolve_media as resolve
 
     vision = resolve(media, MediaConfig.from_settings(state.settings, engine.limits))
     retag_parts(messages, vision)

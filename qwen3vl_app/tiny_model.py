@@ -205,13 +205,13 @@ def build_tokenizer_object(ranks: dict[bytes, int]):
 
     vocab = {enc(tok): rank for tok, rank in ranks.items()}
     merges = []
-    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(tok) < 2:
+    for piece, _rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(piece) < 2:
             continue
         splits = [
-            (ranks[tok[:i]], ranks[tok[i:]], tok[:i], tok[i:])
-            for i in range(1, len(tok))
-            if tok[:i] in ranks and tok[i:] in ranks
+            (ranks[piece[:i]], ranks[piece[i:]], piece[:i], piece[i:])
+            for i in range(1, len(piece))
+            if piece[:i] in ranks and piece[i:] in ranks
         ]
         for _, _, left, right in sorted(splits):
             merges.append((enc(left), enc(right)))

@@ -17,7 +17,6 @@ from tokenizers import Tokenizer
 from .model_constants import END_OF_TEXT, IM_END
 
 
-
 def config_dir(model_dir: Path) -> Path:
     """Where tokenizer/processor files live for either layout."""
     nested = model_dir / "config"

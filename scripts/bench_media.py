@@ -42,10 +42,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    from PIL import Image
-
     from media_samples import gradient_rgb, write_video
     from oracle import RefVideoProcessor, decode_all_frames, processor
+    from PIL import Image
+
     from qwen3vl_app.processing.video import VideoBudget, video_from_path
     from qwen3vl_app.processing.vision import image_from_bytes
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from flask import g, request
+from flask import request
 from marshmallow import Schema, fields
 
 from ..errors import APIError

@@ -61,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
         status = e.code or 500
-        msg = _HTTP_MESSAGES.get(status) or (e.description if status < 500 else "Internal server error.")
+        msg = _HTTP_MESSAGES.get(status) or (e.description if status < 500 and e.description else "Internal server error.")
         return error_response(msg, status, None, e.name.lower().replace(" ", "_") if e.name else None)
 
     @app.errorhandler(Exception)

@@ -7,7 +7,6 @@ import time
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
-
 from .. import __version__
 from ..auth import auth
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
-
 from ..auth import auth
 from ..errors import APIError
 
@@ -38,7 +37,6 @@ class ModelListSchema(Schema):
 
 def model_card(state) -> dict:
     engine = state.runner.engine
-    caps = getattr(engine, "capabilities", None)
     card = {
         "id": state.model_id,
         "object": "model",
@@ -50,6 +48,7 @@ def model_card(state) -> dict:
     if state.demo:
         card["description"] = state.demo_notice
     if engine is not None:
+        caps = engine.capabilities
         card["max_context"] = engine.limits.max_context
         card["capabilities"] = {
             "sampling": caps.sampling,

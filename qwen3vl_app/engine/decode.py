@@ -6,8 +6,8 @@ cancelled request costs at most one more step).
 """
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Iterator
 
 from .base import Engine, Prompt
 from .sampling import Choice, Sampler, SamplingParams
@@ -42,14 +42,14 @@ def max_new_tokens(engine: Engine, prompt: Prompt, requested: int) -> int:
     return max(0, min(requested, engine.limits.max_context - len(prompt.input_ids)))
 
 
-def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, cancel: Cancel) -> Iterator[Generated]:
+def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, cancel: Cancel) -> Generator[Generated, None, None]:
     budget = max_new_tokens(engine, prompt, params.max_tokens)
     if budget == 0 or cancel.is_set:
         return
     sampler = Sampler(params, prompt.input_ids)
     out = engine.prefill(prompt)
     for produced in range(1, budget + 1):
-        choice = Choice(out.token_id) if out.logits is None else sampler.choose(out.logits)
+        choice = sampler.choose(out.logits) if out.logits is not None else Choice(int(out.token_id or 0))
         if choice.token_id in eos_ids:
             yield Generated(choice, "stop")
             return

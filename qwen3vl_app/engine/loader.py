@@ -14,7 +14,6 @@ from ..model_constants import DEMO_MARKER
 from ..tokenizer import config_dir
 
 
-
 class ModelFolderError(Exception):
     pass
 

@@ -50,11 +50,12 @@ class EngineRunner:
     def _load(self) -> None:
         t0 = time.monotonic()
         try:
-            self.engine = self.call(self._load_fn)
+            engine = self.call(self._load_fn)
+            self.engine = engine
             self.load_seconds = time.monotonic() - t0
             self.state = "ready"
             metrics.engine_loaded(self.load_seconds)
-            log.info("engine %s ready on %s in %.1f s", self.engine.name, self.engine.device, self.load_seconds)
+            log.info("engine %s ready on %s in %.1f s", engine.name, engine.device, self.load_seconds)
         except Exception as e:  # the worker stays up and reports the failure on /health
             self.state = "failed"
             self.error = f"{type(e).__name__}: {e}"

@@ -82,6 +82,7 @@ class Sampler:
             x[ids] -= p.presence_penalty + p.frequency_penalty * counts
 
     def _seen_ids(self) -> np.ndarray:
+        assert self._seen is not None  # set whenever repetition_penalty is on
         if not self._counts:
             return self._seen
         return np.union1d(self._seen, np.fromiter(self._counts.keys(), dtype=np.int64))
@@ -111,7 +112,7 @@ def _finite(x: np.ndarray) -> np.ndarray:
     """Clamp in place what extreme but valid parameters overflow to (a repetition_penalty of
     5e-324 divides logits to inf, and inf - inf is NaN in the softmax: a 500, found by fuzzing)."""
     if not np.isfinite(x).all():
-        np.nan_to_num(x, copy=False, nan=_F32.min, posinf=_F32.max, neginf=_F32.min)
+        np.nan_to_num(x, copy=False, nan=float(_F32.min), posinf=float(_F32.max), neginf=float(_F32.min))
     return x
 
 

@@ -82,7 +82,9 @@ class TorchEngine(Engine):
 
     def prefill_logits(self, prompt: Prompt) -> np.ndarray:
         """Logits after the whole prompt (tests compare engines with it)."""
-        return self.prefill(prompt).logits
+        logits = self.prefill(prompt).logits
+        assert logits is not None  # this engine always returns logits
+        return logits
 
     def close(self) -> None:
         self._cache = None

@@ -12,13 +12,20 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 
-from ..engine.base import VisionInput
-from ..processing.video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_FRAMES, DEFAULT_VIDEO_RATIO, VideoBudget,
-                                video_from_bytes)
-from ..processing.vision import (DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, FACTOR,
-                                 ImageBudget, image_from_bytes)
+from ..engine.base import Limits, VisionInput
 from ..errors import MediaError
-from .sources import DEFAULT_MAX_BYTES, MediaBlob, SourcePolicy, blob_from_bytes, load_media
+from ..processing.video import (
+    DEFAULT_MIN_FRAMES,
+    VideoBudget,
+    video_from_bytes,
+)
+from ..processing.vision import (
+    FACTOR,
+    ImageBudget,
+    image_from_bytes,
+)
+from ..settings import Settings
+from .sources import MediaBlob, SourcePolicy, blob_from_bytes, load_media
 
 DEFAULT_MAX_ITEMS = 16
 # Tokens kept free for the text around the media when the video pixel cap is derived from

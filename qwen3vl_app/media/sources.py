@@ -25,8 +25,8 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 from ..errors import MediaError
@@ -58,7 +58,7 @@ class SourcePolicy:
     is_allowed_ip: Callable[[IPAddress], bool] | None = field(default=None, compare=False)
     resolver: Callable[[str, int], list[str]] | None = field(default=None, compare=False)
 
-    def with_roots(self, *roots: str) -> "SourcePolicy":
+    def with_roots(self, *roots: str) -> SourcePolicy:
         from dataclasses import replace
 
         return replace(self, allowed_local_roots=tuple(self.allowed_local_roots) + roots)
@@ -274,7 +274,7 @@ def _resolve(host: str, port: int, policy: SourcePolicy) -> list[IPAddress]:
             addrs = policy.resolver(host, port)
         else:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addrs = [info[4][0] for info in infos]
+            addrs = [str(info[4][0]) for info in infos]
         out = []
         for a in addrs:
             ip = ipaddress.ip_address(a.split("%", 1)[0])
@@ -441,8 +441,7 @@ def _read_capped(resp, policy: SourcePolicy, deadline: float) -> bytes:
             chunks.append(chunk)
     except MediaError:
         raise
-    except (urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError,
-            requests.exceptions.Timeout):
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError, requests.exceptions.Timeout):
         raise MediaError("timed out fetching the media URL", code="media_fetch_timeout") from None
     except (urllib3.exceptions.HTTPError, OSError, requests.exceptions.RequestException):
         raise MediaError("connection failed while fetching the media URL", code="media_fetch_failed") from None

@@ -6,6 +6,8 @@ each block to the right number of pad tokens and computes the M-RoPE rows.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ..engine.base import Prompt, VisionInput
@@ -13,13 +15,12 @@ from ..errors import PromptError
 from ..model_constants import IMAGE_PAD, VIDEO_PAD
 from ..tokenizer import ChatTokenizer
 
-
 # Typed into a message these would only confuse the placeholder expansion; refuse them
 # clearly (other control tokens in client text are tokenized as plain text).
 VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: list[VisionInput] = ()) -> Prompt:
+def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: Sequence[VisionInput] = ()) -> Prompt:
     _refuse_typed_vision_tokens(messages)
     ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
     if vision:

@@ -27,7 +27,15 @@ from PIL import Image
 
 from ..engine.base import VisionInput
 from ..errors import MediaError
-from .vision import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, FACTOR, MAX_ASPECT_RATIO, TEMPORAL_PATCH, patchify, resize_rgb
+from .vision import (
+    DEFAULT_MAX_DECODE_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    FACTOR,
+    MAX_ASPECT_RATIO,
+    TEMPORAL_PATCH,
+    patchify,
+    resize_rgb,
+)
 
 DEFAULT_FPS = 2.0
 DEFAULT_MIN_FRAMES = 4

@@ -101,8 +101,7 @@ def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) 
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WEBP: first frame
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
         except MediaError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):

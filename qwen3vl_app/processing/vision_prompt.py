@@ -21,7 +21,7 @@ rows 1/2 are ``s`` + the merged-grid row/column; the next text starts at
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -50,7 +50,7 @@ def raw(s, data: bytes, *, shut_write: bool = False, wait: float = 5.0) -> bytes
                 out += chunk
                 if b"\r\n\r\n" in out and _complete(out):
                     break
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
         return out
 

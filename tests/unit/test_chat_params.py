@@ -1,8 +1,8 @@
 """Request -> SamplingParams, and what a device-greedy engine reports it cannot honour."""
 import pytest
 
-from qwen3vl_app.serving import ignored_params, sampling_params
 from qwen3vl_app.errors import APIError
+from qwen3vl_app.serving import ignored_params, sampling_params
 from qwen3vl_app.settings import Settings
 
 DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.0}

@@ -3,15 +3,21 @@ import io
 
 import numpy as np
 import pytest
+from media_samples import gradient_rgb, image_bytes, video_bytes
 from PIL import Image
 
 from qwen3vl_app.engine.base import Limits
 from qwen3vl_app.errors import MediaError
-from qwen3vl_app.media.pipeline import (MediaConfig, image_budget_for, resolve_media, retag_parts,
-                                        upload_to_input, video_budget_for)
+from qwen3vl_app.media.pipeline import (
+    MediaConfig,
+    image_budget_for,
+    resolve_media,
+    retag_parts,
+    upload_to_input,
+    video_budget_for,
+)
 from qwen3vl_app.processing.vision import preprocess_image
 from qwen3vl_app.settings import Settings
-from media_samples import gradient_rgb, image_bytes, video_bytes
 
 
 class Ref:

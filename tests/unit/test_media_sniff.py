@@ -1,7 +1,7 @@
 import pytest
+from media_samples import image_bytes, png_header_only, video_bytes
 
 from qwen3vl_app.media import sniff as S
-from media_samples import image_bytes, png_header_only, video_bytes
 
 
 @pytest.mark.parametrize("fmt,expected", [("JPEG", S.JPEG), ("PNG", S.PNG), ("BMP", S.BMP), ("GIF", S.GIF),

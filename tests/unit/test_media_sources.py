@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
-from qwen3vl_app.media import sniff as S
-from qwen3vl_app.errors import MediaError
-from qwen3vl_app.media.sources import SourcePolicy, blob_from_bytes, is_public_ip, load_media
 from media_samples import image_bytes
+
+from qwen3vl_app.errors import MediaError
+from qwen3vl_app.media import sniff as S
+from qwen3vl_app.media.sources import SourcePolicy, blob_from_bytes, is_public_ip, load_media
 
 PNG = image_bytes("PNG", 40, 60)
 JPEG = image_bytes("JPEG", 40, 60)

@@ -3,14 +3,14 @@ gives the same logits as transformers' Qwen3-VL computing positions itself from 
 inputs -- so pixel order, grids and positions reach the model as it expects."""
 import numpy as np
 import pytest
+from media_samples import gradient_rgb, write_video
 from PIL import Image
 
+from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD
 from qwen3vl_app.processing import video as VID
 from qwen3vl_app.processing.prompt import build_prompt
 from qwen3vl_app.processing.vision import preprocess_image
-from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD
 from qwen3vl_app.tokenizer import ChatTokenizer
-from media_samples import gradient_rgb, write_video
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,17 @@
 """Placeholder expansion and M-RoPE positions equal transformers' processor + get_rope_index."""
 import numpy as np
 import pytest
+from media_samples import gradient_rgb, write_video
+from oracle import decode_all_frames, processor, rope_index
 from PIL import Image
 
 from qwen3vl_app.engine.base import Prompt
 from qwen3vl_app.errors import MediaError
+from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
 from qwen3vl_app.processing import video as VID
 from qwen3vl_app.processing.vision import preprocess_image
-from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
-from qwen3vl_app.processing.vision_prompt import (expand_vision,
-                                                  mrope_positions)
+from qwen3vl_app.processing.vision_prompt import expand_vision, mrope_positions
 from qwen3vl_app.tokenizer import ChatTokenizer
-from media_samples import gradient_rgb, write_video
-from oracle import decode_all_frames, processor, rope_index
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ The only source of difference is the resize kernel: Pillow (ours, and the refere
 path) vs torch's fixed-point uint8 kernel, which round differently on rare pixels."""
 import numpy as np
 import pytest
+from media_samples import VIDEO_CODECS, write_video
+from oracle import RefVideoProcessor, decode_all_frames, timestamps
 
 from qwen3vl_app.errors import MediaError
 from qwen3vl_app.processing import video as VID
-from media_samples import VIDEO_CODECS, write_video
-from oracle import RefVideoProcessor, decode_all_frames, timestamps
 
 TOL = 2 / 255 + 1e-6  # on the 0-1 pixel scale
 
