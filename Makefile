@@ -69,6 +69,7 @@ load: install
 ## worker RSS (torch-free vs torch), preprocessing vs transformers.  JSON, then a table.
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)
+	$(BIN)/python bench/bench_multiturn.py $(ARGS)
 
 ## Soak (~1 min, also part of `make test`): SOAK_REQUESTS mixed requests against 2 workers, then
 ## leaked temp files, fds and RSS growth per worker, printed.  Longer: make soak SOAK_REQUESTS=10000

@@ -72,6 +72,12 @@ QUEUED = Gauge("qwen3vl_requests_queued", "requests waiting for their worker's e
 ENGINES_READY = Gauge("qwen3vl_engines_ready", "workers whose engine is loaded", multiprocess_mode="livesum")
 ENGINE_LOAD_SECONDS = Gauge("qwen3vl_engine_load_seconds", "seconds the worker took to load its engine (per pid)",
                             multiprocess_mode="liveall")
+VISION_CACHE = Counter("qwen3vl_vision_cache_lookups", "vision-encoder cache lookups, by result (hit/miss)",
+                       ["result"])
+VISION_CACHE_BYTES = Gauge("qwen3vl_vision_cache_bytes", "bytes held by the vision-encoder caches",
+                           multiprocess_mode="livesum")
+CACHED_PROMPT_TOKENS = Counter("qwen3vl_cached_prompt_tokens",
+                               "prompt tokens whose KV was reused from an earlier request (not prefilled again)")
 ADMISSION_LIMIT = Gauge("qwen3vl_max_concurrent", "the --max_concurrent limit", multiprocess_mode="livemax")
 
 
@@ -98,6 +104,10 @@ def media_fetch_failed(reason: str) -> None:
     MEDIA_FETCH_FAILURES.labels(str(reason or "unknown")[:64]).inc()
 
 
+def vision_cache(hit: bool) -> None:
+    VISION_CACHE.labels("hit" if hit else "miss").inc()
+
+
 def rejected(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
@@ -112,7 +122,7 @@ def engine_closed() -> None:
 
 
 def observe_request(endpoint: str, status: int, seconds: float, stats=None, started: float | None = None) -> None:
-    """One finished request; `stats` (chat_service.JobStats) for generations, `started`
+    """One finished request; `stats` (serving.JobStats) for generations, `started`
     the monotonic time it arrived."""
     REQUESTS.labels(endpoint, str(status)).inc()
     REQUEST_SECONDS.labels(endpoint).observe(seconds)
@@ -122,6 +132,8 @@ def observe_request(endpoint: str, status: int, seconds: float, stats=None, star
         QUEUE_WAIT.observe(stats.queue_wait)
     if stats.prompt_tokens:
         PROMPT_TOKENS.labels(endpoint).inc(stats.prompt_tokens)
+    if stats.cached_tokens:
+        CACHED_PROMPT_TOKENS.inc(stats.cached_tokens)
     if stats.completion_tokens:
         COMPLETION_TOKENS.labels(endpoint).inc(stats.completion_tokens)
     if stats.finish_reason:

@@ -55,6 +55,7 @@ class JobStats:
     last_token_at: float | None = None
     engine_seconds: float = 0.0  # prefill + decode steps, as the engine thread saw them
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV the engine reused
     completion_tokens: int = 0
     finish_reason: str | None = None  # stop | length | cancelled
 
@@ -94,6 +95,7 @@ class Finish:
     reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
@@ -206,6 +208,7 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
                 now = time.monotonic()
                 if stats.first_token_at is None:
                     stats.first_token_at = now
+                    stats.cached_tokens = item.cached_tokens
                 stats.last_token_at = now
                 produced += 1
                 text = stops.push(detok.push(item.token_id))
@@ -230,7 +233,7 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
             stats.prompt_tokens = len(job.prompt.input_ids)
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
-    yield Finish(finish, len(job.prompt.input_ids), produced)
+    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
 
 
 def _timed_next(gen, stats: JobStats):

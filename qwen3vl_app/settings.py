@@ -137,6 +137,8 @@ class Settings:
     media_fetch_timeout: float = _opt(60.0, ("--media-fetch-timeout",),
             "seconds one media download may take in total")
 
+    vision_cache_mb: int = _opt(256, ("--vision-cache-mb",),
+            "per worker: MiB of vision-encoder outputs kept so a repeated image skips the encoder (0: off)")
     torch_max_context: int = _opt(0, ("--torch-max-context",),
             "torch engine: longest context (prompt + reply); 0 = the model's own, at most 32768")
 

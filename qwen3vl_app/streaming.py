@@ -23,9 +23,11 @@ SSE_PING = ": ping\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage object; `cached_tokens`: prompt tokens whose KV was reused."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 class ChunkEncoder:
@@ -39,12 +41,12 @@ class ChunkEncoder:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return sse({**self.base, "choices": [choice]})
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
-        return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> str:
+        return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)})
 
 
 def completion(completion_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int, logprobs=None) -> dict:
+               completion_tokens: int, logprobs=None, cached_tokens: int = 0) -> dict:
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -56,5 +58,5 @@ def completion(completion_id: str, model: str, text: str, finish_reason: str, pr
             "logprobs": logprobs,
             "finish_reason": finish_reason,
         }],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }

@@ -35,7 +35,7 @@ def chat_completions():
     out = serving.collect(events, request.environ)
     fin = out.finish
     body = completion(cid, state.model_id, out.text, fin.reason, fin.prompt_tokens, fin.completion_tokens,
-                      {"content": out.logprobs} if out.logprobs else None)
+                      {"content": out.logprobs} if out.logprobs else None, fin.cached_tokens)
     return jsonify(body), 200, ignored
 
 
@@ -56,4 +56,4 @@ class ChatStreamEncoder:
     def finish(self, ev: serving.Finish):
         yield self.chunks.chunk({}, finish_reason=ev.reason)
         if self.include_usage:
-            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens)
+            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)

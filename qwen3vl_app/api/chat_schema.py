@@ -109,6 +109,8 @@ class ChatCompletionRequestSchema(_Loose):
     logprobs = fields.Boolean(load_default=False, allow_none=True)
     top_logprobs = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=20))
     user = fields.String(allow_none=True)
+    prompt_cache_key = fields.String(allow_none=True, validate=validate.Length(max=1024), metadata={
+        "description": "groups requests that share a prefix; a proxy may route on it (deploy/nginx-affinity.conf)"})
 
     @validates_schema
     def _consistency(self, data, **kwargs):
@@ -121,10 +123,16 @@ class ChatCompletionRequestSchema(_Loose):
 FINISH_REASONS = ("stop", "length")
 
 
+class PromptTokensDetailsSchema(Schema):
+    cached_tokens = fields.Integer(required=True, metadata={
+        "description": "prompt tokens whose KV was reused from an earlier request of the same worker"})
+
+
 class UsageSchema(Schema):
     prompt_tokens = fields.Integer(required=True)
     completion_tokens = fields.Integer(required=True)
     total_tokens = fields.Integer(required=True)
+    prompt_tokens_details = fields.Nested(PromptTokensDetailsSchema, required=True)
 
 
 class TopLogprobSchema(Schema):

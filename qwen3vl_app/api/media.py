@@ -86,7 +86,7 @@ def describe():
                         mimetype="text/event-stream", headers=SSE_HEADERS)
     out = serving.collect(events, request.environ)
     return jsonify({"status": "success", "description": out.text, "metadata": metadata(),
-                    "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens)})
+                    "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens, out.finish.cached_tokens)})
 
 
 class DescribeStreamEncoder:
@@ -107,4 +107,4 @@ class DescribeStreamEncoder:
 
     def finish(self, ev: serving.Finish):
         yield sse({"status": "success", "description": "".join(self.text), "finish_reason": ev.reason,
-                   "metadata": self.metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens)})
+                   "metadata": self.metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)})

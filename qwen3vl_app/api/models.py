@@ -13,6 +13,9 @@ bp = Blueprint("models", __name__)
 class ModelCapabilitiesSchema(Schema):
     sampling = fields.Boolean(required=True)
     logprobs = fields.Boolean(required=True)
+    prefix_cache = fields.Boolean(required=True, metadata={
+        "description": "a follow-up turn reuses the KV of the conversation's earlier turns "
+                       "(usage.prompt_tokens_details.cached_tokens)"})
     parameters = fields.List(fields.String(), required=True)
 
 
@@ -53,6 +56,7 @@ def model_card(state) -> dict:
         card["capabilities"] = {
             "sampling": caps.sampling,
             "logprobs": caps.logits,
+            "prefix_cache": caps.prefix_cache,
             "parameters": (["temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
                             "frequency_penalty", "seed", "logprobs", "top_logprobs"] if caps.sampling else [])
             + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"],

@@ -57,6 +57,7 @@ class Capabilities:
     (greedy), so sampling parameters cannot be applied and the API says so."""
 
     logits: bool = True
+    prefix_cache: bool = False  # reuses the KV of a previous prompt's leading tokens
 
     @property
     def sampling(self) -> bool:
@@ -70,6 +71,7 @@ class StepOutput:
 
     logits: np.ndarray | None = None  # float32 [vocab]
     token_id: int | None = None
+    cached_tokens: int = 0  # prefill only: prompt tokens whose KV was reused, not computed
 
 
 class Engine(abc.ABC):

@@ -32,6 +32,7 @@ class Cancel:
 class Generated:
     choice: Choice
     finish_reason: str | None  # None, "stop" (end token) or "length"
+    cached_tokens: int = 0  # on the first token: prompt tokens the prefill reused
 
     @property
     def token_id(self) -> int:
@@ -48,12 +49,13 @@ def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, ca
         return
     sampler = Sampler(params, prompt.input_ids)
     out = engine.prefill(prompt)
+    cached = out.cached_tokens
     for produced in range(1, budget + 1):
         choice = sampler.choose(out.logits) if out.logits is not None else Choice(int(out.token_id or 0))
         if choice.token_id in eos_ids:
-            yield Generated(choice, "stop")
+            yield Generated(choice, "stop", cached)
             return
-        yield Generated(choice, "length" if produced == budget else None)
+        yield Generated(choice, "length" if produced == budget else None, cached)
         if produced == budget or cancel.is_set:
             return
         out = engine.decode(choice.token_id)

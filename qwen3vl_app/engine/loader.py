@@ -47,7 +47,7 @@ def load_engine(settings, kind: str | None = None):
 
         threads = max(1, (os.cpu_count() or 1) // max(1, settings.workers))
         return TorchEngine(model_dir, dtype=settings.torch_dtype, threads=threads,
-                           max_context=settings.torch_max_context)
+                           max_context=settings.torch_max_context, vision_cache_mb=settings.vision_cache_mb)
     if kind == "bm1684x":
         from .bm1684x import BM1684XEngine
 
