@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .. import metrics
 from ..model_constants import IMAGE_PAD, VIDEO_PAD
 from .base import Prompt, VisionInput
@@ -33,8 +35,7 @@ def vision_key(item: VisionInput) -> bytes:
         h.update(item.kind.encode())
         h.update(repr(tuple(item.grid_thw)).encode())
         h.update(repr(item.pixel_values.shape).encode())
-        h.update(memoryview(item.pixel_values).cast("B") if item.pixel_values.flags.c_contiguous
-                 else item.pixel_values.tobytes())
+        h.update(np.ascontiguousarray(item.pixel_values).data)
         cached = h.digest()
         item._reuse_key = cached  # type: ignore[attr-defined]
     return cached
