@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit tiny-model native tiny-bmodel load bench soak clean
+.PHONY: install run test lint unit tiny-model native tiny-bmodel model load bench soak clean
 
 install: $(STAMP)
 
@@ -39,6 +39,17 @@ lint: install
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+## Fetch a published BM1684X build into models/<MODEL>/ (bmodel + config/), checked; re-running resumes
+## or does nothing.  `make model MODEL=qwen3vl_4b`; list: `python -m qwen3vl_app.model_fetch --list`.
+## The vendor serves bmodels through its `dfss` client (installed here on first use) unless
+## QWEN3VL_MODEL_MIRROR names an http(s) folder holding the same files.
+MODEL ?= qwen3vl_2b
+MODELS_DIR ?= models
+model: install
+	@test -n "$$QWEN3VL_MODEL_MIRROR$$QWEN3VL_MODEL_MANIFEST" || $(BIN)/python -c "import dfss" 2>/dev/null \
+		|| $(BIN)/pip install -q dfss
+	$(BIN)/python -m qwen3vl_app.model_fetch $(MODEL) --models-dir $(MODELS_DIR)
 
 ## Build (or reuse) the tiny random-weight checkpoint; its folder is the last line printed.
 tiny-model: install

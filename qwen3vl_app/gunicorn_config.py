@@ -107,7 +107,8 @@ def when_ready(server) -> None:
         log.warning("=" * 72)
         log.warning("DEMO MODEL: %s holds a tiny RANDOM-WEIGHT Qwen3-VL. Output is meaningless.",
                     settings.model_dir)
-        log.warning("Put a real model at ./models/qwen3vl_2b or pass -m /path/to/model.")
+        log.warning("For a real model: `make model MODEL=qwen3vl_2b` (or qwen3vl_4b), then `make run`; "
+                    "or pass -m /path/to/model.")
         log.warning("=" * 72)
     log_auth_config(settings)
     log.info("admission: %d request(s) at once server-wide (-c), %d waiting per worker (--max-queue); "

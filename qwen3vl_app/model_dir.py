@@ -46,7 +46,9 @@ def resolve_model_dir(settings, environ=None):
 def build_demo_model() -> Path:
     """Run the tiny-model builder in a child process: the master never imports torch."""
     print("qwen3vl-server: no model at ./models/qwen3vl_2b and no -m given; using the tiny "
-          "RANDOM-WEIGHT demo model (output is meaningless)", file=sys.stderr)
+          "RANDOM-WEIGHT demo model (output is meaningless).\n"
+          "qwen3vl-server: for a real model: `make model MODEL=qwen3vl_2b` (or qwen3vl_4b) fetches the vendor's "
+          "BM1684X build into ./models/qwen3vl_2b; or pass -m /path/to/model", file=sys.stderr)
     out = subprocess.run([sys.executable, "-m", "qwen3vl_app.tiny_model"], check=True,
                          stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
