@@ -111,6 +111,7 @@ def when_ready(server) -> None:
                     "or pass -m /path/to/model.")
         log.warning("=" * 72)
     log_auth_config(settings)
+    log.info("playground: open %s in a browser", playground_url(settings))
     log.info("admission: %d request(s) at once server-wide (-c), %d waiting per worker (--max-queue); "
              "graceful timeout %d s; metrics files in %s", settings.max_concurrent, settings.max_queue,
              settings.graceful_timeout, os.environ.get("PROMETHEUS_MULTIPROC_DIR", "-"))
@@ -121,6 +122,13 @@ def when_ready(server) -> None:
     elif settings.max_concurrent < settings.workers:
         log.warning("-c %d is below --workers %d: some engines can never be busy at the same time",
                     settings.max_concurrent, settings.workers)
+
+
+def playground_url(settings: Settings) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        return f"http://127.0.0.1:{settings.port}/ (or this machine's address, port {settings.port})"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
 
 
 def post_worker_init(worker) -> None:

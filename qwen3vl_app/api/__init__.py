@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_all(app: Flask) -> None:
-    from . import chat, docs, health, media, metrics, models
+    from . import chat, docs, health, media, metrics, models, playground
 
-    for module in (health, models, chat, media, docs, metrics):
+    for module in (health, models, chat, media, docs, metrics, playground):
         app.register_blueprint(module.bp)

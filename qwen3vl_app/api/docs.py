@@ -152,6 +152,18 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
             "tags": ["docs"], "summary": "Swagger UI", "operationId": "docs", "security": [],
             "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
         }},
+        "/": {"get": {
+            "tags": ["playground"], "summary": "The browser playground (open; its API calls carry the key)",
+            "operationId": "playground", "security": [],
+            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/playground/{filename}": {"get": {
+            "tags": ["playground"], "summary": "The playground's static files", "operationId": "playgroundAsset",
+            "security": [],
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"},
+                            "example": "app.js"}],
+            "responses": {"200": {"description": "a file of the playground"}, **_errors(404)},
+        }},
         "/docs/{filename}": {"get": {
             "tags": ["docs"], "summary": "Swagger UI's static files", "operationId": "docsAsset", "security": [],
             "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"},
