@@ -155,7 +155,7 @@ def test_attach_an_image_by_picker_drop_and_paste(page, play_server, artifacts):
         document.querySelector("#prompt").dispatchEvent(
             new ClipboardEvent("paste", {clipboardData: pasted, bubbles: true, cancelable: true}));
     }""", base64.b64encode(png).decode())
-    page.wait_for_function("document.querySelectorAll('#attachments .chip').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('#attachments .chip').length === 3")
     assert [page.get_attribute(f"#attachments .chip >> nth={i}", "title") for i in range(3)] == \
         ["gradient.png", "dropped.png", "pasted.png"]
     for _ in range(2):  # keep only the picked one
@@ -215,7 +215,7 @@ def test_stop_cancels_the_generation_on_the_server(page, browser, play_server):
 
 def test_wrong_key_is_said_plainly(page, play_server):
     set_key(page, "not-the-key")
-    page.wait_for_function("document.querySelector('#model-card').innerText.includes('Enter the API key')")
+    page.wait_for_function("() => document.querySelector('#model-card').innerText.includes('Enter the API key')")
     send(page, "Hello?")
     wait_answer(page, "error")
     text = last(page, ".content")
