@@ -67,7 +67,7 @@ def wait_idle(server, timeout: float = 15) -> float:
 
 def metric(server, name: str) -> float:
     text = requests.get(server.url + "/metrics", timeout=30).text  # open without the key by default
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+    return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
 
 
 def server_prompt_tokens(server, content) -> int:
@@ -184,7 +184,8 @@ def test_stop_cancels_the_generation_on_the_server(page, browser, play_server):
     wait_idle(play_server)
     send(page, "Tell me a very long story.", max_tokens=1900)
     page.wait_for_function("() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
-                           " return m && m.dataset.state === 'streaming' && m.querySelector('.content').innerText.length > 20; }")
+                           " return m && m.dataset.state === 'streaming'"
+                           " && m.querySelector('.content').innerText.length > 20; }")
     assert running(play_server) == 1
     assert metric(play_server, "qwen3vl_requests_running") == 1
 
