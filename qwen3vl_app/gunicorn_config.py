@@ -107,8 +107,8 @@ def when_ready(server) -> None:
         log.warning("=" * 72)
         log.warning("DEMO MODEL: %s holds a tiny RANDOM-WEIGHT Qwen3-VL. Output is meaningless.",
                     settings.model_dir)
-        log.warning("For a real model: `make model MODEL=qwen3vl_2b` (or qwen3vl_4b), then `make run`; "
-                    "or pass -m /path/to/model.")
+        log.warning("For a real model: `make model` (the vendor's 2B build into ./models/qwen3vl_2b; "
+                    "MODEL=qwen3vl_4b for the 4B), then `make run`; or pass -m /path/to/model.")
         log.warning("=" * 72)
     log_auth_config(settings)
     log.info("playground: open %s in a browser", playground_url(settings))
