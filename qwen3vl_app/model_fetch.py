@@ -18,6 +18,7 @@ The folder it makes is what the server loads with `--engine auto`: one `*.bmodel
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -202,6 +203,15 @@ def fetch_model(name: str, models_dir: Path, manifest: dict | None = None, log=p
     name = canonical_name(manifest, name)
     folder = Path(models_dir) / name
     (folder / "config").mkdir(parents=True, exist_ok=True)
+    with open(folder / ".fetch.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FetchError(f"another `make model` is fetching into {folder}; wait for it") from None
+        return _fetch_into(folder, name, manifest, log)
+
+
+def _fetch_into(folder: Path, name: str, manifest: dict, log) -> Path:
     specs = files_for(manifest, name)
     stale = [p for p in folder.glob("*.bmodel") if p.name != specs[0].dest]
     if stale:

@@ -9,12 +9,15 @@ import base64
 import io
 import json
 import re
+import subprocess
 import time
 from html.parser import HTMLParser
 
+import pytest
 import requests
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, free_port
+from tests.ops.test_nginx import NGINX, main_conf
 
 from .conftest import set_key
 
@@ -262,3 +265,51 @@ def test_model_text_is_never_run_as_html(page):
     assert page.inner_text(".message.assistant li strong") == "bold"
     assert page.inner_text(".message.assistant li code") == "<i>code</i>"
     assert page.locator(".message.assistant ol li").count() == 1
+
+
+def test_the_page_works_behind_nginx_under_a_path_prefix(page, play_server, tmp_path):
+    """Relative URLs only: served as http://proxy/qwen/, the page, its files and its API calls
+    all go through the prefix."""
+    if NGINX is None:
+        pytest.skip("nginx not installed (.ci/run installs the Debian package)")
+    port = free_port()
+    site = tmp_path / "prefix.conf"
+    site.write_text(f"""
+server {{
+    listen 127.0.0.1:{port};
+    location /qwen/ {{
+        proxy_pass http://127.0.0.1:{play_server.port}/;
+        proxy_buffering off;
+        client_max_body_size 64m;
+    }}
+}}
+""")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(main_conf(tmp_path, site))
+    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
+                             "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}/qwen/"
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                if requests.get(base, timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        seen = []
+        page.on("request", lambda r: seen.append(r.url))
+        page.goto(base)  # another origin (port): its own localStorage, so the key is asked again
+        set_key(page, API_KEY)
+        page.wait_for_selector("#model-card h2")  # v1/models through the prefix
+        send(page, "Hello through the proxy", max_tokens=20)
+        wait_answer(page, "done")
+        assert int(STATS.search(last(page, ".stats"))[4]) == 20
+        assert seen and all(u.startswith((base, "data:")) for u in seen), seen
+        assert any(u == base + "v1/chat/completions" for u in seen)
+    finally:
+        proc.terminate()
+        proc.wait(10)

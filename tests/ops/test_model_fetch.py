@@ -204,3 +204,60 @@ def test_published_manifest_names_2b_and_4b():
         assert specs[0].url.startswith("dfss://open@sophgo.com:/ext_model_information/LLM/LLM-TPU/")
         assert {s.dest for s in specs[1:]} == {f"config/{n}" for n in CONFIG_FILES}
         assert all(s.git_blob_sha1 for s in specs[1:])
+
+
+DFSS_STAND_IN = '''
+"""STAND-IN for the vendor's `dfss` client (SFTP): copies the named file from
+$FAKE_DFSS_SOURCE into the current folder, as `python -m dfss --url=user@host:/path` does."""
+import os, shutil, sys
+url = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--url="))
+with open(os.environ["FAKE_DFSS_LOG"], "a") as log:
+    log.write(f"{url} {os.getcwd()}\\n")
+shutil.copy(os.path.join(os.environ["FAKE_DFSS_SOURCE"], url.rsplit("/", 1)[1]), ".")
+'''
+
+
+def dfss_manifest(path: Path, stand_in: StandIn) -> Path:
+    write_manifest(path, stand_in, hashlib.sha256(stand_in.files[BMODEL]).hexdigest())
+    manifest = json.loads(path.read_text())
+    manifest["models"]["qwen3vl_2b"]["bmodel"]["url"] = f"dfss://open@sophgo.com:/ext_model_information/LLM/{BMODEL}"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def test_dfss_urls_run_the_vendor_client(stand_in, tmp_path):
+    """The published manifest's bmodels are dfss:// URLs: the fetcher runs `python -m dfss` in a
+    scratch folder and checks what it left.  The client here is a stand-in (no SFTP share)."""
+    fake = tmp_path / "fake-dfss" / "dfss"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text(DFSS_STAND_IN)
+    source = tmp_path / "share"
+    source.mkdir()
+    (source / BMODEL).write_bytes(stand_in.files[BMODEL])
+    manifest = dfss_manifest(tmp_path / "m.json", stand_in)
+    env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest), "PYTHONPATH": str(fake.parent),
+           "FAKE_DFSS_SOURCE": str(source), "FAKE_DFSS_LOG": str(tmp_path / "dfss.log")}
+    env.pop("QWEN3VL_MODEL_MIRROR", None)
+    out = subprocess.run([sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
+                         env=env, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    url, cwd = (tmp_path / "dfss.log").read_text().split()
+    folder = tmp_path / "qwen3vl_2b"
+    assert url == f"open@sophgo.com:/ext_model_information/LLM/{BMODEL}" and Path(cwd) == folder / ".dfss"
+    assert (folder / BMODEL).read_bytes() == stand_in.files[BMODEL]
+    assert not (folder / ".dfss").exists()
+
+
+def test_without_dfss_a_mirror_serves_the_bmodel(stand_in, tmp_path):
+    manifest = dfss_manifest(tmp_path / "m.json", stand_in)
+    out = run_fetch(manifest, tmp_path, "2b")
+    assert out.returncode == 1 and "pip install dfss" in out.stderr and "QWEN3VL_MODEL_MIRROR" in out.stderr
+
+    env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest), "QWEN3VL_MODEL_MIRROR": stand_in.url}
+    stand_in.requests.clear()
+    out = subprocess.run([sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
+                         env=env, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert (BMODEL, None) in stand_in.requests
+    assert (tmp_path / "qwen3vl_2b" / BMODEL).read_bytes() == stand_in.files[BMODEL]
