@@ -183,6 +183,22 @@ def test_attach_an_image_by_picker_drop_and_paste(page, play_server, artifacts):
     page.screenshot(path=str(artifacts / "playground-image-answer.png"))
 
 
+def test_attach_a_video(page, play_server, tmp_path):
+    from tests.unit.media_samples import video_bytes
+
+    clip = video_bytes(tmp_path, ".mp4", frames=20, fps=10.0)
+    page.set_input_files("#file-input", files=[{"name": "clip.mp4", "mimeType": "video/mp4", "buffer": clip}])
+    page.wait_for_selector("#attachments .chip video")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        send(page, "What happens in this clip?", max_tokens=16)
+    part = json.loads(sent.value.post_data)["messages"][-1]["content"][0]
+    assert part["type"] == "video_url" and part["video_url"]["url"].startswith("data:video/mp4;base64,")
+    wait_answer(page, "done")
+    assert page.locator(".message.user video").count() == 1
+    prompt = int(STATS.search(last(page, ".stats"))[3])
+    assert prompt > server_prompt_tokens(play_server, "What happens in this clip?") + 2
+
+
 def test_stop_cancels_the_generation_on_the_server(page, browser, play_server):
     wait_idle(play_server)
     send(page, "Tell me a very long story.", max_tokens=1900)
