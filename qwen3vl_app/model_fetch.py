@@ -15,6 +15,7 @@ The folder it makes is what the server loads with `--engine auto`: one `*.bmodel
   `.fetched.json` and checked on every later run, so a re-run of a complete folder reads no
   network and, when size and mtime are unchanged, hashes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,15 @@ def files_for(manifest: dict, name: str) -> list[FileSpec]:
     specs = [FileSpec(basename(bm["url"]), url, bm.get("size"), bm.get("sha256"))]
     config = manifest["config_sets"][model["config"]]
     for f in config["files"]:
-        specs.append(FileSpec(f"config/{f['name']}", f.get("url") or config["base_url"] + f["name"], f.get("size"),
-                              f.get("sha256"), f.get("git_blob_sha1")))
+        specs.append(
+            FileSpec(
+                f"config/{f['name']}",
+                f.get("url") or config["base_url"] + f["name"],
+                f.get("size"),
+                f.get("sha256"),
+                f.get("git_blob_sha1"),
+            )
+        )
     return specs
 
 
@@ -92,6 +100,7 @@ def basename(url: str) -> str:
 
 
 # ---- checks ----
+
 
 def file_digests(path: Path) -> tuple[str, str]:
     """sha256 of the content and git's blob id (sha1 over 'blob <size>\\0' + content), one read."""
@@ -145,14 +154,20 @@ class Record:
 
     def put(self, dest: Path, spec: FileSpec, sha256: str) -> None:
         st = dest.stat()
-        self.data[spec.dest] = {"url": spec.url, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
-                                "checksum_published": spec.checksum_known}
+        self.data[spec.dest] = {
+            "url": spec.url,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": sha256,
+            "checksum_published": spec.checksum_known,
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
 
 
 # ---- transports ----
+
 
 def http_download(url: str, part: Path, expected_size: int | None, log) -> None:
     """Append to `part` from where it stops (Range); start over if the server ignores Range."""
@@ -182,11 +197,13 @@ def dfss_download(url: str, part: Path, log) -> None:
     import importlib.util
 
     if importlib.util.find_spec("dfss") is None:
-        raise FetchError(f"the vendor's download client is not installed: `{sys.executable} -m pip install dfss` "
-                         f"(or set {MIRROR_ENV} to an http(s) folder holding {basename(url)})")
+        raise FetchError(
+            f"the vendor's download client is not installed: `{sys.executable} -m pip install dfss` "
+            f"(or set {MIRROR_ENV} to an http(s) folder holding {basename(url)})"
+        )
     scratch = part.parent / ".dfss"
     scratch.mkdir(exist_ok=True)
-    target = url[len("dfss://"):]
+    target = url[len("dfss://") :]
     log(f"  python -m dfss --url={target}")
     done = subprocess.run([sys.executable, "-m", "dfss", f"--url={target}"], cwd=scratch, check=False)
     got = scratch / basename(url)
@@ -197,6 +214,7 @@ def dfss_download(url: str, part: Path, log) -> None:
 
 
 # ---- the command ----
+
 
 def fetch_model(name: str, models_dir: Path, manifest: dict | None = None, log=print) -> Path:
     manifest = manifest if manifest is not None else load_manifest()
@@ -215,8 +233,9 @@ def _fetch_into(folder: Path, name: str, manifest: dict, log) -> Path:
     specs = files_for(manifest, name)
     stale = [p for p in folder.glob("*.bmodel") if p.name != specs[0].dest]
     if stale:
-        raise FetchError(f"{folder} already holds another bmodel ({stale[0].name}); the server loads exactly one: "
-                         "move it away first")
+        raise FetchError(
+            f"{folder} already holds another bmodel ({stale[0].name}); the server loads exactly one: move it away first"
+        )
     record = Record(folder)
     for spec in specs:
         dest = folder / spec.dest
@@ -276,9 +295,11 @@ def main(argv=None) -> int:
         return 1
     unpublished = [s.dest for s in files_for(manifest, folder.name) if not s.checksum_known]
     if unpublished:
-        print(f"note: no checksum is published for {', '.join(unpublished)}; checked the header and pinned the "
-              f"sha256 of this download in {folder / RECORD}")
-    print(f"ready: make run ARGS=\"-m {folder}\"")
+        print(
+            f"note: no checksum is published for {', '.join(unpublished)}; checked the header and pinned the "
+            f"sha256 of this download in {folder / RECORD}"
+        )
+    print(f'ready: make run ARGS="-m {folder}"')
     print(folder)
     return 0
 

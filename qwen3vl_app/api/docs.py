@@ -155,7 +155,8 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
         "/": {"get": {
             "tags": ["playground"], "summary": "The browser playground (open; its API calls carry the key)",
             "operationId": "playground", "security": [],
-            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            "responses": {"200": {"description": "HTML page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
         }},
         "/playground/{filename}": {"get": {
             "tags": ["playground"], "summary": "The playground's static files", "operationId": "playgroundAsset",

@@ -7,6 +7,7 @@ relative, so it also works behind a reverse proxy that serves the API under a pr
 The Content-Security-Policy lets the page run only its own scripts and talk only to this
 server: model output is rendered as text nodes, and even a slip would not run a script.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,11 @@ from pathlib import Path
 from flask import Blueprint, send_from_directory
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-       "img-src 'self' data: blob:; media-src 'self' data: blob:; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data: blob:; media-src 'self' data: blob:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 
 bp = Blueprint("playground", __name__)
 

@@ -3,6 +3,7 @@ run), against a real gunicorn server with the tiny demo model.
 
 Screenshots go to $QWEN3VL_TEST_ARTIFACTS (default tests/browser/artifacts/, git-ignored).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,16 @@ import pytest
 from tests.conftest import API_KEY
 
 CHROMIUM = os.environ.get("QWEN3VL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(os.environ.get("QWEN3VL_TEST_ARTIFACTS") or Path(__file__).with_name("artifacts"))
 
 
@@ -47,8 +56,12 @@ def browser(tmp_path_factory):
 
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1200, "height": 760})
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1200, "height": 760},
+        )
         context.set_default_timeout(30_000)
         yield context
         context.close()

@@ -3,6 +3,7 @@
 The model is the tiny random-weight demo: its words are nonsense, but every figure on the
 page (tokens, time to first token, speed) is the server's real one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,13 +44,19 @@ def send(page, text: str, max_tokens: int | None = None) -> None:
 
 
 def answer_state(page) -> str | None:
-    return page.evaluate("() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
-                         " return m ? m.dataset.state : null; }")
+    return page.evaluate(
+        "() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
+        " return m ? m.dataset.state : null; }"
+    )
 
 
 def wait_answer(page, *states: str, timeout: float = 90_000) -> None:
-    page.wait_for_function("(s) => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
-                           " return m && s.includes(m.dataset.state); }", arg=list(states), timeout=timeout)
+    page.wait_for_function(
+        "(s) => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
+        " return m && s.includes(m.dataset.state); }",
+        arg=list(states),
+        timeout=timeout,
+    )
 
 
 def last(page, selector: str) -> str:
@@ -147,7 +154,8 @@ def test_attach_an_image_by_picker_drop_and_paste(page, play_server, artifacts):
     page.dispatch_event("#system-prompt", "change")
     page.set_input_files("#file-input", files=[{"name": "gradient.png", "mimeType": "image/png", "buffer": png}])
     page.wait_for_selector("#attachments .chip img")
-    page.evaluate("""(b64) => {
+    page.evaluate(
+        """(b64) => {
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const dropped = new DataTransfer();
         dropped.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
@@ -157,10 +165,15 @@ def test_attach_an_image_by_picker_drop_and_paste(page, play_server, artifacts):
         pasted.items.add(new File([bytes], "pasted.png", {type: "image/png"}));
         document.querySelector("#prompt").dispatchEvent(
             new ClipboardEvent("paste", {clipboardData: pasted, bubbles: true, cancelable: true}));
-    }""", base64.b64encode(png).decode())
+    }""",
+        base64.b64encode(png).decode(),
+    )
     page.wait_for_function("() => document.querySelectorAll('#attachments .chip').length === 3")
-    assert [page.get_attribute(f"#attachments .chip >> nth={i}", "title") for i in range(3)] == \
-        ["gradient.png", "dropped.png", "pasted.png"]
+    assert [page.get_attribute(f"#attachments .chip >> nth={i}", "title") for i in range(3)] == [
+        "gradient.png",
+        "dropped.png",
+        "pasted.png",
+    ]
     for _ in range(2):  # keep only the picked one
         page.click("#attachments .chip >> nth=-1 >> button")
     assert page.locator("#attachments .chip").count() == 1
@@ -202,9 +215,11 @@ def test_attach_a_video(page, play_server, tmp_path):
 def test_stop_cancels_the_generation_on_the_server(page, browser, play_server):
     wait_idle(play_server)
     send(page, "Tell me a very long story.", max_tokens=1900)
-    page.wait_for_function("() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
-                           " return m && m.dataset.state === 'streaming'"
-                           " && m.querySelector('.content').innerText.length > 20; }")
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
+        " return m && m.dataset.state === 'streaming'"
+        " && m.querySelector('.content').innerText.length > 20; }"
+    )
     assert running(play_server) == 1
     assert metric(play_server, "qwen3vl_requests_running") == 1
 
@@ -212,8 +227,9 @@ def test_stop_cancels_the_generation_on_the_server(page, browser, play_server):
     other = browser.new_page()
     other.goto(play_server.url + "/")
     other.wait_for_selector("#model-card h2")  # the key came from localStorage
-    probe = play_server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                           "max_tokens": 1})
+    probe = play_server.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    )
     assert probe.status_code == 503
     send(other, "Are you there?")
     wait_answer(other, "error")
@@ -250,8 +266,22 @@ def test_refused_media_shows_the_servers_reason(page, play_server):
     page.wait_for_selector("#attachments .chip")
     send(page, "What is this?")
     wait_answer(page, "error")
-    direct = play_server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(junk).decode()}}]}]})
+    direct = play_server.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64," + base64.b64encode(junk).decode()},
+                        }
+                    ],
+                }
+            ]
+        },
+    )
     assert direct.status_code == 400
     assert f"The server refused an attachment: {direct.json()['error']['message']}" in last(page, ".content")
 
@@ -259,15 +289,20 @@ def test_refused_media_shows_the_servers_reason(page, play_server):
 def test_model_text_is_never_run_as_html(page):
     """Answers are rendered by markdown.js as DOM nodes.  A stored answer full of markup is
     loaded through the same path the stream uses and must show up as text."""
-    evil = ("Here:\n<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script>\n"
-            "[click](javascript:window.__pwned=3) and [docs](https://example.org/a)\n\n"
-            "```html\n<b onclick=\"window.__pwned=4\">x</b>\n```\n\n- **bold** and `<i>code</i>`\n1. one")
-    page.evaluate("""(evil) => {
+    evil = (
+        'Here:\n<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>\n'
+        "[click](javascript:window.__pwned=3) and [docs](https://example.org/a)\n\n"
+        '```html\n<b onclick="window.__pwned=4">x</b>\n```\n\n- **bold** and `<i>code</i>`\n1. one'
+    )
+    page.evaluate(
+        """(evil) => {
         localStorage.setItem("qwen3vl.conversations", JSON.stringify([{id: "x", title: "evil", messages: [
             {role: "user", text: "<img src=x onerror=window.__pwned=5>", media: []},
             {role: "assistant", text: evil, state: "done"}]}]));
         localStorage.setItem("qwen3vl.active", "x");
-    }""", evil)
+    }""",
+        evil,
+    )
     page.reload()
     page.wait_for_selector(".message.assistant pre code")
     messages = page.locator("#messages")
@@ -302,8 +337,11 @@ server {{
 """)
     conf = tmp_path / "nginx.conf"
     conf.write_text(main_conf(tmp_path, site))
-    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
-                             "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         base = f"http://127.0.0.1:{port}/qwen/"
         deadline = time.monotonic() + 20

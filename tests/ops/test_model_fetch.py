@@ -7,6 +7,7 @@ files; QWEN3VL_MODEL_MANIFEST points the command at a manifest naming those URLs
 checksums.  Everything else -- Range resume, size/sha256/git-blob checks, the layout the
 server loads, the record that makes a re-run a no-op -- is the real code path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,15 @@ from qwen3vl_app.model_fetch import BMODEL_MAGIC
 from qwen3vl_app.tokenizer import ChatTokenizer
 from tests.conftest import REPO
 
-CONFIG_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
-                "video_preprocessor_config.json", "generation_config.json", "config.json"]
+CONFIG_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "generation_config.json",
+    "config.json",
+]
 BMODEL = "qwen3-vl-fake_w4bf16_seq2048_bm1684x_1dev.bmodel"
 
 
@@ -95,14 +103,31 @@ def stand_in(tiny_model_dir):
 def write_manifest(path: Path, stand_in: StandIn, bmodel_sha256: str | None) -> Path:
     body = stand_in.files[BMODEL]
     manifest = {
-        "config_sets": {"stand-in": {"base_url": stand_in.url + "config/", "files": [
-            # tokenizer.json as the real manifest has it: no size, only git's blob id
-            {"name": n, "size": None if n == "tokenizer.json" else len(stand_in.files[f"config/{n}"]),
-             "git_blob_sha1": git_blob_sha1(stand_in.files[f"config/{n}"])} for n in CONFIG_FILES]}},
-        "models": {"qwen3vl_2b": {"description": "stand-in", "config": "stand-in",
-                                  "bmodel": {"url": stand_in.url + BMODEL,
-                                             "size": len(body) if bmodel_sha256 else None,
-                                             "sha256": bmodel_sha256}}},
+        "config_sets": {
+            "stand-in": {
+                "base_url": stand_in.url + "config/",
+                "files": [
+                    # tokenizer.json as the real manifest has it: no size, only git's blob id
+                    {
+                        "name": n,
+                        "size": None if n == "tokenizer.json" else len(stand_in.files[f"config/{n}"]),
+                        "git_blob_sha1": git_blob_sha1(stand_in.files[f"config/{n}"]),
+                    }
+                    for n in CONFIG_FILES
+                ],
+            }
+        },
+        "models": {
+            "qwen3vl_2b": {
+                "description": "stand-in",
+                "config": "stand-in",
+                "bmodel": {
+                    "url": stand_in.url + BMODEL,
+                    "size": len(body) if bmodel_sha256 else None,
+                    "sha256": bmodel_sha256,
+                },
+            }
+        },
     }
     path.write_text(json.dumps(manifest))
     return path
@@ -111,16 +136,30 @@ def write_manifest(path: Path, stand_in: StandIn, bmodel_sha256: str | None) -> 
 def run_fetch(manifest: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest)}
     env.pop("QWEN3VL_MODEL_MIRROR", None)
-    return subprocess.run([sys.executable, "-m", "qwen3vl_app.model_fetch", *args, "--models-dir", str(models_dir)],
-                          env=env, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app.model_fetch", *args, "--models-dir", str(models_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_make_model_lays_out_a_folder_the_server_loads_and_rerun_does_nothing(stand_in, tmp_path):
     body = stand_in.files[BMODEL]
     manifest = write_manifest(tmp_path / "manifest.json", stand_in, hashlib.sha256(body).hexdigest())
     env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest)}
-    make = subprocess.run(["make", "-s", "model", "MODEL=2b", f"MODELS_DIR={tmp_path / 'models'}"],
-                          env=env, capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    make = subprocess.run(
+        ["make", "-s", "model", "MODEL=2b", f"MODELS_DIR={tmp_path / 'models'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
     assert make.returncode == 0, make.stdout + make.stderr
     folder = tmp_path / "models" / "qwen3vl_2b"
     assert make.stdout.strip().splitlines()[-1] == str(folder)
@@ -236,11 +275,23 @@ def test_dfss_urls_run_the_vendor_client(stand_in, tmp_path):
     source.mkdir()
     (source / BMODEL).write_bytes(stand_in.files[BMODEL])
     manifest = dfss_manifest(tmp_path / "m.json", stand_in)
-    env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest), "PYTHONPATH": str(fake.parent),
-           "FAKE_DFSS_SOURCE": str(source), "FAKE_DFSS_LOG": str(tmp_path / "dfss.log")}
+    env = {
+        **os.environ,
+        "QWEN3VL_MODEL_MANIFEST": str(manifest),
+        "PYTHONPATH": str(fake.parent),
+        "FAKE_DFSS_SOURCE": str(source),
+        "FAKE_DFSS_LOG": str(tmp_path / "dfss.log"),
+    }
     env.pop("QWEN3VL_MODEL_MIRROR", None)
-    out = subprocess.run([sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
-                         env=env, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     url, cwd = (tmp_path / "dfss.log").read_text().split()
     folder = tmp_path / "qwen3vl_2b"
@@ -256,8 +307,15 @@ def test_without_dfss_a_mirror_serves_the_bmodel(stand_in, tmp_path):
 
     env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest), "QWEN3VL_MODEL_MIRROR": stand_in.url}
     stand_in.requests.clear()
-    out = subprocess.run([sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
-                         env=env, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert (BMODEL, None) in stand_in.requests
     assert (tmp_path / "qwen3vl_2b" / BMODEL).read_bytes() == stand_in.files[BMODEL]

@@ -6,6 +6,7 @@ blocks run in a scratch folder holding `photo.jpg` (a small JPEG made here), the
 examples ask the reader to bring.  Python blocks run with this interpreter (which has the
 `openai` package); shell blocks with `bash -eo pipefail`.
 """
+
 from __future__ import annotations
 
 import re
@@ -69,6 +70,6 @@ def test_readme_example_runs_as_written(kind, body, readme_server, scratch):
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     assert out.stdout.strip(), out.stderr
     assert '"error"' not in out.stdout, out.stdout[-2000:]
-    if kind == "sh" and "stream\":true" in body:
+    if kind == "sh" and 'stream":true' in body:
         events = [line for line in out.stdout.splitlines() if line.startswith("data: ")]
         assert events[-1] == "data: [DONE]" and len(events) <= 32 + 3  # max_tokens keeps it short
