@@ -73,6 +73,7 @@ def page(browser, play_server):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(play_server.url + "/")
     page.evaluate("localStorage.clear()")
     page.reload()
@@ -80,7 +81,7 @@ def page(browser, play_server):
     page.wait_for_selector("#model-card h2")
     yield page
     page.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not errors, f"JavaScript errors or CSP violations on the page: {errors}"
 
 
 def set_key(page, key: str) -> None:
