@@ -165,7 +165,7 @@
     const parts = [];
     if (s.ttft != null) parts.push(`TTFT ${(s.ttft / 1000).toFixed(2)} s`);
     if (s.tps != null) parts.push(`${s.tps.toFixed(1)} tok/s`);
-    if (s.promptTokens != null) parts.push(`${s.promptTokens} prompt tokens`);
+    if (s.promptTokens != null) parts.push(`${s.promptTokens} prompt tokens` + (s.cachedTokens ? ` (${s.cachedTokens} cached)` : ""));
     if (s.completionTokens != null) parts.push(`${s.completionTokens} completion tokens`);
     else if (s.chunks) parts.push(`~${s.chunks} tokens`);
     if (m.state === "stopped") parts.push("stopped");
@@ -367,8 +367,11 @@
       requestAnimationFrame(() => { drawn = false; fillMessage(box, answer); ui.messages.scrollTop = ui.messages.scrollHeight; });
     };
     try {
+      // One session id per conversation: a proxy keeps its turns on one box (deploy/nginx-affinity.conf),
+      // where the earlier turns' KV is reused.
       const r = await fetch("v1/chat/completions", {
-        method: "POST", headers: headers(true), body: JSON.stringify(body), signal: controller.signal,
+        method: "POST", headers: { ...headers(true), "X-Session-Id": conv.id }, body: JSON.stringify(body),
+        signal: controller.signal,
       });
       if (!r.ok) {
         answer.error = await describeError(r);
@@ -417,6 +420,7 @@
       ttft: tFirst !== null ? tFirst - t0 : null,
       tps: tFirst !== null && n > 1 && tEnd > tFirst ? (n - 1) / ((tEnd - tFirst) / 1000) : null,
       promptTokens: usage ? usage.prompt_tokens : null,
+      cachedTokens: usage && usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens : null,
       completionTokens: completion,
       chunks,
       finish,
