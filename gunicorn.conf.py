@@ -4,4 +4,8 @@ from qwen3vl_app.gunicorn_config import options as _options
 from qwen3vl_app.model_dir import resolve_model_dir as _resolve
 from qwen3vl_app.settings import Settings as _Settings
 
-globals().update(_options(_resolve(_Settings.from_env())))
+from qwen3vl_app.auth import check_api_keys as _check_keys
+
+_settings = _resolve(_Settings.from_env())
+_check_keys(_settings)
+globals().update(_options(_settings))

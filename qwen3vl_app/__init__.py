@@ -31,6 +31,10 @@ def create_app(settings: Settings | None = None, state: ServerState | None = Non
     settings = settings or Settings.from_env()
     state = state or ServerState.create(settings)
     app = Flask(__name__)
+    # No redirects built from the request's Host header: werkzeug would answer `/v1//models`
+    # with a 308 to http://<Host>/v1/models (an open redirect); an unknown path is a 404.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["qwen3vl"] = state

@@ -5,6 +5,7 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 
+from .auth import check_api_keys
 from .gunicorn_config import options
 from .model_dir import resolve_model_dir
 from .settings import Settings, args_to_env, build_arg_parser
@@ -32,6 +33,7 @@ def main(argv=None) -> None:
     args_to_env(ns)  # workers read their settings from the environment
     try:
         settings = resolve_model_dir(Settings.from_env())
+        check_api_keys(settings, ns.api_key)
     except ValueError as e:
         sys.exit(f"qwen3vl-server: error: {e}")
     Server(settings).run()

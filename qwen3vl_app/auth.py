@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import unicodedata
 
 from flask import current_app, g, request
 from flask_httpauth import HTTPTokenAuth
@@ -89,6 +90,33 @@ def _unauthorized(status: int):
     if status == 403:
         return error_response("This key may not use this endpoint.", 403)
     return error_response(f"Missing or invalid API key: send it in {where}.", 401, None, "invalid_api_key")
+
+
+def check_api_keys(settings: Settings, cli_keys: list[str] | None = None) -> None:
+    """Refuse at start-up the keys no request could ever match (ValueError naming which, by
+    its masked form).  The header value arrives stripped of surrounding whitespace and
+    cannot carry control characters, so keys with either never match; a comma in a
+    --api-key flag would split the key in two on its way to the workers (the variable is
+    comma-separated): such keys belong in --api-key-file."""
+    if settings.disable_api_auth:
+        return
+    problems = []
+    for key in cli_keys or ():
+        if "," in key:
+            problems.append(f"{mask_key(key)!r} contains a comma (put it in --api-key-file instead)")
+    try:
+        keys = settings.api_keys()
+    except OSError as e:
+        raise ValueError(f"--api-key-file {settings.api_key_file!r} cannot be read: {e.strerror}") from None
+    for key in dict.fromkeys([*(cli_keys or ()), *keys]):
+        if key != key.strip():
+            problems.append(f"{mask_key(key)!r} starts or ends with whitespace")
+        if any(unicodedata.category(c) == "Cc" for c in key):
+            problems.append(f"{mask_key(key)!r} contains control characters")
+    if problems:
+        raise ValueError("API key(s) that no request could match: " + "; ".join(problems))
+    if not keys:
+        raise ValueError("no API key configured: give --api-key / --api-key-file, or --disable-api-auth")
 
 
 def log_auth_config(settings: Settings) -> None:

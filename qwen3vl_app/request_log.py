@@ -105,10 +105,22 @@ def server_timing(stats, started: float, total: float) -> str:
     return ", ".join(parts)
 
 
-def _v(value: str) -> str:
-    """A logfmt value: quoted when it holds spaces, quotes or '='."""
+_BARE_SAFE = frozenset('"=\\')
+
+
+def _v(value) -> str:
+    """A logfmt value.  Bare when it is plain printable text; otherwise double-quoted with
+    quotes and backslashes escaped and every non-printable character (ANSI escapes, other
+    control characters, line and bidi separators) written as an escape -- client-controlled
+    text (the path, ...) can neither forge fields or lines nor drive a terminal."""
     value = str(value)
-    return json.dumps(value, ensure_ascii=False) if any(c.isspace() or c in '"=' for c in value) else value
+    if value and value.isprintable() and not any(c.isspace() or c in _BARE_SAFE for c in value):
+        return value
+    out = json.dumps(value, ensure_ascii=False)
+    if not out.isprintable():
+        out = "".join(c if c.isprintable() else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+                      for c in out)
+    return out
 
 
 def _ms(seconds) -> str:
@@ -127,7 +139,7 @@ def _log_and_count(f: _Finisher) -> None:
         metrics.observe_request(endpoint, f.status, total, stats, started)
     except Exception:  # metrics must never break a response
         log.exception("metrics update failed")
-    fields = [f"id={getattr(g_, 'request_id', '-')}", f"method={f.method}", f"path={_v(f.path)}",
+    fields = [f"id={_v(getattr(g_, 'request_id', '-'))}", f"method={_v(f.method)}", f"path={_v(f.path)}",
               f"status={f.status}"]
     if stats is not None:
         fields += [f"stream={int(bool(f.streamed))}",

@@ -99,6 +99,9 @@ class Settings:
             "seconds between ': ping' comments on a stream while the prompt is being processed")
     load_timeout: float = _opt(900.0, ("--load-timeout",),
             "seconds a request waits for the worker's engine to finish loading")
+    served_model_name: tuple[str, ...] = _opt(("qwen3-vl-instruct",), ("--served-model-name",),
+            "model name(s) requests may name (repeatable; the first is the one responses and /health "
+            "report when a request names none); any other name is a 404 model_not_found")
     disable_docs: bool = _opt(False, ("--disable-docs",),
             "turn off /docs and /openapi.json (open by default)")
     # --- operations (docs/operations.md) ---

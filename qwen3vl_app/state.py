@@ -52,6 +52,14 @@ class ServerState:
         runner = EngineRunner(settings, lambda: maybe_wrap(load_engine(settings, kind)))
         return cls(settings, tokenizer, runner, kind, is_demo(model_dir), admission, keys)
 
+    def __post_init__(self):
+        if self.settings.served_model_name:
+            self.model_id = self.settings.served_model_name[0]
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return self.settings.served_model_name or (self.model_id,)
+
     @property
     def demo_notice(self) -> str | None:
         if not self.demo:

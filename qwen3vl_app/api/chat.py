@@ -30,12 +30,12 @@ def chat_completions():
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        body = serving.stream(events, ChatStreamEncoder(ChunkEncoder(cid, state.model_id), include_usage))
+        body = serving.stream(events, ChatStreamEncoder(ChunkEncoder(cid, req.get("model") or state.model_id), include_usage))
         return Response(stream_with_context(body), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
     out = serving.collect(events, request.environ)
     fin = out.finish
-    body = completion(cid, state.model_id, out.text, fin.reason, fin.prompt_tokens, fin.completion_tokens,
-                      {"content": out.logprobs} if out.logprobs else None, fin.cached_tokens)
+    body = completion(cid, req.get("model") or state.model_id, out.text, fin.reason, fin.prompt_tokens,
+                      fin.completion_tokens, {"content": out.logprobs} if out.logprobs else None, fin.cached_tokens)
     return jsonify(body), 200, ignored
 
 

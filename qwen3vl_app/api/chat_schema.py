@@ -114,6 +114,12 @@ class ChatCompletionRequestSchema(_Loose):
 
     @validates_schema
     def _consistency(self, data, **kwargs):
+        from flask import current_app, has_app_context
+
+        from .models import check_served
+
+        if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
+            data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
         if data.get("top_logprobs") and not data.get("logprobs"):
             raise ValidationError("top_logprobs requires logprobs: true", "top_logprobs")
 

@@ -27,6 +27,7 @@ from ..auth import auth
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
 from ..streaming import SSE_HEADERS, sse, usage
+from .models import check_served
 
 bp = Blueprint("media", __name__)
 DEFAULT_PROMPT = "Describe this {kind} in detail."
@@ -56,6 +57,7 @@ def describe():
     if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
         raise APIError("Send the media as multipart/form-data with a 'file' field.", 415, "file",
                        "unsupported_media_type")
+    model_name = check_served(state, request.form.get("model"))
     upload = request.files.get("file")
     if upload is None:
         raise APIError("The form has no 'file' field.", 400, "file", "missing_file")
@@ -78,7 +80,7 @@ def describe():
 
     def metadata():
         return {"filename": blob.name, "media_type": vision.kind, "prompt": prompt_text,
-                "processing_time_seconds": round(time.monotonic() - started, 3), "model": state.model_id,
+                "processing_time_seconds": round(time.monotonic() - started, 3), "model": model_name,
                 "model_dir": str(settings.model_dir)}
 
     if stream:

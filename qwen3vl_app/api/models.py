@@ -38,10 +38,21 @@ class ModelListSchema(Schema):
     data = fields.List(fields.Nested(ModelSchema), required=True)
 
 
-def model_card(state) -> dict:
+def check_served(state, name: str | None, param: str = "model") -> str:
+    """The served name a request asked for (the first one when it names none); any other
+    name is a 404 `model_not_found`, as OpenAI and vLLM answer."""
+    if name is None or name == "":
+        return state.model_id
+    if name not in state.served_names:
+        raise APIError(f"The model '{name}' does not exist; this server serves "
+                       f"{', '.join(repr(n) for n in state.served_names)}.", 404, param, "model_not_found")
+    return name
+
+
+def model_card(state, name: str | None = None) -> dict:
     engine = state.runner.engine
     card = {
-        "id": state.model_id,
+        "id": name or state.model_id,
         "object": "model",
         "created": state.created,
         "owned_by": "qwen3vl-server",
@@ -68,12 +79,10 @@ def model_card(state) -> dict:
 @auth.login_required
 def list_models():
     state = current_app.extensions["qwen3vl"]
-    return jsonify({"object": "list", "data": [model_card(state)]})
+    return jsonify({"object": "list", "data": [model_card(state, name) for name in state.served_names]})
 
 @bp.get("/v1/models/<path:model_id>")
 @auth.login_required
 def get_model(model_id):
     state = current_app.extensions["qwen3vl"]
-    if model_id != state.model_id:
-        raise APIError(f"The model '{model_id}' does not exist.", 404, "model", "model_not_found")
-    return jsonify(model_card(state))
+    return jsonify(model_card(state, check_served(state, model_id)))

@@ -187,11 +187,20 @@ def _inside(path: str, root: str) -> bool:
         return False
 
 
+_OUTSIDE = ("local media path is outside the directories this server allows "
+            "(--allowed-local-media-path)")
+
+
 def resolve_local_path(path: str, roots: tuple[str, ...]) -> str:
     """The real path of `path` if it lies inside an allowed root, else MediaError.
 
-    The check happens on the fully resolved path (symlinks followed, `..` collapsed), so
-    neither `..` nor a symlink can lead outside.  Roots are resolved the same way."""
+    Two checks, and what is outside the roots is never looked at: first the path is
+    normalised as text (made absolute, `..` collapsed -- so `link/../x` means `x`, whether
+    `link` exists or not) and must lie inside a root; only then is it resolved on disk
+    (symlinks followed) and must still lie inside one.  Every refusal of a path outside
+    the roots, and every error the file system raises on the way (a /proc entry that
+    cannot be resolved, a race), is the same answer, so nothing about the rest of the
+    machine can be learnt from it."""
     if "\x00" in path:
         raise MediaError("local media path is invalid", code="media_path_not_allowed")
     if not roots:
@@ -199,12 +208,18 @@ def resolve_local_path(path: str, roots: tuple[str, ...]) -> str:
             "local media paths are disabled on this server; start it with --allowed-local-media-path DIR "
             "to allow files under DIR, or send the media as a data: URI, http(s) URL or upload",
             code="media_path_not_allowed")
-    real = os.path.realpath(os.path.expanduser(path))
-    for root in roots:
-        if _inside(real, os.path.realpath(root)):
-            return real
-    raise MediaError("local media path is outside the directories this server allows "
-                     "(--allowed-local-media-path)", code="media_path_not_allowed")
+    try:
+        lexical = os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+        real_roots = [os.path.realpath(r) for r in roots]
+        if not any(_inside(lexical, r) or _inside(lexical, os.path.normpath(os.path.abspath(r)))
+                   for r in set(real_roots) | set(roots)):
+            raise MediaError(_OUTSIDE, code="media_path_not_allowed")
+        real = os.path.realpath(lexical)
+    except (OSError, ValueError):
+        raise MediaError(_OUTSIDE, code="media_path_not_allowed") from None
+    if any(_inside(real, r) for r in real_roots):
+        return real
+    raise MediaError(_OUTSIDE, code="media_path_not_allowed")
 
 
 def _from_local(path: str, policy: SourcePolicy) -> MediaBlob:
@@ -214,24 +229,29 @@ def _from_local(path: str, policy: SourcePolicy) -> MediaBlob:
         fd = os.open(real, flags)
     except FileNotFoundError:
         raise MediaError("local media file not found", code="media_not_found") from None
-    except OSError:
+    except OSError:  # swapped for a symlink since the check (ELOOP), unreadable, ...
         raise MediaError("local media file cannot be read", code="media_not_found") from None
     try:
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+            opened = os.path.realpath(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else real
+        except OSError:
+            raise MediaError("local media file cannot be read", code="media_not_found") from None
+        # The opened file must still be the checked one: a directory above it swapped for a
+        # symlink after the check is caught here (the last component by O_NOFOLLOW).
+        if not any(_inside(opened, os.path.realpath(r)) for r in policy.allowed_local_roots):
+            raise MediaError(_OUTSIDE, code="media_path_not_allowed")
         if not stat.S_ISREG(st.st_mode):
             raise MediaError("local media path is not a regular file", code="media_path_not_allowed")
-        # The opened file must still be the checked one (a symlink swapped in after the
-        # check would have failed O_NOFOLLOW on the last component; re-check the whole path).
-        if not any(_inside(os.path.realpath(f"/proc/self/fd/{fd}"), os.path.realpath(r))
-                   for r in policy.allowed_local_roots) and os.path.exists("/proc/self/fd"):
-            raise MediaError("local media path is outside the directories this server allows",
-                             code="media_path_not_allowed")
         if st.st_size > policy.max_bytes:
             raise MediaError(f"local media file is larger than the {_mib(policy.max_bytes)} limit", status=413,
                              code="media_too_large")
         chunks, total = [], 0
         while True:
-            chunk = os.read(fd, 1 << 20)
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError:
+                raise MediaError("local media file cannot be read", code="media_not_found") from None
             if not chunk:
                 break
             total += len(chunk)
@@ -248,15 +268,41 @@ def _from_local(path: str, policy: SourcePolicy) -> MediaBlob:
 # ------------------------------------------------------------------------------- http(s)
 
 
+# Address blocks that are not ordinary public unicast, from the IANA IPv4/IPv6
+# Special-Purpose Address Registries (checked 2024: including 100:0:0:1::/64, 3fff::/20 and
+# 5f00::/16, newer than some Python versions' tables), plus multicast and the deprecated
+# IPv6 site-local block fec0::/10 (RFC 3879), which still routes inside some sites.  The
+# registry marks a few blocks in here "globally reachable" (anycast services such as
+# 192.0.0.9/32); no media lives there, so refusing them costs nothing.  NAT64 prefixes
+# carry an IPv4 address, which is checked instead (64:ff9b::/96) or refused (64:ff9b:1::/48).
+_NON_PUBLIC_V4 = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "255.255.255.255/32"))
+_NON_PUBLIC_V6 = tuple(ipaddress.ip_network(n) for n in (
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64", "2001::/23",
+    "2001:db8::/32", "2002::/16", "2620:4f:8000::/48", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
+    "fec0::/10", "ff00::/8"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_public_ip(ip: IPAddress) -> bool:
-    """True for addresses on the public internet: not loopback, private, link-local
-    (169.254.0.0/16, fe80::/10), multicast, reserved, unspecified, CGNAT or documentation."""
+    """True for addresses on the public internet: not loopback, private, link-local,
+    site-local, multicast, reserved, unspecified, CGNAT, benchmarking or documentation
+    (the table above), with IPv4 addresses embedded in IPv6 checked as IPv4."""
     if isinstance(ip, ipaddress.IPv6Address):
         mapped = ip.ipv4_mapped or ip.sixtofour
         if mapped is not None:
             return is_public_ip(mapped)
         if ip.teredo is not None:
             return False
+        if ip in _NAT64:
+            return is_public_ip(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if any(ip in n for n in _NON_PUBLIC_V6):
+            return False
+    elif any(ip in n for n in _NON_PUBLIC_V4):
+        return False
     if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_reserved:
         return False
     if ip.is_private:
