@@ -171,7 +171,9 @@ def _remove_stale(base: str) -> None:
 
 def admitted(view):
     """Hold a server-wide slot for the whole response (a stream included); 503 at once when
-    the server is full or this worker is shutting down.  Put it under `login_required`."""
+    the server is full or this worker is shutting down.  Put it under `login_required`.
+    The body is read first, within --body-timeout: a client dripping its body holds its
+    own connection for that long at most, and never a slot."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
@@ -181,6 +183,7 @@ def admitted(view):
         from .errors import ServerBusy
 
         state = current_app.extensions["qwen3vl"]
+        read_body_in_time(state.settings.body_timeout)
         if state.runner.draining:
             metrics.rejected("shutting_down")
             raise ServerBusy("This server process is shutting down; retry shortly.", "server_shutting_down")
@@ -193,6 +196,51 @@ def admitted(view):
         return view(*args, **kwargs)
 
     return wrapper
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+def read_body_in_time(seconds: float) -> None:
+    """Read the whole request body into the request (werkzeug keeps it for the JSON and
+    form parsers) within `seconds`, or answer 408.  A body the HTTP layer cannot parse
+    (a bad chunk size, a connection cut short) is a 400.  Either way the connection is
+    closed after the answer: the rest of the body is never read."""
+    from flask import g, request
+
+    from .errors import APIError
+
+    try:
+        from gevent import Timeout, monkey
+
+        timer = Timeout(seconds, _BodyTimeout) if monkey.is_module_patched("socket") else None
+    except ImportError:
+        timer = None
+    try:
+        if timer is None:
+            request.get_data(cache=True)
+        else:
+            with timer:
+                request.get_data(cache=True)
+    except (_BodyTimeout, TimeoutError):
+        g.close_connection = True
+        raise APIError(f"The request body did not arrive within {seconds:g} s (--body-timeout).", 408, None,
+                       "request_timeout") from None
+    except Exception as e:
+        if not _is_http_parse_error(e):
+            raise
+        g.close_connection = True
+        raise APIError("The request body is malformed (bad chunked encoding, or the connection ended early).",
+                       400, None, "invalid_body") from None
+
+
+def _is_http_parse_error(e: Exception) -> bool:
+    try:
+        from gunicorn.http.errors import NoMoreData, ParseException
+    except ImportError:
+        return False
+    return isinstance(e, (ParseException, NoMoreData))
 
 
 def release_request_slot(g) -> None:

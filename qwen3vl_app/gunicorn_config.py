@@ -17,7 +17,7 @@ def options(settings: Settings) -> dict:
     return {
         "bind": [f"{settings.host}:{settings.port}" if ":" not in settings.host else f"[{settings.host}]:{settings.port}"],
         "workers": settings.workers,
-        "worker_class": "gevent",
+        "worker_class": "qwen3vl_app.worker.JSONErrorGeventWorker",  # gevent, errors in OpenAI's shape
         "worker_connections": max(64, settings.max_concurrent * 4),
         "timeout": 60,  # heartbeat; the hub stays free while the engine computes
         "graceful_timeout": settings.graceful_timeout,  # SIGTERM/HUP: in-flight generations get this long
@@ -132,7 +132,13 @@ def playground_url(settings: Settings) -> str:
 
 
 def post_worker_init(worker) -> None:
+    import signal
+
     configure_logging(Settings.from_env().log_level)
+    # Ctrl-C in a terminal signals the whole process group: the master answers it (SIGQUIT
+    # to every worker, one quick exit); a second, direct SIGINT would interrupt the
+    # worker's clean-up half way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state = worker.wsgi.extensions["qwen3vl"]
     state.runner.start_loading()
     import gevent
@@ -152,7 +158,26 @@ def _watch_shutdown(worker, runner, grace: float) -> None:
 
 
 def worker_exit(server, worker) -> None:
+    """Release the engine, then leave at once.  A normal interpreter exit would wait for
+    the threads that libraries started (a concurrent.futures pool, as gevent greenlets)
+    and that can no longer run once the worker's hub is stopping: that wait cost 4-5 s on
+    SIGTERM and, on Ctrl-C, hung until the master's SIGKILL.  Nothing else is left to do
+    at that point: the master frees the admission slots and metrics of a dead worker.
+    A worker that failed to boot keeps its exit code (the master reads it)."""
+    import sys
+
+    exc = sys.exc_info()[1]
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("qwen3vl") if app is not None else None
-    if state is not None:
-        state.runner.close()
+    try:
+        if state is not None:
+            state.runner.close()
+    finally:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(0)

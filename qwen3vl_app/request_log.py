@@ -54,10 +54,18 @@ def install(app, state) -> None:
         # streams: when the view returns, and again when the stream ends.)
         done = _Finisher(g._get_current_object(), request.method, request.path, request.url_rule,
                          resp.status_code, resp.is_streamed, anonymous)
-        if resp.status_code == 503:
+        sock = request.environ.get("gunicorn.socket")
+        if resp.status_code == 503 or g.get("close_connection"):
             # Busy or draining: close the connection after this answer, so the client's retry
-            # opens a new one -- which another, idle worker may accept.
-            done.sock = request.environ.get("gunicorn.socket")
+            # opens a new one -- which another, idle worker may accept.  A body cut short
+            # (408, malformed): its unread rest must never be parsed as a next request.
+            done.sock = sock
+        if sock is not None:
+            # A client that does not take the answer within --write-timeout is dropped (the
+            # send raises); streams narrow this per chunk (serving.stream).  Undone when the
+            # response is closed: a kept-alive connection waits for its next request as before.
+            _set_timeout(sock, state.settings.write_timeout)
+            done.restore = sock
         g.finisher = done
         resp.call_on_close(done)
         return resp
@@ -73,17 +81,19 @@ class _Finisher:
     """Runs once, after the response is closed, with no request context left: everything
     it needs was captured when the response was made (g is the request's own object)."""
 
-    __slots__ = ("g", "method", "path", "rule", "status", "streamed", "anonymous", "exc", "done", "sock")
+    __slots__ = ("g", "method", "path", "rule", "status", "streamed", "anonymous", "exc", "done", "sock", "restore")
 
     def __init__(self, gobj, method, path, rule, status, streamed, anonymous, exc=None):
         self.g, self.method, self.path, self.rule = gobj, method, path, rule
         self.status, self.streamed, self.anonymous, self.exc, self.done = status, streamed, anonymous, exc, False
-        self.sock = None
+        self.sock = self.restore = None
 
     def __call__(self):
         if self.done:
             return
         self.done = True
+        if self.restore is not None:
+            _set_timeout(self.restore, None)
         try:
             release_request_slot(self.g)
         finally:
@@ -93,6 +103,13 @@ class _Finisher:
                     self.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def _set_timeout(sock, seconds) -> None:
+    try:
+        sock.settimeout(seconds)
+    except OSError:
+        pass
 
 
 def server_timing(stats, started: float, total: float) -> str:

@@ -299,7 +299,44 @@ def stream(events: Iterator[Event], encoder: StreamEncoder) -> Iterator[str]:
     """SSE text of a generation: the encoder's events, keep-alive pings while the prompt is
     processed, then `[DONE]`.  A failure after the stream started becomes one OpenAI-format
     error event (status and headers are already sent) and the stream ends without `[DONE]`,
-    which the openai client raises as an APIError."""
+    which the openai client raises as an APIError.
+
+    A client that stops reading blocks the server's send of the chunk just yielded, and a
+    suspended generator checks no deadline: so every send is bounded on the socket, by
+    --write-timeout and by what is left of --request-timeout.  A send that runs out raises
+    in the WSGI server, which closes this generator: the generation is cancelled and the
+    engine freed."""
+    from flask import current_app, request
+
+    settings = current_app.extensions["qwen3vl"].settings
+    bound = _SendBound(request.environ.get("gunicorn.socket"), settings.write_timeout, settings.request_timeout)
+    body = _sse(events, encoder)
+    try:
+        for chunk in body:
+            bound.arm()
+            yield chunk
+    finally:
+        body.close()
+
+
+class _SendBound:
+    """Socket timeout for the next send: the write timeout, capped by the request's deadline."""
+
+    def __init__(self, sock, write_timeout: float, request_timeout: float):
+        self.sock, self.write_timeout = sock, write_timeout
+        # One second past the request timeout for the last chunks (finish, usage, [DONE]),
+        # which a reading client takes at once.
+        self.deadline = time.monotonic() + request_timeout + 1.0
+
+    def arm(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.settimeout(max(0.01, min(self.write_timeout, self.deadline - time.monotonic())))
+            except OSError:
+                pass
+
+
+def _sse(events: Iterator[Event], encoder: StreamEncoder) -> Iterator[str]:
     try:
         yield from encoder.start()
         for ev in events:

@@ -89,6 +89,12 @@ class Settings:
             "requests one worker keeps waiting for its engine before answering 503")
     request_timeout: float = _opt(600.0, ("--request-timeout",),
             "seconds one generation may run before it ends with finish_reason 'length'")
+    body_timeout: float = _opt(60.0, ("--body-timeout",),
+            "seconds a client has to send a generation request's whole body (slower: 408); no "
+           "admission slot is taken before the body is in")
+    write_timeout: float = _opt(30.0, ("--write-timeout",),
+            "seconds a client may leave a response (a stream chunk) unread before it is dropped and its "
+           "generation cancelled")
     max_tokens_default: int = _opt(1024, ("--max-tokens-default",),
             "max_tokens when the request gives none (capped by the context)")
     max_body_bytes: int = _opt(64 * 1024 * 1024, ("--max-body-bytes",),
