@@ -18,7 +18,9 @@ def options(settings: Settings) -> dict:
         "bind": [f"{settings.host}:{settings.port}" if ":" not in settings.host else f"[{settings.host}]:{settings.port}"],
         "workers": settings.workers,
         "worker_class": "qwen3vl_app.worker.JSONErrorGeventWorker",  # gevent, errors in OpenAI's shape
-        "worker_connections": max(64, settings.max_concurrent * 4),
+        # Connections are cheap greenlets; a pool sized by the generation limit (64) let 300
+        # idle connections -- no key needed -- keep /health waiting.  Each costs one fd.
+        "worker_connections": worker_connections(),
         "timeout": 60,  # heartbeat; the hub stays free while the engine computes
         "graceful_timeout": settings.graceful_timeout,  # SIGTERM/HUP: in-flight generations get this long
         "keepalive": 5,
@@ -35,6 +37,29 @@ def options(settings: Settings) -> dict:
         "on_exit": on_exit,
         "when_ready": when_ready,
     }
+
+
+MAX_CONNECTIONS_PER_WORKER = 2000
+
+
+def worker_connections() -> int:
+    """Open connections one worker serves at once: MAX_CONNECTIONS_PER_WORKER, as far as the
+    open-file limit allows (raised to its hard limit here, in the master, so workers inherit
+    it; a margin stays for model files, logs and media)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_CONNECTIONS_PER_WORKER + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_PER_WORKER
+    return max(64, min(MAX_CONNECTIONS_PER_WORKER, soft - 256))
 
 
 def configure_logging(level: str) -> None:

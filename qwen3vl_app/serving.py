@@ -319,11 +319,20 @@ def stream(events: Iterator[Event], encoder: StreamEncoder) -> Iterator[str]:
         body.close()
 
 
+STREAM_SEND_BUFFER = 64 * 1024  # kernel bytes queued for one stream's client (SSE is a few KiB/s)
+
+
 class _SendBound:
-    """Socket timeout for the next send: the write timeout, capped by the request's deadline."""
+    """Socket timeout for the next send: the write timeout, capped by the request's deadline.
+    A small send buffer, so a stalled reader is noticed after kilobytes, not megabytes."""
 
     def __init__(self, sock, write_timeout: float, request_timeout: float):
         self.sock, self.write_timeout = sock, write_timeout
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+            except OSError:
+                pass
         # One second past the request timeout for the last chunks (finish, usage, [DONE]),
         # which a reading client takes at once.
         self.deadline = time.monotonic() + request_timeout + 1.0

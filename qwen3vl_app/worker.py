@@ -60,6 +60,22 @@ def error_bytes(exc: BaseException) -> tuple[int, bytes]:
     return status, head + body
 
 
+def _discard_pending(sock, limit: int = 256 * 1024) -> None:
+    """Read what the client already sent (without waiting): closing a socket with unread
+    input sends a reset, which can destroy the answer before the client reads it."""
+    sock.setblocking(0)
+    try:
+        while limit > 0:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            limit -= len(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.setblocking(1)
+
+
 class JSONErrorGeventWorker(GeventWorker):
     def handle_error(self, req, client, addr, exc):
         status, data = error_bytes(exc)
@@ -69,6 +85,7 @@ class JSONErrorGeventWorker(GeventWorker):
             self.log.warning("Invalid request from ip=%s: %r", (addr or ("",))[0], str(exc)[:200])
         try:
             util.write_nonblock(client, data)  # never wait: the connection is closed next anyway
+            _discard_pending(client)
         except Exception:
             self.log.debug("Failed to send error message.")
 
