@@ -27,7 +27,7 @@ from flask import g
 from .engine.base import Engine, Prompt, VisionInput
 from .engine.decode import Cancel, generate
 from .engine.sampling import SamplingParams
-from .errors import APIError, error_body
+from .errors import APIError, PromptError, error_body
 from .processing.detok import Detokenizer, StopMatcher
 from .processing.prompt import build_prompt, check_length
 from .streaming import SSE_DONE, SSE_PING, sse
@@ -162,7 +162,7 @@ def start(state: ServerState, engine: Engine, messages: list[dict], vision: list
     queue is full).  Returns the event iterator, already past ADMITTED."""
     settings = state.settings
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
-    prompt = build_prompt(state.tokenizer, messages, vision)
+    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens)
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
     job = GenerationJob(prompt, params, stops, settings.request_timeout)
@@ -170,6 +170,77 @@ def start(state: ServerState, engine: Engine, messages: list[dict], vision: list
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
     return it
+
+
+# Prompts with more text than this are tokenized off the gevent hub (a 300 KB prompt takes
+# about a second), one at a time (the tokenizer object is not shared across threads).
+OFFLOAD_TEXT_BYTES = 32 * 1024
+_tokenizer_thread = None
+
+
+def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[VisionInput], limits,
+             max_prompt_tokens: int = 0) -> Prompt:
+    """build_prompt, after a bound that costs nothing: no token is longer than the longest
+    entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
+    many tokens -- 3 MB of digits is refused at once instead of after seconds of
+    tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
+    it is large."""
+    size = text_bytes(messages)
+    limit = min(limits.max_input_tokens, limits.max_context - 1)
+    if max_prompt_tokens:
+        limit = min(limit, max_prompt_tokens)
+    at_least = size // max_token_bytes(tokenizer)
+    if at_least > limit:
+        raise PromptError(f"The messages hold {size} bytes of text, at least {at_least} tokens; this model "
+                          f"accepts at most {limit}.")
+    if size <= OFFLOAD_TEXT_BYTES:
+        return build_prompt(tokenizer, messages, vision)
+    global _tokenizer_thread
+    if _tokenizer_thread is None:
+        from gevent.threadpool import ThreadPool
+
+        _tokenizer_thread = ThreadPool(1)
+    ok, value = _tokenizer_thread.apply(_capture, (build_prompt, tokenizer, messages, vision))
+    if ok:
+        return value
+    raise value
+
+
+def _capture(fn, *args):
+    """The outcome instead of an exception in the pool thread (gevent would print it)."""
+    try:
+        return True, fn(*args)
+    except Exception as e:
+        return False, e
+
+
+def text_bytes(messages: list[dict]) -> int:
+    """UTF-8 bytes of every text in the template messages."""
+    total = 0
+    for msg in messages:
+        content = msg.get("content")
+        parts = [content] if isinstance(content, str) else [p.get("text") for p in content or ()]
+        total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
+    return total
+
+
+def max_token_bytes(tokenizer: ChatTokenizer) -> int:
+    """Bytes of the longest vocabulary entry (special tokens included); computed once."""
+    cached = getattr(tokenizer, "_max_token_bytes", None)
+    if cached is None:
+        from .tokenizer import _unbyte
+
+        special = {t.content for t in tokenizer.tok.get_added_tokens_decoder().values()}
+
+        def length(piece: str) -> int:
+            try:
+                return len(piece.encode("utf-8")) if piece in special else len(_unbyte(piece))
+            except KeyError:  # not a byte-level piece: its UTF-8 length is an upper bound anyway
+                return len(piece.encode("utf-8"))
+
+        cached = max(length(p) for p in tokenizer.tok.get_vocab(with_added_tokens=True))
+        tokenizer._max_token_bytes = max(cached, 1)
+    return tokenizer._max_token_bytes
 
 
 def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,

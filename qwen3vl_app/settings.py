@@ -135,6 +135,10 @@ class Settings:
             "default lower pixel budget per image")
     max_source_pixels: int = _opt(8192 * 8192, ("--max-source-pixels",),
             "largest source image / video frame (width x height) decoded at all")
+    max_request_pixels: int = _opt(8192 * 8192, ("--max-request-pixels",),
+            "most source image pixels one request may decode, summed over its images (memory bound)")
+    media_request_timeout: float = _opt(120.0, ("--media-request-timeout",),
+            "seconds all media downloads of one request may take together")
     max_video_frames: int = _opt(768, ("--max-video-frames",),
             "most frames sampled from one video")
     video_fps: float = _opt(2.0, ("--video-fps",),

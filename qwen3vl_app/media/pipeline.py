@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 
 from ..engine.base import Limits, VisionInput
-from ..errors import MediaError
+from ..errors import MediaError, PromptError
 from ..processing.video import (
     DEFAULT_MIN_FRAMES,
     VideoBudget,
+    block_marker_tokens,
     video_from_bytes,
 )
 from ..processing.vision import (
+    DEFAULT_MAX_DECODE_PIXELS,
     FACTOR,
     ImageBudget,
     image_from_bytes,
+    jpeg_draft_scale,
+    probe_image,
+    smart_resize,
 )
 from ..settings import Settings
 from .sources import MediaBlob, SourcePolicy, blob_from_bytes, load_media
@@ -39,6 +45,9 @@ class MediaConfig:
     max_items: int = DEFAULT_MAX_ITEMS
     image: ImageBudget = field(default_factory=ImageBudget)
     video: VideoBudget = field(default_factory=VideoBudget)
+    prompt_tokens: int | None = None  # the longest prompt: media are priced against it before decoding
+    max_request_pixels: int = DEFAULT_MAX_DECODE_PIXELS  # source image pixels decoded per request
+    request_timeout: float | None = None  # all downloads of one request together
 
     @classmethod
     def from_settings(cls, settings: Settings, limits: Limits | None = None) -> MediaConfig:
@@ -62,6 +71,9 @@ class MediaConfig:
         )
         return cls(
             policy=policy,
+            prompt_tokens=prompt_tokens,
+            max_request_pixels=settings.max_request_pixels,
+            request_timeout=settings.media_request_timeout,
             max_items=settings.max_media_items,
             image=ImageBudget(min_pixels=min_pixels, max_pixels=max_pixels,
                               max_decode_pixels=settings.max_source_pixels),
@@ -135,34 +147,126 @@ def _capture(fn, args):
         return False, e
 
 
-def preprocess_blob(blob: MediaBlob, config: MediaConfig, options: dict | None = None) -> VisionInput:
-    """Bytes of a known type -> VisionInput; the bytes decide image or video."""
+def preprocess_blob(blob: MediaBlob, config: MediaConfig, options: dict | None = None,
+                    video_tokens: int | None = None) -> VisionInput:
+    """Bytes of a known type -> VisionInput; the bytes decide image or video.  A video is
+    sampled to fit `video_tokens` prompt tokens, its markers included."""
     options = options or {}
     if blob.media.is_video:
         budget = video_budget_for(config, options)
+        if video_tokens is not None:
+            budget = replace(budget, max_tokens=video_tokens)
         return _offload(video_from_bytes, blob.data, blob.media.ext, budget)
     return _offload(image_from_bytes, blob.data, image_budget_for(config, options))
 
 
+# Decodes whose source is above this many pixels run one at a time per worker: a 64 Mpx
+# RGBA PNG needs ~1 GiB while it is decoded and composited, and three at once took 5 GB.
+LARGE_DECODE_PIXELS = 16 * 1024 * 1024
+_large_decodes = None
+
+
+def _large_decode_lock():
+    global _large_decodes
+    if _large_decodes is None:
+        try:
+            from gevent.lock import Semaphore
+        except ImportError:
+            from threading import Semaphore
+        _large_decodes = Semaphore(1)
+    return _large_decodes
+
+
+class _Pricing:
+    """Prompt tokens and decoded pixels of a request's media so far, checked from each
+    image's header before it is decoded."""
+
+    def __init__(self, config: MediaConfig, refs: list):
+        self.config = config
+        self.left = (config.prompt_tokens - TEXT_RESERVE_TOKENS) if config.prompt_tokens else None
+        self.pixels = 0
+        self.videos_left = sum(1 for r in refs if getattr(r, "kind", "image") == "video")
+
+    def image(self, blob: MediaBlob, options: dict) -> int:
+        """Check one image from its header; returns its source pixels (as decoded)."""
+        budget = image_budget_for(self.config, options)
+        width, height, fmt = probe_image(blob.data, budget.max_decode_pixels)
+        target = smart_resize(height, width, FACTOR, budget.min_pixels, budget.max_pixels)
+        scale = jpeg_draft_scale(width, height, target) if fmt == "JPEG" else 1
+        decoded = (width // scale) * (height // scale)
+        self.pixels += decoded
+        if self.pixels > self.config.max_request_pixels:
+            raise MediaError(f"the images of this request have more than {self.config.max_request_pixels} pixels "
+                             "to decode together (--max-request-pixels)", status=413, code="media_too_large")
+        if self.left is not None:
+            tokens = (target[0] // FACTOR) * (target[1] // FACTOR)
+            self.left -= tokens
+            if self.left < 0:
+                raise PromptError(f"the images of this request take more prompt tokens than this model accepts "
+                                  f"({self.config.prompt_tokens}); send fewer or smaller images, or lower "
+                                  "max_pixels", code="invalid_prompt")
+        return decoded
+
+    def video_share(self) -> int | None:
+        """Tokens the next video may take: an even share of what is left (its outer
+        markers set aside)."""
+        if self.left is None:
+            return None
+        share = max(self.left // max(self.videos_left, 1) - 2, 0)
+        self.videos_left -= 1
+        return share
+
+    def spent(self, item: VisionInput) -> None:
+        if self.left is not None and item.kind == "video":
+            self.left -= item.num_tokens + 2 + sum(block_marker_tokens(t) for t in (item.timestamps or ()))
+
+
 def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
     """Every media reference of a conversation (objects with .url, .param, .options), in
-    order.  Raises MediaError (with `param` naming the part) on the first bad one."""
+    order.  Raises MediaError (with `param` naming the part) on the first bad one.  Each
+    image is priced from its header (prompt tokens, pixels to decode) before it is
+    decoded; each video is sampled to fit what is left; all downloads share one deadline."""
     refs = list(refs)
     if len(refs) > config.max_items:
         raise MediaError(f"the request carries {len(refs)} images/videos; this server accepts at most "
                          f"{config.max_items} per request (--max-media-items)", param="messages",
                          code="too_many_media")
+    pricing = _Pricing(config, refs)
+    deadline = time.monotonic() + config.request_timeout if config.request_timeout else None
     out = []
     for ref in refs:
+        policy = config.policy
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _fetch_failed("media_fetch_timeout")
+                raise MediaError("the media of this request took longer than the server allows to download "
+                                 "(--media-request-timeout)", ref.param, code="media_fetch_timeout")
+            policy = replace(policy, total_timeout=min(policy.total_timeout, left))
         try:
-            blob = load_media(ref.url, config.policy, ref.param)
+            blob = load_media(ref.url, policy, ref.param)
         except MediaError as e:
             _fetch_failed(e.code)
             raise e.with_param(ref.param)
+        options = getattr(ref, "options", None) or {}
         try:
-            out.append(preprocess_blob(blob, config, getattr(ref, "options", None)))
+            if blob.media.is_video:
+                item = preprocess_blob(blob, config, options, pricing.video_share())
+            else:
+                decoded = pricing.image(blob, options)
+                if decoded > LARGE_DECODE_PIXELS:
+                    with _large_decode_lock():
+                        item = preprocess_blob(blob, config, options)
+                else:
+                    item = preprocess_blob(blob, config, options)
         except MediaError as e:
             raise e.with_param(ref.param)
+        except PromptError as e:
+            e.param = ref.param
+            raise
+        del blob
+        pricing.spent(item)
+        out.append(item)
     return out
 
 
@@ -178,9 +282,18 @@ def _fetch_failed(reason: str) -> None:
 def upload_to_input(data: bytes, filename: str, config: MediaConfig, param: str = "file") -> tuple[MediaBlob, VisionInput]:
     try:
         blob = blob_from_bytes(data, filename, config.policy, param)
+        pricing = _Pricing(config, [])
+        if blob.media.is_video:
+            return blob, preprocess_blob(blob, config, None, pricing.video_share())
+        if pricing.image(blob, {}) > LARGE_DECODE_PIXELS:
+            with _large_decode_lock():
+                return blob, preprocess_blob(blob, config)
         return blob, preprocess_blob(blob, config)
     except MediaError as e:
         raise e.with_param(param)
+    except PromptError as e:
+        e.param = param
+        raise
 
 
 def retag_parts(messages: list[dict], vision: list[VisionInput]) -> None:

@@ -413,7 +413,33 @@ def _pinned_session(server_hostname: str | None):
     return s
 
 
+class _FetchDeadline(Exception):
+    pass
+
+
 def _from_http(url: str, policy: SourcePolicy) -> MediaBlob:
+    """The whole fetch -- connect, response headers, body, every redirect hop -- within
+    `policy.total_timeout`.  requests' own timeouts are per socket operation, so a server
+    dripping its header lines never trips them; in a gevent worker (where the server runs)
+    a timer interrupts the fetch wherever it waits."""
+    timer = None
+    try:
+        from gevent import Timeout, monkey
+
+        if monkey.is_module_patched("socket"):
+            timer = Timeout(policy.total_timeout, _FetchDeadline)
+    except ImportError:
+        pass
+    if timer is None:
+        return _fetch(url, policy)
+    try:
+        with timer:
+            return _fetch(url, policy)
+    except _FetchDeadline:
+        raise MediaError("timed out fetching the media URL", code="media_fetch_timeout") from None
+
+
+def _fetch(url: str, policy: SourcePolicy) -> MediaBlob:
     import requests
 
     deadline = time.monotonic() + policy.total_timeout

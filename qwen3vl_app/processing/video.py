@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -58,6 +58,35 @@ class VideoBudget:
     frame_max_pixels: int = int(DEFAULT_MAX_PIXELS * DEFAULT_VIDEO_RATIO)
     total_pixels: int | None = None  # token-pixels for the whole clip (None: no cap)
     max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS
+    # Prompt tokens the whole clip may take, its per-block timestamp and marker tokens
+    # included (None: no cap).  Fewer frames are sampled when the markers alone would not fit.
+    max_tokens: int | None = None
+
+    def fit(self, meta: "VideoMeta") -> tuple["VideoBudget", int]:
+        """(this budget with its pixel cap tightened to what `max_tokens` leaves after the
+        markers, frames to sample at most).  A 400 (invalid_prompt) before any frame is
+        decoded when even `min_frames` frames cannot fit."""
+        if not self.max_tokens:
+            return self, self.max_frames
+        per_block = block_marker_tokens(meta.duration) + 1  # markers + the smallest block (32x32 = 1 token)
+        blocks = self.max_tokens // per_block
+        frames = min(self.max_frames, blocks * TEMPORAL_PATCH)
+        if frames < max(self.min_frames, 1):
+            from ..errors import PromptError
+
+            raise PromptError(f"this video needs at least {self.min_frames} frames, which take "
+                              f"{-(-self.min_frames // TEMPORAL_PATCH) * per_block} prompt tokens; "
+                              f"{self.max_tokens} are left for it", code="invalid_prompt")
+        return replace(self, max_frames=frames), frames
+
+    def with_blocks(self, num_frames: int, duration: float) -> "VideoBudget":
+        """The pixel cap for `num_frames` sampled frames once their markers are paid for."""
+        if not self.max_tokens:
+            return self
+        blocks = -(-num_frames // TEMPORAL_PATCH)
+        left = max(self.max_tokens - blocks * block_marker_tokens(duration), blocks)
+        cap = left * FACTOR * FACTOR
+        return replace(self, total_pixels=min(self.total_pixels, cap) if self.total_pixels else cap)
 
     def stack_max_pixels(self, num_frames: int) -> int:
         """The `max_pixels` handed to the video smart_resize (an area summed over frames)."""
@@ -66,6 +95,13 @@ class VideoBudget:
             # total_pixels counts one frame per 2-frame temporal block.
             per_frame = min(per_frame, self.total_pixels * TEMPORAL_PATCH // max(num_frames, 1))
         return max(per_frame, FACTOR * FACTOR) * num_frames
+
+
+def block_marker_tokens(seconds: float) -> int:
+    """Tokens around one temporal block of a video in the prompt: `<t.t seconds>` (digits
+    are single tokens: '<', the digits, '.', one decimal, ' seconds', '>') plus
+    <|vision_start|> and <|vision_end|>.  Bounded by the clip's last timestamp."""
+    return 5 + len(str(int(max(seconds, 0.0)))) + 2
 
 
 @dataclass
@@ -254,7 +290,9 @@ def video_from_path(path: str, budget: VideoBudget = VideoBudget()) -> VisionInp
     cap = _open(path)
     try:
         meta = _probe(cap, path, budget.max_decode_pixels)
+        budget, _ = budget.fit(meta)  # refused here, before decoding, when it cannot fit at all
         indices = sample_indices(meta.total_frames, meta.fps, budget.fps, budget.min_frames, budget.max_frames)
+        budget = budget.with_blocks(len(indices), meta.duration)
         frames, ok = read_frames(cap, indices, _Resizer(len(indices), budget))
     finally:
         cap.release()

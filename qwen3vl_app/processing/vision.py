@@ -80,11 +80,54 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
     return h_bar, w_bar
 
 
-def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Image.Image:
+def probe_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> tuple[int, int, str]:
+    """(width, height, format) from the header alone: no pixel is decoded.  Refuses what
+    `open_image` would refuse for its size, so a request can be priced before any decode."""
+    if not data:
+        raise MediaError("image is empty (0 bytes)", code="empty_media")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                fmt = img.format or ""
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise MediaError(f"image header claims more pixels than this server's limit of {max_decode_pixels} "
+                             "pixels; refused before decoding", code="image_too_large") from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError):
+            raise MediaError("image data is corrupt, truncated or not a supported image", code="invalid_image") \
+                from None
+    if width <= 0 or height <= 0:
+        raise MediaError("image has zero width or height", code="invalid_image")
+    if width * height > max_decode_pixels:
+        raise MediaError(f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
+                         code="image_too_large")
+    return width, height, fmt
+
+
+def jpeg_draft_scale(width: int, height: int, target: tuple[int, int] | None) -> int:
+    """1, 2, 4 or 8: how much smaller a JPEG is decoded (the decoder's own DCT scaling,
+    Pillow's `draft`) so that both sides stay at least twice the resize target's longer
+    side (so the bicubic resize that follows still works from ample detail).  Only for
+    sources far larger than their target: a 8192x8192 photo resized to 1 Mpx is decoded at
+    1024x1024 instead of 64 Mpx (the result then differs slightly from decoding in full)."""
+    if target is None:
+        return 1
+    need = 2 * max(target)
+    ratio = min(width // need, height // need)
+    for scale in (8, 4, 2):
+        if ratio >= scale:
+            return scale
+    return 1
+
+
+def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
+               target: tuple[int, int] | None = None) -> Image.Image:
     """Decode bytes to an RGB PIL image, refusing oversized or broken images cleanly.
 
     The size comes from the header (``Image.open`` reads no pixel data), so a PNG that
-    claims 100000 x 100000 pixels is refused before anything is allocated."""
+    claims 100000 x 100000 pixels is refused before anything is allocated.  With a resize
+    `target` (height, width), a far larger JPEG is decoded at reduced size."""
     if not data:
         raise MediaError("image is empty (0 bytes)", code="empty_media")
     with warnings.catch_warnings():
@@ -100,6 +143,9 @@ def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS) 
                     code="image_too_large")
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WEBP: first frame
+            scale = jpeg_draft_scale(width, height, target) if img.format == "JPEG" else 1
+            if scale > 1:
+                img.draft(img.mode, (width // scale, height // scale))
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
         except MediaError:
@@ -170,7 +216,9 @@ def preprocess_image(img: Image.Image, min_pixels: int = DEFAULT_MIN_PIXELS,
 
 
 def image_from_bytes(data: bytes, budget: ImageBudget = ImageBudget()) -> VisionInput:
-    img = open_image(data, budget.max_decode_pixels)
+    width, height, _ = probe_image(data, budget.max_decode_pixels)
+    target = smart_resize(height, width, FACTOR, budget.min_pixels, budget.max_pixels)
+    img = open_image(data, budget.max_decode_pixels, target)
     return preprocess_image(img, budget.min_pixels, budget.max_pixels)
 
 
