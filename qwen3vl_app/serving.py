@@ -189,18 +189,29 @@ def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[Vision
     limit = min(limits.max_input_tokens, limits.max_context - 1)
     if max_prompt_tokens:
         limit = min(limit, max_prompt_tokens)
-    at_least = size // max_token_bytes(tokenizer)
+    longest = getattr(tokenizer, "_max_token_bytes", None) or _off_hub(max_token_bytes, tokenizer)
+    at_least = size // longest
     if at_least > limit:
         raise PromptError(f"The messages hold {size} bytes of text, at least {at_least} tokens; this model "
                           f"accepts at most {limit}.")
     if size <= OFFLOAD_TEXT_BYTES:
         return build_prompt(tokenizer, messages, vision)
-    global _tokenizer_thread
-    if _tokenizer_thread is None:
-        from gevent.threadpool import ThreadPool
+    return _off_hub(build_prompt, tokenizer, messages, vision)
 
+
+def _off_hub(fn, *args):
+    """fn(*args) in the one tokenizer thread (plain call outside a gevent worker)."""
+    global _tokenizer_thread
+    try:
+        from gevent import monkey
+        from gevent.threadpool import ThreadPool
+    except ImportError:
+        return fn(*args)
+    if not monkey.is_module_patched("threading"):
+        return fn(*args)
+    if _tokenizer_thread is None:
         _tokenizer_thread = ThreadPool(1)
-    ok, value = _tokenizer_thread.apply(_capture, (build_prompt, tokenizer, messages, vision))
+    ok, value = _tokenizer_thread.apply(_capture, (fn, *args))
     if ok:
         return value
     raise value

@@ -6,6 +6,7 @@ default; clients of this server parse `{"error": {...}}`.  The status is the one
 chooses; only the body changes.  A client dropped for not reading its response in time
 (the send timed out, see --write-timeout) is logged in one line, not with a traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,20 +23,44 @@ log = logging.getLogger("qwen3vl.worker")
 # gunicorn's status for each refusal it makes itself (its handle_error); others are 400.
 _STATUS = (
     (http_errors.LimitRequestLine, 414, "URI Too Long", "The request line (URL) is too long.", "uri_too_long"),
-    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large",
-     "The request headers are too large or too many.", "headers_too_large"),
-    (http_errors.UnsupportedTransferCoding, 501, "Not Implemented", "Unsupported Transfer-Encoding.",
-     "unsupported_transfer_coding"),
+    (
+        http_errors.LimitRequestHeaders,
+        431,
+        "Request Header Fields Too Large",
+        "The request headers are too large or too many.",
+        "headers_too_large",
+    ),
+    (
+        http_errors.UnsupportedTransferCoding,
+        501,
+        "Not Implemented",
+        "Unsupported Transfer-Encoding.",
+        "unsupported_transfer_coding",
+    ),
     (http_errors.ExpectationFailed, 417, "Expectation Failed", "Unsupported Expect header.", "expectation_failed"),
     (http_errors.ForbiddenProxyRequest, 403, "Forbidden", "Request forbidden.", "forbidden"),
-    (http_errors.ConfigurationProblem, 500, "Internal Server Error", "Server configuration problem.",
-     "internal_error"),
-    ((http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension), 400,
-     "Bad Request", "The chunked request body is malformed.", "invalid_body"),
-    ((http_errors.InvalidRequestLine, http_errors.InvalidRequestMethod, http_errors.InvalidHTTPVersion), 400,
-     "Bad Request", "The request line is malformed.", "invalid_request_line"),
-    ((http_errors.InvalidHeader, http_errors.InvalidHeaderName, http_errors.ObsoleteFolding), 400, "Bad Request",
-     "A request header is malformed.", "invalid_header"),
+    (http_errors.ConfigurationProblem, 500, "Internal Server Error", "Server configuration problem.", "internal_error"),
+    (
+        (http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension),
+        400,
+        "Bad Request",
+        "The chunked request body is malformed.",
+        "invalid_body",
+    ),
+    (
+        (http_errors.InvalidRequestLine, http_errors.InvalidRequestMethod, http_errors.InvalidHTTPVersion),
+        400,
+        "Bad Request",
+        "The request line is malformed.",
+        "invalid_request_line",
+    ),
+    (
+        (http_errors.InvalidHeader, http_errors.InvalidHeaderName, http_errors.ObsoleteFolding),
+        400,
+        "Bad Request",
+        "A request header is malformed.",
+        "invalid_header",
+    ),
 )
 _CLIENT_ERRORS = (http_errors.ParseException,)
 
@@ -45,18 +70,19 @@ def error_bytes(exc: BaseException) -> tuple[int, bytes]:
     if isinstance(exc, (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)):
         status, reason, message, code = 500, "Internal Server Error", "Internal server error.", "internal_error"
     else:
-        for kinds, status, reason, message, code in _STATUS:
-            if isinstance(exc, kinds):
-                break
+        match = next((row[1:] for row in _STATUS if isinstance(exc, row[0])), None)
+        if match is not None:
+            status, reason, message, code = match
         else:
             if isinstance(exc, _CLIENT_ERRORS) or type(exc).__name__ == "SSLError":
                 status, reason, message, code = 400, "Bad Request", "The request is malformed.", "invalid_request"
             else:
-                status, reason, message, code = 500, "Internal Server Error", "Internal server error.", \
-                    "internal_error"
+                status, reason, message, code = 500, "Internal Server Error", "Internal server error.", "internal_error"
     body = json.dumps(error_body(message, status, None, code)).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
     return status, head + body
 
 

@@ -30,7 +30,8 @@ def chat_completions():
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        body = serving.stream(events, ChatStreamEncoder(ChunkEncoder(cid, req.get("model") or state.model_id), include_usage))
+        chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
+        body = serving.stream(events, ChatStreamEncoder(chunks, include_usage))
         return Response(stream_with_context(body), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
     out = serving.collect(events, request.environ)
     fin = out.finish

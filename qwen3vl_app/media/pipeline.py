@@ -263,7 +263,7 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
             raise e.with_param(ref.param)
         except PromptError as e:
             e.param = ref.param
-            raise
+            raise e from None
         del blob
         pricing.spent(item)
         out.append(item)
@@ -293,7 +293,7 @@ def upload_to_input(data: bytes, filename: str, config: MediaConfig, param: str 
         raise e.with_param(param)
     except PromptError as e:
         e.param = param
-        raise
+        raise e from None
 
 
 def retag_parts(messages: list[dict], vision: list[VisionInput]) -> None:

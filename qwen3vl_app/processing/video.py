@@ -62,7 +62,7 @@ class VideoBudget:
     # included (None: no cap).  Fewer frames are sampled when the markers alone would not fit.
     max_tokens: int | None = None
 
-    def fit(self, meta: "VideoMeta") -> tuple["VideoBudget", int]:
+    def fit(self, meta: VideoMeta) -> tuple[VideoBudget, int]:
         """(this budget with its pixel cap tightened to what `max_tokens` leaves after the
         markers, frames to sample at most).  A 400 (invalid_prompt) before any frame is
         decoded when even `min_frames` frames cannot fit."""
@@ -79,7 +79,7 @@ class VideoBudget:
                               f"{self.max_tokens} are left for it", code="invalid_prompt")
         return replace(self, max_frames=frames), frames
 
-    def with_blocks(self, num_frames: int, duration: float) -> "VideoBudget":
+    def with_blocks(self, num_frames: int, duration: float) -> VideoBudget:
         """The pixel cap for `num_frames` sampled frames once their markers are paid for."""
         if not self.max_tokens:
             return self

@@ -3,6 +3,7 @@ long videos, slow media servers, open redirects, log escaping, keys, served mode
 
 One server for the module (its flags cover every case); time bounds only detect hangs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,9 +33,20 @@ UTF8_KEY = "ключ-доступа-0123"  # arrives as Latin-1-decoded UTF-8 by
 
 @pytest.fixture(scope="module")
 def srv(server_factory):
-    with server_factory("--api-key", UTF8_KEY, "--served-model-name", "qwen3-vl-instruct",
-                        "--served-model-name", "vision-b", "--allow-private-media-urls",
-                        "--media-fetch-timeout", "2", "--media-request-timeout", "3", api_key=EQ_KEY) as s:
+    with server_factory(
+        "--api-key",
+        UTF8_KEY,
+        "--served-model-name",
+        "qwen3-vl-instruct",
+        "--served-model-name",
+        "vision-b",
+        "--allow-private-media-urls",
+        "--media-fetch-timeout",
+        "2",
+        "--media-request-timeout",
+        "3",
+        api_key=EQ_KEY,
+    ) as s:
         yield s
 
 
@@ -63,7 +75,7 @@ def slow_media():
                     self.send_header("Content-Length", str(len(png)))
                     self.end_headers()
                     for i in range(0, len(png), len(png) // 6 + 1):
-                        self.wfile.write(png[i:i + len(png) // 6 + 1])
+                        self.wfile.write(png[i : i + len(png) // 6 + 1])
                         self.wfile.flush()
                         time.sleep(0.2)
             except OSError:
@@ -144,11 +156,13 @@ def test_slow_items_share_one_deadline_per_request(srv, slow_media):
 
 def test_no_redirect_built_from_the_host_header(srv):
     for path in ("/v1//models", "//v1/models", "/v1/models/"):
-        r = requests.get(srv.url + path, headers={**srv.headers, "Host": "evil.example"}, allow_redirects=False,
-                         timeout=10)
+        r = requests.get(
+            srv.url + path, headers={**srv.headers, "Host": "evil.example"}, allow_redirects=False, timeout=10
+        )
         assert "Location" not in r.headers and r.status_code != 308, (path, r.status_code)
-    openai_error(requests.get(srv.url + "/v1//models", headers={"Host": "evil.example"}, allow_redirects=False,
-                              timeout=10), 404)
+    openai_error(
+        requests.get(srv.url + "/v1//models", headers={"Host": "evil.example"}, allow_redirects=False, timeout=10), 404
+    )
 
 
 def test_control_characters_never_reach_the_log_raw(srv):
@@ -168,11 +182,17 @@ def test_keys_with_equals_signs_and_utf8_work(srv):
     openai_error(r, 401)
 
 
-@pytest.mark.parametrize("key,problem", [(" padded-key-1234", "whitespace"), ("bell\x07-key-1234", "control"),
-                                         ("a,b-key-1234", "comma")])
+@pytest.mark.parametrize(
+    "key,problem", [(" padded-key-1234", "whitespace"), ("bell\x07-key-1234", "control"), ("a,b-key-1234", "comma")]
+)
 def test_keys_that_can_never_match_are_refused_at_startup(key, problem, tiny_model_dir):
-    out = subprocess.run([sys.executable, "-m", "qwen3vl_app", "-m", str(tiny_model_dir), "--api-key", key],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app", "-m", str(tiny_model_dir), "--api-key", key],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert out.returncode != 0 and problem in out.stderr, out.stderr[-2000:]
     assert "Booting worker" not in out.stderr
 

@@ -4,6 +4,7 @@ Each test drives a real gunicorn with raw sockets where a well-behaved HTTP clie
 hide the misbehaviour.  Time bounds here only detect a hang: they are many times what a
 fixed server needs (the figures are measured by bench/hardening.py, not asserted).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,18 @@ KEY = "stall-key-0123456789"
 @pytest.fixture(scope="module")
 def tight(server_factory):
     """Two slots, short body and write timeouts, a long request timeout."""
-    with server_factory("-c", "2", "--body-timeout", "2", "--write-timeout", "2", "--request-timeout", "40",
-                        api_key=KEY) as srv:
+    with server_factory(
+        "-c", "2", "--body-timeout", "2", "--write-timeout", "2", "--request-timeout", "40", api_key=KEY
+    ) as srv:
         yield srv
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def _raw_request(port: int, body: bytes, headers: dict, path: str = "/v1/chat/completions",
-                 rcvbuf: int | None = None) -> socket.socket:
+def _raw_request(
+    port: int, body: bytes, headers: dict, path: str = "/v1/chat/completions", rcvbuf: int | None = None
+) -> socket.socket:
     s = socket.socket()
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -64,8 +67,17 @@ def test_stream_reader_that_stops_reading_is_dropped(tight):
     """The client reads the headers, then nothing: the send times out, the generation is
     cancelled and the engine serves the next request -- within the request timeout."""
     srv = tight
-    body = json.dumps({"messages": MSG, "max_tokens": 1500, "stream": True, "logprobs": True,
-                       "top_logprobs": 20, "temperature": 1.0, "stop": []}).encode()
+    body = json.dumps(
+        {
+            "messages": MSG,
+            "max_tokens": 1500,
+            "stream": True,
+            "logprobs": True,
+            "top_logprobs": 20,
+            "temperature": 1.0,
+            "stop": [],
+        }
+    ).encode()
     s = _raw_request(srv.port, body, {"Content-Type": "application/json", **AUTH}, rcvbuf=4096)
     try:
         assert s.recv(64).startswith(b"HTTP/1.1 200")  # headers arrive; from now on it reads nothing
@@ -90,8 +102,10 @@ def test_slow_authenticated_body_holds_no_slot_and_is_cut(tight):
     drips = []
     for _ in range(3):  # more than -c
         s = socket.create_connection(("127.0.0.1", srv.port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n1\r\n{\r\n")
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n1\r\n{\r\n"
+        )
         drips.append(s)
     time.sleep(0.5)
     r = srv.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}, timeout=30)
@@ -113,9 +127,11 @@ def test_slow_authenticated_body_holds_no_slot_and_is_cut(tight):
 def test_bad_chunk_size_on_authenticated_post_is_a_json_400(server):
     s = socket.create_connection(("127.0.0.1", server.port))
     s.settimeout(30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + server.api_key.encode() + b"\r\n\r\n"
-              b"zz\r\n{}\r\n0\r\n\r\n")
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + server.api_key.encode() + b"\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n"
+    )
     got = b""
     while True:
         part = s.recv(4096)
@@ -148,10 +164,26 @@ def _start(tmp_path, tiny_model_dir, *args):
     port = free_port()
     log = tmp_path / f"sig-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "qwen3vl_app", "-m", str(tiny_model_dir), "-p", str(port),
-                             "--host", "127.0.0.1", "--disable-api-auth", *args],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qwen3vl_app",
+            "-m",
+            str(tiny_model_dir),
+            "-p",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--disable-api-auth",
+            *args,
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:

@@ -1,5 +1,6 @@
 """Hardening round 2, the parts that need no server: address table, local paths, log
 escaping, JPEG draft decoding, video budgets with their markers, key checks."""
+
 from __future__ import annotations
 
 import io
@@ -8,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
+from media_samples import png_header_only, write_video
 from PIL import Image
 
-from media_samples import png_header_only, write_video
 from qwen3vl_app.errors import MediaError, PromptError
 from qwen3vl_app.media.pipeline import MediaConfig, resolve_media
 from qwen3vl_app.media.sources import SourcePolicy, is_public_ip, load_media
@@ -22,14 +23,29 @@ from qwen3vl_app.settings import Settings
 # ------------------------------------------------------------------ non-public addresses
 
 
-@pytest.mark.parametrize("addr", [
-    "fec0::1", "fec0:1234::5",  # deprecated site-local (RFC 3879): counted as public before
-    "64:ff9b::7f00:1", "64:ff9b::a00:1",  # NAT64 of 127.0.0.1 / 10.0.0.1
-    "64:ff9b:1::1",  # local-use NAT64
-    "100::1", "100:0:0:1::1",  # discard-only, dummy prefix
-    "2001:2::1", "2001:db8::1", "3fff::1", "5f00::1",  # benchmarking, documentation, SRv6 SIDs
-    "192.0.0.9", "192.31.196.1", "192.88.99.1", "198.18.0.1", "198.51.100.1", "203.0.113.1", "192.0.2.1",
-])
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "fec0::1",
+        "fec0:1234::5",  # deprecated site-local (RFC 3879): counted as public before
+        "64:ff9b::7f00:1",
+        "64:ff9b::a00:1",  # NAT64 of 127.0.0.1 / 10.0.0.1
+        "64:ff9b:1::1",  # local-use NAT64
+        "100::1",
+        "100:0:0:1::1",  # discard-only, dummy prefix
+        "2001:2::1",
+        "2001:db8::1",
+        "3fff::1",
+        "5f00::1",  # benchmarking, documentation, SRv6 SIDs
+        "192.0.0.9",
+        "192.31.196.1",
+        "192.88.99.1",
+        "198.18.0.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "192.0.2.1",
+    ],
+)
 def test_special_purpose_blocks_are_not_public(addr):
     assert is_public_ip(ipaddress.ip_address(addr)) is False
 
@@ -56,12 +72,14 @@ def test_symlinks_outside_the_roots_cannot_be_detected(roots):
     """`lnk/../allowed/x` and `nolink/../allowed/x` answer alike: the path is judged as
     text, nothing outside the roots is looked at (was: 400 vs 200)."""
     base, pol = roots
-    assert load_media(f"{base}/lnk/../allowed/x.png", pol).data == load_media(f"{base}/nolink/../allowed/x.png",
-                                                                               pol).data
+    assert (
+        load_media(f"{base}/lnk/../allowed/x.png", pol).data == load_media(f"{base}/nolink/../allowed/x.png", pol).data
+    )
 
 
-@pytest.mark.parametrize("path", ["/proc/self/cwd/x.png", "/proc/1/root/etc/passwd", "/proc/self/exe",
-                                  "/proc/self/cwd/allowed/x.png"])
+@pytest.mark.parametrize(
+    "path", ["/proc/self/cwd/x.png", "/proc/1/root/etc/passwd", "/proc/self/exe", "/proc/self/cwd/allowed/x.png"]
+)
 def test_proc_paths_are_plain_refusals(roots, path, monkeypatch):
     base, pol = roots
     monkeypatch.chdir(base)
@@ -118,16 +136,19 @@ def test_symlink_swapped_in_after_the_check_is_refused(roots, monkeypatch):
 # ------------------------------------------------------------------------- log values
 
 
-@pytest.mark.parametrize("raw,want", [
-    ("/v1/\x1b[31mred", '"/v1/\\u001b[31mred"'),
-    ("/a b", '"/a b"'),
-    ('/a"b', '"/a\\"b"'),
-    ("/a=b", '"/a=b"'),
-    ("/a\u202eb", '"/a\\u202eb"'),  # bidi override
-    ("/a\x85b", '"/a\\u0085b"'),  # C1 control
-    ("/plain/path", "/plain/path"),
-    ("", '""'),
-])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        ("/v1/\x1b[31mred", '"/v1/\\u001b[31mred"'),
+        ("/a b", '"/a b"'),
+        ('/a"b', '"/a\\"b"'),
+        ("/a=b", '"/a=b"'),
+        ("/a\u202eb", '"/a\\u202eb"'),  # bidi override
+        ("/a\x85b", '"/a\\u0085b"'),  # C1 control
+        ("/plain/path", "/plain/path"),
+        ("", '""'),
+    ],
+)
 def test_log_values_are_escaped(raw, want):
     assert _v(raw) == want
 
@@ -209,8 +230,10 @@ def test_pixels_decoded_per_request_are_bounded():
     from media_samples import image_bytes
 
     config = MediaConfig.from_settings(Settings(max_request_pixels=30_000_000))
-    refs = [_Ref(_uri(image_bytes("PNG", 1000, 1000)), options={"max_pixels": 65536}),
-            _Ref(_uri(png_header_only(6000, 5000)), options={"max_pixels": 65536})]  # 1 + 30 Mpx
+    refs = [
+        _Ref(_uri(image_bytes("PNG", 1000, 1000)), options={"max_pixels": 65536}),
+        _Ref(_uri(png_header_only(6000, 5000)), options={"max_pixels": 65536}),
+    ]  # 1 + 30 Mpx
     with pytest.raises(MediaError) as e:
         resolve_media(refs, config)
     assert e.value.status == 413 and e.value.code == "media_too_large"
@@ -219,12 +242,15 @@ def test_pixels_decoded_per_request_are_bounded():
 # ------------------------------------------------------------------------------ API keys
 
 
-@pytest.mark.parametrize("key,cli,problem", [
-    (" padded-key-123", True, "whitespace"),
-    ("tab-key-12345\t", True, "whitespace"),
-    ("ctl\x01key-12345", True, "control"),
-    ("comma,key-12345", True, "comma"),
-])
+@pytest.mark.parametrize(
+    "key,cli,problem",
+    [
+        (" padded-key-123", True, "whitespace"),
+        ("tab-key-12345\t", True, "whitespace"),
+        ("ctl\x01key-12345", True, "control"),
+        ("comma,key-12345", True, "comma"),
+    ],
+)
 def test_keys_that_cannot_match_are_refused(key, cli, problem):
     from qwen3vl_app.auth import check_api_keys
 
@@ -237,5 +263,6 @@ def test_keys_that_can_match_are_accepted(tmp_path: Path):
 
     f = tmp_path / "keys"
     f.write_text("sk=abc=def\nключ-доступа-1\n")
-    check_api_keys(Settings(api_key=("sk=abc=def", "ключ-доступа-1"), api_key_file=str(f)),
-                   ["sk=abc=def", "ключ-доступа-1"])
+    check_api_keys(
+        Settings(api_key=("sk=abc=def", "ключ-доступа-1"), api_key_file=str(f)), ["sk=abc=def", "ключ-доступа-1"]
+    )
