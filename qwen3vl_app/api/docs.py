@@ -65,7 +65,8 @@ def _errors(*statuses: int) -> dict:
     text = {
         400: "invalid request (the error names the parameter)",
         401: "missing or invalid API key",
-        404: "not found",
+        404: "not found (a `model` this server does not serve: `model_not_found`)",
+        408: "the request body did not arrive within --body-timeout",
         405: "method not allowed",
         413: "body or media too large",
         415: "wrong Content-Type",
@@ -119,7 +120,7 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                                        "ChatCompletionChunk events",
                         "content": {"application/json": {"schema": "ChatCompletion"},
                                     "text/event-stream": sse_chunk}},
-                **_errors(400, *auth, 413, 415, 500, 503),
+                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
             },
         }},
         "/v1/media/describe": {"post": {
@@ -133,7 +134,7 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                                     "text/event-stream": _sse_event(
                                         "a MediaStreamDelta or, last, a MediaDescription as JSON (an ErrorResponse "
                                         "if the engine fails mid-stream), then `[DONE]`")}},
-                **_errors(400, *auth, 413, 415, 500, 503),
+                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
             },
         }},
         "/metrics": {"get": {

@@ -17,6 +17,7 @@ class MediaDescribeFormSchema(Schema):
                        "the bytes decide which, not the name"})
     prompt = fields.String(metadata={"description": "instruction; default 'Describe this image/video in detail.'"})
     stream = fields.Boolean(metadata={"description": "Server-Sent Events instead of one JSON reply"})
+    model = fields.String(metadata={"description": "a served model name (404 model_not_found for others)"})
     max_tokens = fields.Integer(validate=validate.Range(min=1, max=1 << 20))
     temperature = fields.Float(validate=validate.Range(min=0, max=2))
 

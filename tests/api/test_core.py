@@ -53,8 +53,8 @@ def test_openai_client_stream_matches_non_stream(server):
 def test_conversation_turns_are_honoured(server):
     """System prompt and earlier turns change the prompt the model sees (token count)."""
     client = server.openai()
-    short = client.chat.completions.create(model="m", messages=MSG, max_tokens=1)
-    long = client.chat.completions.create(model="m", max_tokens=1, messages=[
+    short = client.chat.completions.create(model="qwen3-vl-instruct", messages=MSG, max_tokens=1)
+    long = client.chat.completions.create(model="qwen3-vl-instruct", max_tokens=1, messages=[
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "reply"},
@@ -224,7 +224,7 @@ def test_two_workers_generate_at_the_same_time(server_factory):
 
         def one():
             t0 = time.monotonic()
-            raw = client.chat.completions.with_raw_response.create(model="m", **LONG)
+            raw = client.chat.completions.with_raw_response.create(model="qwen3-vl-instruct", **LONG)
             spans.append((raw.headers["X-Worker-Pid"], t0, time.monotonic()))
 
         threads = [threading.Thread(target=one) for _ in range(2)]

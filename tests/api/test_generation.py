@@ -133,7 +133,7 @@ def test_keepalive_pings_during_prefill(server_factory):
 def test_time_limit_ends_with_length(server_factory):
     with server_factory("--request-timeout", "1") as s:
         t0 = time.monotonic()
-        r = s.openai().chat.completions.create(model="m", messages=MSG, max_tokens=1900, temperature=0)
+        r = s.openai().chat.completions.create(model="qwen3-vl-instruct", messages=MSG, max_tokens=1900, temperature=0)
         assert r.choices[0].finish_reason == "length"
         assert r.usage.completion_tokens < 1900
         assert time.monotonic() - t0 < 30

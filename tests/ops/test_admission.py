@@ -50,7 +50,7 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
         done = []
 
         def retrying():
-            done.append(client.chat.completions.create(model="m", messages=MSG, max_tokens=30).usage.completion_tokens)
+            done.append(client.chat.completions.create(model="qwen3-vl-instruct", messages=MSG, max_tokens=30).usage.completion_tokens)
 
         threads = [threading.Thread(target=retrying) for _ in range(5)]
         for t in threads:

@@ -76,7 +76,7 @@ def test_stream_engine_failure_is_an_error_event_then_the_end(faulty):
     arm(faulty, "prefill")
     client = faulty.openai(max_retries=0)
     with pytest.raises(openai.APIError):
-        for _ in client.chat.completions.create(model="m", messages=MSG, max_tokens=8, stream=True):
+        for _ in client.chat.completions.create(model="qwen3-vl-instruct", messages=MSG, max_tokens=8, stream=True):
             pass
     ok(faulty, stream=True)
 
