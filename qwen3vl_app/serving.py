@@ -18,7 +18,8 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -189,7 +190,7 @@ def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[Vision
     limit = min(limits.max_input_tokens, limits.max_context - 1)
     if max_prompt_tokens:
         limit = min(limit, max_prompt_tokens)
-    longest = getattr(tokenizer, "_max_token_bytes", None) or _off_hub(max_token_bytes, tokenizer)
+    longest = _MAX_TOKEN_BYTES.get(tokenizer) or _off_hub(max_token_bytes, tokenizer)
     at_least = size // longest
     if at_least > limit:
         raise PromptError(f"The messages hold {size} bytes of text, at least {at_least} tokens; this model "
@@ -235,9 +236,12 @@ def text_bytes(messages: list[dict]) -> int:
     return total
 
 
+_MAX_TOKEN_BYTES: weakref.WeakKeyDictionary[ChatTokenizer, int] = weakref.WeakKeyDictionary()
+
+
 def max_token_bytes(tokenizer: ChatTokenizer) -> int:
     """Bytes of the longest vocabulary entry (special tokens included); computed once."""
-    cached = getattr(tokenizer, "_max_token_bytes", None)
+    cached = _MAX_TOKEN_BYTES.get(tokenizer)
     if cached is None:
         from .tokenizer import _unbyte
 
@@ -249,9 +253,9 @@ def max_token_bytes(tokenizer: ChatTokenizer) -> int:
             except KeyError:  # not a byte-level piece: its UTF-8 length is an upper bound anyway
                 return len(piece.encode("utf-8"))
 
-        cached = max(length(p) for p in tokenizer.tok.get_vocab(with_added_tokens=True))
-        tokenizer._max_token_bytes = max(cached, 1)
-    return tokenizer._max_token_bytes
+        cached = max(1, max(length(p) for p in tokenizer.tok.get_vocab(with_added_tokens=True)))
+        _MAX_TOKEN_BYTES[tokenizer] = cached
+    return cached
 
 
 def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
@@ -427,7 +431,7 @@ class _SendBound:
                 pass
 
 
-def _sse(events: Iterator[Event], encoder: StreamEncoder) -> Iterator[str]:
+def _sse(events: Iterator[Event], encoder: StreamEncoder) -> Generator[str, None, None]:
     try:
         yield from encoder.start()
         for ev in events:
