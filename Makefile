@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit tiny-model native tiny-bmodel model load bench soak clean
+.PHONY: install run test lint unit tiny-model native tiny-bmodel bmodel model load bench bench-sim soak clean
 
 install: $(STAMP)
 
@@ -69,6 +69,11 @@ endif
 ## the model folder is the last line printed.
 tiny-bmodel: install
 	@$(BIN)/python scripts/build_tiny_bmodel.py
+
+## BM1684X engine on the simulator: device launches / copies / bytes per decode token,
+## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md).
+bench-sim: install native
+	$(BIN)/python bench/bench_sim.py $(ARGS)
 
 ## Load test: a local server + locust headless for LOAD_TIME (text/image/video streams; TTFT, ITL).
 LOAD_TIME ?= 30s

@@ -50,6 +50,7 @@ bm_status_t bm_memcpy_d2s_partial(bm_handle_t handle, void* dst, bm_device_mem_t
                                   unsigned int size);
 bm_status_t bm_memcpy_d2d_byte(bm_handle_t handle, bm_device_mem_t dst, size_t dst_offset,
                                bm_device_mem_t src, size_t src_offset, size_t size);
+bm_status_t bm_memset_device_ext(bm_handle_t handle, void* value, int mode, bm_device_mem_t mem);
 bm_status_t bm_thread_sync(bm_handle_t handle);
 unsigned int bm_mem_get_device_size(bm_device_mem_t mem);
 unsigned long long bm_mem_get_device_addr(bm_device_mem_t mem);
@@ -115,7 +116,16 @@ typedef struct bm_net_info_s {
   int* output_zero_point;
 } bm_net_info_t;
 
+// Runtime flags (bmrt_set_flags).  SHARE_MEM: the networks of one bmodel share one
+// activation ("neuron") memory region instead of one each.
+typedef enum bm_runtime_flag_e {
+  BM_RUNTIME_AUTO = 0,
+  BM_RUNTIME_SHARE_MEM = 1 << 0,
+  BM_RUNTIME_CHECK_MEM = 1 << 1,
+} bm_runtime_flag_t;
+
 void* bmrt_create(bm_handle_t bm_handle);
+void bmrt_set_flags(void* p_bmrt, unsigned int flags);
 void bmrt_destroy(void* p_bmrt);
 bool bmrt_load_bmodel(void* p_bmrt, const char* bmodel_path);
 int bmrt_get_network_number(void* p_bmrt);

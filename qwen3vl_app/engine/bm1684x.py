@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,11 @@ log = logging.getLogger("qwen3vl.engine.bm1684x")
 PATCH_PIXELS = 16 * 16
 
 
+class UnsupportedBmodel(RuntimeError):
+    """The bmodel's layout is not one this engine runs (the message says what was found
+    and what is supported); raised at load, so the worker reports it on /health."""
+
+
 def load_native():
     try:
         from . import qwen3vl_native
@@ -35,6 +41,16 @@ def load_native():
             "the native BM1684X module is not built (qwen3vl_app/engine/qwen3vl_native*.so): "
             f"run `make native` (sim) or `make native BM_MODE=box` on the SE7 ({e})") from e
     return qwen3vl_native
+
+
+def check_single_device(bmodel: Path) -> None:
+    """llm_convert names multi-device builds `..._<N>dev_...`: their networks are split
+    over N chips and talk to each other, which one Runtime over one device cannot run."""
+    m = re.search(r"_(\d+)dev(?:_|\.|$)", bmodel.name)
+    if m and int(m.group(1)) > 1:
+        raise UnsupportedBmodel(
+            f"unsupported bmodel {bmodel}: a {m.group(1)}-device build (its name says {m.group(0).strip('_.')}); "
+            "supported: single-device builds (llm_convert --num_device 1, named ..._1dev_...)")
 
 
 def find_bmodel(model_dir: Path) -> Path:
@@ -59,7 +75,13 @@ class BM1684XEngine(Engine):
         self.num_grid_per_side = int(round(int(vcfg.get("num_position_embeddings", 2304)) ** 0.5))
         self.image_token = int(cfg.get("image_token_id", IMAGE_PAD))
         self.video_token = int(cfg.get("video_token_id", VIDEO_PAD))
-        self.rt = native.Runtime(str(self.bmodel), int(devid))
+        check_single_device(self.bmodel)
+        try:
+            self.rt = native.Runtime(str(self.bmodel), int(devid))
+        except RuntimeError as e:
+            if str(e).startswith("unsupported bmodel"):
+                raise UnsupportedBmodel(str(e)) from None
+            raise
         rt = self.rt
         self.device = f"bm1684x:{devid}" + (" (cmodel)" if native.build_mode == "sim" else "")
         self.limits = Limits(
@@ -86,11 +108,8 @@ class BM1684XEngine(Engine):
         pos = np.ascontiguousarray(np.asarray(prompt.position_ids), dtype=np.int32)
         if pos.shape != (3, len(ids)):
             raise ValueError(f"position_ids must be [3, {len(ids)}], got {pos.shape}")
-        vis_pos = embeds = None
-        deepstack: list[np.ndarray] = []
-        if prompt.vision:
-            vis_pos, embeds, deepstack = self._encode_vision(ids, prompt)
-        out = self.rt.prefill(ids, pos, vis_pos, embeds, deepstack)
+        vis_pos, calls = self._vision_calls(ids, prompt) if prompt.vision else (None, [])
+        out = self.rt.prefill(ids, pos, vis_pos, calls)
         self._next_pos = prompt.next_position
         return self._step(out)
 
@@ -135,6 +154,11 @@ class BM1684XEngine(Engine):
         """Per network: (calls, total ms) since load."""
         return self.rt.timings()
 
+    def device_counters(self) -> dict:
+        """Since load: device launches, device-to-device copies, host<->device copies and
+        bytes, memsets and host waits.  Differences around a step give its cost."""
+        return self.rt.counters()
+
     # ---- helpers ----
 
     @staticmethod
@@ -143,7 +167,9 @@ class BM1684XEngine(Engine):
             return StepOutput(token_id=out)
         return StepOutput(logits=out)
 
-    def _encode_vision(self, ids: np.ndarray, prompt: Prompt):
+    def _vision_calls(self, ids: np.ndarray, prompt: Prompt):
+        """Prompt rows of the vision tokens, and the vit calls whose outputs fill them (in
+        order); the runtime runs them and places their rows on the device."""
         rt = self.rt
         if not rt.vit_patches:
             raise ValueError("this bmodel has no vision encoder")
@@ -151,17 +177,9 @@ class BM1684XEngine(Engine):
         need = sum(v.num_tokens for v in prompt.vision)
         if need != len(slots):
             raise ValueError(f"the prompt has {len(slots)} vision placeholders but the media need {need}")
-        n_ds = rt.vit_outputs - 1
-        main, ds = [], [[] for _ in range(n_ds)]
+        calls = []
         for v in prompt.vision:
-            calls = vit_calls(np.asarray(v.pixel_values, dtype=np.float32), v.grid_thw, rt.vit_patches,
-                              self.num_grid_per_side, self.merge, dynamic=rt.vit_dynamic,
-                              with_mask=rt.vit_inputs >= 5)
-            for c in calls:
-                outs = rt.run_vit(c.pixel_values, c.position_ids, c.pos_idx, c.pos_weight, c.attention_mask)
-                main.append(outs[0][:c.tokens])
-                for i in range(n_ds):
-                    ds[i].append(outs[1 + i][:c.tokens])
-        embeds = np.concatenate(main, axis=0)
-        deepstack = [np.concatenate(d, axis=0) for d in ds]
-        return slots, embeds, deepstack
+            calls += vit_calls(np.asarray(v.pixel_values, dtype=np.float32), v.grid_thw, rt.vit_patches,
+                               self.num_grid_per_side, self.merge, dynamic=rt.vit_dynamic,
+                               with_mask=rt.vit_inputs >= 5)
+        return slots, calls

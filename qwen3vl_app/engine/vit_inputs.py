@@ -13,11 +13,14 @@ Qwen3-VL vision model computes from `grid_thw` on the fly:
   within itself), and the padding rows of a static build cut off.
 
 Static builds have a fixed patch count: inputs are padded to it and only the first
-``n/4`` output rows are used.
+``n/4`` output rows are used.  The mask depends only on the grid and that count: it is
+built once per shape (a 2304-patch mask is 21 MB) and carries a key, so the runtime keeps
+the device copy while the shape repeats.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -61,10 +64,15 @@ def pos_embed_interpolation(grid_thw: tuple[int, int, int], num_grid_per_side: i
 
 def attention_mask(grid_thw: tuple[int, int, int], padded: int | None = None) -> np.ndarray:
     """float32 [P, P]: 0 within a frame (temporal patch), MASK_VALUE elsewhere; padding
-    patches (beyond t*h*w) see only themselves."""
+    patches (beyond t*h*w) see only themselves.  Cached per shape; read-only."""
     t, h, w = (int(x) for x in grid_thw)
+    return _attention_mask((t, h, w), padded or t * h * w)
+
+
+@lru_cache(maxsize=8)
+def _attention_mask(grid_thw: tuple[int, int, int], size: int) -> np.ndarray:
+    t, h, w = grid_thw
     n = t * h * w
-    size = padded or n
     if size < n:
         raise ValueError(f"{n} patches do not fit a vision encoder compiled for {size}")
     frame = np.full(size, -1, dtype=np.int64)
@@ -74,6 +82,7 @@ def attention_mask(grid_thw: tuple[int, int, int], padded: int | None = None) ->
     mask[pad, :] = MASK_VALUE
     mask[:, pad] = MASK_VALUE
     mask[pad, pad] = 0.0
+    mask.flags.writeable = False
     return mask
 
 
@@ -87,6 +96,7 @@ class VitCall:
     pos_weight: np.ndarray  # float32 [P, 4, 1]
     attention_mask: np.ndarray | None  # float32 [1, 1, P, P] or None (dynamic builds)
     tokens: int  # valid output rows (patches / merge²)
+    mask_key: str = ""  # equal keys, equal masks (the runtime reuses its device copy)
 
 
 def vit_calls(pixel_values: np.ndarray, grid_thw: tuple[int, int, int], compiled_patches: int,
@@ -120,5 +130,6 @@ def vit_calls(pixel_values: np.ndarray, grid_thw: tuple[int, int, int], compiled
         wts = np.zeros((size, 4), dtype=np.float32)
         idx[:n], wts[:n] = pos_embed_interpolation(g, num_grid_per_side, merge)
         mask = attention_mask(g, size)[None, None] if with_mask else None
-        calls.append(VitCall(px, pos, idx, wts[:, :, None], mask, n // (merge * merge)))
+        key = f"{tt}x{h}x{w}/{size}" if with_mask else ""
+        calls.append(VitCall(px, pos, idx, wts[:, :, None], mask, n // (merge * merge), key))
     return calls

@@ -1,0 +1,247 @@
+// Python bindings of qwen3vl_native: numpy arrays in and out, the GIL released around
+// every device call.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "half.h"
+#include "runtime.h"
+
+namespace py = pybind11;
+using qwen3vl::Runtime;
+
+namespace {
+
+template <typename T>
+std::vector<T> to_vec(const py::handle& obj, const char* what) {
+  if (obj.is_none()) return {};
+  auto arr = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(obj);
+  if (!arr) throw std::invalid_argument(std::string(what) + ": expected an array");
+  return std::vector<T>(arr.data(), arr.data() + arr.size());
+}
+
+// Keeps the numpy arrays behind the views alive (and unconverted ones converted) while the
+// GIL is released and the runtime reads them.
+class Pinned {
+ public:
+  template <typename T>
+  qwen3vl::View<T> view(const py::handle& obj, const char* what) {
+    if (obj.is_none()) return {};
+    auto arr = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(obj);
+    if (!arr) throw std::invalid_argument(std::string(what) + ": expected an array");
+    keep_.push_back(arr);
+    return {arr.data(), static_cast<size_t>(arr.size())};
+  }
+
+ private:
+  std::vector<py::object> keep_;
+};
+
+template <typename T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+  return a;
+}
+
+// A step's result: the token id lm_head chose, or the logits.
+py::object step_result(int token, const std::vector<float>& logits) {
+  if (token >= 0) return py::int_(token);
+  return to_array(logits);
+}
+
+// Element-wise conversion over a numpy array (for the exhaustive conversion tests).
+template <typename In, typename Out, Out (*F)(In)>
+py::array_t<Out> convert(py::array_t<In, py::array::c_style | py::array::forcecast> a) {
+  py::array_t<Out> r(a.size());
+  const In* src = a.data();
+  Out* dst = r.mutable_data();
+  for (py::ssize_t i = 0; i < a.size(); i++) dst[i] = F(src[i]);
+  return r;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(qwen3vl_native, m) {
+  m.doc() = "Qwen3-VL bmodel runner over libbmrt/libbmlib (BM1684X or its cmodel simulator)";
+#ifdef QWEN3VL_SIM
+  m.attr("build_mode") = "sim";
+#else
+  m.attr("build_mode") = "box";
+#endif
+
+  m.def(
+      "close_all",
+      []() {
+        py::gil_scoped_release nogil;
+        Runtime::close_all();
+      },
+      "Close every open Runtime (registered with atexit).");
+  py::module_::import("atexit").attr("register")(m.attr("close_all"));
+
+  // The half-precision conversions the runtime uses, element-wise (tests).
+  m.def("f32_to_bf16", &convert<float, uint16_t, qwen3vl::f32_to_bf16>);
+  m.def("bf16_to_f32", &convert<uint16_t, float, qwen3vl::bf16_to_f32>);
+  m.def("f32_to_f16", &convert<float, uint16_t, qwen3vl::f32_to_f16>);
+  m.def("f16_to_f32", &convert<uint16_t, float, qwen3vl::f16_to_f32>);
+
+  py::class_<Runtime>(m, "Runtime")
+      .def(py::init([](const std::string& path, int devid) {
+             py::gil_scoped_release nogil;
+             return new Runtime(path, devid);
+           }),
+           py::arg("bmodel_path"), py::arg("devid") = 0)
+      .def("close",
+           [](Runtime& r) {
+             py::gil_scoped_release nogil;
+             r.close();
+           })
+      .def_property_readonly("closed", &Runtime::closed)
+      .def_readonly("path", &Runtime::path_)
+      .def_readonly("devid", &Runtime::devid_)
+      .def_readonly("seq_len", &Runtime::seq_len)
+      .def_readonly("max_input_length", &Runtime::max_input_length)
+      .def_readonly("hidden_size", &Runtime::hidden_size)
+      .def_readonly("num_layers", &Runtime::num_layers)
+      .def_readonly("kv_heads", &Runtime::kv_heads)
+      .def_readonly("head_dim", &Runtime::head_dim)
+      .def_readonly("vocab_size", &Runtime::vocab_size)
+      .def_readonly("lm_head_logits", &Runtime::lm_head_logits)
+      .def_readonly("vit_patches", &Runtime::vit_patches)
+      .def_readonly("vit_outputs", &Runtime::vit_outputs)
+      .def_readonly("vit_patch_dim", &Runtime::vit_patch_dim)
+      .def_readonly("vit_inputs", &Runtime::vit_inputs)
+      .def_readonly("vit_dynamic", &Runtime::vit_dynamic)
+      .def_readonly("prefill_dynamic", &Runtime::prefill_dynamic)
+      .def_readonly("token_length", &Runtime::token_length)
+      .def_readonly("networks", &Runtime::networks)
+      .def_readonly("has_greedy_head", &Runtime::has_greedy_head)
+      .def_readonly("has_sample_head", &Runtime::has_sample_head)
+      .def_readonly("sample_candidates", &Runtime::sample_candidates)
+      .def_readonly("has_add", &Runtime::has_add)
+      .def_readonly("decode_stages", &Runtime::decode_stages)
+      .def(
+          "prefill",
+          [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
+             py::sequence vit_calls) {
+            Pinned pin;
+            qwen3vl::PrefillInputs in;
+            in.ids = pin.view<int32_t>(input_ids, "input_ids");
+            in.pos3 = pin.view<int32_t>(position_ids, "position_ids");
+            in.vis_pos = pin.view<int32_t>(visual_positions, "visual_positions");
+            for (auto c : vit_calls) {
+              qwen3vl::VitCall call;
+              call.pixels = pin.view<float>(c.attr("pixel_values"), "pixel_values");
+              call.pos_ids = pin.view<int32_t>(c.attr("position_ids"), "position_ids");
+              call.pos_idx = pin.view<int32_t>(c.attr("pos_idx"), "pos_idx");
+              call.pos_weight = pin.view<float>(c.attr("pos_weight"), "pos_weight");
+              call.mask = pin.view<float>(c.attr("attention_mask"), "attention_mask");
+              call.mask_key = py::str(c.attr("mask_key"));
+              call.tokens = c.attr("tokens").cast<int>();
+              in.vit_calls.push_back(std::move(call));
+            }
+            std::vector<float> logits;
+            int tok;
+            {
+              py::gil_scoped_release nogil;
+              tok = r.prefill(in, logits);
+            }
+            return step_result(tok, logits);
+          },
+          py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
+          py::arg("vit_calls") = py::tuple(),
+          "Run the whole prompt; the vision encoder runs first, one call per item of vit_calls (objects with "
+          "pixel_values, position_ids, pos_idx, pos_weight, attention_mask, mask_key, tokens), its rows going "
+          "to visual_positions on the device.  Returns float32 logits [vocab] or the device-chosen token id.")
+      .def(
+          "decode",
+          [](Runtime& r, int token, int position) {
+            std::vector<float> logits;
+            int tok;
+            {
+              py::gil_scoped_release nogil;
+              tok = r.decode(token, position, logits);
+            }
+            return step_result(tok, logits);
+          },
+          py::arg("token_id"), py::arg("position"))
+      .def(
+          "reset",
+          [](Runtime& r) {
+            py::gil_scoped_release nogil;
+            r.reset();
+          },
+          "Empty the KV cache (zeros on the device).")
+      .def(
+          "greedy_last",
+          [](Runtime& r) {
+            py::gil_scoped_release nogil;
+            return r.greedy_last();
+          },
+          "Device greedy_head over the last logits -> token id (box only: minutes on the simulator).")
+      .def(
+          "sample_last",
+          [](Runtime& r, py::handle history, float penalty, float temperature, int top_k, float top_p) {
+            const auto hist = to_vec<int32_t>(history, "history");
+            qwen3vl::Candidates c;
+            {
+              py::gil_scoped_release nogil;
+              c = r.sample_last(hist, penalty, temperature, top_k, top_p);
+            }
+            return py::make_tuple(to_array(c.probs), to_array(c.ids));
+          },
+          py::arg("history"), py::arg("penalty") = 1.0f, py::arg("temperature") = 1.0f, py::arg("top_k") = 50,
+          py::arg("top_p") = 1.0f,
+          "Device sample_head over the last logits -> (probs, token ids) of the top candidates (box only).")
+      .def(
+          "timings",
+          [](Runtime& r) {
+            py::dict d;
+            for (const auto& [name, t] : r.timings()) d[py::str(name)] = py::make_tuple(t.calls, t.ms);
+            return d;
+          },
+          "network name -> (calls, total milliseconds)")
+      .def("reset_timings", &Runtime::reset_timings)
+      .def(
+          "counters",
+          [](Runtime& r) {
+            const qwen3vl::DeviceCounters c = r.counters();
+            py::dict d;
+            d["launches"] = c.launches;
+            d["d2d_copies"] = c.d2d_copies;
+            d["s2d_copies"] = c.s2d_copies;
+            d["d2s_copies"] = c.d2s_copies;
+            d["s2d_bytes"] = c.s2d_bytes;
+            d["d2s_bytes"] = c.d2s_bytes;
+            d["memsets"] = c.memsets;
+            d["syncs"] = c.syncs;
+            return d;
+          },
+          "What the host asked of the device since load / reset_counters(): launches, copies, bytes, syncs.")
+      .def("reset_counters", &Runtime::reset_counters)
+      .def(
+          "test_fill_kv_cache",
+          [](Runtime& r, int pattern) {
+            py::gil_scoped_release nogil;
+            r.test_fill_kv_cache(static_cast<uint16_t>(pattern));
+          },
+          py::arg("pattern"),
+          "TEST HOOK: fill every KV cache buffer with a 16-bit pattern (e.g. bf16 NaN 0x7FC0), as unzeroed "
+          "device memory on a real box may hold.")
+      .def(
+          "test_read_kv_cache",
+          [](Runtime& r, int layer, int which) {
+            std::vector<uint16_t> bits;
+            {
+              py::gil_scoped_release nogil;
+              bits = r.test_read_kv_cache(layer, which);
+            }
+            return to_array(bits);
+          },
+          py::arg("layer"), py::arg("which"), "TEST HOOK: raw uint16 contents of a layer's K (0) or V (1) cache.");
+}
