@@ -70,6 +70,14 @@ endif
 tiny-bmodel: install
 	@$(BIN)/python scripts/build_tiny_bmodel.py
 
+## Compile any Hugging Face Qwen3-VL checkpoint for the BM1684X with the published bmodels'
+## options (w4bf16, SEQLEN 2048, max input 1024, 768x768 pixels, token-id lm_head):
+##   make bmodel HF=/path/to/Qwen3-VL-4B-Instruct [OUT=models/qwen3vl_4b] [ARGS=--do_sample]
+## Needs Python 3.10 (tpu-mlir) and a few GB of disk for its venv; the folder is the last line.
+bmodel: install
+	@test -n "$(HF)" || { echo "usage: make bmodel HF=<checkpoint folder> [OUT=<model folder>]"; exit 2; }
+	@$(BIN)/python scripts/build_bmodel.py "$(HF)" $(if $(OUT),--out "$(OUT)") $(if $(ARGS),-- $(ARGS))
+
 ## BM1684X engine on the simulator: device launches / copies / bytes per decode token,
 ## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md).
 bench-sim: install native
