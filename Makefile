@@ -1,5 +1,8 @@
 # Two commands do all the set-up on a fresh machine:  `make run`  and  `make test`.
 PYTHON ?= python3
+## BM_MODE=sim (default): everything, tests included, the BM1684X simulated by the cmodel.
+## BM_MODE=box (on the SE7): only the serving requirements (+ pybind11 to build the module).
+BM_MODE ?= sim
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -14,7 +17,11 @@ install: $(STAMP)
 $(STAMP): $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+ifeq ($(BM_MODE),box)
+	$(BIN)/pip install -q -r requirements.txt "setuptools>=68"
+else
 	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
+endif
 	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $@
 
@@ -57,7 +64,6 @@ tiny-model: install
 
 ## The BM1684X module: BM_MODE=sim (default; runtime + cmodel from the tpu-mlir wheel on PyPI)
 ## or BM_MODE=box (libsophon at /opt/sophon/libsophon-current, on the SE7 / a PCIe host).
-BM_MODE ?= sim
 native: install
 ifeq ($(BM_MODE),sim)
 	PYTHON=$(BIN)/python bash native/fetch_sim_runtime.sh

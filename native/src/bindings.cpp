@@ -125,6 +125,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
       .def_readonly("sample_candidates", &Runtime::sample_candidates)
       .def_readonly("has_add", &Runtime::has_add)
       .def_readonly("decode_stages", &Runtime::decode_stages)
+      .def_readonly("last_decode_kv_length", &Runtime::last_decode_kv_length)
       .def(
           "prefill",
           [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,

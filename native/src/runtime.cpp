@@ -680,6 +680,7 @@ int Runtime::decode(int32_t token, int32_t position, std::vector<float>& logits)
   const int stage = decode_stage();
   const int s = cache_stage_index_[static_cast<size_t>(stage)];
   const int kv_len = decode_stages[static_cast<size_t>(stage)];
+  last_decode_kv_length = kv_len;
   const Net& c0 = caches_[0];
   // every hidden state goes straight into the next network's own input buffer
   s2d(id1_, &token, 4);

@@ -133,6 +133,7 @@ class Runtime {
   bool prefill_dynamic = false;
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   int token_length = 0;            // tokens in the KV cache
+  int last_decode_kv_length = 0;   // history length of the block_cache stage the last step ran
   std::vector<std::string> networks;
   std::string path_;
   int devid_;

@@ -63,3 +63,15 @@ def bm_engine(native_module, tiny_bmodel_dir):
     eng = BM1684XEngine(tiny_bmodel_dir, devid=0)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def torch_model():
+    """transformers on the tiny checkpoint the bmodels are compiled from (the reference)."""
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(ensure_tiny_checkpoint()), dtype=torch.float32)
+    return model.eval()

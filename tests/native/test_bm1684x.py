@@ -166,17 +166,6 @@ def test_native_calls_release_the_gil(bm_engine, tiny_bmodel_dir):
 
 # ---- against transformers on the same checkpoint ----
 
-@pytest.fixture(scope="module")
-def torch_model():
-    torch = pytest.importorskip("torch")
-    from transformers import Qwen3VLForConditionalGeneration
-
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
-
-    model = Qwen3VLForConditionalGeneration.from_pretrained(str(ensure_tiny_checkpoint()), dtype=torch.float32)
-    return model.eval()
-
-
 def _torch_greedy(model, prompt: Prompt, n: int):
     import torch
 
