@@ -4,6 +4,7 @@ and one image chat, stop it.  Serving requirements only (no pytest, no openai cl
 
     python .ci/smoke_serve.py MODEL_FOLDER
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,11 @@ def image_data_url() -> str:
 
 
 def chat(url: str, content) -> dict:
-    r = requests.post(url + "/v1/chat/completions", timeout=600, json={
-        "messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0})
+    r = requests.post(
+        url + "/v1/chat/completions",
+        timeout=600,
+        json={"messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0},
+    )
     if r.status_code != 200:
         raise SystemExit(f"chat answered {r.status_code}: {r.text[:1000]}")
     body = r.json()
@@ -54,9 +58,29 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")}
     log = tempfile.NamedTemporaryFile(prefix="smoke-serve-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "qwen3vl_app", "-m", model, "-p", str(port), "--host",
-                             "127.0.0.1", "--workers", "1", "--engine", "bm1684x", "--disable-api-auth"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qwen3vl_app",
+            "-m",
+            model,
+            "-p",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            "1",
+            "--engine",
+            "bm1684x",
+            "--disable-api-auth",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -73,10 +97,17 @@ def main() -> None:
             time.sleep(0.3)
         t0 = time.monotonic()
         text = chat(url, "Hello! Who are you?")
-        image = chat(url, [{"type": "image_url", "image_url": {"url": image_data_url()}},
-                           {"type": "text", "text": "What is in this picture?"}])
-        print(f"python {sys.version.split()[0]}, engine {h['engine']} on {h['device']}: text chat "
-              f"{text['usage']}, image chat {image['usage']} ({time.monotonic() - t0:.0f} s)")
+        image = chat(
+            url,
+            [
+                {"type": "image_url", "image_url": {"url": image_data_url()}},
+                {"type": "text", "text": "What is in this picture?"},
+            ],
+        )
+        print(
+            f"python {sys.version.split()[0]}, engine {h['engine']} on {h['device']}: text chat "
+            f"{text['usage']}, image chat {image['usage']} ({time.monotonic() - t0:.0f} s)"
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

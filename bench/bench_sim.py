@@ -9,6 +9,7 @@ prompt the host milliseconds (wall time minus time inside device launches) and t
 counts.  The simulator's milliseconds are not the box's: compare runs, not absolute values.
 Numbers of the code before the vendor-style decode are in docs/operations.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_bmodel() -> Path:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py")], check=True,
-                         stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py")], check=True, stdout=subprocess.PIPE, text=True
+    )
     return Path(out.stdout.strip().splitlines()[-1])
 
 

@@ -18,6 +18,7 @@ which is what the bm1684x engine loads.  The last line printed is the folder.
 Cache root: $QWEN3VL_CACHE_DIR or ~/.cache/qwen3vl-server.  Python 3.10: $TPU_MLIR_PYTHON,
 else `python3.10` on PATH, else pyenv's 3.10.x.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,18 @@ TPU_MLIR_VERSION = "1.30.2"
 TORCH_FOR_CONVERTER = "torch==2.11.0"  # what tpu_mlir 1.30.2's [torch] extra pins
 EXTRA_PACKAGES = ["psutil", "flatbuffers"]
 # what the vendor's published Qwen3-VL bmodels for the SE7 are compiled with
-PUBLISHED_ARGS = ["-s", "2048", "--max_input_length", "1024", "-q", "w4bf16", "-c", "bm1684x",
-                  "--max_pixels", "768,768"]
+PUBLISHED_ARGS = [
+    "-s",
+    "2048",
+    "--max_input_length",
+    "1024",
+    "-q",
+    "w4bf16",
+    "-c",
+    "bm1684x",
+    "--max_pixels",
+    "768,768",
+]
 # removed from the wheel's lib/third_party: its own glibc breaks the host's processes
 BUNDLED_LIBC = ["libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1"]
 
@@ -69,8 +80,12 @@ def find_python310() -> str:
         if not c or not os.access(c, os.X_OK):
             continue
         try:  # a pyenv shim on PATH may exist without the version being selected
-            r = subprocess.run([c, "-c", "import sys; print(sys.version_info[:2] == (3, 10))"],
-                               capture_output=True, text=True, timeout=30)
+            r = subprocess.run(
+                [c, "-c", "import sys; print(sys.version_info[:2] == (3, 10))"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except (OSError, subprocess.SubprocessError):
             continue
         if r.returncode == 0 and r.stdout.strip() == "True":
@@ -93,8 +108,22 @@ def ensure_wheel(root: Path, pip_python: str) -> Path:
     wheel = wheels / f"tpu_mlir-{TPU_MLIR_VERSION}-py3-none-any.whl"
     if not wheel.exists():
         wheels.mkdir(parents=True, exist_ok=True)
-        run([pip_python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-             "3.10", f"tpu_mlir=={TPU_MLIR_VERSION}", "-d", str(wheels)])
+        run(
+            [
+                pip_python,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.10",
+                f"tpu_mlir=={TPU_MLIR_VERSION}",
+                "-d",
+                str(wheels),
+            ]
+        )
     return wheel
 
 
@@ -133,8 +162,12 @@ def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path
     env.pop("PYTHONPATH", None)
     out = work / "out"
     t0 = time.time()
-    run([str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *convert_args, "-o", str(out)],
-        log=work / "llm_convert.log", cwd=work, env=env)
+    run(
+        [str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *convert_args, "-o", str(out)],
+        log=work / "llm_convert.log",
+        cwd=work,
+        env=env,
+    )
     say(f"llm_convert took {time.time() - t0:.0f} s")
     found = sorted(out.glob("*.bmodel"))
     if len(found) != 1:

@@ -16,6 +16,7 @@ The checkpoint is `qwen3vl_app.tiny_model` (built with this Python; it needs tor
 transformers).  Folders are cached as `<cache>/tiny-bmodel[-variant]-<hash>/`, keyed by the
 checkpoint, the compile arguments and the compiler version, so repeated runs are instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,26 @@ from build_bmodel import TPU_MLIR_VERSION, compile_folder, say  # noqa: E402
 sys.path.insert(0, str(REPO))
 from qwen3vl_app.tiny_model import cache_root  # noqa: E402
 
-TINY_ARGS = ["-s", "256", "--max_input_length", "128", "-q", "bf16", "-c", "bm1684x",
-             "--max_pixels", "128,128"]  # vit compiled for 64 patches (16 merged tokens)
+TINY_ARGS = [
+    "-s",
+    "256",
+    "--max_input_length",
+    "128",
+    "-q",
+    "bf16",
+    "-c",
+    "bm1684x",
+    "--max_pixels",
+    "128,128",
+]  # vit compiled for 64 patches (16 merged tokens)
 BMODEL_NAME = "tiny-qwen3vl.bmodel"
 KEY_VERSION = "2"  # bump when the folder layout written changes
 
 
 def build_checkpoint() -> Path:
-    out = subprocess.run([sys.executable, "-m", "qwen3vl_app.tiny_model"], cwd=REPO, check=True,
-                         stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app.tiny_model"], cwd=REPO, check=True, stdout=subprocess.PIPE, text=True
+    )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,10 +81,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild even when cached")
     ap.add_argument("--dynamic", action="store_true", help="dynamic prefill + vit build")
-    ap.add_argument("--published", action="store_true",
-                    help="without --do_sample: lm_head returns the token id, as in the published bmodels")
-    ap.add_argument("--chunk-length", type=int, default=0,
-                    help="llm_convert --chunk_length: block_cache gets a stage per KV length")
+    ap.add_argument(
+        "--published",
+        action="store_true",
+        help="without --do_sample: lm_head returns the token id, as in the published bmodels",
+    )
+    ap.add_argument(
+        "--chunk-length", type=int, default=0, help="llm_convert --chunk_length: block_cache gets a stage per KV length"
+    )
     args = ap.parse_args()
     convert_args = list(TINY_ARGS)
     variant = []

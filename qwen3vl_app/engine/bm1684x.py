@@ -10,6 +10,7 @@ The module is built by `make native` (sim mode links the BM1684X cmodel simulato
 the tpu-mlir wheel; box mode links libsophon on the SE7).  Calls into it release the
 GIL; one engine (one device handle) is driven by one thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ def load_native():
     except ImportError as e:  # pragma: no cover - depends on the build
         raise RuntimeError(
             "the native BM1684X module is not built (qwen3vl_app/engine/qwen3vl_native*.so): "
-            f"run `make native` (sim) or `make native BM_MODE=box` on the SE7 ({e})") from e
+            f"run `make native` (sim) or `make native BM_MODE=box` on the SE7 ({e})"
+        ) from e
     return qwen3vl_native
 
 
@@ -50,7 +52,8 @@ def check_single_device(bmodel: Path) -> None:
     if m and int(m.group(1)) > 1:
         raise UnsupportedBmodel(
             f"unsupported bmodel {bmodel}: a {m.group(1)}-device build (its name says {m.group(0).strip('_.')}); "
-            "supported: single-device builds (llm_convert --num_device 1, named ..._1dev_...)")
+            "supported: single-device builds (llm_convert --num_device 1, named ..._1dev_...)"
+        )
 
 
 def find_bmodel(model_dir: Path) -> Path:
@@ -91,9 +94,17 @@ class BM1684XEngine(Engine):
         )
         self.capabilities = Capabilities(logits=bool(rt.lm_head_logits))
         self._next_pos = 0
-        log.info("loaded %s on %s: SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
-                 self.bmodel.name, self.device, rt.seq_len, rt.max_input_length, rt.hidden_size,
-                 rt.num_layers, rt.vit_patches, "logits" if rt.lm_head_logits else "token id")
+        log.info(
+            "loaded %s on %s: SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
+            self.bmodel.name,
+            self.device,
+            rt.seq_len,
+            rt.max_input_length,
+            rt.hidden_size,
+            rt.num_layers,
+            rt.vit_patches,
+            "logits" if rt.lm_head_logits else "token id",
+        )
 
     def _read_config(self) -> dict:
         for path in (self.model_dir / "config" / "config.json", self.model_dir / "config.json"):
@@ -141,14 +152,25 @@ class BM1684XEngine(Engine):
         """Token id chosen by `greedy_head` from the last step's logits."""
         return int(self.rt.greedy_last())
 
-    def device_sample_candidates(self, history: list[int], temperature: float = 1.0, top_p: float = 1.0,
-                                 top_k: int = 50, repetition_penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def device_sample_candidates(
+        self,
+        history: list[int],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 50,
+        repetition_penalty: float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`sample_head` over the last step's logits: (probabilities, token ids) of up to
         `rt.sample_candidates` candidates, after penalty, temperature, top-k and top-p;
         draw one with the request's RNG."""
         k = max(1, min(int(top_k) if top_k and top_k > 0 else self.rt.sample_candidates, self.rt.sample_candidates))
-        return self.rt.sample_last(np.asarray(history, dtype=np.int32), float(repetition_penalty),
-                                   float(max(temperature, 1e-5)), k, float(top_p))
+        return self.rt.sample_last(
+            np.asarray(history, dtype=np.int32),
+            float(repetition_penalty),
+            float(max(temperature, 1e-5)),
+            k,
+            float(top_p),
+        )
 
     def timings(self) -> dict:
         """Per network: (calls, total ms) since load."""
@@ -179,7 +201,13 @@ class BM1684XEngine(Engine):
             raise ValueError(f"the prompt has {len(slots)} vision placeholders but the media need {need}")
         calls = []
         for v in prompt.vision:
-            calls += vit_calls(np.asarray(v.pixel_values, dtype=np.float32), v.grid_thw, rt.vit_patches,
-                               self.num_grid_per_side, self.merge, dynamic=rt.vit_dynamic,
-                               with_mask=rt.vit_inputs >= 5)
+            calls += vit_calls(
+                np.asarray(v.pixel_values, dtype=np.float32),
+                v.grid_thw,
+                rt.vit_patches,
+                self.num_grid_per_side,
+                self.merge,
+                dynamic=rt.vit_dynamic,
+                with_mask=rt.vit_inputs >= 5,
+            )
         return slots, calls

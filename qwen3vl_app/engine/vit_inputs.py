@@ -17,6 +17,7 @@ Static builds have a fixed patch count: inputs are padded to it and only the fir
 built once per shape (a 2304-patch mask is 21 MB) and carries a key, so the runtime keeps
 the device copy while the shape repeats.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,9 @@ def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.
     return taps, weights
 
 
-def pos_embed_interpolation(grid_thw: tuple[int, int, int], num_grid_per_side: int,
-                            merge: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def pos_embed_interpolation(
+    grid_thw: tuple[int, int, int], num_grid_per_side: int, merge: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Gather indices int32 [t*h*w, 4] and weights float32 [t*h*w, 4] that resample the
     learned position grid to (h, w), patches in merge-block order."""
     t, h, w = (int(x) for x in grid_thw)
@@ -99,9 +101,15 @@ class VitCall:
     mask_key: str = ""  # equal keys, equal masks (the runtime reuses its device copy)
 
 
-def vit_calls(pixel_values: np.ndarray, grid_thw: tuple[int, int, int], compiled_patches: int,
-              num_grid_per_side: int, merge: int = 2, dynamic: bool = False,
-              with_mask: bool = True) -> list[VitCall]:
+def vit_calls(
+    pixel_values: np.ndarray,
+    grid_thw: tuple[int, int, int],
+    compiled_patches: int,
+    num_grid_per_side: int,
+    merge: int = 2,
+    dynamic: bool = False,
+    with_mask: bool = True,
+) -> list[VitCall]:
     """Split one image/video into vit calls that fit the compiled patch count.
 
     Frames attend only within themselves, so a video is cut between temporal patches and
@@ -112,8 +120,10 @@ def vit_calls(pixel_values: np.ndarray, grid_thw: tuple[int, int, int], compiled
     if pixel_values.shape[0] != t * per_frame:
         raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows, grid {grid_thw} needs {t * per_frame}")
     if per_frame > compiled_patches:
-        raise ValueError(f"a {h * 16}x{w * 16} frame ({per_frame} patches) exceeds the vision encoder's "
-                         f"{compiled_patches} patches; resize it to at most {compiled_patches * 256} pixels")
+        raise ValueError(
+            f"a {h * 16}x{w * 16} frame ({per_frame} patches) exceeds the vision encoder's "
+            f"{compiled_patches} patches; resize it to at most {compiled_patches * 256} pixels"
+        )
     # without a mask input every patch of a call attends to every other: one frame per call
     frames_per_call = max(1, compiled_patches // per_frame) if with_mask else 1
     calls = []
@@ -123,7 +133,7 @@ def vit_calls(pixel_values: np.ndarray, grid_thw: tuple[int, int, int], compiled
         n = tt * per_frame
         size = n if dynamic else compiled_patches
         px = np.zeros((size, pixel_values.shape[1]), dtype=np.float32)
-        px[:n] = pixel_values[t0 * per_frame:t0 * per_frame + n]
+        px[:n] = pixel_values[t0 * per_frame : t0 * per_frame + n]
         pos = np.zeros((size, 2), dtype=np.int32)
         pos[:n] = vision_position_ids(g, merge)
         idx = np.zeros((size, 4), dtype=np.int32)

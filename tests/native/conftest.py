@@ -4,6 +4,7 @@ Both are built on first use when missing (so `pytest -m bm1684x` works alone), a
 builds are cached: the module in qwen3vl_app/engine/, the bmodel folder outside the
 checkout (scripts/build_tiny_bmodel.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,11 +18,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _build_native() -> None:
-    subprocess.run(["bash", str(REPO / "native" / "fetch_sim_runtime.sh")], check=True,
-                   env=dict(os.environ, PYTHON=sys.executable))
+    subprocess.run(
+        ["bash", str(REPO / "native" / "fetch_sim_runtime.sh")], check=True, env=dict(os.environ, PYTHON=sys.executable)
+    )
     build = REPO / "native" / "build"
-    subprocess.run(["cmake", "-S", str(REPO / "native"), "-B", str(build), "-DBM_MODE=sim",
-                    f"-DPython3_EXECUTABLE={sys.executable}"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(REPO / "native"),
+            "-B",
+            str(build),
+            "-DBM_MODE=sim",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -39,8 +52,13 @@ def native_module():
 
 
 def _build_tiny_bmodel(*args: str) -> Path:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py"), *args], cwd=REPO,
-                         check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py"), *args],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     folder = Path(out.stdout.strip().splitlines()[-1])
     assert list(folder.glob("*.bmodel")) and (folder / "config" / "tokenizer.json").exists()
     return folder

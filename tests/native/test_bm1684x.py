@@ -1,6 +1,7 @@
 """The bm1684x engine on the BM1684X cmodel simulator, against transformers on the same
 tiny checkpoint.  Slow-ish (a simulated decode step takes about a second): generated
 tokens are kept few.  Run alone with `pytest -m bm1684x`."""
+
 from __future__ import annotations
 
 import threading
@@ -77,6 +78,7 @@ def _greedy(engine, prompt: Prompt, n: int):
 
 # ---- lifecycle ----
 
+
 def test_load_unload_twice_in_one_process(native_module, tiny_bmodel_dir):
     from qwen3vl_app.engine.bm1684x import BM1684XEngine
 
@@ -86,7 +88,7 @@ def test_load_unload_twice_in_one_process(native_module, tiny_bmodel_dir):
         eng.close()
         assert eng.rt.closed
         eng.close()  # idempotent
-        with pytest.raises(Exception):
+        with pytest.raises(RuntimeError, match="closed"):
             eng.decode(1)
     # two at once, too
     a, b = BM1684XEngine(tiny_bmodel_dir), BM1684XEngine(tiny_bmodel_dir)
@@ -110,6 +112,7 @@ def test_limits_and_capabilities_come_from_the_bmodel(bm_engine):
 
 
 # ---- generation ----
+
 
 def test_text_prompt_generates_a_few_tokens(bm_engine, tiny_bmodel_dir):
     prompt = _text_prompt(tiny_bmodel_dir)
@@ -166,6 +169,7 @@ def test_native_calls_release_the_gil(bm_engine, tiny_bmodel_dir):
 
 # ---- against transformers on the same checkpoint ----
 
+
 def _torch_greedy(model, prompt: Prompt, n: int):
     import torch
 
@@ -186,15 +190,15 @@ def _torch_greedy(model, prompt: Prompt, n: int):
     if prompt.vision:
         kwargs["mm_token_type_ids"] = (ids == IMAGE_PAD).int() + 2 * (ids == VIDEO_PAD).int()
     with torch.inference_mode():
-        out = model(input_ids=ids, position_ids=torch.cat([torch.arange(L).view(1, 1, L), rope]), use_cache=True,
-                    **kwargs)
+        out = model(
+            input_ids=ids, position_ids=torch.cat([torch.arange(L).view(1, 1, L), rope]), use_cache=True, **kwargs
+        )
         logits = [out.logits[0, -1].float().numpy()]
         tokens = [int(logits[-1].argmax())]
         cache = out.cache
         for i in range(n):
             pos = torch.tensor([L + i] + [prompt.next_position + i] * 3).view(4, 1, 1)
-            out = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=pos, cache=cache,
-                        use_cache=True)
+            out = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=pos, cache=cache, use_cache=True)
             cache = out.cache
             logits.append(out.logits[0, -1].float().numpy())
             tokens.append(int(logits[-1].argmax()))
@@ -235,8 +239,10 @@ def test_dynamic_build_matches_transformers(native_module, tiny_bmodel_dynamic_d
     eng = BM1684XEngine(tiny_bmodel_dynamic_dir)
     try:
         assert eng.rt.prefill_dynamic and eng.rt.vit_dynamic and eng.rt.vit_inputs == 4
-        for kind, prompt in [("text", _text_prompt(tiny_bmodel_dynamic_dir)),
-                             ("image", _image_prompt(tiny_bmodel_dynamic_dir, eng.limits.max_pixels, seed=3))]:
+        for kind, prompt in [
+            ("text", _text_prompt(tiny_bmodel_dynamic_dir)),
+            ("image", _image_prompt(tiny_bmodel_dynamic_dir, eng.limits.max_pixels, seed=3)),
+        ]:
             ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, 1)
             _assert_close(eng.prefill(prompt).logits, ref_logits[0], f"dynamic {kind} prefill")
             _assert_close(eng.decode(ref_tokens[0]).logits, ref_logits[1], f"dynamic {kind} decode")
@@ -259,6 +265,11 @@ def test_serving_path_never_imports_torch(native_module, tiny_bmodel_dir):
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,6 +1,7 @@
 """What a real SE7 does that the simulator hides, made visible: unzeroed device memory in
 the KV cache (filled here with bf16 NaN), and the device work per decode token (counted by
 the runtime: launches, copies, bytes).  Few device calls: each takes about a second."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Bmodel layouts the runtime does not run are refused when the worker loads the model,
 with a message naming what was found and what is supported, and /health says why."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,12 @@ from tests.conftest import run_server
 
 pytestmark = pytest.mark.bm1684x
 
+
 def _model_tool(*args: str, cwd: Path) -> str:
     root = Path(os.environ.get("QWEN3VL_CACHE_DIR", Path.home() / ".cache" / "qwen3vl-server"))
     bin_dir = root / "tpu-mlir-venv-1.30.2" / "bin"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    return subprocess.run(["model_tool", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(["model_tool", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def _folder_with(tmp_path: Path, source: Path, bmodel: Path, name: str) -> Path:
@@ -60,8 +61,12 @@ def test_missing_network_is_refused_with_what_was_found(native_module, bmodel_wi
 def test_multi_device_build_is_refused_by_its_name(native_module, tiny_bmodel_dir, tmp_path):
     from qwen3vl_app.engine.bm1684x import BM1684XEngine, UnsupportedBmodel
 
-    folder = _folder_with(tmp_path, tiny_bmodel_dir, tiny_bmodel_dir / "tiny-qwen3vl.bmodel",
-                          "qwen3-vl-4b-instruct_w4bf16_seq2048_bm1684x_2dev_20251026_141347.bmodel")
+    folder = _folder_with(
+        tmp_path,
+        tiny_bmodel_dir,
+        tiny_bmodel_dir / "tiny-qwen3vl.bmodel",
+        "qwen3-vl-4b-instruct_w4bf16_seq2048_bm1684x_2dev_20251026_141347.bmodel",
+    )
     with pytest.raises(UnsupportedBmodel, match="2-device build.*supported: single-device"):
         BM1684XEngine(folder)
 

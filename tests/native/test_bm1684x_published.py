@@ -5,6 +5,7 @@ equal the argmax of transformers' logits on the same weights.
 
 The same build carries `--chunk_length 64`: block_cache with one stage per KV length
 (64/128/256), so the decode also shows the smallest fitting stage is used."""
+
 from __future__ import annotations
 
 import pytest

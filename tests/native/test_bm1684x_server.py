@@ -1,6 +1,7 @@
 """The bm1684x engine behind real gunicorn + gevent: while a generation runs on the
 simulator (seconds), /health on the same worker keeps answering -- the native calls
 release the GIL and the engine runs on its own OS thread."""
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,11 @@ def test_health_answers_while_the_tpu_generates(native_module, tiny_bmodel_dir, 
         result = {}
 
         def chat():
-            r = s.post("/v1/chat/completions", timeout=300, json={
-                "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 3, "temperature": 0})
+            r = s.post(
+                "/v1/chat/completions",
+                timeout=300,
+                json={"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 3, "temperature": 0},
+            )
             result["status"], result["body"] = r.status_code, r.json()
 
         t = threading.Thread(target=chat)
@@ -41,5 +45,6 @@ def test_health_answers_while_the_tpu_generates(native_module, tiny_bmodel_dir, 
         assert elapsed > 1.0, "generation too quick to tell"
         assert len(latencies) >= 5
         # a held GIL would block /health for the whole generation; allow for a loaded machine
-        assert max(latencies) < min(1.5, 0.5 * elapsed), \
+        assert max(latencies) < min(1.5, 0.5 * elapsed), (
             f"/health stalled {max(latencies):.2f}s during a {elapsed:.1f}s generation"
+        )

@@ -4,6 +4,7 @@ half rounds to nearest even like numpy (float16) and the bit-level rule (bfloat1
 
 Compared as bit patterns: the simulator turns on flush-to-zero in this process, which would
 make float comparisons of subnormals meaningless."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,16 @@ def _float32_sample() -> np.ndarray:
     halfway_bf16 = base | 0x8000  # exactly between two bf16 values
     f16_as_f32 = ALL16.view(np.float16).astype(np.float32).view(np.uint32)
     halfway_f16 = f16_as_f32 | 0x1000  # halfway for normal halves
-    parts = [base, halfway_bf16, halfway_bf16 - 1, halfway_bf16 + 1, halfway_f16, halfway_f16 - 1,
-             halfway_f16 + 1, rng.integers(0, 1 << 32, size=200_000, dtype=np.uint64).astype(np.uint32)]
+    parts = [
+        base,
+        halfway_bf16,
+        halfway_bf16 - 1,
+        halfway_bf16 + 1,
+        halfway_f16,
+        halfway_f16 - 1,
+        halfway_f16 + 1,
+        rng.integers(0, 1 << 32, size=200_000, dtype=np.uint64).astype(np.uint32),
+    ]
     return np.concatenate(parts).view(np.float32)
 
 

@@ -1,4 +1,5 @@
 """The host-side vit inputs match transformers' Qwen3-VL vision model computations."""
+
 import numpy as np
 import pytest
 
@@ -20,7 +21,8 @@ def test_position_ids_match_transformers(grid):
 @pytest.mark.parametrize("side", [48, 32])
 def test_pos_embed_interpolation_matches_transformers(grid, side):
     idx, w = vision_utils.get_vision_interpolation_indices_and_weights(
-        torch.tensor([grid]), num_grid_per_side=side, mode="bilinear", align_corners=True, spatial_merge_size=2)
+        torch.tensor([grid]), num_grid_per_side=side, mode="bilinear", align_corners=True, spatial_merge_size=2
+    )
     my_idx, my_w = vi.pos_embed_interpolation(grid, side, 2)
     # compare as the weighted sums they produce over a random table
     table = np.random.default_rng(0).standard_normal((side * side, 8)).astype(np.float32)
