@@ -89,9 +89,19 @@ def main() -> None:
     ap.add_argument(
         "--chunk-length", type=int, default=0, help="llm_convert --chunk_length: block_cache gets a stage per KV length"
     )
+    ap.add_argument(
+        "--history-kv",
+        action="store_true",
+        help="llm_convert --use_history_kv (prefill on top of a kept history; the runtime refuses it)",
+    )
     args = ap.parse_args()
     convert_args = list(TINY_ARGS)
     variant = []
+    if args.history_kv:  # llm_convert sets the input length itself then
+        i = convert_args.index("--max_input_length")
+        del convert_args[i : i + 2]
+        convert_args.append("--use_history_kv")
+        variant.append("historykv")
     if args.dynamic:
         convert_args.append("--dynamic")
         variant.append("dynamic")
