@@ -67,7 +67,10 @@ MEDIA_FETCH_FAILURES = Counter("qwen3vl_media_fetch_failures", "media that could
                                ["reason"])
 IN_FLIGHT = Gauge("qwen3vl_requests_in_flight", "generation requests admitted (holding a --max_concurrent slot)",
                   multiprocess_mode="livesum")
-RUNNING = Gauge("qwen3vl_requests_running", "generations running on an engine", multiprocess_mode="livesum")
+RUNNING = Gauge("qwen3vl_requests_running", "generations running on an engine (= batch slots in use)",
+                multiprocess_mode="livesum")
+SLOTS = Gauge("qwen3vl_engine_slots", "sequences the loaded engines can run at once (--max-batch per worker)",
+              multiprocess_mode="livesum")
 QUEUED = Gauge("qwen3vl_requests_queued", "requests waiting for their worker's engine", multiprocess_mode="livesum")
 ENGINES_READY = Gauge("qwen3vl_engines_ready", "workers whose engine is loaded", multiprocess_mode="livesum")
 ENGINE_LOAD_SECONDS = Gauge("qwen3vl_engine_load_seconds", "seconds the worker took to load its engine (per pid)",
@@ -112,13 +115,15 @@ def rejected(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
 
-def engine_loaded(seconds: float) -> None:
+def engine_loaded(seconds: float, slots: int = 1) -> None:
     ENGINE_LOAD_SECONDS.set(seconds)
     ENGINES_READY.inc()
+    SLOTS.inc(slots)
 
 
-def engine_closed() -> None:
+def engine_closed(slots: int = 1) -> None:
     ENGINES_READY.dec()
+    SLOTS.dec(slots)
 
 
 def observe_request(endpoint: str, status: int, seconds: float, stats=None, started: float | None = None) -> None:

@@ -83,6 +83,7 @@ class GenerationJob:
     stops: list[str] = field(default_factory=list)
     time_limit: float = 600.0
     stats: JobStats = field(default_factory=JobStats)
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
 
 
 @dataclass
@@ -166,7 +167,7 @@ def start(state: ServerState, engine: Engine, messages: list[dict], vision: list
     prompt = tokenize(state.tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens)
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
-    job = GenerationJob(prompt, params, stops, settings.request_timeout)
+    job = GenerationJob(prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")))
     g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
@@ -273,24 +274,18 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
         stats.queue_wait = time.monotonic() - queued_at
         yield ADMITTED
         deadline = time.monotonic() + job.time_limit
-        gen = generate(engine, job.prompt, job.params, tokenizer.eos_ids, cancel)
+        eos_ids = () if job.ignore_eos else tokenizer.eos_ids
+        if runner.scheduler is not None:
+            tokens = _slot_tokens(runner, job, eos_ids, cancel, ping_every)
+        else:
+            tokens = _engine_tokens(runner, engine, job, eos_ids, cancel, ping_every)
         detok = Detokenizer(tokenizer)
         stops = StopMatcher(job.stops)
         try:
-            first = True
-            while True:
-                if first and ping_every:
-                    pending = runner.spawn(_timed_next, gen, stats)
-                    while not pending.ready():
-                        pending.wait(ping_every)
-                        if not pending.ready():
-                            yield PING
-                    item = pending.get()
-                else:
-                    item = runner.call(_timed_next, gen, stats)
-                first = False
-                if item is None:
-                    break
+            for item in tokens:
+                if item is PING:
+                    yield PING
+                    continue
                 now = time.monotonic()
                 if stats.first_token_at is None:
                     stats.first_token_at = now
@@ -315,11 +310,58 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
             completed = True
         finally:
             cancel.set()
-            runner.call(gen.close)
+            tokens.close()
             stats.prompt_tokens = len(job.prompt.input_ids)
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
     yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
+
+
+def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos_ids, cancel: Cancel,
+                   ping_every: float | None) -> Iterator[Any]:
+    """One generation owning the engine: each step of the shared decode loop runs in the
+    engine thread; PING while the prefill outlasts `ping_every`."""
+    gen = generate(engine, job.prompt, job.params, eos_ids, cancel)
+    try:
+        first = True
+        while True:
+            if first and ping_every:
+                pending = runner.spawn(_timed_next, gen, job.stats)
+                while not pending.ready():
+                    pending.wait(ping_every)
+                    if not pending.ready():
+                        yield PING
+                item = pending.get()
+            else:
+                item = runner.call(_timed_next, gen, job.stats)
+            first = False
+            if item is None:
+                return
+            yield item
+    finally:
+        runner.call(gen.close)
+
+
+def _slot_tokens(runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Cancel,
+                 ping_every: float | None) -> Iterator[Any]:
+    """One generation in a batch slot (--max-batch > 1): the scheduler in the engine thread
+    sends its tokens; PING whenever none came for `ping_every` (its prefill, or another
+    slot's prefill running between two decode steps).  Closing sets nothing itself: the
+    caller's `cancel` frees the slot before the next decode step."""
+    channel = runner.join(job.prompt, job.params, eos_ids, cancel)
+    try:
+        while True:
+            item = channel.get(ping_every)
+            if item is channel.TIMEOUT:
+                yield PING
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        job.stats.engine_seconds = channel.request.engine_seconds
 
 
 def _timed_next(gen, stats: JobStats):

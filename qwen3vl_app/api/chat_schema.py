@@ -111,6 +111,8 @@ class ChatCompletionRequestSchema(_Loose):
     user = fields.String(allow_none=True)
     prompt_cache_key = fields.String(allow_none=True, validate=validate.Length(max=1024), metadata={
         "description": "groups requests that share a prefix; a proxy may route on it (deploy/nginx-affinity.conf)"})
+    # vLLM's extension: keep generating past end tokens until max_tokens (benchmarks fix output lengths)
+    ignore_eos = fields.Boolean(load_default=False, allow_none=True)
 
     @validates_schema
     def _consistency(self, data, **kwargs):

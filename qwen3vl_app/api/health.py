@@ -31,6 +31,8 @@ class HealthSchema(Schema):
     load_seconds = fields.Float(required=True, allow_none=True)
     running = fields.Integer(required=True)
     queued = fields.Integer(required=True)
+    max_batch = fields.Integer(required=True, metadata={"description": "this worker's batch slots"})
+    slots_in_use = fields.Integer(required=True, metadata={"description": "slots running a generation"})
 
 
 @bp.get("/health")
@@ -62,5 +64,7 @@ def health():
         "load_seconds": runner.load_seconds,
         "running": runner.running,
         "queued": runner.waiting,
+        "max_batch": runner.max_batch,
+        "slots_in_use": runner.running,
     }
     return jsonify(body), 200 if runner.state != "failed" else 503

@@ -75,12 +75,19 @@ class StepOutput:
 
 
 class Engine(abc.ABC):
-    """A loaded model.  Not thread-safe: one OS thread per worker drives it."""
+    """A loaded model.  Not thread-safe: one OS thread per worker drives it.
+
+    `prefill`/`decode` serve one sequence at a time.  An engine that can run several
+    sequences in one decode step declares `max_batch > 1` and implements the slot methods
+    beside them (`engine.scheduler` drives those): each slot index owns its own KV cache,
+    kept after its sequence ends until the next `prefill_slot` into that slot replaces it.
+    """
 
     name: str = "?"
     device: str = "?"
     limits: Limits
     capabilities: Capabilities = Capabilities()
+    max_batch: int = 1  # sequences one decode step can advance (slots)
 
     @abc.abstractmethod
     def prefill(self, prompt: Prompt) -> StepOutput:
@@ -89,6 +96,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def decode(self, token_id: int) -> StepOutput:
         """Feed one token at the next position; return the next distribution."""
+
+    def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
+        """Run the whole prompt into `slot`'s KV cache (replacing what it held)."""
+        raise NotImplementedError(f"engine {self.name} serves one sequence at a time")
+
+    def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
+        """One decode step over several slots: feed each slot its token at its next position."""
+        raise NotImplementedError(f"engine {self.name} serves one sequence at a time")
 
     def close(self) -> None:
         """Release weights and device memory."""

@@ -5,11 +5,17 @@ The engine is loaded after fork, in that thread, while the gevent hub keeps answ
 at a time; up to `max_queue` more wait their turn, beyond that the caller is refused at
 once so the client can retry elsewhere.  Every engine call goes through `call()`, which
 parks only the calling greenlet.
+
+With `--max-batch N` (N > 1, and an engine that can batch) up to N generations hold a
+turn at once: each joins the worker's `BatchScheduler`, whose loop runs in the engine
+thread while any slot is busy and hands tokens back through a `TokenChannel` per request.
+With N = 1 nothing of that exists and generations run one at a time as before.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from contextlib import contextmanager
 
 import gevent
@@ -20,6 +26,7 @@ from gevent.threadpool import ThreadPool
 from .. import metrics
 from ..errors import EngineUnavailable, QueueFull
 from ..settings import Settings
+from .scheduler import BatchScheduler, SlotRequest
 
 log = logging.getLogger("qwen3vl.runner")
 
@@ -30,7 +37,10 @@ class EngineRunner:
         self._load_fn = load_fn
         self._pool: ThreadPool | None = None
         self._ready = Event()
-        self._turn = Semaphore(1)
+        self.max_batch = max(1, settings.max_batch)  # lowered at load to what the engine can batch
+        self._turn = Semaphore(self.max_batch)
+        self.scheduler: BatchScheduler | None = None
+        self._loop = None  # AsyncResult of the scheduler loop while it runs in the engine thread
         self.engine = None
         self.state = "idle"  # idle -> loading -> ready | failed
         self.error: str | None = None
@@ -53,15 +63,29 @@ class EngineRunner:
             engine = self.call(self._load_fn)
             self.engine = engine
             self.load_seconds = time.monotonic() - t0
+            self._size_batch(engine)
             self.state = "ready"
-            metrics.engine_loaded(self.load_seconds)
-            log.info("engine %s ready on %s in %.1f s", engine.name, engine.device, self.load_seconds)
+            metrics.engine_loaded(self.load_seconds, self.max_batch)
+            log.info("engine %s ready on %s in %.1f s; %d slot(s) (--max-batch), %d more may queue (--max-queue)",
+                     engine.name, engine.device, self.load_seconds, self.max_batch, self.settings.max_queue)
         except Exception as e:  # the worker stays up and reports the failure on /health
             self.state = "failed"
             self.error = f"{type(e).__name__}: {e}"
             log.exception("engine failed to load")
         finally:
             self._ready.set()
+
+    def _size_batch(self, engine) -> None:
+        """Lower the slot count to what the engine can batch; the surplus turns are taken
+        for good, so admission counts the slots that really exist."""
+        can = max(1, int(getattr(engine, "max_batch", 1)))
+        if self.max_batch > can:
+            log.warning("engine %s runs at most %d sequence(s) per step: --max-batch %d lowered to %d",
+                        engine.name, can, self.max_batch, can)
+            surplus, self.max_batch = self.max_batch - can, can
+            gevent.spawn(lambda: [self._turn.acquire() for _ in range(surplus)])
+        if self.max_batch > 1:
+            self.scheduler = BatchScheduler(engine, self.max_batch)
 
     def wait_ready(self):
         self.start_loading()
@@ -95,7 +119,7 @@ class EngineRunner:
                 log.info("engine %s released", engine.name)
             except Exception:
                 log.exception("engine close failed")
-            metrics.engine_closed()
+            metrics.engine_closed(self.max_batch)
         if self._pool is not None:
             self._pool.kill()
             self._pool = None
@@ -116,9 +140,38 @@ class EngineRunner:
         """Run fn in the engine thread; returns an AsyncResult to wait on with a timeout."""
         return self.pool.spawn(fn, *args)
 
+    def join(self, prompt, params, eos_ids, cancel) -> TokenChannel:
+        """Hand a generation to the batch scheduler (caller holds a turn); its tokens arrive
+        on the returned channel."""
+        assert self.scheduler is not None
+        channel = TokenChannel()
+        channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put)
+        self.scheduler.pending.append(channel.request)
+        self._kick()
+        return channel
+
+    def _kick(self) -> None:
+        if self._loop is None and self.scheduler is not None:
+            self._loop = self.pool.spawn(self.scheduler.run_until_idle)
+            self._loop.rawlink(self._loop_ended)
+
+    def _loop_ended(self, result) -> None:
+        """Hub side: the loop found nothing to do (or crashed).  Requests appended after its
+        last look are still pending: start it again."""
+        self._loop = None
+        if not result.successful():
+            log.error("batch scheduler loop failed: %r", result.exception)
+            for slot in self.scheduler.slots:  # never leave a request waiting on a dead loop
+                if slot.request is not None:
+                    slot.request.deliver(result.exception)
+                    slot.request = None
+        if self.scheduler is not None and self.scheduler.pending:
+            self._kick()
+
     @contextmanager
     def turn(self):
-        """Hold the engine for one generation, queueing behind at most max_queue others."""
+        """Hold the engine for one generation (one of its slots with --max-batch), queueing
+        behind at most max_queue others."""
         if self._turn.locked() and self.waiting >= self.settings.max_queue:
             metrics.rejected("worker_queue_full")
             raise QueueFull()
@@ -137,3 +190,42 @@ class EngineRunner:
             self.running -= 1
             metrics.RUNNING.dec()
             self._turn.release()
+
+
+class TokenChannel:
+    """Engine thread -> one request greenlet.  `put` may be called from any thread; `get`
+    parks only the calling greenlet.  gevent's patched queues and events must not cross
+    threads, so items travel through a plain deque and the hub is woken by one libev
+    async watcher shared by every channel of the worker (created on first use, in the hub)."""
+
+    TIMEOUT = object()
+    _outbox: deque = deque()  # (channel, item), appended by the engine thread
+    _watcher = None
+
+    def __init__(self):
+        self._items: deque = deque()
+        self._wake = Event()
+        self.request: SlotRequest | None = None
+        if TokenChannel._watcher is None:
+            TokenChannel._watcher = gevent.get_hub().loop.async_()
+            TokenChannel._watcher.start(TokenChannel._dispatch)
+
+    def put(self, item) -> None:
+        TokenChannel._outbox.append((self, item))
+        TokenChannel._watcher.send()
+
+    @staticmethod
+    def _dispatch() -> None:  # in the hub
+        outbox = TokenChannel._outbox
+        while outbox:
+            channel, item = outbox.popleft()
+            channel._items.append(item)
+            channel._wake.set()
+
+    def get(self, timeout: float | None = None):
+        """The next item, or TIMEOUT when none came within `timeout` seconds."""
+        while not self._items:
+            self._wake.clear()
+            if not self._wake.wait(timeout) and not self._items:
+                return self.TIMEOUT
+        return self._items.popleft()

@@ -1,0 +1,173 @@
+"""Continuous batching: up to N sequences share every decode step of one engine.
+
+Runs in the worker's engine thread (`EngineRunner` starts `run_until_idle` there when a
+request arrives and no loop is running).  Between two decode steps it admits waiting
+requests into free slots -- each admission is that slot's prefill and first token -- then
+one `engine.decode_batch` advances every busy slot.  A slot frees the moment its sequence
+ends (end token, max_tokens, context full) or its request is cancelled; the others never
+notice.  Sampling, penalties, seed and logprobs are per slot (`Sampler`), exactly as the
+single-sequence loop in `engine.decode` does them, so a slot's tokens do not depend on
+who else is in the batch (up to float summation order in the engine).
+
+Results go back through each request's `deliver` callback (thread-safe, set by the
+runner): a `Generated` per token, `None` when the sequence ended without a final token
+(cancelled, or nothing to generate), or the exception that stopped it.
+
+A slot keeps its KV cache and the token ids it holds (`Slot.tokens`) after its sequence
+ends; a free slot is chosen least-recently-used first, so the last conversations stay
+resident longest.  That is the hook for prefix reuse: `_pick` may prefer the free slot
+whose `tokens` share the longest prefix with the new prompt.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import Engine, Prompt, StepOutput
+from .decode import Cancel, Generated, max_new_tokens
+from .sampling import Choice, Sampler, SamplingParams
+
+log = logging.getLogger("qwen3vl.scheduler")
+
+
+@dataclass
+class SlotRequest:
+    """One generation waiting for, or running in, a slot.  Built by the request greenlet;
+    `cancel` is set from there, everything else is touched by the engine thread only."""
+
+    prompt: Prompt
+    params: SamplingParams
+    eos_ids: Any  # container of end-token ids
+    cancel: Cancel
+    deliver: Callable[[Any], None]
+    engine_seconds: float = 0.0  # its prefill + every decode step it was part of
+
+
+@dataclass
+class Slot:
+    index: int
+    request: SlotRequest | None = None  # None: free
+    sampler: Sampler | None = None
+    budget: int = 0
+    produced: int = 0
+    next_token: int = 0  # the token the next decode step feeds
+    tokens: list[int] = field(default_factory=list)  # ids whose KV this slot's cache holds
+    last_used: int = 0  # admission counter, for least-recently-used choice among free slots
+
+
+class BatchScheduler:
+    def __init__(self, engine: Engine, max_batch: int):
+        self.engine = engine
+        self.slots = [Slot(i) for i in range(max_batch)]
+        self.pending: deque[SlotRequest] = deque()  # appended by the hub, popped here
+        self._admissions = 0
+        self.steps = 0  # decode steps run
+        self.slot_steps = 0  # sum of batch sizes over those steps
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for s in self.slots if s.request is not None)
+
+    def run_until_idle(self) -> None:
+        """Admit and decode until no slot is busy and nobody waits (engine thread)."""
+        while True:
+            self._admit()
+            active = self._live_slots()
+            if not active:
+                if self.pending:
+                    continue
+                return
+            self._step(active)
+
+    # -- admission ------------------------------------------------------------------
+    def _admit(self) -> None:
+        while self.pending:
+            free = [s for s in self.slots if s.request is None]
+            if not free:
+                return
+            req = self.pending.popleft()
+            budget = max_new_tokens(self.engine, req.prompt, req.params.max_tokens)
+            if budget == 0 or req.cancel.is_set:
+                req.deliver(None)
+                continue
+            slot = self._pick(free, req)
+            self._admissions += 1
+            slot.request, slot.budget, slot.produced, slot.last_used = req, budget, 0, self._admissions
+            slot.sampler = Sampler(req.params, req.prompt.input_ids)
+            slot.tokens = []
+            t0 = time.perf_counter()
+            try:
+                out = self.engine.prefill_slot(slot.index, req.prompt)
+            except Exception as e:
+                log.exception("prefill failed in slot %d", slot.index)
+                self._end(slot, e)
+                continue
+            finally:
+                req.engine_seconds += time.perf_counter() - t0
+            slot.tokens = list(req.prompt.input_ids)
+            self._emit(slot, out)
+
+    def _pick(self, free: list[Slot], req: SlotRequest) -> Slot:
+        return min(free, key=lambda s: s.last_used)
+
+    # -- decoding -------------------------------------------------------------------
+    def _live_slots(self) -> list[Slot]:
+        live = []
+        for slot in self.slots:
+            if slot.request is None:
+                continue
+            if slot.request.cancel.is_set:
+                self._end(slot, None)
+            else:
+                live.append(slot)
+        return live
+
+    def _step(self, active: list[Slot]) -> None:
+        t0 = time.perf_counter()
+        try:
+            outs = self.engine.decode_batch({s.index: s.next_token for s in active})
+        except Exception as e:
+            log.exception("batched decode step failed; ending its %d sequences", len(active))
+            for slot in active:
+                slot.tokens = []  # its cache may be half-written
+                self._end(slot, e)
+            return
+        dt = time.perf_counter() - t0
+        self.steps += 1
+        self.slot_steps += len(active)
+        for slot in active:
+            slot.request.engine_seconds += dt
+            slot.tokens.append(slot.next_token)
+            self._emit(slot, outs[slot.index])
+
+    def _emit(self, slot: Slot, out: StepOutput) -> None:
+        """Choose the slot's next token from its step output and deliver it; end the slot
+        on an end token or when its budget is spent."""
+        req = slot.request
+        try:
+            choice = Choice(out.token_id) if out.logits is None else slot.sampler.choose(out.logits)
+        except Exception as e:
+            self._end(slot, e)
+            return
+        slot.produced += 1
+        if choice.token_id in req.eos_ids:
+            req.deliver(Generated(choice, "stop"))
+            self._free(slot)
+        elif slot.produced >= slot.budget:
+            req.deliver(Generated(choice, "length"))
+            self._free(slot)
+        else:
+            req.deliver(Generated(choice, None))
+            slot.next_token = choice.token_id
+
+    def _end(self, slot: Slot, outcome: BaseException | None) -> None:
+        slot.request.deliver(outcome)
+        self._free(slot)
+
+    def _free(self, slot: Slot) -> None:
+        slot.request = None
+        slot.sampler = None
