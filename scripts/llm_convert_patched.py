@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib
 import os
 import runpy
 import shutil
@@ -47,7 +48,7 @@ def patch_converter() -> None:
     for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
         if entry and entry not in sys.path:
             sys.path.insert(0, entry)
-    from llm import Qwen3VLConverter as module  # the module llm_convert.py imports by name
+    module = importlib.import_module("llm.Qwen3VLConverter")  # the module llm_convert.py imports by name
 
     original = module.Qwen3VLConverter.mrope
     top = module.top
