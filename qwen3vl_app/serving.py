@@ -275,6 +275,7 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
         yield ADMITTED
         deadline = time.monotonic() + job.time_limit
         eos_ids = () if job.ignore_eos else tokenizer.eos_ids
+        tokens: Generator[Any, None, None]
         if runner.scheduler is not None:
             tokens = _slot_tokens(runner, job, eos_ids, cancel, ping_every)
         else:
@@ -318,7 +319,7 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
 
 
 def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos_ids, cancel: Cancel,
-                   ping_every: float | None) -> Iterator[Any]:
+                   ping_every: float | None) -> Generator[Any, None, None]:
     """One generation owning the engine: each step of the shared decode loop runs in the
     engine thread; PING while the prefill outlasts `ping_every`."""
     gen = generate(engine, job.prompt, job.params, eos_ids, cancel)
@@ -343,12 +344,14 @@ def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos
 
 
 def _slot_tokens(runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Cancel,
-                 ping_every: float | None) -> Iterator[Any]:
+                 ping_every: float | None) -> Generator[Any, None, None]:
     """One generation in a batch slot (--max-batch > 1): the scheduler in the engine thread
     sends its tokens; PING whenever none came for `ping_every` (its prefill, or another
     slot's prefill running between two decode steps).  Closing sets nothing itself: the
     caller's `cancel` frees the slot before the next decode step."""
     channel = runner.join(job.prompt, job.params, eos_ids, cancel)
+    request = channel.request
+    assert request is not None
     try:
         while True:
             item = channel.get(ping_every)
@@ -361,7 +364,7 @@ def _slot_tokens(runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Canc
                 raise item
             yield item
     finally:
-        job.stats.engine_seconds = channel.request.engine_seconds
+        job.stats.engine_seconds = request.engine_seconds
 
 
 def _timed_next(gen, stats: JobStats):

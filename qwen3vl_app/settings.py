@@ -86,8 +86,8 @@ class Settings:
     engine: str = _opt("auto", ("--engine",),
             "engine kind", choices=("auto", "bm1684x", "torch"))
     max_batch: int = _opt(1, ("--max-batch",),
-            "sequences one worker's engine advances together (continuous batching); 1 = one at a time. "
-           "A worker takes max-batch running + max-queue waiting requests (docs/operations.md sizes it)")
+            "sequences one worker's engine advances together (continuous batching); 1 = one at a "
+           "time. A worker takes max-batch running + max-queue waiting requests (docs/operations.md)")
     max_queue: int = _opt(8, ("--max-queue",),
             "requests one worker keeps waiting for its engine before answering 503")
     request_timeout: float = _opt(600.0, ("--request-timeout",),

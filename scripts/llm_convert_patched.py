@@ -21,6 +21,7 @@ Two roles in one file:
 The first role reuses scripts/build_tiny_bmodel.py (checkpoint, tpu-mlir venv, compile
 arguments) and caches the result in `<cache>/tiny-bmodel-b<N>-<hash>/`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,13 @@ def patch_converter() -> None:
     def mrope(self, mlir_gen, in_op, name: str):
         shape = list(in_op.type.shape)
         if len(shape) == 3 and shape[0] == 1:  # [1, 3, L] -> [3, L]; batch-1 builds never get here
-            in_op = top.ReshapeOp(mlir_gen.get_tensor_type(shape[1:]), in_op, shape=shape[1:],
-                                  loc=self.get_loc(name + ".pos_squeeze", mlir_gen),
-                                  ip=mlir_gen.insert_point).output
+            in_op = top.ReshapeOp(
+                mlir_gen.get_tensor_type(shape[1:]),
+                in_op,
+                shape=shape[1:],
+                loc=self.get_loc(name + ".pos_squeeze", mlir_gen),
+                ip=mlir_gen.insert_point,
+            ).output
         return original(self, mlir_gen, in_op, name)
 
     module.Qwen3VLConverter.mrope = mrope
@@ -101,8 +106,22 @@ def build_tiny(batch: int, force: bool = False) -> Path:
         env.pop("PYTHONPATH", None)
         out = work / "out"
         t0 = time.time()
-        tiny.run([str(venv / "bin" / "python"), str(HERE), "--convert", "-m", str(ckpt), *tiny.CONVERT_ARGS,
-                  *extra, "-o", str(out)], log=work / "llm_convert.log", cwd=work, env=env)
+        tiny.run(
+            [
+                str(venv / "bin" / "python"),
+                str(HERE),
+                "--convert",
+                "-m",
+                str(ckpt),
+                *tiny.CONVERT_ARGS,
+                *extra,
+                "-o",
+                str(out),
+            ],
+            log=work / "llm_convert.log",
+            cwd=work,
+            env=env,
+        )
         tiny.say(f"patched llm_convert -b {batch} took {time.time() - t0:.0f} s")
         found = sorted(out.glob("*.bmodel"))
         if len(found) != 1:
@@ -129,8 +148,9 @@ def model_info(folder: Path) -> str:
 
     venv = tiny.ensure_venv(tiny.cache_root())
     tool = next((venv / "lib").glob("python3.10/site-packages/tpu_mlir/bin/model_tool"))
-    out = subprocess.run([str(tool), "--info", str(folder / tiny.BMODEL_NAME)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [str(tool), "--info", str(folder / tiny.BMODEL_NAME)], capture_output=True, text=True, check=True
+    )
     return out.stdout
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from contextlib import contextmanager
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -40,7 +41,7 @@ class EngineRunner:
         self.max_batch = max(1, settings.max_batch)  # lowered at load to what the engine can batch
         self._turn = Semaphore(self.max_batch)
         self.scheduler: BatchScheduler | None = None
-        self._loop = None  # AsyncResult of the scheduler loop while it runs in the engine thread
+        self._loop: Any = None  # AsyncResult of the scheduler loop while it runs in the engine thread
         self.engine = None
         self.state = "idle"  # idle -> loading -> ready | failed
         self.error: str | None = None
@@ -159,13 +160,15 @@ class EngineRunner:
         """Hub side: the loop found nothing to do (or crashed).  Requests appended after its
         last look are still pending: start it again."""
         self._loop = None
+        if self.scheduler is None:
+            return
         if not result.successful():
             log.error("batch scheduler loop failed: %r", result.exception)
             for slot in self.scheduler.slots:  # never leave a request waiting on a dead loop
                 if slot.request is not None:
                     slot.request.deliver(result.exception)
                     slot.request = None
-        if self.scheduler is not None and self.scheduler.pending:
+        if self.scheduler.pending:
             self._kick()
 
     @contextmanager
@@ -200,7 +203,7 @@ class TokenChannel:
 
     TIMEOUT = object()
     _outbox: deque = deque()  # (channel, item), appended by the engine thread
-    _watcher = None
+    _watcher: Any = None
 
     def __init__(self):
         self._items: deque = deque()

@@ -18,6 +18,7 @@ ends; a free slot is chosen least-recently-used first, so the last conversations
 resident longest.  That is the hook for prefix reuse: `_pick` may prefer the free slot
 whose `tokens` share the longest prefix with the new prompt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -140,6 +141,7 @@ class BatchScheduler:
         self.steps += 1
         self.slot_steps += len(active)
         for slot in active:
+            assert slot.request is not None
             slot.request.engine_seconds += dt
             slot.tokens.append(slot.next_token)
             self._emit(slot, outs[slot.index])
@@ -147,9 +149,14 @@ class BatchScheduler:
     def _emit(self, slot: Slot, out: StepOutput) -> None:
         """Choose the slot's next token from its step output and deliver it; end the slot
         on an end token or when its budget is spent."""
-        req = slot.request
+        req, sampler = slot.request, slot.sampler
+        assert req is not None and sampler is not None
         try:
-            choice = Choice(out.token_id) if out.logits is None else slot.sampler.choose(out.logits)
+            if out.logits is not None:
+                choice = sampler.choose(out.logits)
+            else:  # the device chose (greedy-only engines)
+                assert out.token_id is not None
+                choice = Choice(out.token_id)
         except Exception as e:
             self._end(slot, e)
             return
@@ -165,6 +172,7 @@ class BatchScheduler:
             slot.next_token = choice.token_id
 
     def _end(self, slot: Slot, outcome: BaseException | None) -> None:
+        assert slot.request is not None
         slot.request.deliver(outcome)
         self._free(slot)
 

@@ -1,6 +1,7 @@
 """Continuous batching (--max-batch) through the real server: every slot's output equals the
 same request run alone on a --max-batch 1 server, token for token, while other requests
 join and leave mid-generation.  Tiny random-weight model, float32 on CPU."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ def batch_server(server_factory):
 
 
 def body(i: int, **kw) -> dict:
-    b = {"model": "qwen3-vl-instruct", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-         "temperature": 0, "max_tokens": 40, "ignore_eos": True, "logprobs": True, "top_logprobs": 2}
+    b = {
+        "model": "qwen3-vl-instruct",
+        "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+        "temperature": 0,
+        "max_tokens": 40,
+        "ignore_eos": True,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     b.update(kw)
     return b
 
@@ -41,11 +49,14 @@ def run_alone(server, b: dict) -> dict:
 def summary(resp: dict) -> dict:
     ch = resp["choices"][0]
     lp = ch.get("logprobs") or {}
-    return {"text": ch["message"]["content"], "finish": ch["finish_reason"],
-            "tokens": [t["token"] for t in lp.get("content") or []],
-            "top": [[a["token"] for a in t["top_logprobs"]] for t in lp.get("content") or []],
-            "logprobs": [t["logprob"] for t in lp.get("content") or []],
-            "completion_tokens": resp["usage"]["completion_tokens"]}
+    return {
+        "text": ch["message"]["content"],
+        "finish": ch["finish_reason"],
+        "tokens": [t["token"] for t in lp.get("content") or []],
+        "top": [[a["token"] for a in t["top_logprobs"]] for t in lp.get("content") or []],
+        "logprobs": [t["logprob"] for t in lp.get("content") or []],
+        "completion_tokens": resp["usage"]["completion_tokens"],
+    }
 
 
 class Stream(threading.Thread):
@@ -53,8 +64,11 @@ class Stream(threading.Thread):
 
     def __init__(self, server, b: dict, close_after: int | None = None):
         super().__init__(daemon=True)
-        self.server, self.b, self.close_after = server, {**b, "stream": True,
-                                                         "stream_options": {"include_usage": True}}, close_after
+        self.server, self.b, self.close_after = (
+            server,
+            {**b, "stream": True, "stream_options": {"include_usage": True}},
+            close_after,
+        )
         self.first = threading.Event()
         self.text, self.tokens, self.logprobs, self.top = [], [], [], []
         self.chunks = 0  # content chunks received
@@ -65,8 +79,9 @@ class Stream(threading.Thread):
 
     def run(self):
         self.started = time.monotonic()
-        with requests.post(self.server.url + "/v1/chat/completions", json=self.b, headers=self.server.headers,
-                           stream=True, timeout=120) as r:
+        with requests.post(
+            self.server.url + "/v1/chat/completions", json=self.b, headers=self.server.headers, stream=True, timeout=120
+        ) as r:
             self.status = r.status_code
             if r.status_code != 200:
                 self.first.set()
@@ -139,7 +154,7 @@ def test_slots_equal_alone_while_joining_and_leaving(server, batch_server):
     bodies = [body(i, max_tokens=n) for i, n in enumerate(lengths)]
     alone = [run_alone(server, b) for b in bodies]  # --max-batch 1: the single-sequence path
     streams = staggered(batch_server, bodies)
-    for i, (s, a) in enumerate(zip(streams, alone)):
+    for i, (s, a) in enumerate(zip(streams, alone, strict=True)):
         assert_same(s, a, f"request {i}")
         assert s.usage["completion_tokens"] == lengths[i]
     # they really overlapped: request 1 started before request 0 ended, and so on
@@ -149,13 +164,15 @@ def test_slots_equal_alone_while_joining_and_leaving(server, batch_server):
 
 
 def test_seeded_sampling_and_penalties_per_slot(server, batch_server):
-    bodies = [body(0, temperature=1.0, top_p=0.9, seed=11, max_tokens=30),
-              body(1, temperature=0.8, top_k=20, seed=12, max_tokens=30, frequency_penalty=1.0),
-              body(2, temperature=0, max_tokens=30, repetition_penalty=1.3),
-              body(0, temperature=1.0, top_p=0.9, seed=99, max_tokens=30)]
+    bodies = [
+        body(0, temperature=1.0, top_p=0.9, seed=11, max_tokens=30),
+        body(1, temperature=0.8, top_k=20, seed=12, max_tokens=30, frequency_penalty=1.0),
+        body(2, temperature=0, max_tokens=30, repetition_penalty=1.3),
+        body(0, temperature=1.0, top_p=0.9, seed=99, max_tokens=30),
+    ]
     alone = [run_alone(server, b) for b in bodies]
     streams = staggered(batch_server, bodies)
-    for i, (s, a) in enumerate(zip(streams, alone)):
+    for i, (s, a) in enumerate(zip(streams, alone, strict=True)):
         assert_same(s, a, f"request {i}")
     assert streams[0].tokens != streams[3].tokens  # same prompt, other seed
 
@@ -165,12 +182,16 @@ def test_stop_strings_per_slot(server, batch_server):
     ref = run_alone(server, body(3, **sampled))
     text = ref["text"]
     mid = len(text) // 2
-    stop = next(text[i:i + 2] for i in range(mid, len(text) - 1) if text[i:i + 2].strip() and "\ufffd" not in text[i:i + 2])
+    stop = next(
+        text[i : i + 2]
+        for i in range(mid, len(text) - 1)
+        if text[i : i + 2].strip() and "\ufffd" not in text[i : i + 2]
+    )
     bodies = [body(3, **sampled, stop=[stop]), body(1, max_tokens=30), body(2, max_tokens=30, stop=["\x00zz"])]
     alone = [run_alone(server, b) for b in bodies]
     assert alone[0]["finish"] == "stop" and alone[0]["text"] == text[: text.index(stop)]
     streams = staggered(batch_server, bodies)
-    for i, (s, a) in enumerate(zip(streams, alone)):
+    for i, (s, a) in enumerate(zip(streams, alone, strict=True)):
         assert "".join(s.text) == a["text"] and s.finish == a["finish"], f"request {i}"
 
 
@@ -179,7 +200,7 @@ def test_cancelled_slot_never_disturbs_the_others(server, batch_server):
     alone = [run_alone(server, b) for i, b in enumerate(bodies) if i != 1]
     streams = staggered(batch_server, bodies, close_after={1: 5})
     assert len(streams[1].tokens) < 200  # it hung up
-    for s, a, i in zip([streams[0], streams[2], streams[3]], alone, (0, 2, 3)):
+    for s, a, i in zip([streams[0], streams[2], streams[3]], alone, (0, 2, 3), strict=True):
         assert_same(s, a, f"request {i}")
     wait_idle(batch_server)  # the abandoned slot was freed
     # and the server still serves

@@ -1,6 +1,7 @@
 """Batch-N Qwen3-VL bmodels: tpu-mlir 1.30.2's `llm_convert -b 4` fails on Qwen3-VL, our
 wrapper (scripts/llm_convert_patched.py) builds it, and the result has the batch layout
 the engine will drive (docs/batching.md).  Compiler only: nothing runs on the simulator."""
+
 from __future__ import annotations
 
 import json
@@ -30,20 +31,30 @@ def nets(info: str) -> dict[str, dict[str, list[int]]]:
             continue
         m = re.match(r"(input|output): ([\w.]+), \[([\d, ]+)\]", line)
         if m and current is not None:
-            current[f"{m.group(1)[:-3] if m.group(1) == 'output' else 'in'}:{m.group(2)}"] = \
-                [int(x) for x in m.group(3).split(",")]
+            current[f"{m.group(1)[:-3] if m.group(1) == 'output' else 'in'}:{m.group(2)}"] = [
+                int(x) for x in m.group(3).split(",")
+            ]
     return out
 
 
 def test_patched_converter_builds_batch4_layout():
-    r = subprocess.run([sys.executable, str(SCRIPT), "--batch", str(BATCH), "--info"], capture_output=True,
-                       text=True, cwd=REPO, timeout=1800)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--batch", str(BATCH), "--info"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     folder = Path(r.stdout.strip().splitlines()[-1])
     assert (folder / "tiny-qwen3vl.bmodel").stat().st_size > 0
     text = json.loads((folder / "config" / "config.json").read_text())["text_config"]
-    hidden, kv, hd, layers = text["hidden_size"], text["num_key_value_heads"], text["head_dim"], \
-        text["num_hidden_layers"]
+    hidden, kv, hd, layers = (
+        text["hidden_size"],
+        text["num_key_value_heads"],
+        text["head_dim"],
+        text["num_hidden_layers"],
+    )
     seq, max_in = 256, 128  # scripts/build_tiny_bmodel.py's SEQLEN / MAX_INPUT_LENGTH
     got = nets(r.stdout)
     for i in range(layers):
@@ -71,9 +82,23 @@ def test_unpatched_converter_still_fails(tmp_path):
     venv = tiny.ensure_venv(tiny.cache_root())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
-    r = subprocess.run([str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *tiny.CONVERT_ARGS, "-b", str(BATCH),
-                        "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, env=env,
-                       timeout=1800)
+    r = subprocess.run(
+        [
+            str(venv / "bin" / "llm_convert"),
+            "-m",
+            str(ckpt),
+            *tiny.CONVERT_ARGS,
+            "-b",
+            str(BATCH),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=1800,
+    )
     log = r.stdout + r.stderr
     assert r.returncode != 0 or not list((tmp_path / "out").glob("*.bmodel")), "upstream fixed it?"
     assert "infer shape" in log, log[-3000:]
