@@ -11,12 +11,15 @@
                transformers, and the live torch workers of the run
   preprocess   our numpy/Pillow/OpenCV image and video preprocessing vs transformers'
                Qwen3-VL processor on the same inputs (scripts/bench_media.py)
+  batching     continuous batching: one worker with --max-batch 1 and then 4, 1/2/4/8
+               clients, fixed output length (ignore_eos): aggregate tok/s and TPOT
+               (`--mode batching` runs only this)
 
 By default the model is the tiny random-weight checkpoint on CPU, so the throughput
 numbers measure the server and the reference engine on this machine, not the TPU: run
 with `ARGS="-m /path/to/model"` on the box for device figures.  Numbers, not assertions.
 
-    python bench/bench.py [-m MODEL_DIR] [--max-tokens 64] [--requests 5] [--quick]
+    python bench/bench.py [-m MODEL_DIR] [--max-tokens 64] [--requests 5] [--quick] [--mode all|batching]
 """
 from __future__ import annotations
 
@@ -55,9 +58,9 @@ def r3(x):
 # ---------------------------------------------------------------------- throughput
 
 
-def one_stream(url: str, max_tokens: int) -> dict:
+def one_stream(url: str, max_tokens: int, ignore_eos: bool = False) -> dict:
     body = {"model": "qwen3-vl-instruct", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
     t0 = time.perf_counter()
     arrivals, tokens, buf = [], 0, b""
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
@@ -81,12 +84,12 @@ def one_stream(url: str, max_tokens: int) -> dict:
     return {"ttft": ttft, "tpot": tpot, "tokens": tokens, "total": end - t0}
 
 
-def throughput(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
+def throughput(url: str, clients: int, per_client: int, max_tokens: int, ignore_eos: bool = False) -> dict:
     results, lock = [], threading.Lock()
 
     def client():
         for _ in range(per_client):
-            res = one_stream(url, max_tokens)
+            res = one_stream(url, max_tokens, ignore_eos)
             with lock:
                 results.append(res)
 
@@ -109,6 +112,35 @@ def throughput(url: str, clients: int, per_client: int, max_tokens: int) -> dict
         "req_per_s": r3(len(ok) / wall),
         "tok_per_s": r3(sum(r["tokens"] for r in ok) / wall),
     }
+
+
+# ---------------------------------------------------------------------- batching
+
+
+def batching(model_dir: str, tmp: Path, per_client: int, max_tokens: int) -> list[dict]:
+    """The same load against one worker with --max-batch 1 and with --max-batch 4: every
+    request generates exactly max_tokens (ignore_eos), so tok/s compare like for like."""
+    from tests.conftest import run_server
+
+    rows = []
+    for max_batch in (1, 4):
+        print(f"[bench] batching: --max-batch {max_batch} ...", file=sys.stderr, flush=True)
+        with run_server(model_dir, tmp, "-c", "32", "--max-queue", "16", "--max-batch", str(max_batch),
+                        workers=1, timeout=300) as s:
+            for _ in range(2):
+                one_stream(s.url, 4)
+            for clients in (1, 2, 4, 8):
+                row = throughput(s.url, clients, per_client, max_tokens, ignore_eos=True)
+                row["max_batch"] = max_batch
+                rows.append(row)
+                print(f"[bench] batch {max_batch} x {clients}c: {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def batching_gain(rows: list[dict]) -> dict:
+    """Aggregate tok/s with --max-batch 4 over --max-batch 1, per client count."""
+    by = {(r["max_batch"], r["clients"]): r["tok_per_s"] for r in rows}
+    return {c: round(by[(4, c)] / by[(1, c)], 2) for c in (1, 2, 4, 8) if by.get((1, c)) and by.get((4, c))}
 
 
 # ---------------------------------------------------------------------- overhead
@@ -223,13 +255,24 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=5, help="streamed requests per client per configuration")
     ap.add_argument("--quick", action="store_true", help="1 request per client, fewer repeats (a smoke run)")
+    ap.add_argument("--mode", choices=("all", "batching"), default="all",
+                    help="batching: only the --max-batch 1 vs 4 comparison")
     args = ap.parse_args()
     per_client = 1 if args.quick else args.requests
 
     from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
-    from tests.conftest import run_server
 
     model_dir = args.model_dir or str(ensure_tiny_checkpoint())
+    if args.mode == "batching":
+        with tempfile.TemporaryDirectory(prefix="qwen3vl-bench-") as tmp:
+            rows = batching(model_dir, Path(tmp), per_client, args.max_tokens)
+        report = {"model_dir": model_dir, "demo_model": args.model_dir is None, "max_tokens": args.max_tokens,
+                  "batching": rows, "batching_gain": batching_gain(rows)}
+        print(json.dumps(report, indent=2))
+        print_batching(report)
+        return
+    from tests.conftest import run_server
+
     started = time.perf_counter()
     report = {"model_dir": model_dir, "demo_model": args.model_dir is None, "cpu_count": os.cpu_count(),
               "max_tokens": args.max_tokens, "throughput": [], "overhead": None, "rss_mib": {}, "preprocess": {}}
@@ -253,6 +296,9 @@ def main() -> None:
     report["rss_mib"]["worker_like_torch_stack"] = worker_like_rss(model_dir, "torch")
     report["preprocess"] = preprocessing(2 if args.quick else 3)
     report["admission"] = admission_cost()
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-bench-") as tmp:
+        report["batching"] = batching(model_dir, Path(tmp), per_client, args.max_tokens)
+    report["batching_gain"] = batching_gain(report["batching"])
     report["bench_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
     print_table(report)
@@ -289,7 +335,21 @@ def print_table(rep: dict) -> None:
                   f"{r['speedup']:>7.2f}x")
     if "error" in p:
         print(f"  preprocessing comparison failed: {p['error']}")
+    print_batching(rep)
     print(f"\n(bench took {rep['bench_seconds']} s)")
+
+
+def print_batching(rep: dict) -> None:
+    def f(x, nd=1):
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    print(f"\ncontinuous batching (1 worker, {rep['max_tokens']} tokens per request, ignore_eos)")
+    print(f"{'max-batch':>9} {'clients':>7} {'TTFT p50 ms':>12} {'TPOT p50 ms':>12} {'tok/s':>7} {'errors':>6}")
+    for r in rep["batching"]:
+        print(f"{r['max_batch']:>9} {r['clients']:>7} {f(r['ttft_p50_ms']):>12} {f(r['tpot_p50_ms']):>12} "
+              f"{f(r['tok_per_s']):>7} {r['errors']:>6}")
+    gain = ", ".join(f"{c} clients {g}x" for c, g in rep["batching_gain"].items())
+    print(f"aggregate tok/s, --max-batch 4 over 1: {gain}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ class FaultInjectingEngine:
         self._maybe_fail("decode")
         return self._engine.decode(token_id)
 
+    def prefill_slot(self, slot, prompt):  # --max-batch: the same faults, on the batch path
+        self._maybe_fail("prefill")
+        self._maybe_fail("exit")
+        return self._engine.prefill_slot(slot, prompt)
+
+    def decode_batch(self, tokens):
+        self._maybe_fail("decode")
+        return self._engine.decode_batch(tokens)
+
 
 def maybe_wrap(engine):
     trigger = os.environ.get(ENV)

@@ -72,6 +72,7 @@ class Stream(threading.Thread):
         self.first = threading.Event()
         self.text, self.tokens, self.logprobs, self.top = [], [], [], []
         self.chunks = 0  # content chunks received
+        self.errors: list[dict] = []  # OpenAI error events (a failure after the stream started)
         self.finish = None
         self.usage = None
         self.status = None
@@ -90,6 +91,8 @@ class Stream(threading.Thread):
                 if not line.startswith(b"data: {"):
                     continue
                 chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    self.errors.append(chunk["error"])
                 if chunk.get("usage"):
                     self.usage = chunk["usage"]
                 if not chunk.get("choices"):
@@ -249,3 +252,28 @@ def test_ignore_eos_generates_max_tokens(server):
 def test_max_batch_one_is_the_single_path(server):
     h = server.get("/health").json()
     assert h["max_batch"] == 1 and h["slots_in_use"] == 0
+
+
+def test_engine_faults_with_several_slots_busy(server, server_factory, tmp_path):
+    """A failing prefill fails only the request that joined; a failing batched decode step
+    fails every slot in it (each gets an error event); the worker then serves as before."""
+    trigger = tmp_path / "trigger"
+    with server_factory("--max-batch", "4", workers=1, env={"QWEN3VL_FAULT_INJECT": str(trigger)}) as s:
+        bodies = [body(0, max_tokens=400), body(1, max_tokens=400)]
+        streams = [Stream(s, b) for b in bodies]
+        for st in streams:
+            st.start()
+            assert st.first.wait(60)
+        trigger.write_text("prefill")
+        r = s.post("/v1/chat/completions", json=body(2, max_tokens=5))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert all(st.is_alive() for st in streams), "a failed join disturbed the running slots"
+        trigger.write_text("decode")
+        for st in streams:
+            st.join(60)
+            assert not st.is_alive()
+            assert st.status == 200 and st.finish is None and st.errors, "expected an error event mid-stream"
+        assert not trigger.exists()
+        alone = run_alone(server, body(3, max_tokens=20))
+        assert run_alone(s, body(3, max_tokens=20))["tokens"] == alone["tokens"]
+        wait_idle(s)
