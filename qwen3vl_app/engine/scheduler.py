@@ -14,9 +14,10 @@ runner): a `Generated` per token, `None` when the sequence ended without a final
 (cancelled, or nothing to generate), or the exception that stopped it.
 
 A slot keeps its KV cache and the token ids it holds (`Slot.tokens`) after its sequence
-ends; a free slot is chosen least-recently-used first, so the last conversations stay
-resident longest.  That is the hook for prefix reuse: `_pick` may prefer the free slot
-whose `tokens` share the longest prefix with the new prompt.
+ends, until the slot is needed again.  A new request takes the free slot whose tokens
+share the longest prefix with its prompt (a chat's previous turn), so the engine's
+`prefill_slot` computes only the new suffix; otherwise the least recently used free
+slot, so the last conversations stay resident longest.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Slot:
     budget: int = 0
     produced: int = 0
     next_token: int = 0  # the token the next decode step feeds
+    cached: int = 0  # prompt tokens its prefill reused (reported with every token)
     tokens: list[int] = field(default_factory=list)  # ids whose KV this slot's cache holds
     last_used: int = 0  # admission counter, for least-recently-used choice among free slots
 
@@ -110,10 +112,23 @@ class BatchScheduler:
             finally:
                 req.engine_seconds += time.perf_counter() - t0
             slot.tokens = list(req.prompt.input_ids)
+            slot.cached = out.cached_tokens
             self._emit(slot, out)
 
     def _pick(self, free: list[Slot], req: SlotRequest) -> Slot:
-        return min(free, key=lambda s: s.last_used)
+        """The free slot whose kept tokens share the longest prefix with the prompt (the
+        engine reuses that KV, checking vision blocks too), else the least recently used."""
+        ids = req.prompt.input_ids
+
+        def shared(slot: Slot) -> int:
+            n = 0
+            for a, b in zip(slot.tokens, ids, strict=False):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        return max(free, key=lambda s: (shared(s), -s.last_used))
 
     # -- decoding -------------------------------------------------------------------
     def _live_slots(self) -> list[Slot]:
@@ -162,13 +177,13 @@ class BatchScheduler:
             return
         slot.produced += 1
         if choice.token_id in req.eos_ids:
-            req.deliver(Generated(choice, "stop"))
+            req.deliver(Generated(choice, "stop", slot.cached))
             self._free(slot)
         elif slot.produced >= slot.budget:
-            req.deliver(Generated(choice, "length"))
+            req.deliver(Generated(choice, "length", slot.cached))
             self._free(slot)
         else:
-            req.deliver(Generated(choice, None))
+            req.deliver(Generated(choice, None, slot.cached))
             slot.next_token = choice.token_id
 
     def _end(self, slot: Slot, outcome: BaseException | None) -> None:

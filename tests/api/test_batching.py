@@ -277,3 +277,24 @@ def test_engine_faults_with_several_slots_busy(server, server_factory, tmp_path)
         alone = run_alone(server, body(3, max_tokens=20))
         assert run_alone(s, body(3, max_tokens=20))["tokens"] == alone["tokens"]
         wait_idle(s)
+
+
+def test_follow_up_turns_reuse_their_slot_kv(server, batch_server):
+    """Two conversations interleaved on one worker: each follow-up turn finds the slot
+    that still holds its previous turn and prefills only the new suffix; the reply is
+    the same as on the single-sequence path."""
+    convs = [
+        [{"role": "system", "content": "You are terse. " * 20}, {"role": "user", "content": p}] for p in PROMPTS[:2]
+    ]
+    replies = []
+    for conv in convs:
+        r = batch_server.post("/v1/chat/completions", json={**body(0, max_tokens=12), "messages": conv})
+        assert r.status_code == 200
+        replies.append(r.json()["choices"][0]["message"]["content"])
+    for conv, reply in zip(convs, replies, strict=True):
+        follow = [*conv, {"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]
+        b = {**body(0, max_tokens=12), "messages": follow}
+        r = batch_server.post("/v1/chat/completions", json=b)
+        usage = r.json()["usage"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] > usage["prompt_tokens"] // 2, usage
+        assert summary(r.json())["tokens"] == run_alone(server, b)["tokens"]
