@@ -124,6 +124,7 @@ class EngineRunner:
         if self._pool is not None:
             self._pool.kill()
             self._pool = None
+        TokenChannel.shutdown()
 
     # -- execution ---------------------------------------------------------------
     @property
@@ -215,7 +216,9 @@ class TokenChannel:
 
     def put(self, item) -> None:
         TokenChannel._outbox.append((self, item))
-        TokenChannel._watcher.send()
+        watcher = TokenChannel._watcher
+        if watcher is not None:  # None once the worker is exiting
+            watcher.send()
 
     @staticmethod
     def _dispatch() -> None:  # in the hub
@@ -224,6 +227,15 @@ class TokenChannel:
             channel, item = outbox.popleft()
             channel._items.append(item)
             channel._wake.set()
+
+    @staticmethod
+    def shutdown() -> None:
+        """Release the watcher (worker exit): an active async watcher keeps the hub's loop,
+        and so the worker process, alive."""
+        watcher, TokenChannel._watcher = TokenChannel._watcher, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
 
     def get(self, timeout: float | None = None):
         """The next item, or TIMEOUT when none came within `timeout` seconds."""
