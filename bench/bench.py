@@ -118,22 +118,31 @@ def throughput(url: str, clients: int, per_client: int, max_tokens: int, ignore_
 
 
 def batching(model_dir: str, tmp: Path, per_client: int, max_tokens: int) -> list[dict]:
-    """The same load against one worker with --max-batch 1 and with --max-batch 4: every
-    request generates exactly max_tokens (ignore_eos), so tok/s compare like for like."""
+    """The same load against one worker with --max-batch 1 and one with --max-batch 4: every
+    request generates exactly max_tokens (ignore_eos), so tok/s compare like for like.  Both
+    servers run side by side (only one is loaded at a time) and the two configurations
+    alternate at each client count, so a drifting machine load biases neither."""
+    from contextlib import ExitStack
+
     from tests.conftest import run_server
 
     rows = []
-    for max_batch in (1, 4):
-        print(f"[bench] batching: --max-batch {max_batch} ...", file=sys.stderr, flush=True)
-        with run_server(model_dir, tmp, "-c", "32", "--max-queue", "16", "--max-batch", str(max_batch),
-                        workers=1, timeout=300) as s:
+    with ExitStack() as stack:
+        servers = {}
+        for max_batch in (1, 4):
+            print(f"[bench] batching: starting --max-batch {max_batch} ...", file=sys.stderr, flush=True)
+            servers[max_batch] = stack.enter_context(run_server(
+                model_dir, tmp, "-c", "32", "--max-queue", "16", "--max-batch", str(max_batch), workers=1,
+                timeout=300))
             for _ in range(2):
-                one_stream(s.url, 4)
-            for clients in (1, 2, 4, 8):
+                one_stream(servers[max_batch].url, 4)
+        for clients in (1, 2, 4, 8):
+            for max_batch, s in servers.items():
                 row = throughput(s.url, clients, per_client, max_tokens, ignore_eos=True)
                 row["max_batch"] = max_batch
                 rows.append(row)
                 print(f"[bench] batch {max_batch} x {clients}c: {row}", file=sys.stderr, flush=True)
+    rows.sort(key=lambda r: (r["max_batch"], r["clients"]))
     return rows
 
 

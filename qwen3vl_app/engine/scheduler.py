@@ -11,7 +11,9 @@ who else is in the batch (up to float summation order in the engine).
 
 Results go back through each request's `deliver` callback (thread-safe, set by the
 runner): a `Generated` per token, `None` when the sequence ended without a final token
-(cancelled, or nothing to generate), or the exception that stopped it.
+(cancelled, or nothing to generate), or the exception that stopped it.  Nothing here logs
+or touches gevent objects beyond the thread-safe `deliver`: gevent's patched locks are
+unsafe from this thread.
 
 A slot keeps its KV cache and the token ids it holds (`Slot.tokens`) after its sequence
 ends, until the slot is needed again.  A new request takes the free slot whose tokens
@@ -22,7 +24,6 @@ slot, so the last conversations stay resident longest.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,8 +33,6 @@ from typing import Any
 from .base import Engine, Prompt, StepOutput
 from .decode import Cancel, Generated, max_new_tokens
 from .sampling import Choice, Sampler, SamplingParams
-
-log = logging.getLogger("qwen3vl.scheduler")
 
 
 @dataclass
@@ -105,8 +104,7 @@ class BatchScheduler:
             t0 = time.perf_counter()
             try:
                 out = self.engine.prefill_slot(slot.index, req.prompt)
-            except Exception as e:
-                log.exception("prefill failed in slot %d", slot.index)
+            except Exception as e:  # that request fails (its greenlet logs it); the others go on
                 self._end(slot, e)
                 continue
             finally:
@@ -146,8 +144,7 @@ class BatchScheduler:
         t0 = time.perf_counter()
         try:
             outs = self.engine.decode_batch({s.index: s.next_token for s in active})
-        except Exception as e:
-            log.exception("batched decode step failed; ending its %d sequences", len(active))
+        except Exception as e:  # every slot of the step fails; each request's greenlet logs it
             for slot in active:
                 slot.tokens = []  # its cache may be half-written
                 self._end(slot, e)
