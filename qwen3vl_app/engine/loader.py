@@ -46,6 +46,11 @@ def load_engine(settings, kind: str | None = None):
         from .torch_engine import TorchEngine
 
         threads = max(1, (os.cpu_count() or 1) // max(1, settings.workers))
+        if settings.max_batch > 1:
+            # Batched decode runs while the hub streams N replies (in the single-sequence
+            # path the hub waits during each step): leave the hub a core, or the intra-op
+            # threads stall at every barrier behind it.
+            threads = max(1, threads - 1)
         return TorchEngine(model_dir, dtype=settings.torch_dtype, threads=threads,
                            max_context=settings.torch_max_context, vision_cache_mb=settings.vision_cache_mb)
     if kind == "bm1684x":
