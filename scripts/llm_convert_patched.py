@@ -18,14 +18,15 @@ Two roles in one file:
     <tpu-mlir venv>/bin/python scripts/llm_convert_patched.py --convert <llm_convert args>
                                                             # the patched llm_convert itself
 
-The first role reuses scripts/build_tiny_bmodel.py (checkpoint, tpu-mlir venv, compile
-arguments) and caches the result in `<cache>/tiny-bmodel-b<N>-<hash>/`.
+The first role reuses scripts/build_bmodel.py (tpu-mlir venv) and build_tiny_bmodel.py
+(checkpoint, compile arguments) and caches the result in `<cache>/tiny-bmodel-b<N>-<hash>/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import importlib
 import os
 import runpy
@@ -79,74 +80,66 @@ def run_patched_llm_convert(argv: list[str]) -> None:
 # ----------------------------------------------------------------- repo side: the tiny batch-N folder
 
 
-def build_tiny(batch: int, force: bool = False) -> Path:
+def _builders():
+    """scripts/build_bmodel.py (tpu-mlir venv, folder writing) and build_tiny_bmodel.py
+    (checkpoint, tiny compile flags, cache key): the batch build reuses both."""
     sys.path.insert(0, str(HERE.parent))
-    import build_tiny_bmodel as tiny  # the batch-1 builder: same checkpoint, venv and compile flags
+    import build_bmodel
+    import build_tiny_bmodel
 
+    return build_bmodel, build_tiny_bmodel
+
+
+def tiny_convert_args(batch: int) -> list[str]:
+    _, tiny = _builders()
+    return [*tiny.TINY_ARGS, "--do_sample", "-b", str(batch)]
+
+
+def build_tiny(batch: int, force: bool = False) -> Path:
+    bm, tiny = _builders()
     root = tiny.cache_root()
     root.mkdir(parents=True, exist_ok=True)
     ckpt = tiny.build_checkpoint()
-    extra = ["-b", str(batch)]
-    key = tiny.cache_key(ckpt, extra + [HERE.read_text()])
+    args = tiny_convert_args(batch)
+    key = tiny.cache_key(ckpt, [*args, hashlib.sha256(HERE.read_bytes()).hexdigest()])
     final = root / f"tiny-bmodel-b{batch}-{key}"
-    bmodel = final / tiny.BMODEL_NAME
-    if bmodel.exists() and not force:
-        tiny.say(f"cached: {final}")
+    if (final / tiny.BMODEL_NAME).exists() and not force:
+        bm.say(f"cached: {final}")
         return final
-    lock = open(root / ".tiny-bmodel.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if bmodel.exists() and not force:
-        return final
-    venv = tiny.ensure_venv(root)
-    tiny.ensure_parallel()
-    work = Path(tempfile.mkdtemp(prefix="tiny-bmodel-b-build-", dir=root))
-    try:
-        env = dict(os.environ)
-        env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
-        env.pop("PYTHONPATH", None)
-        out = work / "out"
-        t0 = time.time()
-        tiny.run(
-            [
-                str(venv / "bin" / "python"),
-                str(HERE),
-                "--convert",
-                "-m",
-                str(ckpt),
-                *tiny.CONVERT_ARGS,
-                *extra,
-                "-o",
-                str(out),
-            ],
-            log=work / "llm_convert.log",
-            cwd=work,
-            env=env,
-        )
-        tiny.say(f"patched llm_convert -b {batch} took {time.time() - t0:.0f} s")
-        found = sorted(out.glob("*.bmodel"))
-        if len(found) != 1:
-            raise SystemExit(f"expected one bmodel in {out}, found {found}")
-        stage = work / "folder"
-        (stage / "config").mkdir(parents=True)
-        shutil.copy2(found[0], stage / tiny.BMODEL_NAME)
-        shutil.copy2(work / "llm_convert.log", stage / "llm_convert.log")
-        for p in ckpt.iterdir():
-            if p.is_file() and not p.name.endswith((".safetensors", ".bin", ".pt")):
-                shutil.copy2(p, stage / "config" / p.name)
-        if final.exists():
-            shutil.rmtree(final)
-        stage.rename(final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with open(root / ".tiny-bmodel.lock", "w") as lock:  # one builder at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / tiny.BMODEL_NAME).exists() and not force:
+            return final
+        venv = bm.ensure_venv(root)
+        bm.ensure_parallel()
+        work = Path(tempfile.mkdtemp(prefix="tiny-bmodel-b-build-", dir=root))
+        try:
+            env = dict(os.environ)
+            env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+            env.pop("PYTHONPATH", None)
+            out = work / "out"
+            t0 = time.time()
+            bm.run(
+                [str(venv / "bin" / "python"), str(HERE), "--convert", "-m", str(ckpt), *args, "-o", str(out)],
+                log=work / "llm_convert.log",
+                cwd=work,
+                env=env,
+            )
+            bm.say(f"patched llm_convert -b {batch} took {time.time() - t0:.0f} s")
+            found = sorted(out.glob("*.bmodel"))
+            if len(found) != 1:
+                raise SystemExit(f"expected one bmodel in {out}, found {found}")
+            bm.write_folder(ckpt, found[0], final, tiny.BMODEL_NAME)
+            shutil.copy2(work / "llm_convert.log", final / "llm_convert.log")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return final
 
 
 def model_info(folder: Path) -> str:
     """`model_tool --info` of the folder's bmodel (the tool ships in the tpu-mlir venv)."""
-    sys.path.insert(0, str(HERE.parent))
-    import build_tiny_bmodel as tiny
-
-    venv = tiny.ensure_venv(tiny.cache_root())
+    bm, tiny = _builders()
+    venv = bm.ensure_venv(tiny.cache_root())
     tool = next((venv / "lib").glob("python3.10/site-packages/tpu_mlir/bin/model_tool"))
     out = subprocess.run(
         [str(tool), "--info", str(folder / tiny.BMODEL_NAME)], capture_output=True, text=True, check=True

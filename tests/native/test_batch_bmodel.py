@@ -55,7 +55,7 @@ def test_patched_converter_builds_batch4_layout():
         text["head_dim"],
         text["num_hidden_layers"],
     )
-    seq, max_in = 256, 128  # scripts/build_tiny_bmodel.py's SEQLEN / MAX_INPUT_LENGTH
+    seq, max_in = 256, 128  # -s and --max_input_length of build_tiny_bmodel.TINY_ARGS
     got = nets(r.stdout)
     for i in range(layers):
         decode = got[f"block_cache_{i}"]  # one decode step advances all BATCH slots
@@ -76,10 +76,11 @@ def test_unpatched_converter_still_fails(tmp_path):
     """The upstream bug this wrapper works around.  When this test fails, tpu-mlir fixed it:
     build with plain `llm_convert` and retire the wrapper."""
     sys.path.insert(0, str(REPO / "scripts"))
-    import build_tiny_bmodel as tiny
+    import llm_convert_patched as patched
 
+    bm, tiny = patched._builders()
     ckpt = tiny.build_checkpoint()
-    venv = tiny.ensure_venv(tiny.cache_root())
+    venv = bm.ensure_venv(tiny.cache_root())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     r = subprocess.run(
@@ -87,9 +88,7 @@ def test_unpatched_converter_still_fails(tmp_path):
             str(venv / "bin" / "llm_convert"),
             "-m",
             str(ckpt),
-            *tiny.CONVERT_ARGS,
-            "-b",
-            str(BATCH),
+            *patched.tiny_convert_args(BATCH),
             "-o",
             str(tmp_path / "out"),
         ],
