@@ -10,7 +10,7 @@ REQS   := requirements.txt requirements-torch.txt requirements-dev.txt pyproject
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit tiny-model native tiny-bmodel bmodel model load bench bench-sim soak clean
+.PHONY: install run test test-fast lint unit tiny-model native tiny-bmodel bmodel model load bench bench-sim soak clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ run: install
 test: install native
 	$(BIN)/python -m pytest --ignore=tests/native $(PYTEST_ARGS)
 	$(BIN)/python -m pytest tests/native $(PYTEST_ARGS)
+
+## The inner loop: everything not marked slow (no soak, fuzzing, worker kills or simulator);
+## the HTTP contract runs in-process over a fake engine, the rest against live gunicorn.
+test-fast: install
+	$(BIN)/python -m pytest --ignore=tests/native -m "not slow" $(PYTEST_ARGS)
 
 ## ruff (lint + format check) and mypy on the package, as configured in pyproject.toml.
 lint: install

@@ -1,20 +1,23 @@
-"""Shared fixtures: the tiny model, and real gunicorn servers on free loopback ports."""
+"""Shared fixtures: the tiny model, the app in-process over a fake engine, and real
+gunicorn servers on free loopback ports.  The helpers live in tests/support."""
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
-REPO = Path(__file__).resolve().parents[1]
-API_KEY = "test-key-0123456789"
+from tests.support.inprocess import InProcessApp, build
+from tests.support.live import API_KEY, REPO, free_port, run_server, wait_healthy  # noqa: F401  (re-exported)
+
+NATIVE = Path(__file__).resolve().parent / "native"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The simulator tests are slow as a whole (tests/native runs in its own pytest process,
+    see the Makefile); `make test-fast` deselects them with the rest of `slow`."""
+    for item in items:
+        if NATIVE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -24,101 +27,57 @@ def tiny_model_dir() -> Path:
     return ensure_tiny_checkpoint()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from qwen3vl_app.tokenizer import ChatTokenizer
+
+    return ChatTokenizer(tiny_model_dir)
 
 
-class LiveServer:
-    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, api_key: str | None,
-                 api_header: str = "Authorization"):
-        self.proc, self.port, self.log_path, self.api_key = proc, port, log_path, api_key
-        self.api_header = api_header
-        self.url = f"http://127.0.0.1:{port}"
+@pytest.fixture
+def inproc_factory(tiny_model_dir, tiny_tokenizer):
+    """Build the app in this process over a FakeEngine: `inproc_factory(api_key=..., engine=...,
+    **settings)` (api_key=None turns auth off).  Apps are closed after the test."""
+    made: list[InProcessApp] = []
 
-    @property
-    def headers(self) -> dict:
-        if not self.api_key:
-            return {}
-        if self.api_header.lower() == "authorization":
-            return {"Authorization": f"Bearer {self.api_key}"}
-        return {self.api_header: self.api_key}
+    def factory(api_key: str | None = API_KEY, **kw) -> InProcessApp:
+        app = build(tiny_model_dir, tiny_tokenizer, api_key, **kw)
+        made.append(app)
+        return app
 
-    def get(self, path, **kw):
-        kw.setdefault("headers", self.headers)
-        return requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
-
-    def post(self, path, **kw):
-        kw.setdefault("headers", self.headers)
-        return requests.post(self.url + path, timeout=kw.pop("timeout", 120), **kw)
-
-    def openai(self, **kw):
-        from openai import OpenAI
-
-        return OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "unused", **kw)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def worker_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
+    yield factory
+    for app in made:
+        app.close()
 
 
-@contextmanager
-def run_server(model_dir, tmp_path: Path, *args: str, workers: int = 1, api_key: str | None = None,
-               env: dict | None = None, wait: bool = True, timeout: float = 180):
-    port = free_port()
-    cmd = [sys.executable, "-m", "qwen3vl_app", "-m", str(model_dir), "-p", str(port), "--host", "127.0.0.1",
-           "--workers", str(workers), *args]
-    if api_key:
-        cmd += ["--api-key", api_key]
-    elif "--disable-api-auth" not in args and "--api-key-file" not in args:
-        cmd += ["--disable-api-auth"]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")}
-    full_env.update(env or {})
-    log_path = tmp_path / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
-                                start_new_session=True)
-    header = args[args.index("--api-header") + 1] if "--api-header" in args else "Authorization"
-    server = LiveServer(proc, port, log_path, api_key, header)
-    try:
-        if wait:
-            wait_healthy(server, workers, timeout)
-        yield server
-    finally:
-        stop_server(proc)
+@pytest.fixture
+def inproc(inproc_factory) -> InProcessApp:
+    """The app with default settings and auth on (key API_KEY), over a FakeEngine."""
+    return inproc_factory()
 
 
-def wait_healthy(server: LiveServer, workers: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    healthy: set[int] = set()
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()[-4000:]}")
-        try:
-            # A new connection each time, so the request may land on any worker.
-            r = requests.get(server.url + "/health", headers={**server.headers, "Connection": "close"}, timeout=5)
-            if r.status_code == 200 and r.json()["status"] == "healthy":
-                healthy.add(r.json()["worker_pid"])
-                if len(healthy) >= workers:
-                    return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log()[-4000:]}")
+@pytest.fixture
+def fake_engine(tiny_tokenizer):
+    from tests.support.fake_engine import FakeEngine
+
+    return FakeEngine(tiny_tokenizer)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """Media files: see tests/support/media_host.make_media_dir."""
+    from tests.support.media_host import make_media_dir
+
+    return make_media_dir(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+def remote(media_dir):
+    """Base URL of a loopback HTTP server playing the remote media host."""
+    from tests.support.media_host import remote_media_host
+
+    with remote_media_host(media_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +92,6 @@ def server_factory(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(server_factory):
-    """One shared server with auth on, for tests that do not need special flags."""
+    """One shared live server with auth on, for tests that need a real one without special flags."""
     with server_factory(api_key=API_KEY, workers=1) as s:
         yield s

@@ -1,5 +1,5 @@
 """GET /metrics after known traffic, across two workers and a worker restart; the request
-log line; --metrics-auth and -l."""
+log line.  (--metrics-auth: tests/contract/test_auth.py; -l: tests/api/test_core.py.)"""
 import json
 import os
 import re
@@ -7,8 +7,10 @@ import signal
 
 import requests
 
-from tests.conftest import API_KEY
-from tests.ops.common import MSG, scrape, total, value, wait_for
+from tests.support.live import API_KEY
+from tests.support.live import LONG_STORY as MSG
+from tests.support.polling import wait_for
+from tests.support.prometheus import scrape, total, value
 
 CHAT = "/v1/chat/completions"
 
@@ -103,10 +105,3 @@ def test_metrics_after_known_traffic_and_a_worker_restart(server_factory):
         load2 = {int(dict(lab)["pid"]) for (n, lab), v in m2.items() if n == "qwen3vl_engine_load_seconds"}
         assert load2 == now_live and victim not in load2
 
-
-def test_metrics_auth_flag_and_log_level(server_factory):
-    with server_factory("--metrics-auth", "-l", "WARNING", workers=1, api_key=API_KEY) as s:
-        assert requests.get(s.url + "/metrics").status_code == 401
-        assert requests.get(s.url + "/metrics", headers=s.headers).status_code == 200
-        assert _post(s, {"messages": MSG, "max_tokens": 2}).status_code == 200
-        assert "request id=" not in s.log()  # INFO lines are below -l WARNING

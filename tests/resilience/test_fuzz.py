@@ -28,9 +28,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from qwen3vl_app.media.sources import _scheme
-from tests.conftest import API_KEY
+from tests.support.checks import ERROR_KEYS
+from tests.support.live import API_KEY
+from tests.support.media_samples import data_uri, png_bytes
 
-from .helpers import ERROR_KEYS, data_uri, png_bytes
+pytestmark = pytest.mark.slow
 
 FUZZ_EXAMPLES = int(os.environ.get("QWEN3VL_FUZZ_EXAMPLES", "40"))
 MAX_TOKENS = 8

@@ -1,4 +1,5 @@
-"""Bugs the fuzzing work found, each pinned: they were 500s (see docs/api-contract.md)."""
+"""Bugs the fuzzing work found, each pinned: they were 500s (see docs/api-contract.md).
+The HTTP ones run in-process, over the FakeEngine."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from qwen3vl_app.engine.sampling import Sampler, SamplingParams
 
-from .helpers import openai_error
+from tests.support.checks import openai_error
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -29,8 +30,8 @@ def test_sampler_survives_extreme_valid_parameters(kw):
             assert np.isfinite(choice.logprob) or choice.logprob == -np.inf
 
 
-def test_extreme_repetition_penalty_is_served(server):
-    r = server.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3, "repetition_penalty": 5e-324,
+def test_extreme_repetition_penalty_is_served(inproc):
+    r = inproc.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3, "repetition_penalty": 5e-324,
                                                   "temperature": 1.0})
     assert r.status_code == 200, r.text
 
@@ -39,22 +40,22 @@ def test_extreme_repetition_penalty_is_served(server):
     "[" * 100000 + "]" * 100000,  # RecursionError in the JSON parser
     '{"messages": ' + "[" * 50000 + "]" * 50000 + "}",
 ])
-def test_deeply_nested_json_is_a_400(server, body):
-    r = server.post("/v1/chat/completions", data=body, headers={**server.headers, "Content-Type": "application/json"})
+def test_deeply_nested_json_is_a_400(inproc, body):
+    r = inproc.post("/v1/chat/completions", data=body, headers={**inproc.headers, "Content-Type": "application/json"})
     assert openai_error(r, 400)["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize("text", ['"\\ud800"', '"a\\udfffb"'])
-def test_lone_surrogate_is_a_400(server, text):
+def test_lone_surrogate_is_a_400(inproc, text):
     for body in ('{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}' % text,
                  '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}], "max_tokens": 2}' % text):
-        r = server.post("/v1/chat/completions", data=body,
-                        headers={**server.headers, "Content-Type": "application/json"})
+        r = inproc.post("/v1/chat/completions", data=body,
+                        headers={**inproc.headers, "Content-Type": "application/json"})
         err = openai_error(r, 400)
         assert err["code"] == "invalid_json" and "surrogate" in err["message"]
 
 
-def test_surrogate_pair_is_fine(server):
+def test_surrogate_pair_is_fine(inproc):
     body = '{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}], "max_tokens": 2}'
-    r = server.post("/v1/chat/completions", data=body, headers={**server.headers, "Content-Type": "application/json"})
+    r = inproc.post("/v1/chat/completions", data=body, headers={**inproc.headers, "Content-Type": "application/json"})
     assert r.status_code == 200, r.text

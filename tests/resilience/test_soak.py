@@ -19,22 +19,20 @@ import json
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import API_KEY
+from tests.support.live import API_KEY, wait_idle
+from tests.support.media_samples import data_uri, png_bytes, write_video
+from tests.support.polling import wait_for
+from tests.support.procfs import accepted_connections, fd_count, rss_kib
 
-from .helpers import data_uri, fd_count, png_bytes, rss_kib, wait_idle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from media_samples import write_video  # noqa: E402
+pytestmark = pytest.mark.slow
 
 N_REQUESTS = max(1000, int(os.environ.get("QWEN3VL_SOAK_REQUESTS", "1200")))
 TIME_CAP = float(os.environ.get("QWEN3VL_SOAK_SECONDS", "240"))
@@ -180,8 +178,10 @@ def run_batch(load: Workload, start: int, stop: int, deadline: float) -> int:
 
 
 def settle(server, pids):
+    """Idle workers that have closed every client connection, so fds and RSS compare like for like."""
     wait_idle(server, pids)
-    time.sleep(1.0)  # closed client sockets are reaped, keep-alive timers fire
+    wait_for(lambda: all(accepted_connections(p, server.port) == 0 for p in pids), timeout=30,
+             what="every client connection closed by the workers")
 
 
 @pytest.fixture(scope="module")

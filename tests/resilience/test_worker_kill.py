@@ -12,7 +12,10 @@ import time
 import pytest
 import requests
 
-from tests.conftest import API_KEY
+from tests.support.live import API_KEY
+from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 MSG = [{"role": "user", "content": "Write a very long story."}]
 LONG = {"messages": MSG, "max_tokens": 4000, "temperature": 0}
@@ -110,7 +113,7 @@ def test_sigkill_mid_generation(pair, stream):
     stop, served = threading.Event(), []
     helper = threading.Thread(target=serve_meanwhile, args=(pair, stop, served))
     helper.start()
-    time.sleep(0.2)
+    wait_for(lambda: served, what="the other worker serving meanwhile")
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     t.join(60)

@@ -3,7 +3,7 @@ import io
 
 import numpy as np
 import pytest
-from media_samples import gradient_rgb, image_bytes, video_bytes
+from tests.support.media_samples import gradient_rgb, image_bytes, video_bytes
 from PIL import Image
 
 from qwen3vl_app.engine.base import Limits

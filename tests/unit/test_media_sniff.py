@@ -1,5 +1,5 @@
 import pytest
-from media_samples import image_bytes, png_header_only, video_bytes
+from tests.support.media_samples import image_bytes, png_header_only, video_bytes
 
 from qwen3vl_app.media import sniff as S
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from media_samples import image_bytes
+from tests.support.media_samples import image_bytes
 
 from qwen3vl_app.errors import MediaError
 from qwen3vl_app.media import sniff as S

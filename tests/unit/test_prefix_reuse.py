@@ -3,7 +3,7 @@ KV gives the logits of a fresh prefill, the vision cache skips the encoder for a
 image, and neither ever serves a different image or prompt."""
 import numpy as np
 import pytest
-from media_samples import gradient_rgb
+from tests.support.media_samples import gradient_rgb
 from PIL import Image
 
 from qwen3vl_app.engine.base import Prompt

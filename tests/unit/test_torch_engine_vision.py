@@ -3,7 +3,7 @@ gives the same logits as transformers' Qwen3-VL computing positions itself from 
 inputs -- so pixel order, grids and positions reach the model as it expects."""
 import numpy as np
 import pytest
-from media_samples import gradient_rgb, write_video
+from tests.support.media_samples import gradient_rgb, write_video
 from PIL import Image
 
 from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD

@@ -1,8 +1,8 @@
 """Image preprocessing is bit-exact with transformers' Qwen3-VL image processor."""
 import numpy as np
 import pytest
-from media_samples import gradient_rgb, image_bytes, png_header_only
-from oracle import processor
+from tests.support.media_samples import gradient_rgb, image_bytes, png_header_only
+from tests.support.oracle import processor
 from PIL import Image, ImageOps
 
 from qwen3vl_app.errors import MediaError

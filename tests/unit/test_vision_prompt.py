@@ -1,8 +1,8 @@
 """Placeholder expansion and M-RoPE positions equal transformers' processor + get_rope_index."""
 import numpy as np
 import pytest
-from media_samples import gradient_rgb, write_video
-from oracle import decode_all_frames, processor, rope_index
+from tests.support.media_samples import gradient_rgb, write_video
+from tests.support.oracle import decode_all_frames, processor, rope_index
 from PIL import Image
 
 from qwen3vl_app.engine.base import Prompt

@@ -6,8 +6,8 @@ The only source of difference is the resize kernel: Pillow (ours, and the refere
 path) vs torch's fixed-point uint8 kernel, which round differently on rare pixels."""
 import numpy as np
 import pytest
-from media_samples import VIDEO_CODECS, write_video
-from oracle import RefVideoProcessor, decode_all_frames, timestamps
+from tests.support.media_samples import VIDEO_CODECS, write_video
+from tests.support.oracle import RefVideoProcessor, decode_all_frames, timestamps
 
 from qwen3vl_app.errors import MediaError
 from qwen3vl_app.processing import video as VID

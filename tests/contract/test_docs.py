@@ -1,32 +1,15 @@
 """The API contract: /openapi.json covers every route, validates, matches the auth settings;
-/docs serves Swagger UI from the PyPI bundle (no CDN)."""
+/docs serves Swagger UI from the PyPI bundle (no CDN).  In-process: one app per settings."""
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import re
-import subprocess
-import sys
 
 import pytest
-import requests
 from openapi_spec_validator import validate
 
-from tests.conftest import REPO
-
-from .helpers import openai_error
-
-_PROBE = r"""
-import dataclasses, json, sys
-from qwen3vl_app import create_app
 from qwen3vl_app.api.docs import app_routes, build_spec
-app = create_app()
-r = app.test_client().get("/openapi.json")
-doc = r.get_json() if r.status_code == 200 else None
-settings = app.extensions["qwen3vl"].settings
-variants = {name: build_spec(app, dataclasses.replace(settings, **kw)) for name, kw in json.loads(sys.argv[1]).items()}
-print(json.dumps({"routes": sorted(app_routes(app)), "doc": doc, "variants": variants}))
-"""
+from tests.support.checks import openai_error
 
 VARIANTS = {
     "bearer": {},
@@ -37,22 +20,14 @@ VARIANTS = {
 }
 
 
-def app_and_doc(model_dir, **env) -> tuple[set, dict, dict]:
-    """Build the app in a fresh interpreter (blueprints register once per process) with the
-    given QWEN3VL_* settings; return its routes, its served document, and the documents
-    built for each of VARIANTS' settings."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")}
-    full.update({"QWEN3VL_MODEL_DIR": str(model_dir), **{f"QWEN3VL_{k.upper()}": v for k, v in env.items()}})
-    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(VARIANTS)], env=full, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    return {tuple(r) for r in data["routes"]}, data["doc"], data["variants"]
-
-
-@pytest.fixture(scope="module")
-def default_doc(tiny_model_dir):
-    return app_and_doc(tiny_model_dir)
+@pytest.fixture
+def default_doc(inproc_factory):
+    """(served routes, the served document, the document built for each of VARIANTS' settings)."""
+    app = inproc_factory()
+    r = app.get("/openapi.json", headers={})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    variants = {name: build_spec(app.app, dataclasses.replace(app.settings, **kw)) for name, kw in VARIANTS.items()}
+    return app_routes(app.app), r.get_json(), variants
 
 
 def test_every_route_is_documented_and_the_document_validates(default_doc):
@@ -110,14 +85,11 @@ def test_security_scheme_follows_the_auth_settings(default_doc, variant, scheme)
     assert doc["security"] == [{name: []}]
     assert doc["paths"]["/docs"]["get"]["security"] == [] and doc["paths"]["/openapi.json"]["get"]["security"] == []
     assert "security" not in doc["paths"]["/v1/chat/completions"]["post"]  # the global requirement applies
-    if "/metrics" in doc["paths"]:  # open unless --metrics-auth (api/metrics.py)
-        assert doc["paths"]["/metrics"]["get"]["security"] == []
+    assert doc["paths"]["/metrics"]["get"]["security"] == []  # open unless --metrics-auth (api/metrics.py)
 
 
 def test_metrics_auth_is_reflected(default_doc):
     doc = default_doc[2]["metrics auth"]
-    if "/metrics" not in doc["paths"]:
-        pytest.skip("no /metrics in this build")
     assert "security" not in doc["paths"]["/metrics"]["get"]
     assert "401" in doc["paths"]["/metrics"]["get"]["responses"]
 
@@ -126,30 +98,38 @@ def test_the_served_document_is_the_built_one(default_doc):
     assert default_doc[1] == default_doc[2]["bearer"]
 
 
-def test_live_document_and_swagger_ui_without_cdn(server):
+def test_each_app_serves_the_document_of_its_own_settings(inproc_factory):
+    docs = {name: inproc_factory(**kw).get("/openapi.json", headers={}).get_json() for name, kw in VARIANTS.items()}
+    assert docs["custom header"]["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
+    assert "securitySchemes" not in docs["auth off"].get("components", {})
+    assert "security" not in docs["metrics auth"]["paths"]["/metrics"]["get"]
+    assert docs["bearer"]["paths"]["/metrics"]["get"]["security"] == []
+
+
+def test_document_and_swagger_ui_without_cdn(inproc):
     # Open without the key (like the old service's /docs); everything else still needs it.
-    r = requests.get(server.url + "/openapi.json", timeout=30)
-    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
-    doc = r.json()
+    doc = inproc.get("/openapi.json", headers={}).get_json()
     validate(doc)
     assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
-    openai_error(requests.get(server.url + "/v1/models", timeout=30), 401)
+    openai_error(inproc.get("/v1/models", headers={}), 401)
 
-    page = requests.get(server.url + "/docs", timeout=30)
+    page = inproc.get("/docs", headers={})
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "SwaggerUIBundle" in page.text and '"/openapi.json"' in page.text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text), "the page must not load from another host"
     assets = re.findall(r"""(?:src|href)="([^"]+)\"""", page.text)
     assert len(assets) >= 3
     for path in assets:
-        a = requests.get(server.url + path, timeout=30)
-        assert a.status_code == 200 and len(a.content) > 100, path
-    assert requests.get(server.url + "/docs/swagger-ui-bundle.js", timeout=30).headers["Content-Type"].split(";")[0] \
+        a = inproc.get(path, headers={})
+        assert a.status_code == 200 and len(a.data) > 100, path
+    assert inproc.get("/docs/swagger-ui-bundle.js", headers={}).headers["Content-Type"].split(";")[0] \
         in ("application/javascript", "text/javascript")
-    openai_error(requests.get(server.url + "/docs/../gunicorn.conf.py", timeout=30), 404)
-    openai_error(requests.get(server.url + "/docs/nope.js", timeout=30), 404)
+    openai_error(inproc.get("/docs/../gunicorn.conf.py", headers={}), 404)
+    openai_error(inproc.get("/docs/%2e%2e/gunicorn.conf.py", headers={}), 404)
+    openai_error(inproc.get("/docs/nope.js", headers={}), 404)
 
 
-def test_docs_can_be_turned_off(tiny_model_dir):
-    _, doc, _ = app_and_doc(tiny_model_dir, disable_docs="1")
-    assert doc is None  # /openapi.json answers 404 (and /docs too: decided per request)
+def test_docs_can_be_turned_off(inproc_factory):
+    app = inproc_factory(disable_docs=True)
+    for path in ("/docs", "/openapi.json", "/docs/swagger-ui-bundle.js"):
+        openai_error(app.get(path, headers={}), 404)

@@ -1,6 +1,7 @@
 """Sample media for the media/preprocessing tests (images and short videos made on the fly)."""
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -72,3 +73,15 @@ def video_bytes(tmp_dir: Path, ext: str = ".mp4", **kw) -> bytes:
     data = p.read_bytes()
     p.unlink()
     return data
+
+
+def png_bytes(w: int = 32, h: int = 24, seed: int = 0) -> bytes:
+    """A small noisy PNG."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_uri(blob: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(blob).decode()
