@@ -1,5 +1,6 @@
 """Shared fixtures: the tiny model, the app in-process over a fake engine, and real
 gunicorn servers on free loopback ports.  The helpers live in tests/support."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 openai client end to end, streaming through real sockets, the CLI's auth and logging flags,
 and concurrency within and across workers.  The HTTP contract itself (validation, auth
 variants, error shapes) is tested in-process: tests/contract."""
+
 import threading
 import time
 
@@ -123,4 +124,3 @@ def test_two_workers_generate_at_the_same_time(server_factory):
         (p1, s1, e1), (p2, s2, e2) = spans
         assert p1 != p2
         assert max(s1, s2) < min(e1, e2)
-

@@ -1,6 +1,7 @@
 """Generation through a real server: sampling with the real model's logits, end to end with
 the openai client, and a client that hangs up mid-generation freeing the worker.  The
 sampling/stop/limit semantics themselves are tested in-process: tests/contract/test_chat.py."""
+
 import json
 import socket
 import time
@@ -28,8 +29,11 @@ def test_seed_reproducible_stream_and_non_stream(server):
 def _raw_post(s, body: dict) -> socket.socket:
     payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", s.port))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     return sock
 
 

@@ -1,5 +1,6 @@
 """API-key auth, in-process: missing/wrong keys, prefixes, custom headers, several keys,
 auth off, /metrics' own switch, and what reaches the log (masked keys only)."""
+
 from __future__ import annotations
 
 import logging
@@ -11,15 +12,18 @@ from tests.support.checks import openai_error
 from tests.support.live import API_KEY
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"Authorization": f"Token {API_KEY}"},
-    {"Authorization": "Bearer nope"},
-    {"Authorization": API_KEY},  # `Authorization` must name its scheme
-    {"Authorization": "Bearer"},
-    {"Authorization": f"Bearer {API_KEY}x"},
-    {"X-API-Key": API_KEY},  # not the configured header
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": f"Token {API_KEY}"},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": API_KEY},  # `Authorization` must name its scheme
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {API_KEY}x"},
+        {"X-API-Key": API_KEY},  # not the configured header
+    ],
+)
 def test_refused(inproc, headers):
     r = inproc.get("/health", headers=headers)
     err = openai_error(r, 401, "invalid_api_key")
@@ -34,8 +38,13 @@ def test_prefix_is_case_insensitive_and_spaces_are_trimmed(inproc, value):
 
 
 def test_every_endpoint_but_docs_and_metrics_needs_the_key(inproc):
-    for method, path in [("GET", "/health"), ("GET", "/v1/models"), ("GET", "/v1/models/qwen3-vl-instruct"),
-                         ("POST", "/v1/chat/completions"), ("POST", "/v1/media/describe")]:
+    for method, path in [
+        ("GET", "/health"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/qwen3-vl-instruct"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/media/describe"),
+    ]:
         openai_error(inproc.request(method, path, headers={}), 401)
     for path in ("/docs", "/openapi.json", "/metrics"):
         assert inproc.get(path, headers={}).status_code == 200, path
@@ -122,8 +131,10 @@ def test_old_default_key_and_auth_off_are_warned_about(tiny_model_dir, caplog):
 
 
 def test_request_id_echoed_or_created(inproc):
-    assert inproc.get("/health", headers={**inproc.headers, "X-Request-Id": "abc-123"}).headers["X-Request-Id"] \
+    assert (
+        inproc.get("/health", headers={**inproc.headers, "X-Request-Id": "abc-123"}).headers["X-Request-Id"]
         == "abc-123"
+    )
     assert inproc.get("/health").headers["X-Request-Id"].startswith("req-")
     for bad in ("has space", "x" * 129, "tab\there"):
         rid = inproc.get("/health", headers={**inproc.headers, "X-Request-Id": bad}).headers["X-Request-Id"]

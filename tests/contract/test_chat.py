@@ -2,6 +2,7 @@
 usage counted by the real tokenizer, and the generation semantics the serving layer owns
 (sampling parameters, seeds, stops, logprobs, limits), through the official openai client
 where it can say it."""
+
 from __future__ import annotations
 
 import openai
@@ -69,8 +70,12 @@ def test_stream_matches_non_stream(client):
 
 def test_conversation_turns_are_honoured(inproc, client, tiny_tokenizer):
     """The system prompt and earlier turns reach the engine, in order, in the chat template."""
-    turns = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "first"},
-             {"role": "assistant", "content": "reply"}, *MSG]
+    turns = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        *MSG,
+    ]
     r = _create(client, max_tokens=1, messages=turns)
     ids = inproc.engine.prompts[-1].input_ids
     assert ids == tiny_tokenizer.encode_chat(turns) and r.usage.prompt_tokens == len(ids)
@@ -79,8 +84,9 @@ def test_conversation_turns_are_honoured(inproc, client, tiny_tokenizer):
 
 
 def test_text_parts_list(inproc, tiny_tokenizer):
-    r = inproc.chat([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-                    max_tokens=2)
+    r = inproc.chat(
+        [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], max_tokens=2
+    )
     assert r.status_code == 200, r.text
     assert "a" in tiny_tokenizer.decode(inproc.engine.prompts[0].input_ids)
 
@@ -131,8 +137,18 @@ def test_generation_config_defaults_apply(client, tiny_tokenizer):
     cfg = tiny_tokenizer.generation_config
     assert cfg["do_sample"] and cfg["temperature"] > 0  # the tiny model's folder samples by default
     implicit = _create(client, max_tokens=10, seed=5).choices[0].message.content
-    explicit = _create(client, max_tokens=10, seed=5, temperature=cfg["temperature"], top_p=cfg["top_p"],
-                       extra_body={"top_k": cfg["top_k"]}).choices[0].message.content
+    explicit = (
+        _create(
+            client,
+            max_tokens=10,
+            seed=5,
+            temperature=cfg["temperature"],
+            top_p=cfg["top_p"],
+            extra_body={"top_k": cfg["top_k"]},
+        )
+        .choices[0]
+        .message.content
+    )
     assert implicit == explicit
     assert implicit != _create(client, max_tokens=10, temperature=0).choices[0].message.content
 

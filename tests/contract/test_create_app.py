@@ -1,4 +1,5 @@
 """create_app() can be called any number of times in one process; each app serves its own settings."""
+
 from __future__ import annotations
 
 from qwen3vl_app import create_app

@@ -1,5 +1,6 @@
 """The API contract: /openapi.json covers every route, validates, matches the auth settings;
 /docs serves Swagger UI from the PyPI bundle (no CDN).  In-process: one app per settings."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,16 @@ def test_schemas_come_from_marshmallow(default_doc):
     assert schemas["Message"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant"]
     content = schemas["Message"]["properties"]["content"]["oneOf"]
     assert {"type": "string"} in content
-    for name in ("ChatCompletion", "ChatCompletionChunk", "ErrorResponse", "ModelList", "Model", "Health",
-                 "MediaDescribeForm", "MediaDescription"):
+    for name in (
+        "ChatCompletion",
+        "ChatCompletionChunk",
+        "ErrorResponse",
+        "ModelList",
+        "Model",
+        "Health",
+        "MediaDescribeForm",
+        "MediaDescription",
+    ):
         assert name in schemas, name
     assert schemas["MediaDescribeForm"]["properties"]["file"]["format"] == "binary"
     parts = {v["properties"]["type"]["enum"][0]: v for v in schemas["ContentPart"]["oneOf"]}
@@ -67,12 +76,15 @@ def test_schemas_come_from_marshmallow(default_doc):
     assert chat["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
 
 
-@pytest.mark.parametrize("variant,scheme", [
-    ("bearer", {"type": "http", "scheme": "bearer"}),
-    ("token prefix", {"type": "apiKey", "in": "header", "name": "Authorization"}),
-    ("custom header", {"type": "apiKey", "in": "header", "name": "X-API-Key"}),
-    ("auth off", None),
-])
+@pytest.mark.parametrize(
+    "variant,scheme",
+    [
+        ("bearer", {"type": "http", "scheme": "bearer"}),
+        ("token prefix", {"type": "apiKey", "in": "header", "name": "Authorization"}),
+        ("custom header", {"type": "apiKey", "in": "header", "name": "X-API-Key"}),
+        ("auth off", None),
+    ],
+)
 def test_security_scheme_follows_the_auth_settings(default_doc, variant, scheme):
     doc = default_doc[2][variant]
     validate(doc)
@@ -80,7 +92,7 @@ def test_security_scheme_follows_the_auth_settings(default_doc, variant, scheme)
     if scheme is None:
         assert not schemes and "security" not in doc
         return
-    (name, got), = schemes.items()
+    ((name, got),) = schemes.items()
     assert {k: got[k] for k in scheme} == scheme
     assert doc["security"] == [{name: []}]
     assert doc["paths"]["/docs"]["get"]["security"] == [] and doc["paths"]["/openapi.json"]["get"]["security"] == []
@@ -122,8 +134,10 @@ def test_document_and_swagger_ui_without_cdn(inproc):
     for path in assets:
         a = inproc.get(path, headers={})
         assert a.status_code == 200 and len(a.data) > 100, path
-    assert inproc.get("/docs/swagger-ui-bundle.js", headers={}).headers["Content-Type"].split(";")[0] \
-        in ("application/javascript", "text/javascript")
+    assert inproc.get("/docs/swagger-ui-bundle.js", headers={}).headers["Content-Type"].split(";")[0] in (
+        "application/javascript",
+        "text/javascript",
+    )
     openai_error(inproc.get("/docs/../gunicorn.conf.py", headers={}), 404)
     openai_error(inproc.get("/docs/%2e%2e/gunicorn.conf.py", headers={}), 404)
     openai_error(inproc.get("/docs/nope.js", headers={}), 404)

@@ -1,5 +1,6 @@
 """Bad requests and failures, in-process: every one is OpenAI's error body with the right
 status, type, param and code -- never a 500 for bad input, never exception text."""
+
 from __future__ import annotations
 
 import logging
@@ -14,35 +15,41 @@ MSG = [{"role": "user", "content": "Say hello in 中文 🤖"}]
 CHAT = "/v1/chat/completions"
 
 
-@pytest.mark.parametrize("body,param", [
-    ({}, "messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-    ({"messages": MSG, "temperature": 5}, "temperature"),
-    ({"messages": MSG, "temperature": "hot"}, "temperature"),
-    ({"messages": MSG, "max_tokens": 0}, "max_tokens"),
-    ({"messages": MSG, "n": 2}, "n"),
-    ({"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"messages": MSG, "top_p": 0}, "top_p"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"messages": MSG, "temperature": 5}, "temperature"),
+        ({"messages": MSG, "temperature": "hot"}, "temperature"),
+        ({"messages": MSG, "max_tokens": 0}, "max_tokens"),
+        ({"messages": MSG, "n": 2}, "n"),
+        ({"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": MSG, "top_p": 0}, "top_p"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ],
+)
 def test_validation_errors_name_the_param(inproc, body, param):
     err = openai_error(inproc.post(CHAT, json=body), 400, "invalid_value", param)
     assert err["type"] == "invalid_request_error"
     assert inproc.engine.prompts == []
 
 
-@pytest.mark.parametrize("body,ctype,status,code", [
-    ("{nope", "application/json", 400, "invalid_json"),
-    ('{"messages": [', "application/json", 400, "invalid_json"),
-    ("", "application/json", 400, "invalid_json"),
-    ("[1, 2]", "application/json", 400, "invalid_json"),
-    ('"text"', "application/json", 400, "invalid_json"),
-    (b'{"messages": "\xff\xfe"}', "application/json", 400, "invalid_json"),
-    ("messages=hi", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
-    ('{"messages": []}', "text/plain", 415, "unsupported_media_type"),
-    ('{"messages": []}', None, 415, "unsupported_media_type"),
-])
+@pytest.mark.parametrize(
+    "body,ctype,status,code",
+    [
+        ("{nope", "application/json", 400, "invalid_json"),
+        ('{"messages": [', "application/json", 400, "invalid_json"),
+        ("", "application/json", 400, "invalid_json"),
+        ("[1, 2]", "application/json", 400, "invalid_json"),
+        ('"text"', "application/json", 400, "invalid_json"),
+        (b'{"messages": "\xff\xfe"}', "application/json", 400, "invalid_json"),
+        ("messages=hi", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        ('{"messages": []}', "text/plain", 415, "unsupported_media_type"),
+        ('{"messages": []}', None, 415, "unsupported_media_type"),
+    ],
+)
 def test_bad_chat_bodies(inproc, body, ctype, status, code):
     headers = dict(inproc.headers)
     if ctype:
@@ -62,8 +69,7 @@ def test_body_over_the_limit_is_413(inproc_factory):
     big = {"messages": [{"role": "user", "content": "x" * 131072}]}
     err = openai_error(app.post(CHAT, json=big), 413)
     assert err["type"] == "invalid_request_error"
-    openai_error(app.post("/v1/media/describe", data={"file": (_bytes_io(b"\x89PNG" + b"0" * 131072), "a.png")}),
-                 413)
+    openai_error(app.post("/v1/media/describe", data={"file": (_bytes_io(b"\x89PNG" + b"0" * 131072), "a.png")}), 413)
     assert app.chat(MSG, max_tokens=1).status_code == 200  # under the limit: served
 
 
@@ -144,8 +150,11 @@ def test_engine_failure_is_a_500_with_the_request_id(inproc, caplog, step):
 
 def test_stream_engine_failure_is_an_error_event_then_the_end(inproc):
     inproc.engine.fail_next = "decode"
-    r = inproc.post(CHAT, json={"messages": MSG, "max_tokens": 8, "stream": True},
-                    headers={**inproc.headers, "X-Request-Id": "fault-stream-1"})
+    r = inproc.post(
+        CHAT,
+        json={"messages": MSG, "max_tokens": 8, "stream": True},
+        headers={**inproc.headers, "X-Request-Id": "fault-stream-1"},
+    )
     assert r.status_code == 200  # the headers went out before the engine failed
     events = sse_events(r)
     assert "[DONE]" not in events
@@ -157,7 +166,9 @@ def test_stream_engine_failure_is_an_error_event_then_the_end(inproc):
     # The official client turns that event into an exception instead of returning silently.
     inproc.engine.fail_next = "prefill"
     with pytest.raises(openai.APIError):
-        for _ in inproc.openai().chat.completions.create(model="qwen3-vl-instruct", messages=MSG, max_tokens=8, stream=True):
+        for _ in inproc.openai().chat.completions.create(
+            model="qwen3-vl-instruct", messages=MSG, max_tokens=8, stream=True
+        ):
             pass
     assert sse_events(inproc.post(CHAT, json={"messages": MSG, "max_tokens": 2, "stream": True}))[-1] == "[DONE]"
 

@@ -2,6 +2,7 @@
 and every refusal (OpenAI-format 4xx naming the bad part, no leaked content).  The media
 pipeline is the real one; only the engine is the FakeEngine, which records the vision
 inputs it was given."""
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,6 @@ import time
 import pytest
 
 from tests.support.checks import openai_error
-from tests.support.live import API_KEY
 from tests.support.media_host import JPEG, PNG
 from tests.support.media_samples import data_uri, image_bytes, png_header_only
 
@@ -37,9 +37,15 @@ def upload(blob: bytes, name: str = "upload.bin", mime: str = "application/octet
 def media_app(inproc_factory, media_dir):
     """Local files allowed under media_dir/allowed, private URLs allowed (the remote host is
     on loopback), small caps so limits are cheap to hit."""
-    return inproc_factory(allowed_local_media_path=(str(media_dir / "allowed"),), allow_private_media_urls=True,
-                          max_media_items=4, max_media_bytes=2 * 1024 * 1024, media_fetch_timeout=1.5,
-                          max_image_pixels=256 * 256, max_video_frames=8)
+    return inproc_factory(
+        allowed_local_media_path=(str(media_dir / "allowed"),),
+        allow_private_media_urls=True,
+        max_media_items=4,
+        max_media_bytes=2 * 1024 * 1024,
+        media_fetch_timeout=1.5,
+        max_image_pixels=256 * 256,
+        max_video_frames=8,
+    )
 
 
 def ok(app, messages, **body):
@@ -60,18 +66,31 @@ def test_every_source_in_one_conversation(media_app, media_dir, remote):
     allowed = media_dir / "allowed"
     messages = [
         {"role": "system", "content": "You describe media."},
-        {"role": "user", "content": [image_part(data_uri(PNG)), image_part(str(allowed / "b.jpg")),
-                                     {"type": "text", "text": "Compare these."}]},
+        {
+            "role": "user",
+            "content": [
+                image_part(data_uri(PNG)),
+                image_part(str(allowed / "b.jpg")),
+                {"type": "text", "text": "Compare these."},
+            ],
+        },
         {"role": "assistant", "content": "The first is a gradient."},
-        {"role": "user", "content": [image_part(f"file://{allowed}/a.png"), video_part(remote + "/clip.mp4"),
-                                     {"type": "text", "text": "And now?"}]},
+        {
+            "role": "user",
+            "content": [
+                image_part(f"file://{allowed}/a.png"),
+                video_part(remote + "/clip.mp4"),
+                {"type": "text", "text": "And now?"},
+            ],
+        },
     ]
     r = ok(media_app, messages)
     vision = media_app.engine.prompts[-1].vision
     assert [v.kind for v in vision] == ["image", "image", "image", "video"]
     media_tokens = sum(v.num_tokens for v in vision)
-    text_only = ok(media_app, [{"role": "system", "content": "You describe media."},
-                               {"role": "user", "content": "Compare these."}])
+    text_only = ok(
+        media_app, [{"role": "system", "content": "You describe media."}, {"role": "user", "content": "Compare these."}]
+    )
     assert r["usage"]["prompt_tokens"] > text_only["usage"]["prompt_tokens"] + media_tokens
 
 
@@ -115,9 +134,15 @@ def test_per_part_controls_are_clamped(media_app):
 
 
 def test_stream_with_image(media_app):
-    chunks = list(media_app.openai().chat.completions.create(
-        model="qwen3-vl-instruct", messages=user(image_part(data_uri(JPEG, "image/jpeg"))), max_tokens=3, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        media_app.openai().chat.completions.create(
+            model="qwen3-vl-instruct",
+            messages=user(image_part(data_uri(JPEG, "image/jpeg"))),
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage.prompt_tokens > 20
 
 
@@ -128,8 +153,10 @@ def test_describe_image_and_video(media_app, media_dir):
     for name, kind in (("a.png", "image"), ("clip.mp4", "video")):
         blob = (media_dir / "allowed" / name).read_bytes()
         # A misleading filename and content type: the bytes decide.
-        r = media_app.post("/v1/media/describe", data={"file": upload(blob, "upload.txt", "text/plain"),
-                                                       "prompt": "Describe briefly.", "max_tokens": "3"})
+        r = media_app.post(
+            "/v1/media/describe",
+            data={"file": upload(blob, "upload.txt", "text/plain"), "prompt": "Describe briefly.", "max_tokens": "3"},
+        )
         assert r.status_code == 200, r.text
         body = r.get_json()
         assert body["status"] == "success" and isinstance(body["description"], str)
@@ -145,8 +172,9 @@ def test_describe_image_and_video(media_app, media_dir):
 def test_describe_default_prompt_and_stream(media_app):
     from tests.support.sse import sse_lines
 
-    r = media_app.post("/v1/media/describe", data={"file": upload(PNG, "a.png", "image/png"), "stream": "true",
-                                                   "max_tokens": "4"})
+    r = media_app.post(
+        "/v1/media/describe", data={"file": upload(PNG, "a.png", "image/png"), "stream": "true", "max_tokens": "4"}
+    )
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
     lines = [line for line in sse_lines(r) if not line.startswith(":")]
     assert lines[-1] == "data: [DONE]"
@@ -190,8 +218,11 @@ def test_describe_errors(media_app):
 
 
 def test_corrupt_truncated_empty_bomb(media_app):
-    for blob, code in [(PNG[:100], "invalid_image"), (image_bytes("JPEG", 64, 64)[:200], "invalid_image"),
-                       (png_header_only(100000, 100000), "image_too_large")]:
+    for blob, code in [
+        (PNG[:100], "invalid_image"),
+        (image_bytes("JPEG", 64, 64)[:200], "invalid_image"),
+        (png_header_only(100000, 100000), "image_too_large"),
+    ]:
         bad(media_app, user(image_part(data_uri(blob))), 400, code, "messages[0].content[0]")
     bad(media_app, user(image_part("data:image/png;base64,")), 400, "empty_media")
     bad(media_app, user(image_part(data_uri(b"GIF87a" + b"\0" * 5))), 400, "invalid_image")
@@ -200,9 +231,14 @@ def test_corrupt_truncated_empty_bomb(media_app):
 
 
 def test_the_param_names_the_bad_part(media_app):
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                {"role": "user", "content": [{"type": "text", "text": "and"}, image_part(data_uri(PNG)),
-                                             image_part(data_uri(PNG[:100]))]}]
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "and"}, image_part(data_uri(PNG)), image_part(data_uri(PNG[:100]))],
+        },
+    ]
     bad(media_app, messages, 400, "invalid_image", "messages[2].content[2]")
 
 
@@ -243,9 +279,14 @@ def test_typed_placeholders_without_media(inproc):
 
 def test_local_paths_outside_allowlist(media_app, media_dir):
     allowed = media_dir / "allowed"
-    for url in ("/etc/passwd", "file:///etc/passwd", str(media_dir / "outside" / "secret.png"),
-                f"{allowed}/../outside/secret.png", f"file://{allowed}/../outside/secret.png",
-                str(allowed / "link.png")):
+    for url in (
+        "/etc/passwd",
+        "file:///etc/passwd",
+        str(media_dir / "outside" / "secret.png"),
+        f"{allowed}/../outside/secret.png",
+        f"file://{allowed}/../outside/secret.png",
+        str(allowed / "link.png"),
+    ):
         err = bad(media_app, user(image_part(url)), 400, "media_path_not_allowed")
         assert "outside" in err["message"]
 
@@ -254,9 +295,16 @@ def test_local_paths_disabled_by_default(inproc, media_dir):
     bad(inproc, user(image_part(str(media_dir / "allowed" / "a.png"))), 400, "media_path_not_allowed")
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/a.png", "http://10.0.0.1/a.png",
-                                 "http://169.254.169.254/latest/meta-data/", "http://[::1]/a.png",
-                                 "http://localhost/a.png"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/a.png",
+        "http://10.0.0.1/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/a.png",
+        "http://localhost/a.png",
+    ],
+)
 def test_private_urls_refused(inproc, url):
     # Refused when the name resolves, before any connection (10.0.0.1 would hang until a timeout).
     bad(inproc, user(image_part(url)), 400, "media_url_not_allowed")
@@ -288,10 +336,15 @@ def test_no_temp_file_left_behind(media_app, media_dir, remote, tmp_path, monkey
     zero = (media_dir / "zero_frames.mp4").read_bytes()
     codes = []
     for blob in (clip, clip + b"\0" * (1024 * 1024), zero, clip[: len(clip) // 3]):  # the 2nd spools to disk
-        codes.append(media_app.post("/v1/media/describe", data={"file": upload(blob, "c.mp4"),
-                                                                "max_tokens": "2"}).status_code)
-    for parts in ([video_part(data_uri(clip, "video/mp4"))], [video_part(remote + "/clip.mp4")],
-                  [video_part(data_uri(zero, "video/mp4"))], [image_part(data_uri(PNG[:50]))]):
+        codes.append(
+            media_app.post("/v1/media/describe", data={"file": upload(blob, "c.mp4"), "max_tokens": "2"}).status_code
+        )
+    for parts in (
+        [video_part(data_uri(clip, "video/mp4"))],
+        [video_part(remote + "/clip.mp4")],
+        [video_part(data_uri(zero, "video/mp4"))],
+        [image_part(data_uri(PNG[:50]))],
+    ):
         codes.append(media_app.chat(user(*parts), max_tokens=2).status_code)
     assert codes[:3] == [200, 200, 400] and codes[4:] == [200, 200, 400, 400], codes
     assert codes[3] in (200, 400)  # a truncated mp4 may still hold decodable frames

@@ -1,4 +1,5 @@
 """GET /v1/models, /v1/models/<id> and /health, in-process."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,23 @@ def test_health_fields(inproc):
     r = inproc.get("/health")
     h = r.get_json()
     assert r.status_code == 200
-    for key in ("status", "details", "model", "model_dir", "max_concurrent", "api_auth_enabled", "timestamp",
-                "version", "engine", "device", "demo", "worker_pid", "load_seconds", "running", "queued"):
+    for key in (
+        "status",
+        "details",
+        "model",
+        "model_dir",
+        "max_concurrent",
+        "api_auth_enabled",
+        "timestamp",
+        "version",
+        "engine",
+        "device",
+        "demo",
+        "worker_pid",
+        "load_seconds",
+        "running",
+        "queued",
+    ):
         assert key in h, key
     assert h["status"] == "healthy" and h["model"] == "qwen3-vl-instruct" and h["api_auth_enabled"] is True
     assert h["engine"] == "fake" and h["device"] == "fake" and h["demo"] is False

@@ -10,6 +10,7 @@ at --max_concurrent / queue bound) count as failures with their reason.
 
 Environment: QWEN3VL_LOAD_KEY (API key; default: none sent), QWEN3VL_LOAD_MAX_TOKENS (32).
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,8 +61,15 @@ def _messages(kind: str) -> list[dict]:
     if kind == "text":
         return [{"role": "user", "content": "Write a short poem about the sea."}]
     uri = IMAGE_URI if kind == "image" else VIDEO_URI
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
-                                         {"type": "text", "text": f"Describe this {kind}."}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": uri}},
+                {"type": "text", "text": f"Describe this {kind}."},
+            ],
+        }
+    ]
 
 
 class ChatUser(FastHttpUser):
@@ -73,13 +81,25 @@ class ChatUser(FastHttpUser):
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if KEY:
             headers["Authorization"] = f"Bearer {KEY}"
-        body = {"model": MODEL, "messages": _messages(kind), "max_tokens": MAX_TOKENS, "temperature": 0.7,
-                "stream": True, "stream_options": {"include_usage": True}}
+        body = {
+            "model": MODEL,
+            "messages": _messages(kind),
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0.7,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         t0 = time.perf_counter()
         first = prev = None
         tokens = 0
-        with self.client.post("/v1/chat/completions", data=json.dumps(body), headers=headers, stream=True,
-                              catch_response=True, name=f"chat {kind} (stream)") as resp:
+        with self.client.post(
+            "/v1/chat/completions",
+            data=json.dumps(body),
+            headers=headers,
+            stream=True,
+            catch_response=True,
+            name=f"chat {kind} (stream)",
+        ) as resp:
             if resp.status_code != 200:
                 code = ""
                 try:
@@ -120,8 +140,9 @@ class ChatUser(FastHttpUser):
                 resp.success()
 
     def _report(self, name: str, ms: float) -> None:
-        self.environment.events.request.fire(request_type="SSE", name=name, response_time=ms, response_length=0,
-                                             exception=None, context={})
+        self.environment.events.request.fire(
+            request_type="SSE", name=name, response_time=ms, response_length=0, exception=None, context={}
+        )
 
     @task(3)
     def text(self):

@@ -1,5 +1,6 @@
 """--max_concurrent across workers: a burst beyond capacity gets fast 503s with Retry-After,
 then the server recovers; slots held by a worker that dies are given back."""
+
 import os
 import signal
 import threading
@@ -44,8 +45,10 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
         # (a refusal that waited for a slot would come after one).
         last_refusal, first_success = max(t1 for _, _, t1 in busy), min(t1 for _, _, t1 in ok)
         assert last_refusal < first_success
-        print(f"refusals within {max(t1 - t0 for _, t0, t1 in busy) * 1000:.0f} ms; "
-              f"admitted requests took >= {min(t1 - t0 for _, t0, t1 in ok):.2f} s")
+        print(
+            f"refusals within {max(t1 - t0 for _, t0, t1 in busy) * 1000:.0f} ms; "
+            f"admitted requests took >= {min(t1 - t0 for _, t0, t1 in ok):.2f} s"
+        )
 
         # Recovery: the slots are free again, and clients that honour Retry-After all get through.
         assert s.chat().status_code == 200
@@ -53,7 +56,11 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
         done = []
 
         def retrying():
-            done.append(client.chat.completions.create(model="qwen3-vl-instruct", messages=LONG_STORY, max_tokens=30).usage.completion_tokens)
+            done.append(
+                client.chat.completions.create(
+                    model="qwen3-vl-instruct", messages=LONG_STORY, max_tokens=30
+                ).usage.completion_tokens
+            )
 
         threads = [threading.Thread(target=retrying) for _ in range(5)]
         for t in threads:

@@ -1,5 +1,6 @@
 """The shared admission slots without a server: across forked processes, freed for a dead
 process, and the per-process fallback."""
+
 import os
 
 from qwen3vl_app.admission import ENV_FILE, Admission, free_slots_of, make_runtime_dir

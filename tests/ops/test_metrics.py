@@ -1,5 +1,6 @@
 """GET /metrics after known traffic, across two workers and a worker restart; the request
 log line.  (--metrics-auth: tests/contract/test_auth.py; -l: tests/api/test_core.py.)"""
+
 import json
 import os
 import re
@@ -16,8 +17,7 @@ CHAT = "/v1/chat/completions"
 
 
 def _post(s, body, **headers):
-    return requests.post(s.url + CHAT, json=body, headers={**s.headers, "Connection": "close", **headers},
-                         timeout=60)
+    return requests.post(s.url + CHAT, json=body, headers={**s.headers, "Connection": "close", **headers}, timeout=60)
 
 
 def _healthy_pids(s, want: int) -> set:
@@ -48,9 +48,18 @@ def test_metrics_after_known_traffic_and_a_worker_restart(server_factory):
             r = _post(s, {"messages": MSG, "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}})
             chunks = [json.loads(l[6:]) for l in r.text.splitlines() if l.startswith("data: {")]
             usage.append(chunks[-1]["usage"])
-        bad_image = {"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@not-base64@@"}},
-            {"type": "text", "text": "what is this?"}]}], "max_tokens": 3}
+        bad_image = {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@not-base64@@"}},
+                        {"type": "text", "text": "what is this?"},
+                    ],
+                }
+            ],
+            "max_tokens": 3,
+        }
         assert _post(s, bad_image).status_code == 400
         assert requests.get(s.url + "/v1/models", headers=s.headers).status_code == 200
         assert requests.get(s.url + "/v1/models").status_code == 401
@@ -69,8 +78,11 @@ def test_metrics_after_known_traffic_and_a_worker_restart(server_factory):
         assert value(m, "qwen3vl_completion_tokens_total", endpoint=CHAT) == 5 * n_plain + 8
         assert value(m, "qwen3vl_prompt_tokens_total", endpoint=CHAT) == sum(u["prompt_tokens"] for u in usage)
         generations = n_plain + 2
-        for name in ("qwen3vl_time_to_first_token_seconds_count", "qwen3vl_time_per_output_token_seconds_count",
-                     "qwen3vl_server_overhead_seconds_count"):
+        for name in (
+            "qwen3vl_time_to_first_token_seconds_count",
+            "qwen3vl_time_per_output_token_seconds_count",
+            "qwen3vl_server_overhead_seconds_count",
+        ):
             assert value(m, name, endpoint=CHAT) == generations, name
         assert value(m, "qwen3vl_queue_wait_seconds_count") == generations
         assert value(m, "qwen3vl_generations_total", finish_reason="length") == generations
@@ -104,4 +116,3 @@ def test_metrics_after_known_traffic_and_a_worker_restart(server_factory):
         assert value(m2, "qwen3vl_completion_tokens_total", endpoint=CHAT) == 5 * n_plain + 8
         load2 = {int(dict(lab)["pid"]) for (n, lab), v in m2.items() if n == "qwen3vl_engine_load_seconds"}
         assert load2 == now_live and victim not in load2
-

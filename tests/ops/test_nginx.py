@@ -1,6 +1,7 @@
 """deploy/nginx.conf for real: an nginx (Debian package, installed by .ci/run) on a loopback
 port in front of a live gunicorn.  Streamed chunks arrive one by one through it, and
 uploads larger than nginx's default 1 MiB body limit get through."""
+
 from __future__ import annotations
 
 import io
@@ -65,6 +66,7 @@ def proxied(server_factory, tmp_path_factory):
         assert check.returncode == 0, check.stderr
         proc = subprocess.Popen(base + ["-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}"
+
         def nginx_answers():
             assert proc.poll() is None, proc.stderr.read().decode()
             try:
@@ -99,9 +101,13 @@ def test_stream_chunks_arrive_one_by_one_through_nginx(proxied):
     the stream nor compresses it.  Checked on the gunicorn side: when the first content chunk
     and the 50th arrive through nginx, the worker still reports the generation running."""
     s, url = proxied
-    r = requests.post(url + "/v1/chat/completions", stream=True, timeout=120, headers={**s.headers,
-                      "Accept-Encoding": "gzip", "X-Request-Id": "via-nginx-1"},
-                      json={"messages": MSG, "max_tokens": 400, "temperature": 0, "stream": True})
+    r = requests.post(
+        url + "/v1/chat/completions",
+        stream=True,
+        timeout=120,
+        headers={**s.headers, "Accept-Encoding": "gzip", "X-Request-Id": "via-nginx-1"},
+        json={"messages": MSG, "max_tokens": 400, "temperature": 0, "stream": True},
+    )
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
     assert "gzip" not in r.headers.get("Content-Encoding", "")
     assert r.headers["X-Request-Id"] == "via-nginx-1"
@@ -130,8 +136,13 @@ def test_upload_larger_than_nginx_default_limit(proxied):
     s, url = proxied
     png = _big_png()
     assert len(png) > 1024 * 1024  # nginx alone would answer 413 above 1 MiB
-    r = requests.post(url + "/v1/media/describe", headers=s.headers, timeout=120,
-                      files={"file": ("noise.png", png, "image/png")}, data={"max_tokens": "3"})
+    r = requests.post(
+        url + "/v1/media/describe",
+        headers=s.headers,
+        timeout=120,
+        files={"file": ("noise.png", png, "image/png")},
+        data={"max_tokens": "3"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "success" and body["metadata"]["media_type"] == "image"
@@ -141,8 +152,20 @@ def test_upload_larger_than_nginx_default_limit(proxied):
     import base64
 
     uri = "data:image/png;base64," + base64.b64encode(png).decode()
-    r = requests.post(url + "/v1/chat/completions", headers=s.headers, timeout=120, json={"max_tokens": 2, "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "?"}]}]})
+    r = requests.post(
+        url + "/v1/chat/completions",
+        headers=s.headers,
+        timeout=120,
+        json={
+            "max_tokens": 2,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "?"}],
+                }
+            ],
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] > 100  # the image's tokens are in the prompt
 

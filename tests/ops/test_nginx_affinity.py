@@ -2,6 +2,7 @@
 "boxes").  Every turn of one conversation lands on the same box, so its follow-ups reuse
 the earlier turns' KV (usage.prompt_tokens_details.cached_tokens), and different
 conversations spread over both boxes."""
+
 from __future__ import annotations
 
 import re
@@ -64,22 +65,29 @@ def boxes(server_factory, tmp_path_factory):
 
 
 def chat(url: str, messages: list, session: str) -> requests.Response:
-    r = requests.post(url + "/v1/chat/completions", timeout=120,
-                      headers={"Authorization": f"Bearer {API_KEY}", "X-Session-Id": session},
-                      json={"messages": messages, "max_tokens": 8, "temperature": 0})
+    r = requests.post(
+        url + "/v1/chat/completions",
+        timeout=120,
+        headers={"Authorization": f"Bearer {API_KEY}", "X-Session-Id": session},
+        json={"messages": messages, "max_tokens": 8, "temperature": 0},
+    )
     assert r.status_code == 200, r.text
     return r
 
 
 def test_a_conversation_stays_on_one_box_and_reuses_its_prefix(boxes):
     url, pids = boxes
-    messages = [{"role": "system", "content": "You answer briefly. " * 30},
-                {"role": "user", "content": "Name three rivers."}]
+    messages = [
+        {"role": "system", "content": "You answer briefly. " * 30},
+        {"role": "user", "content": "Name three rivers."},
+    ]
     first = chat(url, messages, "conversation-a")
     box = pids[int(first.headers["X-Worker-Pid"])]
     for turn in range(2):
-        messages += [{"role": "assistant", "content": first.json()["choices"][0]["message"]["content"]},
-                     {"role": "user", "content": f"And {turn + 2} more?"}]
+        messages += [
+            {"role": "assistant", "content": first.json()["choices"][0]["message"]["content"]},
+            {"role": "user", "content": f"And {turn + 2} more?"},
+        ]
         nxt = chat(url, messages, "conversation-a")
         assert pids[int(nxt.headers["X-Worker-Pid"])] == box
         usage = nxt.json()["usage"]
@@ -89,6 +97,7 @@ def test_a_conversation_stays_on_one_box_and_reuses_its_prefix(boxes):
 
 def test_conversations_spread_over_both_boxes(boxes):
     url, pids = boxes
-    seen = {pids[int(chat(url, [{"role": "user", "content": "hi"}], f"s-{i}").headers["X-Worker-Pid"])]
-            for i in range(16)}
+    seen = {
+        pids[int(chat(url, [{"role": "user", "content": "hi"}], f"s-{i}").headers["X-Worker-Pid"])] for i in range(16)
+    }
     assert seen == {0, 1}

@@ -1,5 +1,6 @@
 """Graceful shutdown and reload with a generation in flight: it finishes (within
 --graceful-timeout), new requests are refused with 503, the engine is released."""
+
 import signal
 import threading
 import time

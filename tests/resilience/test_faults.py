@@ -6,6 +6,7 @@ answered with a 500 / an error event is tested in-process: tests/contract/test_e
 The fault comes from the test-only hook in qwen3vl_app/engine/faults.py (QWEN3VL_FAULT_INJECT
 names a trigger file; writing a step name into it makes that engine step fail once).
 """
+
 from __future__ import annotations
 
 import os
@@ -74,13 +75,21 @@ def test_model_folder_gone_then_a_worker_crash(server_factory, tiny_model_dir, t
 
         new = wait_for(replaced, timeout=60, every=0.2, what="a replacement worker")
         # The replacement boots with the folder gone and says so (it used to fail to boot).
-        wait_for(lambda: re.search(rf" {new} ERROR qwen3vl: model folder .* is unusable", s.log()), timeout=60,
-                 every=0.2, what="the replacement reporting the unusable folder")
+        wait_for(
+            lambda: re.search(rf" {new} ERROR qwen3vl: model folder .* is unusable", s.log()),
+            timeout=60,
+            every=0.2,
+            what="the replacement reporting the unusable folder",
+        )
         assert s.proc.poll() is None, "gunicorn halted:\n" + s.log()[-3000:]
         seen = {}
         for _ in range(40):  # fresh connections land on either worker
-            r = requests.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2},
-                              headers={**s.headers, "Connection": "close"}, timeout=30)
+            r = requests.post(
+                s.url + "/v1/chat/completions",
+                json={"messages": MSG, "max_tokens": 2},
+                headers={**s.headers, "Connection": "close"},
+                timeout=30,
+            )
             pid = int(r.headers["X-Worker-Pid"])
             seen.setdefault(pid, set()).add(r.status_code)
             if r.status_code != 200:

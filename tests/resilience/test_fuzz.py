@@ -9,6 +9,7 @@ the server caps generation (--max-tokens-default 4, --request-timeout 5) and a h
 max_tokens to 8; media URLs that would leave the machine (http/https) are swapped for a
 small data: image before sending, so the fuzzer never causes outside traffic.
 """
+
 from __future__ import annotations
 
 import os
@@ -101,8 +102,14 @@ def openai_error_format(ctx, response, case):
     return True
 
 
-CHECKS = [not_a_server_error, openai_error_format, status_code_conformance, content_type_conformance,
-          response_schema_conformance, ignored_auth]
+CHECKS = [
+    not_a_server_error,
+    openai_error_format,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    ignored_auth,
+]
 
 
 def _run_case(case, server):
@@ -127,8 +134,14 @@ def test_fuzz_every_operation(api_schema, fuzz_server, mode):
             strategies += op.get_strategies_from_examples()
 
         @given(case=st.one_of(strategies))
-        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        )
         def run(case):
             _run_case(case, fuzz_server)
 

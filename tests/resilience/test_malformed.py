@@ -3,6 +3,7 @@ answers; gunicorn's own reply for what never reaches the app) or a closed connec
 the one worker stays up: the same pid answers /health afterwards.  Bad bodies the app
 parses itself (invalid JSON, wrong content types, size limits) are tested in-process:
 tests/contract/test_errors.py."""
+
 from __future__ import annotations
 
 import socket
@@ -80,8 +81,12 @@ def auth_line(s) -> bytes:
 def test_chunked_body_over_the_limit(srv):
     """Chunked, so there is no Content-Length to refuse up front: the limit applies while reading."""
     chunks = (b"x" * 8192 for _ in range(LIMIT * 2 // 8192))
-    r = requests.post(srv.url + "/v1/chat/completions", data=chunks, timeout=30,
-                      headers={**srv.headers, "Content-Type": "application/json"})
+    r = requests.post(
+        srv.url + "/v1/chat/completions",
+        data=chunks,
+        timeout=30,
+        headers={**srv.headers, "Content-Type": "application/json"},
+    )
     assert r.status_code in (400, 413), r.text
     openai_error(r)
     same_worker(srv)
@@ -89,8 +94,14 @@ def test_chunked_body_over_the_limit(srv):
 
 def test_huge_declared_length_is_refused_without_reading_it(srv):
     # Only 1000 of the declared bytes are sent: a server that tried to read them would never answer.
-    resp = raw(srv, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               + auth_line(srv) + b"Content-Length: 1000000000\r\n\r\n" + b"{" * 1000, wait=10)
+    resp = raw(
+        srv,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth_line(srv)
+        + b"Content-Length: 1000000000\r\n\r\n"
+        + b"{" * 1000,
+        wait=10,
+    )
     assert status_of(resp) == 413, resp[:300]
     same_worker(srv)
 
@@ -98,20 +109,36 @@ def test_huge_declared_length_is_refused_without_reading_it(srv):
 # ----------------------------------------------------------------------------- HTTP level
 
 
-@pytest.mark.parametrize("name,request_bytes,statuses", [
-    ("huge header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", (431, 400)),
-    ("many headers", b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: a\r\n" % i for i in range(300))
-     + b"\r\n", (431, 400)),
-    ("huge url", b"GET /health?" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", (414, 400)),
-    ("garbage", b"\x00\x01\x02 garbage\r\n\r\n", (400,)),
-    ("bad content-length", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", (400,)),
-    ("negative content-length", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-     (400,)),
-    ("two content-lengths", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-     b"Content-Length: 3\r\n\r\n{}", (400,)),
-    ("bad chunked", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", (400, 401)),
-])
+@pytest.mark.parametrize(
+    "name,request_bytes,statuses",
+    [
+        ("huge header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", (431, 400)),
+        (
+            "many headers",
+            b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: a\r\n" % i for i in range(300)) + b"\r\n",
+            (431, 400),
+        ),
+        ("huge url", b"GET /health?" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", (414, 400)),
+        ("garbage", b"\x00\x01\x02 garbage\r\n\r\n", (400,)),
+        ("bad content-length", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", (400,)),
+        (
+            "negative content-length",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+            (400,),
+        ),
+        (
+            "two content-lengths",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            (400,),
+        ),
+        (
+            "bad chunked",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+            (400, 401),
+        ),
+    ],
+)
 def test_protocol_abuse_is_a_4xx_and_the_worker_stays(srv, name, request_bytes, statuses):
     resp = raw(srv, request_bytes)
     assert status_of(resp) in statuses or resp == b"", (name, resp[:300])
@@ -119,8 +146,12 @@ def test_protocol_abuse_is_a_4xx_and_the_worker_stays(srv, name, request_bytes, 
 
 
 def test_request_that_stops_mid_body_then_closes(srv):
-    partial = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               + auth_line(srv) + b"Content-Length: 1000\r\n\r\n" + b'{"messages"')
+    partial = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth_line(srv)
+        + b"Content-Length: 1000\r\n\r\n"
+        + b'{"messages"'
+    )
     resp = raw(srv, partial, shut_write=True)
     assert resp == b"" or 400 <= status_of(resp) < 500, resp[:300]
     same_worker(srv)
@@ -128,8 +159,12 @@ def test_request_that_stops_mid_body_then_closes(srv):
 
 def test_request_that_stops_mid_body_and_waits(srv):
     """A client that never finishes its body holds one connection, not the worker."""
-    partial = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               + auth_line(srv) + b"Content-Length: 1000\r\n\r\n" + b'{"messages"')
+    partial = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth_line(srv)
+        + b"Content-Length: 1000\r\n\r\n"
+        + b'{"messages"'
+    )
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as stalled:
         stalled.sendall(partial)
         client_port = stalled.getsockname()[1]

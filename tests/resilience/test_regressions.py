@@ -1,23 +1,26 @@
 """Bugs the fuzzing work found, each pinned: they were 500s (see docs/api-contract.md).
 The HTTP ones run in-process, over the FakeEngine."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from qwen3vl_app.engine.sampling import Sampler, SamplingParams
-
 from tests.support.checks import openai_error
 
 MSG = [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.parametrize("kw", [
-    {"repetition_penalty": 5e-324},  # schemathesis: logits / 5e-324 = inf, inf - inf = NaN -> rng.choice raised
-    {"repetition_penalty": 5e-324, "temperature": 2.0, "top_p": 0.5},
-    {"repetition_penalty": 10.0, "temperature": 1.1e-5},  # tiny temperature overflows float32
-    {"presence_penalty": -2.0, "frequency_penalty": -2.0, "logprobs": True, "top_logprobs": 20},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"repetition_penalty": 5e-324},  # schemathesis: logits / 5e-324 = inf, inf - inf = NaN -> rng.choice raised
+        {"repetition_penalty": 5e-324, "temperature": 2.0, "top_p": 0.5},
+        {"repetition_penalty": 10.0, "temperature": 1.1e-5},  # tiny temperature overflows float32
+        {"presence_penalty": -2.0, "frequency_penalty": -2.0, "logprobs": True, "top_logprobs": 20},
+    ],
+)
 def test_sampler_survives_extreme_valid_parameters(kw):
     rng = np.random.default_rng(0)
     sampler = Sampler(SamplingParams(seed=3, **kw), [1, 2, 3, 5, 8])
@@ -31,15 +34,20 @@ def test_sampler_survives_extreme_valid_parameters(kw):
 
 
 def test_extreme_repetition_penalty_is_served(inproc):
-    r = inproc.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3, "repetition_penalty": 5e-324,
-                                                  "temperature": 1.0})
+    r = inproc.post(
+        "/v1/chat/completions",
+        json={"messages": MSG, "max_tokens": 3, "repetition_penalty": 5e-324, "temperature": 1.0},
+    )
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("body", [
-    "[" * 100000 + "]" * 100000,  # RecursionError in the JSON parser
-    '{"messages": ' + "[" * 50000 + "]" * 50000 + "}",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100000 + "]" * 100000,  # RecursionError in the JSON parser
+        '{"messages": ' + "[" * 50000 + "]" * 50000 + "}",
+    ],
+)
 def test_deeply_nested_json_is_a_400(inproc, body):
     r = inproc.post("/v1/chat/completions", data=body, headers={**inproc.headers, "Content-Type": "application/json"})
     assert openai_error(r, 400)["code"] == "invalid_json"
@@ -47,10 +55,13 @@ def test_deeply_nested_json_is_a_400(inproc, body):
 
 @pytest.mark.parametrize("text", ['"\\ud800"', '"a\\udfffb"'])
 def test_lone_surrogate_is_a_400(inproc, text):
-    for body in ('{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}' % text,
-                 '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}], "max_tokens": 2}' % text):
-        r = inproc.post("/v1/chat/completions", data=body,
-                        headers={**inproc.headers, "Content-Type": "application/json"})
+    for body in (
+        '{"messages": [{"role": "user", "content": ' + text + '}], "max_tokens": 2}',
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": ' + text + '}]}], "max_tokens": 2}',
+    ):
+        r = inproc.post(
+            "/v1/chat/completions", data=body, headers={**inproc.headers, "Content-Type": "application/json"}
+        )
         err = openai_error(r, 400)
         assert err["code"] == "invalid_json" and "surrogate" in err["message"]
 

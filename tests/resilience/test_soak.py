@@ -13,6 +13,7 @@ mid-body.  At the end, with the workers idle:
   - the same worker pids (no crash), no 5xx, no traceback in the log.
 The numbers are printed (`make soak` runs only this test, with -s).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ IMAGES = [data_uri(png_bytes(w, h, seed=i)) for i, (w, h) in enumerate([(16, 16)
 
 
 def text_msg(rng):
-    words = " ".join(rng.choice(["hello", "world", "中文", "🤖", "describe", "tokens", "edge"])
-                     for _ in range(rng.randint(1, 40)))
+    words = " ".join(
+        rng.choice(["hello", "world", "中文", "🤖", "describe", "tokens", "edge"]) for _ in range(rng.randint(1, 40))
+    )
     return [{"role": "user", "content": words}]
 
 
@@ -79,8 +81,12 @@ class Workload:
         self.record("text", r.status_code, r.status_code == 200 and r.json()["object"] == "chat.completion", r.text)
 
     def stream(self, rng):
-        body = {"messages": rng.choice([text_msg, image_msg])(rng), "max_tokens": rng.randint(1, 6), "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "messages": rng.choice([text_msg, image_msg])(rng),
+            "max_tokens": rng.randint(1, 6),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         with self.chat(body, stream=True) as r:
             lines = [l for l in r.iter_lines() if l]
         self.record("stream", r.status_code, r.status_code == 200 and lines[-1] == b"data: [DONE]", str(lines[-2:]))
@@ -92,40 +98,67 @@ class Workload:
     def upload(self, rng):
         video = rng.random() < 0.5
         blob, name = (self.video, "clip.mp4") if video else (png_bytes(48, 32, seed=rng.randint(0, 9)), "a.png")
-        r = requests.post(self.s.url + "/v1/media/describe", files={"file": (name, blob)}, headers=self.h,
-                          data={"max_tokens": "3", "stream": rng.choice(["true", "false"])}, timeout=60)
+        r = requests.post(
+            self.s.url + "/v1/media/describe",
+            files={"file": (name, blob)},
+            headers=self.h,
+            data={"max_tokens": "3", "stream": rng.choice(["true", "false"])},
+            timeout=60,
+        )
         self.record("video upload" if video else "image upload", r.status_code, r.status_code == 200, r.text)
 
     def bad(self, rng):
         case = rng.randint(0, 7)
         if case == 0:
-            r = requests.post(self.s.url + "/v1/chat/completions", data="{not json", timeout=30,
-                              headers={**self.h, "Content-Type": "application/json"})
+            r = requests.post(
+                self.s.url + "/v1/chat/completions",
+                data="{not json",
+                timeout=30,
+                headers={**self.h, "Content-Type": "application/json"},
+            )
         elif case == 1:
             r = self.chat({"messages": [{"role": "wizard", "content": "x"}]})
         elif case == 2:
             r = self.chat({"messages": text_msg(rng), "temperature": 9})
         elif case == 3:  # a data: URI that is not an image
-            r = self.chat({"messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8gd29ybGQ="}}]}]})
+            r = self.chat(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8gd29ybGQ="}}
+                            ],
+                        }
+                    ]
+                }
+            )
         elif case == 4:  # truncated image
-            r = self.chat({"messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": IMAGES[2][:200]}}]}]})
+            r = self.chat(
+                {
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGES[2][:200]}}]}
+                    ]
+                }
+            )
         elif case == 5:
             r = requests.get(self.s.url + "/v1/models/nope", headers=self.h, timeout=30)
         elif case == 6:
             r = requests.get(self.s.url + "/v1/models", headers={"Connection": "close"}, timeout=30)
         else:
-            r = requests.post(self.s.url + "/v1/media/describe", files={"file": ("x.mp4", b"\x00" * 5000)},
-                              headers=self.h, timeout=30)
+            r = requests.post(
+                self.s.url + "/v1/media/describe", files={"file": ("x.mp4", b"\x00" * 5000)}, headers=self.h, timeout=30
+            )
         good = 400 <= r.status_code < 500 and set(r.json().get("error", {})) == {"message", "type", "param", "code"}
         self.record(f"bad input {case}", r.status_code, good, r.text)
 
     def disconnect(self, rng):
         case = rng.randint(0, 2)
         body = json.dumps({"messages": text_msg(rng), "max_tokens": 200, "stream": case == 0}).encode()
-        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         with socket.create_connection(("127.0.0.1", self.s.port), timeout=30) as sock:
             if case == 0:  # stream: read up to the first event, then vanish
                 sock.sendall(head + body)
@@ -180,8 +213,11 @@ def run_batch(load: Workload, start: int, stop: int, deadline: float) -> int:
 def settle(server, pids):
     """Idle workers that have closed every client connection, so fds and RSS compare like for like."""
     wait_idle(server, pids)
-    wait_for(lambda: all(accepted_connections(p, server.port) == 0 for p in pids), timeout=30,
-             what="every client connection closed by the workers")
+    wait_for(
+        lambda: all(accepted_connections(p, server.port) == 0 for p in pids),
+        timeout=30,
+        what="every client connection closed by the workers",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +258,15 @@ def test_soak(soak_server, tmp_path):
         print(f"  {kind:24s} {status!s:>22s}  {n}")
     for p in pids:
         (fd0, rss0), (fdm, rssm), (fd1, rss1) = base[p], mid[p], end[p]
-        print(f"  worker {p}: fds {fd0} -> {fdm} -> {fd1}; RSS {rss0 / 1024:.1f} -> {rssm / 1024:.1f} -> "
-              f"{rss1 / 1024:.1f} MiB after warm-up/half/end: {(rss1 - rss0) / 1024:+.1f} MiB (bound "
-              f"{RSS_BOUND_MIB}), second half {(rss1 - rssm) / 1024:+.1f} MiB (bound {RSS_LATE_BOUND_MIB})")
-    print(f"  temp dir: {base_tmp} after warm-up, {leftover} at the end "
-          f"({len(set(leftover) - set(base_tmp))} new; {video_uploads} video uploads went through temp files)")
+        print(
+            f"  worker {p}: fds {fd0} -> {fdm} -> {fd1}; RSS {rss0 / 1024:.1f} -> {rssm / 1024:.1f} -> "
+            f"{rss1 / 1024:.1f} MiB after warm-up/half/end: {(rss1 - rss0) / 1024:+.1f} MiB (bound "
+            f"{RSS_BOUND_MIB}), second half {(rss1 - rssm) / 1024:+.1f} MiB (bound {RSS_LATE_BOUND_MIB})"
+        )
+    print(
+        f"  temp dir: {base_tmp} after warm-up, {leftover} at the end "
+        f"({len(set(leftover) - set(base_tmp))} new; {video_uploads} video uploads went through temp files)"
+    )
 
     assert done >= 1000, f"only {done} requests within {TIME_CAP:.0f} s"
     assert not load.unexpected, load.unexpected[:10]

@@ -1,6 +1,7 @@
 """A worker SIGKILLed in the middle of a generation: its client sees the connection end
 (no hang), the other worker keeps serving, gunicorn starts a replacement that loads its
 own engine, and /health recovers on every worker."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,12 @@ def serve_meanwhile(s, stop: threading.Event, out: list) -> None:
     """Keep asking for short completions while the kill happens; record (status, pid)."""
     while not stop.is_set():
         try:
-            r = requests.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2},
-                              headers={**s.headers, "Connection": "close"}, timeout=30)
+            r = requests.post(
+                s.url + "/v1/chat/completions",
+                json={"messages": MSG, "max_tokens": 2},
+                headers={**s.headers, "Connection": "close"},
+                timeout=30,
+            )
             out.append((r.status_code, int(r.headers.get("X-Worker-Pid", 0))))
         except requests.RequestException as e:
             out.append((type(e).__name__, 0))
@@ -78,8 +83,13 @@ def test_sigkill_mid_generation(pair, stream):
 
     def client():
         try:
-            r = requests.post(pair.url + "/v1/chat/completions", json={**LONG, "stream": stream},
-                              headers={**pair.headers, "X-Request-Id": "victim"}, stream=True, timeout=(5, 30))
+            r = requests.post(
+                pair.url + "/v1/chat/completions",
+                json={**LONG, "stream": stream},
+                headers={**pair.headers, "X-Request-Id": "victim"},
+                stream=True,
+                timeout=(5, 30),
+            )
             result["pid"] = int(r.headers["X-Worker-Pid"]) if "X-Worker-Pid" in r.headers else None
             lines = []
             for line in r.iter_lines():
@@ -136,7 +146,9 @@ def test_sigkill_mid_generation(pair, stream):
     assert len(bad) <= 2, bad
     log = pair.log()
     assert re.search(rf"{new} INFO qwen3vl.runner: engine torch ready", log), "replacement did not load an engine"
-    print(f"\n{'stream' if stream else 'non-stream'}: client saw {result['outcome']} "
-          f"{closed_after:.2f}s after the kill; replacement pid {new} healthy {time.monotonic() - killed_at:.1f}s "
-          f"after it; "
-          f"{len(ok)} requests served meanwhile, {len(bad)} failed")
+    print(
+        f"\n{'stream' if stream else 'non-stream'}: client saw {result['outcome']} "
+        f"{closed_after:.2f}s after the kill; replacement pid {new} healthy {time.monotonic() - killed_at:.1f}s "
+        f"after it; "
+        f"{len(ok)} requests served meanwhile, {len(bad)} failed"
+    )

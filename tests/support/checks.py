@@ -1,4 +1,5 @@
 """Assertions on OpenAI's error format, for requests' and Flask's test client responses."""
+
 from __future__ import annotations
 
 ERROR_KEYS = {"message", "type", "param", "code"}

@@ -12,6 +12,7 @@ model, and penalties visibly change it) while sampling at temperature 1 wanders.
 Every other token, end tokens included, sits far below -- a generation runs to
 max_tokens unless `eos_after` says when to end.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,7 @@ FLOOR = -30.0
 def readable_tokens(tokenizer: ChatTokenizer) -> np.ndarray:
     """Ids of N_WORDS plain ASCII word tokens with a leading space (" the", " house")."""
     ids = []
-    for piece, tid in sorted(tokenizer.tok.get_vocab().items(), key=lambda kv: kv[1]):
+    for tid in sorted(tokenizer.tok.get_vocab().values()):
         raw = tokenizer.token_bytes(tid)
         if raw[:1] == b" " and 3 <= len(raw) <= 9 and raw[1:].isalpha() and raw.isascii():
             ids.append(tid)
@@ -49,8 +50,16 @@ class FakeEngine(Engine):
     name = "fake"
     device = "fake"
 
-    def __init__(self, tokenizer: ChatTokenizer, max_context: int = 2048, *, eos_after: int | None = None,
-                 greedy_only: bool = False, prefill_delay: float = 0.0, step_delay: float = 0.0):
+    def __init__(
+        self,
+        tokenizer: ChatTokenizer,
+        max_context: int = 2048,
+        *,
+        eos_after: int | None = None,
+        greedy_only: bool = False,
+        prefill_delay: float = 0.0,
+        step_delay: float = 0.0,
+    ):
         self.limits = Limits(max_context=max_context, max_input_tokens=max_context)
         self.capabilities = Capabilities(logits=not greedy_only)
         self.vocab_size = tokenizer.vocab_size

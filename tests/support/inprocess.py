@@ -9,6 +9,7 @@ run until the OS thread is done, so no monkey-patching is needed.
 What needs a real server -- streaming through sockets, clients that hang up, workers,
 signals, nginx -- stays in the live tests (tests/support/live.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,26 @@ BASE_URL = "http://in-process"
 class InProcessApp:
     """One app, its state and a test client; `get`/`post` mirror LiveServer's."""
 
-    def __init__(self, settings: Settings, tokenizer: ChatTokenizer, engine: FakeEngine, demo: bool = False,
-                 load_fn: Callable[[], Engine] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        tokenizer: ChatTokenizer,
+        engine: FakeEngine,
+        demo: bool = False,
+        load_fn: Callable[[], Engine] | None = None,
+    ):
         self.settings = settings
         self.engine = engine
         runner = EngineRunner(settings, load_fn or (lambda: engine))  # loaded in the engine thread on first use
-        self.state = ServerState(settings, tokenizer, runner, engine.name, demo,
-                                 Admission(settings.max_concurrent),
-                                 tuple(k.encode("utf-8") for k in settings.api_keys()))
+        self.state = ServerState(
+            settings,
+            tokenizer,
+            runner,
+            engine.name,
+            demo,
+            Admission(settings.max_concurrent),
+            tuple(k.encode("utf-8") for k in settings.api_keys()),
+        )
         self.app = create_app(settings, self.state)
         self.client = self.app.test_client()
 
@@ -65,8 +78,11 @@ class InProcessApp:
 
     def chat(self, messages, headers: dict | None = None, **body):
         """POST /v1/chat/completions with these messages and body fields (`headers` go beside the auth headers)."""
-        return self.post("/v1/chat/completions", json={"messages": messages, **body},
-                         headers=self.headers if headers is None else {**self.headers, **headers})
+        return self.post(
+            "/v1/chat/completions",
+            json={"messages": messages, **body},
+            headers=self.headers if headers is None else {**self.headers, **headers},
+        )
 
     def openai(self, **kw):
         """The official client, talking to this app through httpx's WSGI transport."""
@@ -82,8 +98,15 @@ class InProcessApp:
         self.state.runner.close()
 
 
-def build(model_dir, tokenizer: ChatTokenizer, api_key: str | None, engine: FakeEngine | None = None,
-          demo: bool = False, load_fn: Callable[[], Engine] | None = None, **settings) -> InProcessApp:
+def build(
+    model_dir,
+    tokenizer: ChatTokenizer,
+    api_key: str | None,
+    engine: FakeEngine | None = None,
+    demo: bool = False,
+    load_fn: Callable[[], Engine] | None = None,
+    **settings,
+) -> InProcessApp:
     """An app over `engine` (a default FakeEngine when None); `load_fn` replaces the engine's
     loading (to make it fail, say); settings are Settings fields."""
     if api_key is None:
@@ -91,5 +114,6 @@ def build(model_dir, tokenizer: ChatTokenizer, api_key: str | None, engine: Fake
     else:
         settings.setdefault("api_key", (api_key,))
     base = Settings(model_dir=str(model_dir), max_tokens_default=16)
-    return InProcessApp(dataclasses.replace(base, **settings), tokenizer, engine or FakeEngine(tokenizer), demo,
-                        load_fn)
+    return InProcessApp(
+        dataclasses.replace(base, **settings), tokenizer, engine or FakeEngine(tokenizer), demo, load_fn
+    )

@@ -1,4 +1,5 @@
 """A real server: `python -m qwen3vl_app` (gunicorn, gevent workers) on a free loopback port."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ def auth_headers(api_key: str | None, api_header: str = "Authorization", api_pre
 
 
 class LiveServer:
-    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, api_key: str | None,
-                 api_header: str = "Authorization"):
+    def __init__(
+        self, proc: subprocess.Popen, port: int, log_path: Path, api_key: str | None, api_header: str = "Authorization"
+    ):
         self.proc, self.port, self.log_path, self.api_key = proc, port, log_path, api_key
         self.api_header = api_header
         self.url = f"http://127.0.0.1:{port}"
@@ -50,13 +52,20 @@ class LiveServer:
         kw.setdefault("headers", self.headers)
         return requests.post(self.url + path, timeout=kw.pop("timeout", 120), **kw)
 
-    def chat(self, messages: list | None = None, max_tokens: int = 4, stream: bool = False, timeout: float = 120,
-             **body):
+    def chat(
+        self, messages: list | None = None, max_tokens: int = 4, stream: bool = False, timeout: float = 120, **body
+    ):
         """POST /v1/chat/completions (a long-story prompt unless `messages`), greedy."""
-        body = {"messages": messages or LONG_STORY, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
-                **body}
-        return requests.post(self.url + "/v1/chat/completions", json=body, headers=self.headers, timeout=timeout,
-                             stream=stream)
+        body = {
+            "messages": messages or LONG_STORY,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": stream,
+            **body,
+        }
+        return requests.post(
+            self.url + "/v1/chat/completions", json=body, headers=self.headers, timeout=timeout, stream=stream
+        )
 
     def health(self) -> dict:
         """/health on a fresh connection (so it may land on any worker)."""
@@ -76,11 +85,31 @@ class LiveServer:
 
 
 @contextmanager
-def run_server(model_dir, tmp_path: Path, *args: str, workers: int = 1, api_key: str | None = None,
-               env: dict | None = None, wait: bool = True, timeout: float = 180):
+def run_server(
+    model_dir,
+    tmp_path: Path,
+    *args: str,
+    workers: int = 1,
+    api_key: str | None = None,
+    env: dict | None = None,
+    wait: bool = True,
+    timeout: float = 180,
+):
     port = free_port()
-    cmd = [sys.executable, "-m", "qwen3vl_app", "-m", str(model_dir), "-p", str(port), "--host", "127.0.0.1",
-           "--workers", str(workers), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qwen3vl_app",
+        "-m",
+        str(model_dir),
+        "-p",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        str(workers),
+        *args,
+    ]
     if api_key:
         cmd += ["--api-key", api_key]
     elif "--disable-api-auth" not in args and "--api-key-file" not in args:
@@ -89,8 +118,9 @@ def run_server(model_dir, tmp_path: Path, *args: str, workers: int = 1, api_key:
     full_env.update(env or {})
     log_path = tmp_path / f"server-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO, start_new_session=True
+        )
     header = args[args.index("--api-header") + 1] if "--api-header" in args else "Authorization"
     server = LiveServer(proc, port, log_path, api_key, header)
     try:

@@ -1,5 +1,6 @@
 """Media for the API tests: a folder of files (allowed and not) and a loopback HTTP server
 playing the remote media host (redirects, an endless body, a slow answer)."""
+
 from __future__ import annotations
 
 import os
@@ -79,11 +80,18 @@ class _Remote(BaseHTTPRequestHandler):
 @contextmanager
 def remote_media_host(media_dir: Path):
     """Serve a.png, clip.mp4 and clip.avi (and the special paths) on 127.0.0.1; yields the base URL."""
-    handler = type("Remote", (_Remote,), {
-        "files": {"a.png": PNG, "clip.mp4": (media_dir / "allowed" / "clip.mp4").read_bytes(),
-                  "clip.avi": (media_dir / "allowed" / "clip.avi").read_bytes()},
-        "release": threading.Event(),
-    })
+    handler = type(
+        "Remote",
+        (_Remote,),
+        {
+            "files": {
+                "a.png": PNG,
+                "clip.mp4": (media_dir / "allowed" / "clip.mp4").read_bytes(),
+                "clip.avi": (media_dir / "allowed" / "clip.avi").read_bytes(),
+            },
+            "release": threading.Event(),
+        },
+    )
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -93,4 +101,3 @@ def remote_media_host(media_dir: Path):
         handler.release.set()
         srv.shutdown()
         srv.server_close()
-

@@ -1,4 +1,5 @@
 """Sample media for the media/preprocessing tests (images and short videos made on the fly)."""
+
 from __future__ import annotations
 
 import base64
@@ -36,11 +37,14 @@ def image_bytes(fmt: str = "PNG", h: int = 240, w: int = 320, mode: str = "RGB",
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims `width` x `height` with a tiny (invalid) body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def frame_at(i: int, h: int, w: int) -> np.ndarray:
@@ -49,7 +53,7 @@ def frame_at(i: int, h: int, w: int) -> np.ndarray:
     f = np.stack([(x * 200 // w + i * 3) % 256, (y * 200 // h) % 256, np.full_like(x, (i * 37) % 256)], -1)
     s = max(4, min(h, w) // 4)
     cy, cx = (i * 5) % max(h - s, 1), (i * 7) % max(w - s, 1)
-    f[cy:cy + s, cx:cx + s] = (255, 255, 255)
+    f[cy : cy + s, cx : cx + s] = (255, 255, 255)
     return f.astype(np.uint8)
 
 

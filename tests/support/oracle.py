@@ -15,6 +15,7 @@ oracle is assembled from those real pieces:
   independently of the code under test (which uses Pillow);
 * positions: `Qwen3VLModel.get_rope_index` called on a stand-in `self` carrying the config.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,11 @@ def processor():
         def check_argument_for_proper_class(self, *args, **kwargs):  # video slot: our stand-in
             return None
 
-    return Processor(image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder),
-                     tokenizer=AutoTokenizer.from_pretrained(folder), video_processor=RefVideoProcessor())
+    return Processor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(folder),
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+        video_processor=RefVideoProcessor(),
+    )
 
 
 def decode_all_frames(path) -> tuple[list[np.ndarray], float]:
@@ -89,13 +93,14 @@ class RefVideoProcessor:
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor, smart_resize
 
         pixel_values, grids, metas = [], [], []
-        for frames, video_fps in zip(videos, self.video_fps):
+        for frames, video_fps in zip(videos, self.video_fps, strict=True):
             indices, meta = self.sample(len(frames), video_fps)
             meta.frames_indices = indices
             clip = torch.from_numpy(np.stack([frames[i] for i in indices])).permute(0, 3, 1, 2)  # T C H W uint8
             n, _, h, w = clip.shape
-            rh, rw = smart_resize(n, h, w, temporal_factor=2, factor=32, min_pixels=self.min_pixels,
-                                  max_pixels=self.max_pixels_for(n))
+            rh, rw = smart_resize(
+                n, h, w, temporal_factor=2, factor=32, min_pixels=self.min_pixels, max_pixels=self.max_pixels_for(n)
+            )
             # torchvision's tvF.resize on a uint8 CPU tensor is this call (uint8 in, uint8 out).
             x = F.interpolate(clip.contiguous(), size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
             # transformers fuses rescale and normalise: (x - 0.5*255) / (0.5*255) in float32.
@@ -104,8 +109,11 @@ class RefVideoProcessor:
             pixel_values.append(patches[0].numpy())
             grids.append([gt, gh, gw])
             metas.append(meta)
-        return {"pixel_values_videos": np.concatenate(pixel_values), "video_grid_thw": np.array(grids),
-                "video_metadata": metas}
+        return {
+            "pixel_values_videos": np.concatenate(pixel_values),
+            "video_grid_thw": np.array(grids),
+            "video_metadata": metas,
+        }
 
 
 def timestamps(indices, video_fps):
@@ -121,6 +129,7 @@ def rope_index(input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw
     me = types.SimpleNamespace(config=types.SimpleNamespace(vision_config=types.SimpleNamespace(spatial_merge_size=2)))
     me.get_vision_position_ids = functools.partial(Qwen3VLModel.get_vision_position_ids, me)
     t = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
-    pos, _ = Qwen3VLModel.get_rope_index(me, t(np.asarray(input_ids)[None]), t(np.asarray(mm_token_type_ids)[None]),
-                                         t(image_grid_thw), t(video_grid_thw))
+    pos, _ = Qwen3VLModel.get_rope_index(
+        me, t(np.asarray(input_ids)[None]), t(np.asarray(mm_token_type_ids)[None]), t(image_grid_thw), t(video_grid_thw)
+    )
     return pos[:, 0].numpy()

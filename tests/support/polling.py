@@ -1,4 +1,5 @@
 """Waiting for a state: poll the real condition until a deadline, never sleep a guess."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """What a server process holds, read from /proc (Linux): fds, RSS, accepted connections."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """GET /metrics parsed into {(sample name, labels): value}."""
+
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families

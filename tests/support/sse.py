@@ -1,4 +1,5 @@
 """Server-Sent Events bodies as the tests read them."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Request -> SamplingParams, and what a device-greedy engine reports it cannot honour."""
+
 import pytest
 
 from qwen3vl_app.errors import APIError
@@ -11,8 +12,12 @@ DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "r
 def test_generation_config_defaults_and_request_overrides():
     p = sampling_params({}, DEFAULTS, Settings(), greedy_only=False)
     assert (p.temperature, p.top_p, p.top_k, p.max_tokens) == (0.7, 0.8, 20, Settings().max_tokens_default)
-    p = sampling_params({"temperature": 0, "top_k": 5, "max_tokens": 9, "max_completion_tokens": 4},
-                        DEFAULTS, Settings(), greedy_only=False)
+    p = sampling_params(
+        {"temperature": 0, "top_k": 5, "max_tokens": 9, "max_completion_tokens": 4},
+        DEFAULTS,
+        Settings(),
+        greedy_only=False,
+    )
     assert (p.temperature, p.top_k, p.max_tokens, p.greedy) == (0, 5, 4, True)
 
 

@@ -1,9 +1,9 @@
 """Server ceilings vs per-request wishes, and the request-level media pipeline."""
+
 import io
 
 import numpy as np
 import pytest
-from tests.support.media_samples import gradient_rgb, image_bytes, video_bytes
 from PIL import Image
 
 from qwen3vl_app.engine.base import Limits
@@ -18,6 +18,7 @@ from qwen3vl_app.media.pipeline import (
 )
 from qwen3vl_app.processing.vision import preprocess_image
 from qwen3vl_app.settings import Settings
+from tests.support.media_samples import gradient_rgb, image_bytes, video_bytes
 
 
 class Ref:
@@ -58,8 +59,10 @@ def test_resolve_in_order_and_retag(tmp_path):
     vid = video_bytes(tmp_path, ".mp4", frames=10, h=64, w=64)
     import base64
 
-    refs = [Ref(data_uri(image_bytes("PNG", 64, 64))),
-            Ref("data:image/png;base64," + base64.b64encode(vid).decode(), "messages[0].content[1]")]
+    refs = [
+        Ref(data_uri(image_bytes("PNG", 64, 64))),
+        Ref("data:image/png;base64," + base64.b64encode(vid).decode(), "messages[0].content[1]"),
+    ]
     out = resolve_media(refs, cfg)
     assert [v.kind for v in out] == ["image", "video"]
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "x"}]}]
@@ -73,8 +76,7 @@ def test_errors_name_the_part_and_limits():
         resolve_media([Ref(data_uri(image_bytes()))] * 3, cfg)
     assert e.value.code == "too_many_media"
     with pytest.raises(MediaError) as e:
-        resolve_media([Ref(data_uri(image_bytes())), Ref("data:image/png;base64,AAAA", "messages[2].content[5]")],
-                      cfg)
+        resolve_media([Ref(data_uri(image_bytes())), Ref("data:image/png;base64,AAAA", "messages[2].content[5]")], cfg)
     assert e.value.param == "messages[2].content[5]"
 
 

@@ -3,6 +3,7 @@
 HTTP tests use a throwaway server on 127.0.0.1.  Addresses in 10.0.0.0/8 and 169.254/16
 are only ever *refused*: a guard fails the test if a connection to anything but the
 loopback test server is attempted."""
+
 from __future__ import annotations
 
 import base64
@@ -14,11 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from tests.support.media_samples import image_bytes
 
 from qwen3vl_app.errors import MediaError
 from qwen3vl_app.media import sniff as S
 from qwen3vl_app.media.sources import SourcePolicy, blob_from_bytes, is_public_ip, load_media
+from tests.support.media_samples import image_bytes
 
 PNG = image_bytes("PNG", 40, 60)
 JPEG = image_bytes("JPEG", 40, 60)
@@ -127,20 +128,50 @@ ONLY_LOOPBACK_127_0_0_1 = SourcePolicy(is_allowed_ip=lambda ip: str(ip) == "127.
 # ---------------------------------------------------------------------------- address policy
 
 
-@pytest.mark.parametrize("addr,public", [
-    ("127.0.0.1", False), ("10.0.0.1", False), ("172.16.5.4", False), ("192.168.1.1", False),
-    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
-    ("240.0.0.1", False), ("255.255.255.255", False), ("::1", False), ("fe80::1", False), ("fc00::1", False),
-    ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False), ("2002:7f00:1::1", False), ("::", False),
-    ("ff02::1", False), ("8.8.8.8", True), ("1.1.1.1", True), ("2606:4700:4700::1111", True),
-])
+@pytest.mark.parametrize(
+    "addr,public",
+    [
+        ("127.0.0.1", False),
+        ("10.0.0.1", False),
+        ("172.16.5.4", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("2002:7f00:1::1", False),
+        ("::", False),
+        ("ff02::1", False),
+        ("8.8.8.8", True),
+        ("1.1.1.1", True),
+        ("2606:4700:4700::1111", True),
+    ],
+)
 def test_public_ip_table(addr, public):
     assert is_public_ip(ipaddress.ip_address(addr)) is public
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:1/x.png", "http://10.0.0.1/x.png", "http://169.254.169.254/latest",
-                                 "http://[::1]/x", "http://0.0.0.0/", "https://10.0.0.1/x", "http://localhost:1/x",
-                                 "http://[::ffff:169.254.169.254]/", "http://2130706433/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/x.png",
+        "http://10.0.0.1/x.png",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+        "http://0.0.0.0/",
+        "https://10.0.0.1/x",
+        "http://localhost:1/x",
+        "http://[::ffff:169.254.169.254]/",
+        "http://2130706433/",
+    ],
+)
 def test_private_destinations_refused_before_connecting(url, connections):
     with pytest.raises(MediaError) as e:
         load_media(url, SourcePolicy(), param="messages[0].content[0]")
@@ -266,9 +297,15 @@ def test_data_uri_size_checked_before_decoding(monkeypatch):
     assert e.value.status == 413
 
 
-@pytest.mark.parametrize("uri", ["data:image/png;base64,@@@notbase64@@@", "data:image/png;base64",
-                                 "data:text/plain;base64," + base64.b64encode(b"hello world").decode(),
-                                 "data:image/png;base64,"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "data:image/png;base64,@@@notbase64@@@",
+        "data:image/png;base64",
+        "data:text/plain;base64," + base64.b64encode(b"hello world").decode(),
+        "data:image/png;base64,",
+    ],
+)
 def test_bad_data_uris(uri):
     with pytest.raises(MediaError) as e:
         load_media(uri, SourcePolicy())
@@ -317,8 +354,17 @@ def test_local_inside_root(tree, monkeypatch):
     assert load_media("../a.png", pol).data == PNG
 
 
-@pytest.mark.parametrize("rel", ["../outside/secret.png", "sub/../../outside/secret.png", "escape.png",
-                                 "escape_dir/secret.png", "/etc/passwd", "/proc/self/environ"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "../outside/secret.png",
+        "sub/../../outside/secret.png",
+        "escape.png",
+        "escape_dir/secret.png",
+        "/etc/passwd",
+        "/proc/self/environ",
+    ],
+)
 def test_local_escapes_refused(tree, rel):
     root, _ = tree
     pol = SourcePolicy(allowed_local_roots=(str(root),))

@@ -1,9 +1,9 @@
 """Multi-turn reuse on the torch engine: a follow-up prefill that reuses the previous turn's
 KV gives the logits of a fresh prefill, the vision cache skips the encoder for a repeated
 image, and neither ever serves a different image or prompt."""
+
 import numpy as np
 import pytest
-from tests.support.media_samples import gradient_rgb
 from PIL import Image
 
 from qwen3vl_app.engine.base import Prompt
@@ -11,6 +11,7 @@ from qwen3vl_app.engine.reuse import CachedSequence, VisionCache, reusable_prefi
 from qwen3vl_app.processing.prompt import build_prompt
 from qwen3vl_app.processing.vision import preprocess_image
 from qwen3vl_app.tokenizer import ChatTokenizer
+from tests.support.media_samples import gradient_rgb
 
 # Reused and fresh prefills run the same float32 math over different chunkings of the
 # sequence (suffix-only attention over cached KV vs one pass), so they agree to rounding.
@@ -66,8 +67,13 @@ SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 20}
 
 
 def turn1(tok, images):
-    msgs = [SYSTEM, {"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                                 {"type": "text", "text": "Compare the two pictures."}]}]
+    msgs = [
+        SYSTEM,
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare the two pictures."}],
+        },
+    ]
     return msgs, build_prompt(tok, msgs, images)
 
 
@@ -143,8 +149,7 @@ def test_the_vision_cache_skips_the_encoder_for_a_repeated_image(model_dir, tok)
     engine._run_encoder = lambda item: calls.append(item) or run(item)  # counts real encoder runs
     img = image(5)
     for text in ("first", "second"):  # different text: no prefix reuse past the system prompt
-        p = build_prompt(tok, [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image"}]}],
-                         [img])
+        p = build_prompt(tok, [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image"}]}], [img])
         engine.prefill(p)
     assert len(calls) == 1 and len(engine.vision_cache) == 1
 

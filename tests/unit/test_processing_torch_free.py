@@ -1,4 +1,5 @@
 """The serving path's media code must not pull in torch, transformers or qwen_vl_utils."""
+
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ def test_media_and_processing_import_without_torch():
         "from qwen3vl_app.processing.vision import image_from_bytes\n"
         "import io; from PIL import Image\n"
         "b = io.BytesIO(); Image.new('RGB', (64, 64)).save(b, 'PNG'); image_from_bytes(b.getvalue())\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in %r)))\n" % (FORBIDDEN,)
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -11,19 +11,64 @@ def test_old_flags_keep_names_and_defaults():
     assert env == {}  # nothing given, nothing overridden
     s = Settings.from_env({})
     assert (s.model_dir, s.max_concurrent, s.log_level, s.devid, s.video_ratio, s.port) == (
-        "./models/qwen3vl_2b", 10, "INFO", 0, 0.5, 8899)
-    assert (s.api_key, s.api_header, s.api_prefix, s.disable_api_auth) == (("abc@123",), "Authorization", "Bearer", False)
+        "./models/qwen3vl_2b",
+        10,
+        "INFO",
+        0,
+        0.5,
+        8899,
+    )
+    assert (s.api_key, s.api_header, s.api_prefix, s.disable_api_auth) == (
+        ("abc@123",),
+        "Authorization",
+        "Bearer",
+        False,
+    )
 
 
 def test_short_flags_reach_workers_through_env():
     ns = build_arg_parser().parse_args(
-        ["-m", "/m", "-c", "3", "-l", "DEBUG", "-d", "1", "-v", "0.25", "-p", "9000", "--api-key", "k1",
-         "--api-key", "k2", "--api-header", "X-API-Key", "--api-prefix", "Token", "--disable-api-auth",
-         "--workers", "2", "--host", "127.0.0.1", "--engine", "torch"])
+        [
+            "-m",
+            "/m",
+            "-c",
+            "3",
+            "-l",
+            "DEBUG",
+            "-d",
+            "1",
+            "-v",
+            "0.25",
+            "-p",
+            "9000",
+            "--api-key",
+            "k1",
+            "--api-key",
+            "k2",
+            "--api-header",
+            "X-API-Key",
+            "--api-prefix",
+            "Token",
+            "--disable-api-auth",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--engine",
+            "torch",
+        ]
+    )
     env = {}
     args_to_env(ns, env)
     s = Settings.from_env(env)
-    assert (s.model_dir, s.max_concurrent, s.log_level, s.devid, s.video_ratio, s.port) == ("/m", 3, "DEBUG", 1, 0.25, 9000)
+    assert (s.model_dir, s.max_concurrent, s.log_level, s.devid, s.video_ratio, s.port) == (
+        "/m",
+        3,
+        "DEBUG",
+        1,
+        0.25,
+        9000,
+    )
     assert s.api_keys() == ("k1", "k2") and s.api_header == "X-API-Key" and s.api_prefix == "Token"
     assert s.disable_api_auth and s.workers == 2 and s.host == "127.0.0.1" and s.engine == "torch"
 
@@ -45,8 +90,9 @@ def test_mask_key():
 
 
 def test_missing_explicit_model_dir_is_a_clear_startup_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "qwen3vl_app", "-m", str(tmp_path / "nope")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app", "-m", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode != 0
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr
 
@@ -59,6 +105,10 @@ def test_help_lists_every_flag():
 
 
 def test_bad_allowed_media_network_is_a_startup_error(tiny_model_dir):
-    r = subprocess.run([sys.executable, "-m", "qwen3vl_app", "-m", str(tiny_model_dir),
-                        "--allowed-media-network", "192.168.7.0/33"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app", "-m", str(tiny_model_dir), "--allowed-media-network", "192.168.7.0/33"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "192.168.7.0/33" in r.stderr and "Traceback" not in r.stderr

@@ -9,10 +9,11 @@ from qwen3vl_app.tokenizer import ChatTokenizer
 
 SAMPLES = [
     "Hello 世界! 🤖🎉 naïve café, don't I'LL we've",
-    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n图片里有什么？<|vision_start|><|image_pad|><|vision_end|><|im_end|>",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n图片里有什么？"
+    "<|vision_start|><|image_pad|><|vision_end|><|im_end|>",
     "  spaces\t\ttabs\r\nCRLF\n\n\nnewlines   trailing   ",
     "数字 1234567890 and 3.14159, emoji 👍🏽👨‍👩‍👧‍👦 flags 🇨🇳🇺🇸 ありがとう 한국어 Привет мир",
-    "<think>reasoning</think><tool_call>{\"a\": 1}</tool_call> code: def f(x):\n    return x**2  # ok",
+    '<think>reasoning</think><tool_call>{"a": 1}</tool_call> code: def f(x):\n    return x**2  # ok',
     "混合Mixed文本text🙂ＦＵＬＬＷＩＤＴＨ",
 ]
 
@@ -100,7 +101,15 @@ def test_client_text_cannot_forge_control_tokens(tok):
 
 
 def test_encode_chat_equals_plain_encoding_for_ordinary_text(tok):
-    msgs = [{"role": "system", "content": "You are 有用的."},
-            {"role": "user", "content": [{"type": "text", "text": "Look 🤖"}, {"type": "image"},
-                                         {"type": "text", "text": " and tell me"}]}]
+    msgs = [
+        {"role": "system", "content": "You are 有用的."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look 🤖"},
+                {"type": "image"},
+                {"type": "text", "text": " and tell me"},
+            ],
+        },
+    ]
     assert tok.encode_chat(msgs) == tok.encode(tok.render(msgs))

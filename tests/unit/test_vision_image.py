@@ -1,12 +1,13 @@
 """Image preprocessing is bit-exact with transformers' Qwen3-VL image processor."""
+
 import numpy as np
 import pytest
-from tests.support.media_samples import gradient_rgb, image_bytes, png_header_only
-from tests.support.oracle import processor
 from PIL import Image, ImageOps
 
 from qwen3vl_app.errors import MediaError
 from qwen3vl_app.processing import vision as V
+from tests.support.media_samples import gradient_rgb, image_bytes, png_header_only
+from tests.support.oracle import processor
 
 
 def _ref(img, **size):
@@ -15,9 +16,20 @@ def _ref(img, **size):
     return ip(images=[img], return_tensors="np", **kw)
 
 
-@pytest.mark.parametrize("h,w,mode", [(240, 320, "RGB"), (100, 90, "RGBA"), (1000, 37, "L"), (64, 64, "P"),
-                                      (31, 2000, "RGB"), (1080, 1920, "RGB"), (2000, 3000, "LA"),
-                                      (17, 17, "RGB"), (513, 511, "CMYK")])
+@pytest.mark.parametrize(
+    "h,w,mode",
+    [
+        (240, 320, "RGB"),
+        (100, 90, "RGBA"),
+        (1000, 37, "L"),
+        (64, 64, "P"),
+        (31, 2000, "RGB"),
+        (1080, 1920, "RGB"),
+        (2000, 3000, "LA"),
+        (17, 17, "RGB"),
+        (513, 511, "CMYK"),
+    ],
+)
 def test_pixel_values_bit_exact(h, w, mode):
     img = Image.fromarray(gradient_rgb(h, w, seed=h + w)).convert(mode)
     ref = _ref(img)
@@ -82,8 +94,17 @@ def test_bomb_refused_before_decode():
     assert "9000x9000" in e.value.message
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x89PNG\r\n\x1a\n", image_bytes("PNG")[:200], image_bytes("JPEG")[:300],
-                                  b"GIF89a" + b"\x00" * 20, b"not an image at all"])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n",
+        image_bytes("PNG")[:200],
+        image_bytes("JPEG")[:300],
+        b"GIF89a" + b"\x00" * 20,
+        b"not an image at all",
+    ],
+)
 def test_corrupt_and_truncated(blob):
     with pytest.raises(MediaError) as e:
         V.image_from_bytes(blob)

@@ -1,8 +1,7 @@
 """Placeholder expansion and M-RoPE positions equal transformers' processor + get_rope_index."""
+
 import numpy as np
 import pytest
-from tests.support.media_samples import gradient_rgb, write_video
-from tests.support.oracle import decode_all_frames, processor, rope_index
 from PIL import Image
 
 from qwen3vl_app.engine.base import Prompt
@@ -12,6 +11,8 @@ from qwen3vl_app.processing import video as VID
 from qwen3vl_app.processing.vision import preprocess_image
 from qwen3vl_app.processing.vision_prompt import expand_vision, mrope_positions
 from qwen3vl_app.tokenizer import ChatTokenizer
+from tests.support.media_samples import gradient_rgb, write_video
+from tests.support.oracle import decode_all_frames, processor, rope_index
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,6 @@ def _video(tmp_path, name, frames, fps, h, w, budget):
     path = write_video(tmp_path / name, frames=frames, fps=fps, h=h, w=w)
     all_frames, vfps = decode_all_frames(path)
     return np.stack(all_frames), vfps, VID.video_from_path(str(path), budget)
-
-
 
 
 def _run(tok, messages, items, video_budget=None):
@@ -56,13 +55,15 @@ def _run(tok, messages, items, video_budget=None):
     ref = proc(text=[text], return_tensors="np", **kw)
     ref_ids = ref["input_ids"][0].tolist()
     assert ours_ids == ref_ids
-    ref_pos = rope_index(ref["input_ids"][0], ref["mm_token_type_ids"][0], ref.get("image_grid_thw"),
-                         ref.get("video_grid_thw"))
+    ref_pos = rope_index(
+        ref["input_ids"][0], ref["mm_token_type_ids"][0], ref.get("image_grid_thw"), ref.get("video_grid_thw")
+    )
     assert ours_pos.dtype == np.int64 and ours_pos.shape == (3, len(ours_ids))
     assert np.array_equal(ours_pos, ref_pos)
     if imgs:
-        assert np.array_equal(np.concatenate([v.pixel_values for v in vision if v.kind == "image"]),
-                              ref["pixel_values"])
+        assert np.array_equal(
+            np.concatenate([v.pixel_values for v in vision if v.kind == "image"]), ref["pixel_values"]
+        )
     return ours_ids, ours_pos
 
 

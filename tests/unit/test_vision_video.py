@@ -4,21 +4,27 @@ as torchvision calls it).  Frames must agree within 2/255 on the 0-1 pixel scale
 steps; pixel_values are normalised with std 0.5, so that is 4/255 in pixel_values units).
 The only source of difference is the resize kernel: Pillow (ours, and the reference *image*
 path) vs torch's fixed-point uint8 kernel, which round differently on rare pixels."""
+
 import numpy as np
 import pytest
-from tests.support.media_samples import VIDEO_CODECS, write_video
-from tests.support.oracle import RefVideoProcessor, decode_all_frames, timestamps
 
 from qwen3vl_app.errors import MediaError
 from qwen3vl_app.processing import video as VID
+from tests.support.media_samples import VIDEO_CODECS, write_video
+from tests.support.oracle import RefVideoProcessor, decode_all_frames, timestamps
 
 TOL = 2 / 255 + 1e-6  # on the 0-1 pixel scale
 
 
 def _compare(path, budget: VID.VideoBudget):
     frames, fps = decode_all_frames(path)
-    ref_proc = RefVideoProcessor(fps=budget.fps, min_frames=budget.min_frames, max_frames=budget.max_frames,
-                                 min_pixels=budget.min_pixels, max_pixels=budget.stack_max_pixels)
+    ref_proc = RefVideoProcessor(
+        fps=budget.fps,
+        min_frames=budget.min_frames,
+        max_frames=budget.max_frames,
+        min_pixels=budget.min_pixels,
+        max_pixels=budget.stack_max_pixels,
+    )
     ref_proc.video_fps = [fps]
     ref = ref_proc([np.stack(frames)])
     ours = VID.video_from_path(str(path), budget)
@@ -34,14 +40,17 @@ def _compare(path, budget: VID.VideoBudget):
     return ours, diff
 
 
-@pytest.mark.parametrize("frames,fps,h,w,budget", [
-    (45, 10.0, 120, 160, VID.VideoBudget(frame_max_pixels=100_000)),   # upscale, odd frame count
-    (60, 30.0, 360, 480, VID.VideoBudget(frame_max_pixels=50_000)),    # downscale
-    (300, 25.0, 96, 128, VID.VideoBudget(fps=1.0)),                    # long-ish clip, sparse sampling (seeks)
-    (7, 5.0, 64, 64, VID.VideoBudget()),                               # fewer frames than min_frames
-    (200, 20.0, 240, 320, VID.VideoBudget(frame_max_pixels=10**7, total_pixels=40 * 1024)),  # total cap binds
-    (120, 24.0, 100, 300, VID.VideoBudget(fps=2.0, max_frames=6)),     # max_frames binds
-])
+@pytest.mark.parametrize(
+    "frames,fps,h,w,budget",
+    [
+        (45, 10.0, 120, 160, VID.VideoBudget(frame_max_pixels=100_000)),  # upscale, odd frame count
+        (60, 30.0, 360, 480, VID.VideoBudget(frame_max_pixels=50_000)),  # downscale
+        (300, 25.0, 96, 128, VID.VideoBudget(fps=1.0)),  # long-ish clip, sparse sampling (seeks)
+        (7, 5.0, 64, 64, VID.VideoBudget()),  # fewer frames than min_frames
+        (200, 20.0, 240, 320, VID.VideoBudget(frame_max_pixels=10**7, total_pixels=40 * 1024)),  # total cap binds
+        (120, 24.0, 100, 300, VID.VideoBudget(fps=2.0, max_frames=6)),  # max_frames binds
+    ],
+)
 def test_matches_reference(tmp_path, frames, fps, h, w, budget):
     path = write_video(tmp_path / "clip.mp4", frames=frames, fps=fps, h=h, w=w)
     _compare(path, budget)
