@@ -48,11 +48,7 @@ def test_every_endpoint_but_docs_and_metrics_needs_the_key(inproc):
         openai_error(inproc.request(method, path, headers={}), 401)
     for path in ("/docs", "/openapi.json", "/metrics"):
         assert inproc.get(path, headers={}).status_code == 200, path
-    assert engine_untouched(inproc)
-
-
-def engine_untouched(app) -> bool:
-    return app.engine.prompts == []
+    assert inproc.engine.prompts == []
 
 
 def test_openai_client_with_a_wrong_key(inproc):

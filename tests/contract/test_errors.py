@@ -95,7 +95,7 @@ def test_max_prompt_tokens_setting(inproc_factory):
     openai_error(app.chat([{"role": "user", "content": "word " * 30}]), 400, "invalid_prompt")
 
 
-def test_queue_full_is_a_503_with_retry_after(inproc_factory):
+def test_server_full_is_a_503_with_retry_after(inproc_factory):
     """The server-wide admission limit: with every slot taken the next request is refused at once."""
     app = inproc_factory(max_concurrent=1)
     ticket = app.state.admission.try_acquire()  # another request holds the only slot
@@ -106,6 +106,18 @@ def test_queue_full_is_a_503_with_retry_after(inproc_factory):
     finally:
         ticket.release()
     assert app.chat(MSG, max_tokens=1).status_code == 200
+
+
+def test_worker_queue_full_is_a_503_with_retry_after(inproc_factory):
+    """This worker's engine is busy and its queue (--max-queue 0) is full: refused at once."""
+    app = inproc_factory(max_queue=0)
+    with app.state.runner.turn():  # another generation holds the engine
+        r = app.chat(MSG, max_tokens=1)
+        err = openai_error(r, 503, "server_busy")
+        assert "capacity" in err["message"] and int(r.headers["Retry-After"]) >= 1
+        assert app.get("/health").get_json()["running"] == 1
+    assert app.chat(MSG, max_tokens=1).status_code == 200
+    assert app.state.admission.in_use() == 0  # the refused request gave its slot back
 
 
 def test_draining_worker_refuses_new_requests(inproc):
