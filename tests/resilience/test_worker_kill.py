@@ -47,9 +47,11 @@ def healthy_pids(s, want: set[int] | None = None, timeout: float = 120) -> set[i
     raise AssertionError(f"healthy workers seen: {seen}, wanted {want}")
 
 
-def serve_meanwhile(s, stop: threading.Event, out: list) -> None:
-    """Keep asking for short completions while the kill happens; record (status, pid)."""
+def serve_meanwhile(s, stop: threading.Event, sending: threading.Event, out: list) -> None:
+    """Keep asking for short completions while the kill happens; record (status, pid).
+    `sending` is set once the first request is on its way."""
     while not stop.is_set():
+        sending.set()
         try:
             r = requests.post(
                 s.url + "/v1/chat/completions",
@@ -60,18 +62,16 @@ def serve_meanwhile(s, stop: threading.Event, out: list) -> None:
             out.append((r.status_code, int(r.headers.get("X-Worker-Pid", 0))))
         except requests.RequestException as e:
             out.append((type(e).__name__, 0))
-        time.sleep(0.02)
+        time.sleep(0.02)  # pacing: a steady trickle, not a flood
 
 
 def replacement(s, old: set[int], victim: int, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def new_worker():
         pids = set(s.worker_pids())
         new = pids - old
-        if len(pids) == 2 and victim not in pids and new:
-            return new.pop()
-        time.sleep(0.1)
-    raise AssertionError(f"no replacement worker: {s.worker_pids()}")
+        return new.pop() if len(pids) == 2 and victim not in pids and new else None
+
+    return wait_for(new_worker, timeout, every=0.1, what="a replacement worker")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
@@ -120,23 +120,25 @@ def test_sigkill_mid_generation(pair, stream):
     if stream:
         assert result["pid"] == victim
 
-    stop, served = threading.Event(), []
-    helper = threading.Thread(target=serve_meanwhile, args=(pair, stop, served))
+    stop, sending, served = threading.Event(), threading.Event(), []
+    helper = threading.Thread(target=serve_meanwhile, args=(pair, stop, sending, served))
     helper.start()
-    wait_for(lambda: served, what="the other worker serving meanwhile")
-    os.kill(victim, signal.SIGKILL)
-    killed_at = time.monotonic()
-    t.join(60)
-    assert not t.is_alive(), "client still hanging after the kill"
-    assert result["outcome"] != "hang", result
-    assert not result.get("done"), "a killed generation cannot have finished normally"
-    closed_after = result["end"] - killed_at
-    assert closed_after < 10, closed_after
+    try:
+        assert sending.wait(10), "the helper never started"  # requests are in flight when the kill lands
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        t.join(60)
+        assert not t.is_alive(), "client still hanging after the kill"
+        assert result["outcome"] != "hang", result
+        assert not result.get("done"), "a killed generation cannot have finished normally"
+        closed_after = result["end"] - killed_at
+        assert closed_after < 10, closed_after
 
-    new = replacement(pair, old, victim)
-    healthy_pids(pair, want={new} | (old - {victim}))
-    stop.set()
-    helper.join()
+        new = replacement(pair, old, victim)
+        healthy_pids(pair, want={new} | (old - {victim}))
+    finally:
+        stop.set()
+        helper.join()
 
     ok = [pid for status, pid in served if status == 200]
     bad = [(status, pid) for status, pid in served if status != 200]
