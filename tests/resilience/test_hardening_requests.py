@@ -14,18 +14,14 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import REPO
-
-from .helpers import openai_error
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from media_samples import write_video  # noqa: E402
+from tests.support.checks import openai_error
+from tests.support.live import REPO
+from tests.support.media_samples import write_video
 
 EQ_KEY = "sk=abc=def"  # werkzeug's parser took this for parameters
 UTF8_KEY = "ключ-доступа-0123"  # arrives as Latin-1-decoded UTF-8 bytes

@@ -18,7 +18,9 @@ import time
 import pytest
 import requests
 
-from tests.conftest import REPO, free_port
+from tests.support.live import REPO, free_port
+from tests.support.polling import wait_for
+from tests.support.procfs import holds_connection_from
 
 MSG = [{"role": "user", "content": "Tell me a long story."}]
 KEY = "stall-key-0123456789"
@@ -107,7 +109,10 @@ def test_slow_authenticated_body_holds_no_slot_and_is_cut(tight):
             b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n1\r\n{\r\n"
         )
         drips.append(s)
-    time.sleep(0.5)
+    (worker,) = srv.worker_pids()
+    for s in drips:  # every dripping client is in the worker's hands, its body being read
+        port = s.getsockname()[1]
+        wait_for(lambda port=port: holds_connection_from(worker, port), what="the worker reading the drip")
     r = srv.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}, timeout=30)
     assert r.status_code == 200, r.text  # no slot held by the drippers
     for s in drips:

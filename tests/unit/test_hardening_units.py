@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-from media_samples import png_header_only, write_video
 from PIL import Image
 
 from qwen3vl_app.errors import MediaError, PromptError
@@ -19,6 +18,7 @@ from qwen3vl_app.processing import video as VID
 from qwen3vl_app.processing import vision as V
 from qwen3vl_app.request_log import _v
 from qwen3vl_app.settings import Settings
+from tests.support.media_samples import png_header_only, write_video
 
 # ------------------------------------------------------------------ non-public addresses
 
@@ -227,7 +227,7 @@ def test_images_over_the_prompt_are_refused_before_decoding(monkeypatch):
 
 
 def test_pixels_decoded_per_request_are_bounded():
-    from media_samples import image_bytes
+    from tests.support.media_samples import image_bytes
 
     config = MediaConfig.from_settings(Settings(max_request_pixels=30_000_000))
     refs = [
