@@ -22,7 +22,7 @@ from tests.ops.test_nginx import NGINX, main_conf
 
 from .conftest import set_key
 
-STATS = re.compile(r"TTFT (\d+\.\d\d) s · ([\d.]+) tok/s · (\d+) prompt tokens · (\d+) completion tokens")
+STATS = re.compile(r"TTFT (\d+\.\d\d) s · ([\d.]+) tok/s · (\d+) prompt tokens(?: \(\d+ cached\))? · (\d+) completion tokens")
 
 
 def png_bytes(size=(96, 64)) -> bytes:
@@ -197,7 +197,7 @@ def test_attach_an_image_by_picker_drop_and_paste(page, play_server, artifacts):
 
 
 def test_attach_a_video(page, play_server, tmp_path):
-    from tests.unit.media_samples import video_bytes
+    from tests.support.media_samples import video_bytes
 
     clip = video_bytes(tmp_path, ".mp4", frames=20, fps=10.0)
     page.set_input_files("#file-input", files=[{"name": "clip.mp4", "mimeType": "video/mp4", "buffer": clip}])

@@ -4,6 +4,7 @@ the engine will drive (docs/batching.md).  Compiler only: nothing runs on the si
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -75,8 +76,10 @@ def test_patched_converter_builds_batch4_layout():
 def test_unpatched_converter_still_fails(tmp_path):
     """The upstream bug this wrapper works around.  When this test fails, tpu-mlir fixed it:
     build with plain `llm_convert` and retire the wrapper."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import llm_convert_patched as patched
+    spec = importlib.util.spec_from_file_location("llm_convert_patched", REPO / "scripts" / "llm_convert_patched.py")
+    assert spec is not None and spec.loader is not None
+    patched = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patched)
 
     bm, tiny = patched._builders()
     ckpt = tiny.build_checkpoint()
