@@ -2,11 +2,19 @@
 
 Text parts are kept in order; every image/video part becomes a `{"type": "image"}` /
 `{"type": "video"}` placeholder for the chat template, and its source is collected (in
-the same order) for the media layer to fetch and preprocess.
+the same order) for the media layer to fetch and preprocess.  Assistant `tool_calls`
+and `role: "tool"` results pass through in the shape chat templates expect.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+# Image `detail` (OpenAI): "low" caps the image at 512x512 pixels (at most 256 vision
+# tokens: one per 32x32 block); "high" and "auto" use the server's own budget
+# (--max-image-pixels and the engine's compiled size).  Explicit min/max_pixels in the part
+# still apply, and the server's ceilings always win.
+LOW_DETAIL_MAX_PIXELS = 512 * 512
 
 
 @dataclass
@@ -22,8 +30,11 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
     for i, msg in enumerate(messages):
         role = "system" if msg["role"] == "developer" else msg["role"]
         content = msg.get("content")
+        extra = _tool_fields(msg)
+        if role == "tool" and isinstance(content, list):  # a tool result is text; its parts are joined
+            content = "".join(p.get("text", "") for p in content if p["type"] == "text")
         if content is None or isinstance(content, str):
-            out.append({"role": role, "content": content or ""})
+            out.append({"role": role, "content": content or "", **extra})
             continue
         parts = []
         for j, part in enumerate(content):
@@ -34,7 +45,19 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
             kind = "video" if t in ("video_url", "video") else "image"
             url = part[t]["url"] if t.endswith("_url") else part[t]
             options = {k: part[k] for k in ("min_pixels", "max_pixels", "fps", "max_frames") if k in part}
+            if t.endswith("_url") and part[t].get("detail") == "low":
+                options["max_pixels"] = min(options.get("max_pixels", LOW_DETAIL_MAX_PIXELS), LOW_DETAIL_MAX_PIXELS)
             media.append(MediaRef(kind, url, f"messages[{i}].content[{j}]", options))
             parts.append({"type": kind})
-        out.append({"role": role, "content": parts})
+        out.append({"role": role, "content": parts, **extra})
     return out, media
+
+
+def _tool_fields(msg: dict) -> dict:
+    if msg.get("tool_calls"):
+        return {"tool_calls": [{"id": c.get("id") or "", "type": "function",
+                                "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+                               for c in msg["tool_calls"]]}
+    if msg["role"] == "tool":
+        return {"tool_call_id": msg.get("tool_call_id", "")}
+    return {}

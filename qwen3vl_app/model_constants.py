@@ -16,6 +16,8 @@ VIDEO_PAD = 151656  # <|video_pad|>
 TOOL_CALL_START = 151657  # <tool_call>
 TOOL_CALL_END = 151658  # </tool_call>
 
+VOCAB_ROWS = 151936  # rows of the embedding table and of every logits vector (ids past the tokenizer's never occur)
+
 # Vision geometry
 PATCH_SIZE = 16
 TEMPORAL_PATCH = 2

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import g
@@ -35,6 +36,7 @@ from .streaming import SSE_DONE, SSE_PING, sse
 
 if TYPE_CHECKING:
     from .conversation import MediaRef
+    from .engine.constraints import Grammar
     from .engine.runner import EngineRunner
     from .settings import Settings
     from .state import ServerState
@@ -84,6 +86,7 @@ class GenerationJob:
     time_limit: float = 600.0
     stats: JobStats = field(default_factory=JobStats)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    grammar: Grammar | None = None  # constrained decoding (response_format, forced tool calls)
 
 
 @dataclass
@@ -135,13 +138,19 @@ def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: 
         seed=req.get("seed"),
         logprobs=bool(req.get("logprobs")),
         top_logprobs=req.get("top_logprobs") or 0,
+        logit_bias=tuple((req.get("logit_bias") or {}).items()),
     )
 
 
-def ignored_params(req: dict, greedy_only: bool) -> list[str]:
-    """Sampling fields a device-greedy engine cannot honour; the response names them in
-    `X-Ignored-Params` (and /v1/models lists the capabilities) instead of hiding it."""
-    return [f for f in SAMPLING_FIELDS if greedy_only and req.get(f) is not None]
+def ignored_params(body: dict, greedy_only: bool, honoured: frozenset[str] | None = None) -> list[str]:
+    """Fields the response names in `X-Ignored-Params` instead of hiding that they had no
+    effect: the sampling fields a device-greedy engine cannot honour and, given the
+    endpoint's `honoured` fields, every other field set in the body (outside the spec
+    or not implemented).  /v1/models lists the capabilities."""
+    out = [f for f in SAMPLING_FIELDS if greedy_only and body.get(f) is not None]
+    if honoured is not None:
+        out += [k for k, v in body.items() if v is not None and k not in honoured and k not in out]
+    return out
 
 
 def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, messages: list[dict]) -> list[VisionInput]:
@@ -159,15 +168,18 @@ def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, mes
 
 
 def start(state: ServerState, engine: Engine, messages: list[dict], vision: list[VisionInput], req: dict,
-          stops: list[str], stream: bool) -> Iterator[Event]:
-    """Build and check the prompt, then take this worker's engine (503 at once when its
-    queue is full).  Returns the event iterator, already past ADMITTED."""
+          stops: list[str], stream: bool, tools: list[dict] | None = None, grammar: Grammar | None = None,
+          ) -> Iterator[Event]:
+    """Build and check the prompt (`tools` rendered by the chat template), then take this
+    worker's engine (503 at once when its queue is full).  Returns the event iterator,
+    already past ADMITTED."""
     settings = state.settings
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
-    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens)
+    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens, tools)
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
-    job = GenerationJob(prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")))
+    job = GenerationJob(prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")),
+                        grammar=grammar)
     g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
@@ -181,7 +193,7 @@ _tokenizer_thread = None
 
 
 def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[VisionInput], limits,
-             max_prompt_tokens: int = 0) -> Prompt:
+             max_prompt_tokens: int = 0, tools: list[dict] | None = None) -> Prompt:
     """build_prompt, after a bound that costs nothing: no token is longer than the longest
     entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
     many tokens -- 3 MB of digits is refused at once instead of after seconds of
@@ -197,8 +209,8 @@ def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[Vision
         raise PromptError(f"The messages hold {size} bytes of text, at least {at_least} tokens; this model "
                           f"accepts at most {limit}.")
     if size <= OFFLOAD_TEXT_BYTES:
-        return build_prompt(tokenizer, messages, vision)
-    return _off_hub(build_prompt, tokenizer, messages, vision)
+        return build_prompt(tokenizer, messages, vision, tools)
+    return _off_hub(build_prompt, tokenizer, messages, vision, tools)
 
 
 def _off_hub(fn, *args):
@@ -275,11 +287,12 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
         yield ADMITTED
         deadline = time.monotonic() + job.time_limit
         eos_ids = () if job.ignore_eos else tokenizer.eos_ids
+        constrain = partial(job.grammar.mask, tokenizer.folder / "tokenizer.json") if job.grammar else None
         tokens: Generator[Any, None, None]
         if runner.scheduler is not None:
-            tokens = _slot_tokens(runner, job, eos_ids, cancel, ping_every)
+            tokens = _slot_tokens(runner, job, eos_ids, cancel, ping_every, constrain)
         else:
-            tokens = _engine_tokens(runner, engine, job, eos_ids, cancel, ping_every)
+            tokens = _engine_tokens(runner, engine, job, eos_ids, cancel, ping_every, constrain)
         detok = Detokenizer(tokenizer)
         stops = StopMatcher(job.stops)
         try:
@@ -319,10 +332,11 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
 
 
 def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos_ids, cancel: Cancel,
-                   ping_every: float | None) -> Generator[Any, None, None]:
+                   ping_every: float | None, constrain=None) -> Generator[Any, None, None]:
     """One generation owning the engine: each step of the shared decode loop runs in the
-    engine thread; PING while the prefill outlasts `ping_every`."""
-    gen = generate(engine, job.prompt, job.params, eos_ids, cancel)
+    engine thread; PING while the prefill outlasts `ping_every`.  `constrain` builds the
+    grammar's token mask (constrained decoding), in the engine thread."""
+    gen = generate(engine, job.prompt, job.params, eos_ids, cancel, constrain)
     try:
         first = True
         while True:
@@ -344,12 +358,12 @@ def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos
 
 
 def _slot_tokens(runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Cancel,
-                 ping_every: float | None) -> Generator[Any, None, None]:
+                 ping_every: float | None, constrain=None) -> Generator[Any, None, None]:
     """One generation in a batch slot (--max-batch > 1): the scheduler in the engine thread
     sends its tokens; PING whenever none came for `ping_every` (its prefill, or another
     slot's prefill running between two decode steps).  Closing sets nothing itself: the
     caller's `cancel` frees the slot before the next decode step."""
-    channel = runner.join(job.prompt, job.params, eos_ids, cancel)
+    channel = runner.join(job.prompt, job.params, eos_ids, cancel, constrain)
     request = channel.request
     assert request is not None
     try:

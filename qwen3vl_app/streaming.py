@@ -45,8 +45,12 @@ class ChunkEncoder:
         return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)})
 
 
-def completion(completion_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int, logprobs=None, cached_tokens: int = 0) -> dict:
+def completion(completion_id: str, model: str, text: str | None, finish_reason: str, prompt_tokens: int,
+               completion_tokens: int, logprobs=None, tool_calls: list[dict] | None = None,
+               cached_tokens: int = 0) -> dict:
+    message = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -54,7 +58,7 @@ def completion(completion_id: str, model: str, text: str, finish_reason: str, pr
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": logprobs,
             "finish_reason": finish_reason,
         }],

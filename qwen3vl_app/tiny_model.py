@@ -64,15 +64,16 @@ ADDED_TOKENS = {
 }
 VOCAB_ROWS = 151936
 
-# ChatML as documented for Qwen3-VL.  Content is a string or a list of parts; image and
-# video parts become a vision block whose single pad token the processor expands.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] }}"
-    "{%- else -%}"
-    "{%- for part in message['content'] -%}"
+# ChatML as documented for Qwen3-VL, with its tools section: the tool signatures go into
+# the system turn inside <tools></tools>, assistant tool calls are rendered as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call>, and tool results travel in a user
+# turn as <tool_response> blocks (consecutive tool messages share one turn).  Content is
+# a string or a list of parts; image and video parts become a vision block whose single
+# pad token the processor expands.
+_CONTENT = (
+    "{%- if content is string -%}{{ content }}"
+    "{%- elif content -%}"
+    "{%- for part in content -%}"
     "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
     "{%- elif part['type'] == 'image' or part['type'] == 'image_url' -%}"
     "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
@@ -81,7 +82,38 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- endif -%}"
+)
+CHAT_TEMPLATE = (
+    "{%- set first_system = messages and messages[0]['role'] == 'system' -%}"
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{%- if first_system -%}{%- set content = messages[0]['content'] -%}" + _CONTENT + "{{ '\\n\\n' }}{%- endif -%}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'"
+    " 'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools -%}{{ '\\n' }}{{ tool | tojson }}{%- endfor -%}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '"
+    " 'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n'"
+    " '{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- set content = message['content'] -%}"
+    "{%- if message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{ '<|im_start|>user' }}{%- endif -%}"
+    "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
+    "{%- elif not (tools and loop.first and message['role'] == 'system') -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}" + _CONTENT +
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- if (loop.first and content) or not loop.first -%}{{ '\\n' }}{%- endif -%}"
+    "{%- set fn = call['function'] if call['function'] else call -%}"
+    "{{ '<tool_call>\\n{\"name\": \"' }}{{ fn['name'] }}{{ '\", \"arguments\": ' }}"
+    "{%- if fn['arguments'] is string -%}{{ fn['arguments'] }}{%- else -%}{{ fn['arguments'] | tojson }}{%- endif -%}"
+    "{{ '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
     "{{ '<|im_end|>\\n' }}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )

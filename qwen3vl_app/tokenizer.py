@@ -35,15 +35,16 @@ class ChatTokenizer:
         self.generation_config = _read_json(folder / "generation_config.json")
         eos = self.generation_config.get("eos_token_id", [IM_END, END_OF_TEXT])
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) | {IM_END, END_OF_TEXT}
-        self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
-            _find_chat_template(folder)
-        )
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = template_tojson  # as transformers renders templates: no key sorting, no HTML escapes
+        self._template = env.from_string(_find_chat_template(folder))
         self.special_ids = frozenset(
             tid for tid in range(END_OF_TEXT, self.vocab_size) if self.tok.id_to_token(tid) is not None
         )
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt)
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     tools=tools or None)
 
     def encode(self, text: str) -> list[int]:
         """Trusted text (the rendered template): control tokens in it are real tokens."""
@@ -58,14 +59,19 @@ class ChatTokenizer:
         finally:
             self.tok.encode_special_tokens = False
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
         """Render the chat template and tokenize it, the template's own text as trusted and
-        every message text as untrusted.  Each text is swapped for a marker before
-        rendering; the rendered string is split on the markers afterwards."""
+        every client text as untrusted.  Each message text (and each tool call's name and
+        arguments) is swapped for a marker before rendering; the rendered string is split
+        on the markers afterwards.  Tool signatures are rendered by the template's
+        `tojson`, which escapes control-token text (`template_tojson`)."""
         texts: list[str] = []
         nonce = secrets.token_hex(4)
 
         def mark(text: str) -> str:
+            if not text:
+                return text  # stays falsy for the template (an empty assistant text before tool calls)
             texts.append(text)
             return f"\ue000{nonce}:{len(texts) - 1}\ue001"
 
@@ -76,8 +82,13 @@ class ChatTokenizer:
                 content = mark(content)
             else:
                 content = [{**p, "text": mark(p["text"])} if p.get("type") == "text" else p for p in content]
-            marked.append({**msg, "content": content})
-        rendered = self.render(marked, add_generation_prompt)
+            out = {**msg, "content": content}
+            if msg.get("tool_calls"):
+                out["tool_calls"] = [{**call, "function": {"name": mark(call["function"]["name"]),
+                                                          "arguments": mark(call["function"]["arguments"])}}
+                                     for call in msg["tool_calls"]]
+            marked.append(out)
+        rendered = self.render(marked, add_generation_prompt, tools)
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
         ids: list[int] = []
         for i, piece in enumerate(pieces):
@@ -94,6 +105,17 @@ class ChatTokenizer:
         """The raw bytes one token stands for (special tokens: their text)."""
         return self.tok.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass") \
             if token_id >= END_OF_TEXT else _unbyte(self.tok.id_to_token(token_id))
+
+
+_CONTROL_TEXT = re.compile(r"<(?=\|[a-z_]+\||/?tool_call>|/?tool_response>|/?think>)")
+
+
+def template_tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False) -> str:
+    """The `tojson` chat templates are written for (transformers' own: keys in the client's
+    order, non-ASCII kept).  A `<` that would start control-token text is written as the
+    JSON escape \\u003c (same JSON value), so a tool description cannot forge a turn."""
+    text = json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+    return _CONTROL_TEXT.sub(r"\\u003c", text)
 
 
 def _find_chat_template(folder: Path) -> str:

@@ -7,11 +7,21 @@ from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..conversation import split_messages
+from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..streaming import SSE_HEADERS, ChunkEncoder, completion, new_completion_id
+from ..structured import plan_output
 from .chat_schema import ChatCompletionRequestSchema
 from .common import json_body
 
 bp = Blueprint("chat", __name__)
+
+# Request fields with an effect; any other field set in a request is named in X-Ignored-Params.
+HONOURED = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "n", "stream",
+    "stream_options", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "logit_bias",
+})
 
 
 @bp.post("/v1/chat/completions")
@@ -19,42 +29,76 @@ bp = Blueprint("chat", __name__)
 @admitted  # a --max_concurrent slot for the whole response, or 503 at once
 def chat_completions():
     state = current_app.extensions["qwen3vl"]
-    req = ChatCompletionRequestSchema().load(json_body())
+    body = json_body()
+    req = ChatCompletionRequestSchema().load(body)
     messages, media = split_messages(req["messages"])
     engine = state.runner.wait_ready()
+    plan = plan_output(req, engine.capabilities.logits)
     vision = serving.resolve_media(state, media, engine, messages)
     stream = bool(req.get("stream"))
-    events = serving.start(state, engine, messages, vision, req, req["stop"] or [], stream)
-    greedy_only = not engine.capabilities.sampling
-    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(req, greedy_only))} if greedy_only else {}
+    events = serving.start(state, engine, messages, vision, req, req["stop"] or [], stream,
+                           tools=plan.tools, grammar=plan.grammar)
+    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))}
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
-        body = serving.stream(events, ChatStreamEncoder(chunks, include_usage))
+        encoder = ChatStreamEncoder(ChunkEncoder(cid, req.get("model") or state.model_id), include_usage, plan.tool_names)
+        body = serving.stream(events, encoder)
         return Response(stream_with_context(body), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
     out = serving.collect(events, request.environ)
     fin = out.finish
-    body = completion(cid, req.get("model") or state.model_id, out.text, fin.reason, fin.prompt_tokens,
-                      fin.completion_tokens, {"content": out.logprobs} if out.logprobs else None, fin.cached_tokens)
+    content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
+    reason = "tool_calls" if calls and fin.reason == "stop" else fin.reason
+    body = completion(cid, req.get("model") or state.model_id, content, reason, fin.prompt_tokens, fin.completion_tokens,
+                      {"content": out.logprobs} if out.logprobs else None,
+                      [c.to_openai() for c in calls], fin.cached_tokens)
     return jsonify(body), 200, ignored
 
 
 class ChatStreamEncoder:
     """`chat.completion.chunk` events: a role chunk, content deltas, a finish chunk and,
-    when asked for, a usage chunk."""
+    when asked for, a usage chunk.  With tools, `<tool_call>` blocks become tool-call
+    deltas (index, id and name first, then the arguments) and the finish reason
+    `tool_calls`."""
 
-    def __init__(self, chunks: ChunkEncoder, include_usage: bool):
+    def __init__(self, chunks: ChunkEncoder, include_usage: bool, tool_names: set[str] | None = None):
         self.chunks = chunks
         self.include_usage = include_usage
+        self.tools = ToolCallStream(tool_names) if tool_names else None
+        self.calls_sent = 0
 
     def start(self):
         yield self.chunks.chunk({"role": "assistant", "content": ""})
 
     def delta(self, ev: serving.Delta):
-        yield self.chunks.chunk({"content": ev.text}, logprobs={"content": ev.logprobs} if ev.logprobs else None)
+        logprobs = {"content": ev.logprobs} if ev.logprobs else None
+        if self.tools is None:
+            yield self.chunks.chunk({"content": ev.text}, logprobs=logprobs)
+            return
+        yield from self._tool_events(self.tools.push(ev.text), logprobs)
 
     def finish(self, ev: serving.Finish):
-        yield self.chunks.chunk({}, finish_reason=ev.reason)
+        reason = ev.reason
+        if self.tools is not None:
+            yield from self._tool_events(self.tools.finish(), None)
+            if self.tools.calls and reason == "stop":
+                reason = "tool_calls"
+        yield self.chunks.chunk({}, finish_reason=reason)
         if self.include_usage:
             yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
+
+    def _tool_events(self, events, logprobs):
+        sent = False
+        for kind, value in events:
+            if kind == "content":
+                yield self.chunks.chunk({"content": value}, logprobs=None if sent else logprobs)
+            else:
+                index = self.calls_sent
+                self.calls_sent += 1
+                first = value.to_openai(index)
+                first["function"] = {"name": value.name, "arguments": ""}
+                yield self.chunks.chunk({"tool_calls": [first]}, logprobs=None if sent else logprobs)
+                yield self.chunks.chunk({"tool_calls": [{"index": index, "function": {"arguments": value.arguments}}]})
+            sent = True
+        if logprobs and not sent:  # text held back (maybe a tool call): its logprobs still go out now
+            yield self.chunks.chunk({"content": ""}, logprobs=logprobs)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-ROLES = ("system", "developer", "user", "assistant")
+from ..model_constants import VOCAB_ROWS
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
 
 
@@ -18,7 +20,9 @@ class _Loose(Schema):
 
 class MediaURLSchema(_Loose):
     url = fields.String(required=True, validate=validate.Length(min=1))
-    detail = fields.String()
+    detail = fields.String(validate=validate.OneOf(["low", "high", "auto"]), metadata={
+        "description": "image budget: low = at most 512x512 pixels (<= 256 vision tokens); high and auto = "
+                       "the server's budget"})
 
 
 class MediaURL(fields.Field):
@@ -67,10 +71,98 @@ class Content(fields.Field):
         raise ValidationError("must be a string or a list of content parts")
 
 
+class FunctionCallSchema(_Loose):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    arguments = fields.String(required=True)  # JSON text, as the API returned it
+
+
+class ToolCallSchema(_Loose):
+    id = fields.String(load_default=None)
+    type = fields.String(load_default="function", validate=validate.OneOf(["function"]))
+    function = fields.Nested(FunctionCallSchema, required=True)
+
+
 class MessageSchema(_Loose):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    content = Content(required=True, allow_none=True)
+    content = Content(load_default=None, allow_none=True)
     name = fields.String()
+    tool_calls = fields.List(fields.Nested(ToolCallSchema), allow_none=True)
+    tool_call_id = fields.String()
+
+    @validates_schema
+    def _role_fields(self, data, **kwargs):
+        role = data["role"]
+        if data.get("tool_calls") and role != "assistant":
+            raise ValidationError("only assistant messages carry tool_calls", "tool_calls")
+        if role == "tool" and not data.get("tool_call_id"):
+            raise ValidationError("a tool message needs the 'tool_call_id' it answers", "tool_call_id")
+        if data.get("content") is None and not (role == "assistant" and data.get("tool_calls")):
+            raise ValidationError("Missing data for required field.", "content")
+
+
+FUNCTION_NAME = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="must be 1-64 letters, digits, '_' or '-'")
+
+
+class FunctionSchema(_Loose):
+    name = fields.String(required=True, validate=FUNCTION_NAME)
+    description = fields.String(allow_none=True)
+    parameters = fields.Dict(allow_none=True, metadata={"description": "JSON Schema of the arguments"})
+    strict = fields.Boolean(allow_none=True)
+
+
+class ToolSchema(_Loose):
+    type = fields.String(required=True, validate=validate.OneOf(["function"]))
+    function = fields.Nested(FunctionSchema, required=True)
+
+
+class ToolChoice(fields.Field):
+    """`none` | `auto` | `required` | `{"type": "function", "function": {"name": ...}}`;
+    loaded as the string or the function's name prefixed by `function:`."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value in ("none", "auto", "required"):
+            return value
+        if isinstance(value, dict) and value.get("type") == "function":
+            name = (value.get("function") or {}).get("name") if isinstance(value.get("function"), dict) else None
+            if isinstance(name, str) and name:
+                return "function:" + name
+        raise ValidationError("must be 'none', 'auto', 'required' or "
+                              "{'type': 'function', 'function': {'name': ...}}")
+
+
+class JSONSchemaFormatSchema(_Loose):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    description = fields.String(allow_none=True)
+    schema = fields.Dict(load_default=dict, allow_none=True)
+    strict = fields.Boolean(allow_none=True)
+
+
+class ResponseFormatSchema(_Loose):
+    type = fields.String(required=True, validate=validate.OneOf(["text", "json_object", "json_schema"]))
+    json_schema = fields.Nested(JSONSchemaFormatSchema)
+
+    @validates_schema
+    def _schema_given(self, data, **kwargs):
+        if data["type"] == "json_schema" and "json_schema" not in data:
+            raise ValidationError("a json_schema response format needs 'json_schema'", "json_schema")
+
+
+class LogitBias(fields.Field):
+    """`{"<token id>": bias}` with bias in -100..100 -> `{id: bias}`."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("must be an object mapping token ids to a bias")
+        out = {}
+        for key, bias in value.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) < VOCAB_ROWS):
+                raise ValidationError(f"invalid token id {key!r} (0..{VOCAB_ROWS - 1})")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise ValidationError(f"the bias of token {key} must be a number in -100..100")
+            out[int(key)] = float(bias)
+        if len(out) > 300:
+            raise ValidationError("at most 300 tokens")
+        return out
 
 
 class StopField(fields.Field):
@@ -113,6 +205,11 @@ class ChatCompletionRequestSchema(_Loose):
         "description": "groups requests that share a prefix; a proxy may route on it (deploy/nginx-affinity.conf)"})
     # vLLM's extension: keep generating past end tokens until max_tokens (benchmarks fix output lengths)
     ignore_eos = fields.Boolean(load_default=False, allow_none=True)
+    tools = fields.List(fields.Nested(ToolSchema), allow_none=True, validate=validate.Length(max=128))
+    tool_choice = ToolChoice(allow_none=True)
+    parallel_tool_calls = fields.Boolean(allow_none=True)
+    response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
+    logit_bias = LogitBias(allow_none=True)
 
     @validates_schema
     def _consistency(self, data, **kwargs):
@@ -124,11 +221,16 @@ class ChatCompletionRequestSchema(_Loose):
             data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
         if data.get("top_logprobs") and not data.get("logprobs"):
             raise ValidationError("top_logprobs requires logprobs: true", "top_logprobs")
+        choice, tools = data.get("tool_choice"), data.get("tools") or []
+        if choice and choice != "none" and not tools:
+            raise ValidationError("tool_choice needs 'tools'", "tool_choice")
+        if choice and choice.startswith("function:") and choice[9:] not in {t["function"]["name"] for t in tools}:
+            raise ValidationError(f"no tool named {choice[9:]!r} in 'tools'", "tool_choice")
 
 
 # --- responses (documentation and contract tests; the server builds them in streaming.py) ---
 
-FINISH_REASONS = ("stop", "length")
+FINISH_REASONS = ("stop", "length", "tool_calls")
 
 
 class PromptTokensDetailsSchema(Schema):
@@ -157,9 +259,21 @@ class ChoiceLogprobsSchema(Schema):
     content = fields.List(fields.Nested(TokenLogprobSchema), required=True, allow_none=True)
 
 
+class ReturnedFunctionSchema(Schema):
+    name = fields.String(required=True)
+    arguments = fields.String(required=True, metadata={"description": "JSON text"})
+
+
+class ReturnedToolCallSchema(Schema):
+    id = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["function"]))
+    function = fields.Nested(ReturnedFunctionSchema, required=True)
+
+
 class AssistantMessageSchema(Schema):
     role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
     content = fields.String(required=True, allow_none=True)
+    tool_calls = fields.List(fields.Nested(ReturnedToolCallSchema))
 
 
 class CompletionChoiceSchema(Schema):
@@ -180,9 +294,24 @@ class ChatCompletionSchema(Schema):
     usage = fields.Nested(UsageSchema, required=True)
 
 
+class ToolCallDeltaFunctionSchema(Schema):
+    name = fields.String()
+    arguments = fields.String()
+
+
+class ToolCallDeltaSchema(Schema):
+    """The first delta of a call carries index, id, type and name; later ones argument text."""
+
+    index = fields.Integer(required=True)
+    id = fields.String()
+    type = fields.String(validate=validate.OneOf(["function"]))
+    function = fields.Nested(ToolCallDeltaFunctionSchema)
+
+
 class ChunkDeltaSchema(Schema):
     role = fields.String(validate=validate.OneOf(["assistant"]))
-    content = fields.String()
+    content = fields.String(allow_none=True)
+    tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
 
 
 class ChunkChoiceSchema(Schema):

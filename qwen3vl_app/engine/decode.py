@@ -2,15 +2,20 @@
 
 Runs in the worker's engine thread.  It stops on an end token, at max_tokens, when the
 context is full, or as soon as `cancel` is set (checked before every decode step, so a
-cancelled request costs at most one more step).
+cancelled request costs at most one more step).  With a `mask` (constrained decoding)
+every choice is made among the tokens the grammar allows, and the grammar sees each.
 """
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .base import Engine, Prompt
 from .sampling import Choice, Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .constraints import TokenMask
 
 
 class Cancel:
@@ -43,15 +48,25 @@ def max_new_tokens(engine: Engine, prompt: Prompt, requested: int) -> int:
     return max(0, min(requested, engine.limits.max_context - len(prompt.input_ids)))
 
 
-def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, cancel: Cancel) -> Generator[Generated, None, None]:
+def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, cancel: Cancel,
+             constrain: Callable[[], TokenMask] | None = None) -> Generator[Generated, None, None]:
+    """`constrain` builds the grammar's mask; called here, in the engine thread, because
+    its first use in a worker builds the tokenizer trie (seconds)."""
     budget = max_new_tokens(engine, prompt, params.max_tokens)
     if budget == 0 or cancel.is_set:
         return
     sampler = Sampler(params, prompt.input_ids)
     out = engine.prefill(prompt)
     cached = out.cached_tokens
+    mask = constrain() if constrain is not None and out.logits is not None else None
     for produced in range(1, budget + 1):
-        choice = sampler.choose(out.logits) if out.logits is not None else Choice(int(out.token_id or 0))
+        if out.logits is None:
+            choice = Choice(int(out.token_id or 0))
+        elif mask is None:
+            choice = sampler.choose(out.logits)
+        else:
+            choice = sampler.choose(out.logits, mask.allowed())
+            mask.accept(choice.token_id)
         if choice.token_id in eos_ids:
             yield Generated(choice, "stop", cached)
             return

@@ -142,12 +142,12 @@ class EngineRunner:
         """Run fn in the engine thread; returns an AsyncResult to wait on with a timeout."""
         return self.pool.spawn(fn, *args)
 
-    def join(self, prompt, params, eos_ids, cancel) -> TokenChannel:
+    def join(self, prompt, params, eos_ids, cancel, constrain=None) -> TokenChannel:
         """Hand a generation to the batch scheduler (caller holds a turn); its tokens arrive
-        on the returned channel."""
+        on the returned channel.  `constrain`: see SlotRequest."""
         assert self.scheduler is not None
         channel = TokenChannel()
-        channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put)
+        channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put, constrain=constrain)
         self.scheduler.pending.append(channel.request)
         self._kick()
         return channel

@@ -6,6 +6,9 @@ either.  Semantics follow what clients expect:
   negative multiplied.
 - presence/frequency penalty (OpenAI): over generated ids, subtract
   `presence * (count > 0) + frequency * count`.
+- logit_bias (OpenAI): added to the raw logits of the named token ids.
+- an `allowed` mask (constrained decoding) is applied last, before temperature: every
+  other token gets -inf, so no setting can pick one.
 - temperature 0 means greedy.  Log-probabilities are of the penalised distribution before
   temperature and truncation, like most OpenAI-compatible servers report them.
 """
@@ -28,6 +31,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
 
     @property
     def greedy(self) -> bool:
@@ -48,12 +52,16 @@ class Sampler:
         self._seen = np.unique(np.asarray(prompt_ids, dtype=np.int64)) if params.repetition_penalty != 1.0 else None
         self._counts: dict[int, int] = {}
 
-    def choose(self, logits: np.ndarray) -> Choice:
+    def choose(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> Choice:
         p = self.p
         x = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            if p.logit_bias:
+                self._bias(x)
             self._penalise(x)
             _finite(x)
+            if allowed is not None:
+                _restrict(x, allowed)
             if p.greedy:
                 token = int(np.argmax(x))
             else:
@@ -69,6 +77,11 @@ class Sampler:
                 choice.top_logprobs = [(int(i), float(lp[i])) for i in idx]
         self._record(token)
         return choice
+
+    def _bias(self, x: np.ndarray) -> None:
+        ids = np.fromiter((t for t, _ in self.p.logit_bias), dtype=np.int64)
+        keep = ids < x.size
+        x[ids[keep]] += np.fromiter((b for _, b in self.p.logit_bias), dtype=np.float32)[keep]
 
     def _penalise(self, x: np.ndarray) -> None:
         p = self.p
@@ -114,6 +127,13 @@ def _finite(x: np.ndarray) -> np.ndarray:
     if not np.isfinite(x).all():
         np.nan_to_num(x, copy=False, nan=float(_F32.min), posinf=float(_F32.max), neginf=float(_F32.min))
     return x
+
+
+def _restrict(x: np.ndarray, allowed: np.ndarray) -> None:
+    """-inf for every token the mask forbids (ids past the mask's end included)."""
+    n = min(x.size, allowed.size)
+    x[:n][~allowed[:n]] = -np.inf
+    x[n:] = -np.inf
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -28,11 +28,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Engine, Prompt, StepOutput
 from .decode import Cancel, Generated, max_new_tokens
 from .sampling import Choice, Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .constraints import TokenMask
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SlotRequest:
     cancel: Cancel
     deliver: Callable[[Any], None]
     engine_seconds: float = 0.0  # its prefill + every decode step it was part of
+    constrain: Callable[[], TokenMask] | None = None  # builds its grammar's token mask (constrained decoding)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Slot:
     index: int
     request: SlotRequest | None = None  # None: free
     sampler: Sampler | None = None
+    mask: TokenMask | None = None  # constrained decoding: the tokens its grammar allows next
     budget: int = 0
     produced: int = 0
     next_token: int = 0  # the token the next decode step feeds
@@ -111,6 +116,12 @@ class BatchScheduler:
                 req.engine_seconds += time.perf_counter() - t0
             slot.tokens = list(req.prompt.input_ids)
             slot.cached = out.cached_tokens
+            if req.constrain is not None and out.logits is not None:
+                try:
+                    slot.mask = req.constrain()
+                except Exception as e:
+                    self._end(slot, e)
+                    continue
             self._emit(slot, out)
 
     def _pick(self, free: list[Slot], req: SlotRequest) -> Slot:
@@ -164,7 +175,10 @@ class BatchScheduler:
         req, sampler = slot.request, slot.sampler
         assert req is not None and sampler is not None
         try:
-            if out.logits is not None:
+            if out.logits is not None and slot.mask is not None:
+                choice = sampler.choose(out.logits, slot.mask.allowed())
+                slot.mask.accept(choice.token_id)
+            elif out.logits is not None:
                 choice = sampler.choose(out.logits)
             else:  # the device chose (greedy-only engines)
                 assert out.token_id is not None
@@ -191,3 +205,4 @@ class BatchScheduler:
     def _free(self, slot: Slot) -> None:
         slot.request = None
         slot.sampler = None
+        slot.mask = None

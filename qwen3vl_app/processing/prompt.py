@@ -20,9 +20,10 @@ from ..tokenizer import ChatTokenizer
 VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: Sequence[VisionInput] = ()) -> Prompt:
+def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: Sequence[VisionInput] = (),
+                 tools: list[dict] | None = None) -> Prompt:
     _refuse_typed_vision_tokens(messages)
-    ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
+    ids = tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
     if vision:
         from .vision_prompt import expand_vision, mrope_positions
 

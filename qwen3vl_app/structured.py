@@ -1,0 +1,80 @@
+"""What a request asks of the output's shape: tools for the prompt, tool calls to parse,
+and the grammar (if any) that constrained decoding must hold the output to.
+
+  tool_choice none      -> tools left out of the prompt, nothing parsed, no grammar
+  tool_choice auto      -> tools in the prompt, `<tool_call>` blocks parsed; free text
+                           (or, with a JSON response_format: that JSON or tool calls)
+  tool_choice required  -> grammar: one or more calls (one if parallel_tool_calls is false)
+  named function        -> grammar: exactly one call of that function
+  response_format json_object / json_schema -> grammar: that JSON
+
+A grammar (and logit_bias) needs logits on the host: on an engine that picks tokens on
+the device it is a 400 naming the parameter, never silently ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import APIError
+
+
+@dataclass
+class OutputPlan:
+    tools: list[dict] | None = None  # OpenAI tool objects, for the chat template
+    tool_names: set[str] | None = None  # parse tool calls of these functions
+    grammar: object | None = None  # engine.constraints.Grammar
+
+    @property
+    def parses_tools(self) -> bool:
+        return bool(self.tool_names)
+
+
+def plan_output(req: dict, host_logits: bool) -> OutputPlan:
+    tools = req.get("tools") or []
+    choice = req.get("tool_choice") or ("auto" if tools else "none")
+    fmt = req.get("response_format") or {"type": "text"}
+    forced = choice == "required" or choice.startswith("function:")
+    schema = _format_schema(fmt)
+    if not host_logits:
+        if schema is not None:
+            _unsupported("response_format", "structured output")
+        if forced:
+            _unsupported("tool_choice", f"tool_choice {choice.split(':')[0]!r}")
+        if req.get("logit_bias"):
+            _unsupported("logit_bias", "logit_bias")
+    plan = OutputPlan()
+    if choice == "none" or not tools:
+        if schema is not None:
+            plan.grammar = _compile(json_schema=schema)
+        return plan
+    functions = [t["function"] for t in tools]
+    plan.tools = tools
+    plan.tool_names = {f["name"] for f in functions}
+    parallel = req.get("parallel_tool_calls") is not False
+    if choice == "required":
+        plan.grammar = _compile(tools=functions, parallel=parallel, param="tools")
+    elif choice.startswith("function:"):
+        named = [f for f in functions if f["name"] == choice[9:]]
+        plan.grammar = _compile(tools=named, parallel=False, param="tools")
+    elif schema is not None:  # auto + a JSON format: that JSON, or tool calls
+        plan.grammar = _compile(json_schema=schema, tools=functions, parallel=parallel)
+    return plan
+
+
+def _format_schema(fmt: dict) -> dict | None:
+    if fmt["type"] == "json_object":
+        return {"type": "object"}
+    if fmt["type"] == "json_schema":
+        return fmt["json_schema"].get("schema") or {}
+    return None
+
+
+def _compile(**kw):
+    from .engine.constraints import compile_grammar
+
+    return compile_grammar(**kw)
+
+
+def _unsupported(param: str, what: str) -> None:
+    raise APIError(f"This engine picks tokens on the device and returns no logits, so {what} cannot be enforced "
+                   "here (see capabilities in GET /v1/models).", 400, param, "unsupported_parameter")
