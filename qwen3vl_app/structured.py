@@ -1,7 +1,8 @@
 """What a request asks of the output's shape: tools for the prompt, tool calls to parse,
 and the grammar (if any) that constrained decoding must hold the output to.
 
-  tool_choice none      -> tools left out of the prompt, nothing parsed, no grammar
+  tool_choice none      -> tools in the prompt (as OpenAI does: the model knows them), nothing
+                           parsed, and `<tool_call>` banned where logits exist
   tool_choice auto      -> tools in the prompt, `<tool_call>` blocks parsed; free text
                            (or, with a JSON response_format: that JSON or tool calls)
   tool_choice required  -> grammar: one or more calls (one if parallel_tool_calls is false)
@@ -13,7 +14,9 @@ the device it is a 400 naming the parameter, never silently ignored.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .model_constants import TOOL_CALL_START
 
 from .errors import APIError
 
@@ -23,6 +26,7 @@ class OutputPlan:
     tools: list[dict] | None = None  # OpenAI tool objects, for the chat template
     tool_names: set[str] | None = None  # parse tool calls of these functions
     grammar: object | None = None  # engine.constraints.Grammar
+    logit_bias: dict[int, float] = field(default_factory=dict)  # merged into the request's
 
     @property
     def parses_tools(self) -> bool:
@@ -42,13 +46,14 @@ def plan_output(req: dict, host_logits: bool) -> OutputPlan:
             _unsupported("tool_choice", f"tool_choice {choice.split(':')[0]!r}")
         if req.get("logit_bias"):
             _unsupported("logit_bias", "logit_bias")
-    plan = OutputPlan()
+    plan = OutputPlan(tools=tools or None)
     if choice == "none" or not tools:
+        if tools and host_logits:
+            plan.logit_bias[TOOL_CALL_START] = float("-inf")
         if schema is not None:
             plan.grammar = _compile(json_schema=schema)
         return plan
     functions = [t["function"] for t in tools]
-    plan.tools = tools
     plan.tool_names = {f["name"] for f in functions}
     parallel = req.get("parallel_tool_calls") is not False
     if choice == "required":

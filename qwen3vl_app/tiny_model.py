@@ -259,9 +259,9 @@ def build_tokenizer_object(ranks: dict[bytes, int]):
     tok.decoder = decoders.ByteLevel()
     from tokenizers import AddedToken
 
-    tok.add_special_tokens(
-        [AddedToken(text, special=special, normalized=False) for _, (text, special) in sorted(ADDED_TOKENS.items())]
-    )
+    for _, (text, special) in sorted(ADDED_TOKENS.items()):  # one at a time: ids follow the order
+        added = AddedToken(text, special=special, normalized=False)
+        tok.add_special_tokens([added]) if special else tok.add_tokens([added])
     for tid, (text, _) in ADDED_TOKENS.items():
         assert tok.token_to_id(text) == tid, (text, tok.token_to_id(text), tid)
     return tok

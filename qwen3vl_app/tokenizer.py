@@ -38,9 +38,9 @@ class ChatTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.filters["tojson"] = template_tojson  # as transformers renders templates: no key sorting, no HTML escapes
         self._template = env.from_string(_find_chat_template(folder))
-        self.special_ids = frozenset(
-            tid for tid in range(END_OF_TEXT, self.vocab_size) if self.tok.id_to_token(tid) is not None
-        )
+        # Control tokens are not text; added tokens the tokenizer marks non-special
+        # (`<tool_call>`, `<think>`, ...) are, as the model folder's own decoder renders them.
+        self.special_ids = frozenset(tid for tid, added in self.tok.get_added_tokens_decoder().items() if added.special)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,

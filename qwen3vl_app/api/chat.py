@@ -34,6 +34,8 @@ def chat_completions():
     messages, media = split_messages(req["messages"])
     engine = state.runner.wait_ready()
     plan = plan_output(req, engine.capabilities.logits)
+    if plan.logit_bias:
+        req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
     vision = serving.resolve_media(state, media, engine, messages)
     stream = bool(req.get("stream"))
     events = serving.start(state, engine, messages, vision, req, req["stop"] or [], stream,
