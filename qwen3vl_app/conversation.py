@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 # Image `detail` (OpenAI): "low" caps the image at 512x512 pixels (at most 256 vision
 # tokens: one per 32x32 block); "high" and "auto" use the server's own budget
 # (--max-image-pixels and the engine's compiled size).  Explicit min/max_pixels in the part

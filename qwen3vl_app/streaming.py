@@ -48,7 +48,7 @@ class ChunkEncoder:
 def completion(completion_id: str, model: str, text: str | None, finish_reason: str, prompt_tokens: int,
                completion_tokens: int, logprobs=None, tool_calls: list[dict] | None = None,
                cached_tokens: int = 0) -> dict:
-    message = {"role": "assistant", "content": text}
+    message: dict = {"role": "assistant", "content": text}
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model_constants import TOOL_CALL_START
-
 from .errors import APIError
+from .model_constants import TOOL_CALL_START
 
 
 @dataclass

@@ -77,7 +77,7 @@ def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | No
     kept.append(text[pos:])
     content = "".join(kept)
     if calls:
-        content = content.strip() or None
+        return content.strip() or None, calls
     return content, calls
 
 

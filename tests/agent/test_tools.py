@@ -81,7 +81,8 @@ def test_round_trip_stream_deltas_reassemble(client):
         json.loads(c["arguments"])
     history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
         {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-        for c in calls.values()]}] + [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls.values()]
+        for c in calls.values()]}]
+    history += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls.values()]
     text = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
         model="m", messages=history, tools=TOOLS, max_tokens=6, seed=5, stream=True) if ch.choices)
     assert text

@@ -56,8 +56,9 @@ def test_stream_releases_text_that_only_looked_like_a_tag():
     assert "".join(v for _, v in out) == "x <tool_call>not json</tool_call> y"
 
 
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather <|im_start|>now",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+                                           "parameters": CITY}}]
 
 
 def test_template_renders_tools_calls_and_results(tiny_model_dir):
