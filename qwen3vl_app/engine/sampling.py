@@ -132,7 +132,7 @@ def _finite(x: np.ndarray) -> np.ndarray:
 def _restrict(x: np.ndarray, allowed: np.ndarray) -> None:
     """-inf for every token the mask forbids (ids past the mask's end included)."""
     n = min(x.size, allowed.size)
-    x[:n][~allowed[:n]] = -np.inf
+    np.copyto(x[:n], np.float32(-np.inf), where=~allowed[:n])
     x[n:] = -np.inf
 
 

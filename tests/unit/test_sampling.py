@@ -57,3 +57,19 @@ def test_logprobs_sorted_and_normalised():
     assert lps == sorted(lps, reverse=True)
     assert c.top_logprobs[0][0] == c.token_id
     assert c.logprob == pytest.approx(float(x[c.token_id] - np.log(np.exp(x.astype(np.float64)).sum())), abs=1e-5)
+
+
+def test_mask_and_logit_bias():
+    import numpy as np
+
+    from qwen3vl_app.engine.sampling import Sampler, SamplingParams
+
+    logits = np.array([5.0, 4.0, 3.0, 2.0, 1.0], dtype=np.float32)
+    allowed = np.array([False, False, True, True, False])
+    assert Sampler(SamplingParams(temperature=0.0), []).choose(logits, allowed).token_id == 2
+    picks = {Sampler(SamplingParams(temperature=2.0, seed=s), []).choose(logits, allowed).token_id for s in range(50)}
+    assert picks == {2, 3}
+    biased = Sampler(SamplingParams(temperature=0.0, logit_bias=((4, 100.0), (0, -100.0))), [])
+    assert biased.choose(logits).token_id == 4
+    # a mask shorter than the logits row forbids the ids past its end
+    assert Sampler(SamplingParams(temperature=0.0), []).choose(logits, np.array([False, True])).token_id == 1
