@@ -16,6 +16,11 @@ class ModelCapabilitiesSchema(Schema):
     prefix_cache = fields.Boolean(required=True, metadata={
         "description": "a follow-up turn reuses the KV of the conversation's earlier turns "
                        "(usage.prompt_tokens_details.cached_tokens)"})
+    structured_outputs = fields.Boolean(required=True, metadata={
+        "description": "response_format json_object / json_schema enforced by constrained decoding"})
+    tool_choice = fields.List(fields.String(), required=True, metadata={
+        "description": "tool_choice values honoured ('function' = a named function); required and named "
+                       "calls are enforced by constrained decoding, so they need host logits"})
     parameters = fields.List(fields.String(), required=True)
 
 
@@ -68,9 +73,13 @@ def model_card(state, name: str | None = None) -> dict:
             "sampling": caps.sampling,
             "logprobs": caps.logits,
             "prefix_cache": caps.prefix_cache,
+            "structured_outputs": caps.logits,
+            "tool_choice": ["none", "auto"] + (["required", "function"] if caps.logits else []),
             "parameters": (["temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
                             "frequency_penalty", "seed", "logprobs", "top_logprobs"] if caps.sampling else [])
-            + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"],
+            + (["response_format", "logit_bias"] if caps.logits else [])
+            + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options", "tools", "tool_choice",
+               "parallel_tool_calls"],
         }
     return card
 
