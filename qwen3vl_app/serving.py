@@ -14,6 +14,7 @@ error) cancels the generation before its next decode step and frees the engine; 
 """
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
@@ -31,7 +32,7 @@ from .engine.decode import Cancel, generate
 from .engine.sampling import SamplingParams
 from .errors import APIError, PromptError, error_body
 from .processing.detok import Detokenizer, StopMatcher
-from .processing.prompt import build_prompt, check_length
+from .processing.prompt import build_prompt, check_length, text_prompt
 from .streaming import SSE_DONE, SSE_PING, sse
 
 if TYPE_CHECKING:
@@ -173,9 +174,16 @@ def start(state: ServerState, engine: Engine, messages: list[dict], vision: list
     """Build and check the prompt (`tools` rendered by the chat template), then take this
     worker's engine (503 at once when its queue is full).  Returns the event iterator,
     already past ADMITTED."""
-    settings = state.settings
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
-    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens, tools)
+    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, tools)
+    return start_prompt(state, engine, prompt, req, stops, stream, grammar)
+
+
+def start_prompt(state: ServerState, engine: Engine, prompt: Prompt, req: dict, stops: list[str], stream: bool,
+                 grammar: Grammar | None = None) -> Iterator[Event]:
+    """`start` for a prompt already built (the legacy completions endpoint: raw text)."""
+    settings = state.settings
+    assert state.tokenizer is not None
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
     job = GenerationJob(prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")),
@@ -199,18 +207,36 @@ def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[Vision
     many tokens -- 3 MB of digits is refused at once instead of after seconds of
     tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
     it is large."""
-    size = text_bytes(messages)
+    size = text_bytes(messages) + (len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+                                   if tools else 0)
+    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The messages hold")
+    if size <= OFFLOAD_TEXT_BYTES:
+        return build_prompt(tokenizer, messages, vision, tools)
+    return _off_hub(build_prompt, tokenizer, messages, vision, tools)
+
+
+def tokenize_text(tokenizer: ChatTokenizer, prompt: str | list[int], limits, max_prompt_tokens: int = 0) -> Prompt:
+    """`tokenize` for a raw prompt (legacy completions): the same byte bound, then
+    text_prompt (off the hub when large)."""
+    if not isinstance(prompt, str):
+        return text_prompt(tokenizer, prompt)
+    size = len(prompt.encode("utf-8", "surrogatepass"))
+    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The prompt holds", "prompt")
+    if size <= OFFLOAD_TEXT_BYTES:
+        return text_prompt(tokenizer, prompt)
+    return _off_hub(text_prompt, tokenizer, prompt)
+
+
+def _check_bytes(tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str,
+                 param: str = "messages") -> None:
     limit = min(limits.max_input_tokens, limits.max_context - 1)
     if max_prompt_tokens:
         limit = min(limit, max_prompt_tokens)
     longest = _MAX_TOKEN_BYTES.get(tokenizer) or _off_hub(max_token_bytes, tokenizer)
     at_least = size // longest
     if at_least > limit:
-        raise PromptError(f"The messages hold {size} bytes of text, at least {at_least} tokens; this model "
-                          f"accepts at most {limit}.")
-    if size <= OFFLOAD_TEXT_BYTES:
-        return build_prompt(tokenizer, messages, vision, tools)
-    return _off_hub(build_prompt, tokenizer, messages, vision, tools)
+        raise PromptError(f"{what} {size} bytes of text, at least {at_least} tokens; this model "
+                          f"accepts at most {limit}.", param)
 
 
 def _off_hub(fn, *args):
@@ -245,6 +271,7 @@ def text_bytes(messages: list[dict]) -> int:
     for msg in messages:
         content = msg.get("content")
         parts = [content] if isinstance(content, str) else [p.get("text") for p in content or ()]
+        parts += [c["function"]["arguments"] for c in msg.get("tool_calls") or ()]
         total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
     return total
 

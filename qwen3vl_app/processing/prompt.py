@@ -12,7 +12,7 @@ import numpy as np
 
 from ..engine.base import Prompt, VisionInput
 from ..errors import PromptError
-from ..model_constants import IMAGE_PAD, VIDEO_PAD
+from ..model_constants import END_OF_TEXT, IMAGE_PAD, VIDEO_PAD
 from ..tokenizer import ChatTokenizer
 
 # Typed into a message these would only confuse the placeholder expansion; refuse them
@@ -53,3 +53,16 @@ def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0) -> None:
         limit = min(limit, max_prompt_tokens)
     if n > limit:
         raise PromptError(f"The prompt is {n} tokens; this model accepts at most {limit}.")
+
+
+def text_prompt(tokenizer: ChatTokenizer, prompt: str | list[int]) -> Prompt:
+    """A raw prompt (legacy completions): no chat template.  The client writes the whole
+    prompt, so control-token text in it is tokenized as those tokens, as raw-completion
+    servers do; vision placeholders are refused (there is no media to put there)."""
+    ids = list(prompt) if isinstance(prompt, list) else tokenizer.encode(prompt)
+    if not ids:
+        ids = [END_OF_TEXT]  # an empty prompt starts from a document boundary
+    if IMAGE_PAD in ids or VIDEO_PAD in ids:
+        raise PromptError("The prompt contains image/video placeholder tokens; this endpoint takes text only.",
+                          "prompt", "placeholder_mismatch")
+    return Prompt(ids, np.tile(np.arange(len(ids), dtype=np.int64), (3, 1)))

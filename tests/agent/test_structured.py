@@ -104,3 +104,21 @@ def test_unknown_and_unimplemented_fields_are_named(server):
     r = server.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2})
     assert r.headers["X-Ignored-Params"] == ""
 
+
+
+def test_image_detail_low_costs_fewer_tokens(client):
+    import base64
+
+    from tests.unit.media_samples import image_bytes
+
+    url = "data:image/png;base64," + base64.b64encode(image_bytes("PNG", h=900, w=1200)).decode()
+
+    def prompt_tokens(detail):
+        part = {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
+        out = client.chat.completions.create(model="m", max_tokens=1, messages=[
+            {"role": "user", "content": [part, {"type": "text", "text": "What is this?"}]}])
+        return out.usage.prompt_tokens
+
+    low, high, auto, unset = (prompt_tokens(d) for d in ("low", "high", "auto", None))
+    assert high == auto == unset > low
+    assert low < 300  # <= 256 vision tokens + the text

@@ -1,0 +1,126 @@
+"""POST /v1/completions: OpenAI's legacy text completions.  The prompt is raw text (or
+token ids): no chat template.  A list of prompts gives one choice per prompt (n=1 each),
+generated one after the other on this worker's engine."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from .. import serving
+from ..admission import admitted
+from ..auth import auth
+from ..errors import PromptError
+from ..streaming import SSE_HEADERS, sse, usage
+from ..structured import plan_output
+from .common import json_body
+from .completions_schema import CompletionRequestSchema
+
+bp = Blueprint("completions", __name__)
+
+HONOURED = frozenset({
+    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "seed", "stop", "n", "best_of", "stream", "stream_options", "echo", "logprobs",
+    "logit_bias",
+})
+
+
+@bp.post("/v1/completions")
+@auth.login_required
+@admitted
+def completions():
+    state = current_app.extensions["qwen3vl"]
+    body = json_body()
+    req = CompletionRequestSchema().load(body)
+    engine = state.runner.wait_ready()
+    plan_output(req, engine.capabilities.logits)  # logit_bias needs host logits: a 400 otherwise
+    if req.get("logprobs") is not None:  # the legacy integer becomes the chat API's pair
+        req["top_logprobs"], req["logprobs"] = req["logprobs"], True
+    stream = bool(req.get("stream"))
+    texts = [p if isinstance(p, str) else state.tokenizer.decode(p, skip_special=False) for p in req["prompt"]]
+
+    def launch(i: int):
+        try:
+            prompt = serving.tokenize_text(state.tokenizer, req["prompt"][i], engine.limits,
+                                           state.settings.max_prompt_tokens)
+            return serving.start_prompt(state, engine, prompt, req, req["stop"] or [], stream)
+        except PromptError as e:
+            e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
+            raise
+
+    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))}
+    cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
+    echo = bool(req.get("echo"))
+    if stream:
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        encoder = CompletionStreamEncoder(cid, created, model, len(texts), texts if echo else None, include_usage)
+        events = _one_after_another(launch(0), [lambda i=i: launch(i) for i in range(1, len(texts))])
+        return Response(stream_with_context(serving.stream(events, encoder)), mimetype="text/event-stream",
+                        headers={**SSE_HEADERS, **ignored})
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for i in range(len(texts)):
+        out = serving.collect(launch(i), request.environ)
+        text = (texts[i] if echo else "") + out.text
+        choices.append({"text": text, "index": i, "logprobs": legacy_logprobs(out.logprobs) if out.logprobs else None,
+                        "finish_reason": out.finish.reason})
+        prompt_tokens += out.finish.prompt_tokens
+        completion_tokens += out.finish.completion_tokens
+    return jsonify({"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices,
+                    "usage": usage(prompt_tokens, completion_tokens)}), 200, ignored
+
+
+def _one_after_another(first, rest):
+    """The events of each prompt's generation in turn; each later one takes the engine only
+    when the previous one has finished (and released it)."""
+    yield from first
+    for launch in rest:
+        yield from launch()
+
+
+def legacy_logprobs(entries: list[dict], offset: int = 0) -> dict:
+    """Chat-style logprob entries -> the legacy shape (parallel lists)."""
+    out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e in entries:
+        out["tokens"].append(e["token"])
+        out["token_logprobs"].append(e["logprob"])
+        out["top_logprobs"].append({t["token"]: t["logprob"] for t in e.get("top_logprobs") or []})
+        out["text_offset"].append(offset)
+        offset += len(e["token"])
+    return out
+
+
+class CompletionStreamEncoder:
+    """`text_completion` events: text deltas per prompt (`index`), a finish event per
+    prompt, then a usage event when asked for."""
+
+    def __init__(self, cid: str, created: int, model: str, count: int, echo: list[str] | None, include_usage: bool):
+        self.base = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        self.count, self.echo, self.include_usage = count, echo, include_usage
+        self.index = 0
+        self.offset = 0
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def _event(self, text: str, logprobs=None, finish_reason=None) -> str:
+        return sse({**self.base, "choices": [{"text": text, "index": self.index, "logprobs": logprobs,
+                                              "finish_reason": finish_reason}]})
+
+    def start(self):
+        if self.echo:
+            yield self._event(self.echo[0])
+
+    def delta(self, ev: serving.Delta):
+        lp = legacy_logprobs(ev.logprobs, self.offset) if ev.logprobs else None
+        self.offset += len(ev.text)
+        yield self._event(ev.text, lp)
+
+    def finish(self, ev: serving.Finish):
+        yield self._event("", None, ev.reason)
+        self.prompt_tokens += ev.prompt_tokens
+        self.completion_tokens += ev.completion_tokens
+        self.index += 1
+        self.offset = 0
+        if self.echo and self.index < self.count:
+            yield self._event(self.echo[self.index])
+        if self.include_usage and self.index == self.count:
+            yield sse({**self.base, "choices": [], "usage": usage(self.prompt_tokens, self.completion_tokens)})

@@ -1,0 +1,101 @@
+"""Request and response schemas of POST /v1/completions (OpenAI's legacy text completions).
+
+Unknown fields are ignored and named in X-Ignored-Params; wrong types and out-of-range
+values are a 400 that names the parameter.
+"""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from ..model_constants import VOCAB_ROWS
+from .chat_schema import LogitBias, StopField, StreamOptionsSchema, UsageSchema
+
+MAX_PROMPTS = 16
+
+
+class PromptField(fields.Field):
+    """A string, a list of strings, a list of token ids or a list of such lists ->
+    a list of prompts (str or list[int])."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value:
+            if all(isinstance(v, str) for v in value):
+                prompts = value
+            elif all(_is_id(v) for v in value):
+                prompts = [value]
+            elif all(isinstance(v, list) and all(_is_id(t) for t in v) for v in value):
+                prompts = value
+            else:
+                raise ValidationError("must be a string, a list of strings, a list of token ids or a list of lists "
+                                      f"of token ids (0..{VOCAB_ROWS - 1})")
+            if len(prompts) > MAX_PROMPTS:
+                raise ValidationError(f"at most {MAX_PROMPTS} prompts per request")
+            return prompts
+        raise ValidationError("must be a non-empty string or list")
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < VOCAB_ROWS
+
+
+class CompletionRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    model = fields.String(load_default=None, allow_none=True)
+    prompt = PromptField(required=True)
+    max_tokens = fields.Integer(load_default=16, allow_none=True, validate=validate.Range(min=1),
+                                metadata={"description": "default 16, as OpenAI's"})
+    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
+    top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1, min_inclusive=False))
+    top_k = fields.Integer(allow_none=True, validate=validate.Range(min=-1))
+    repetition_penalty = fields.Float(allow_none=True, validate=validate.Range(min=0, max=10, min_inclusive=False))
+    presence_penalty = fields.Float(allow_none=True, validate=validate.Range(min=-2, max=2))
+    frequency_penalty = fields.Float(allow_none=True, validate=validate.Range(min=-2, max=2))
+    seed = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=2**63 - 1))
+    stop = StopField(load_default=list, allow_none=True)
+    n = fields.Integer(allow_none=True, validate=validate.Equal(1, error="only n=1 is supported"))
+    best_of = fields.Integer(allow_none=True, validate=validate.Equal(1, error="only best_of=1 is supported"))
+    stream = fields.Boolean(load_default=False, allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    echo = fields.Boolean(load_default=False, allow_none=True)
+    logprobs = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=5), metadata={
+        "description": "log-probabilities of the chosen token and this many most likely ones"})
+    logit_bias = LogitBias(allow_none=True)
+    user = fields.String(allow_none=True)
+
+    @validates_schema
+    def _consistency(self, data, **kwargs):
+        if data.get("echo") and data.get("logprobs") is not None:
+            raise ValidationError("echo with logprobs is not supported (the prompt's log-probabilities are not "
+                                  "computed)", "echo")
+
+
+class CompletionLogprobsSchema(Schema):
+    tokens = fields.List(fields.String(), required=True)
+    token_logprobs = fields.List(fields.Float(), required=True)
+    top_logprobs = fields.List(fields.Dict(keys=fields.String(), values=fields.Float()), required=True,
+                               allow_none=True)
+    text_offset = fields.List(fields.Integer(), required=True)
+
+
+class CompletionChoiceSchema(Schema):
+    text = fields.String(required=True)
+    index = fields.Integer(required=True)
+    logprobs = fields.Nested(CompletionLogprobsSchema, required=True, allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True, validate=validate.OneOf(["stop", "length"]))
+
+
+class CompletionSchema(Schema):
+    """The reply, and (with `stream: true`) each `data:` event; a stream ends with
+    `data: [DONE]`, after a usage event with empty `choices` when
+    `stream_options.include_usage` is set."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["text_completion"]))
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(CompletionChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
