@@ -467,7 +467,7 @@ class StreamEncoder(Protocol):
     def finish(self, ev: Finish) -> Iterable[str]: ...
 
 
-def stream(events: Iterator[Event], encoder: StreamEncoder) -> Iterator[str]:
+def stream(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE) -> Iterator[str]:
     """SSE text of a generation: the encoder's events, keep-alive pings while the prompt is
     processed, then `[DONE]`.  A failure after the stream started becomes one OpenAI-format
     error event (status and headers are already sent) and the stream ends without `[DONE]`,
@@ -527,7 +527,8 @@ def _sse(events: Iterator[Event], encoder: StreamEncoder) -> Generator[str, None
                 yield from encoder.delta(ev)
             elif isinstance(ev, Finish):
                 yield from encoder.finish(ev)
-        yield SSE_DONE
+        if done:  # the Responses API's streams end with their last event instead
+            yield done
     except Exception:
         rid = g.get("request_id", "-")
         log.exception("generation failed in request %s", rid)

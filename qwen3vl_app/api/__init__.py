@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_all(app: Flask) -> None:
-    from . import chat, completions, docs, health, media, metrics, models, playground
+    from . import chat, completions, docs, health, media, metrics, models, playground, responses
 
-    for module in (health, models, chat, completions, media, docs, metrics, playground):
+    for module in (health, models, chat, completions, responses, media, docs, metrics, playground):
         app.register_blueprint(module.bp)

@@ -1,0 +1,227 @@
+"""POST /v1/responses: OpenAI's Responses API over the same generation path as chat.
+
+The request is translated into a chat request (responses_schema.to_chat_request), so
+tools, structured output (`text.format`), images and the chat template behave exactly as
+in /v1/chat/completions.  The output is built by one `ResponseWriter` for both modes: a
+stream sends its events as they happen (response.created ... response.completed, no
+`[DONE]`, as OpenAI's streams end); a non-stream request returns its final snapshot.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from marshmallow import ValidationError
+
+from .. import serving
+from ..admission import admitted
+from ..auth import auth
+from ..conversation import split_messages
+from ..errors import APIError
+from ..processing.tools import ToolCall, ToolCallStream
+from ..streaming import SSE_HEADERS
+from ..structured import plan_output
+from .chat_schema import ChatCompletionRequestSchema
+from .common import json_body
+from .errors import first_validation_error
+from .responses_schema import ResponseRequestSchema, to_chat_request
+
+bp = Blueprint("responses", __name__)
+
+HONOURED = frozenset({
+    "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text", "max_output_tokens",
+    "temperature", "top_p", "stream", "previous_response_id", "metadata",
+})
+
+
+@bp.post("/v1/responses")
+@auth.login_required
+@admitted
+def create_response():
+    state = current_app.extensions["qwen3vl"]
+    body = json_body()
+    rreq = ResponseRequestSchema().load(body)
+    with _responses_names():
+        req = ChatCompletionRequestSchema().load(to_chat_request(rreq))
+        messages, media = split_messages(req["messages"])
+        engine = state.runner.wait_ready()
+        plan = plan_output(req, engine.capabilities.logits)
+    if plan.logit_bias:
+        req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
+    vision = serving.resolve_media(state, media, engine, messages)
+    stream = bool(req.get("stream"))
+    events = serving.start(state, engine, messages, vision, req, [], stream, tools=plan.tools, grammar=plan.grammar)
+    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))}
+    writer = ResponseWriter(_base(rreq, state.model_id), plan.tool_names)
+    if stream:
+        return Response(stream_with_context(serving.stream(events, ResponsesStreamEncoder(writer), done="")),
+                        mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
+    out = serving.collect(events, request.environ)
+    writer.start()
+    writer.text(out.text)
+    final = writer.finish(out.finish)[-1]["response"]
+    return jsonify(final), 200, ignored
+
+
+# Chat field -> the Responses field it came from, for error messages.
+_PARAM_NAMES = {"messages": "input", "max_completion_tokens": "max_output_tokens", "response_format": "text.format"}
+
+
+@contextmanager
+def _responses_names():
+    """Errors raised while the translated chat request is checked name the Responses field."""
+    try:
+        yield
+    except ValidationError as e:
+        param, msg = first_validation_error(e.messages)
+        raise APIError(f"{_rename(param)}: {msg}", 400, _rename(param), "invalid_value") from None
+    except APIError as e:
+        e.param = _rename(e.param)
+        raise
+
+
+def _rename(param: str | None) -> str | None:
+    if not param:
+        return param
+    head, dot, rest = param.partition(".")
+    key, bracket, index = head.partition("[")
+    return _PARAM_NAMES.get(key, key) + bracket + index + dot + rest
+
+
+def _base(rreq: dict, model: str) -> dict:
+    fmt = (rreq.get("text") or {}).get("format") or {"type": "text"}
+    return {
+        "id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+        "status": "in_progress", "error": None, "incomplete_details": None,
+        "instructions": rreq.get("instructions"), "max_output_tokens": rreq.get("max_output_tokens"),
+        "model": model, "output": [], "parallel_tool_calls": rreq.get("parallel_tool_calls") is not False,
+        "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
+        "store": False,  # stateless: nothing is kept, whatever `store` asked
+        "temperature": rreq.get("temperature"), "text": {"format": fmt},
+        "tool_choice": rreq.get("tool_choice") or "auto", "tools": rreq.get("tools") or [],
+        "top_p": rreq.get("top_p"), "truncation": "disabled", "usage": None, "user": rreq.get("user"),
+        "metadata": rreq.get("metadata") or {},
+    }
+
+
+class ResponseWriter:
+    """Output items and the events that build them: text goes into an assistant `message`
+    item (one output_text part), each `<tool_call>` block becomes a `function_call` item."""
+
+    def __init__(self, base: dict, tool_names: set[str] | None):
+        self.base = base
+        self.output: list[dict] = []
+        self.seq = 0
+        self.message: dict | None = None  # the open message item
+        self.tools = ToolCallStream(tool_names) if tool_names else None
+
+    def _event(self, type_: str, **fields) -> dict:
+        ev = {"type": type_, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return ev
+
+    def snapshot(self, status: str, **extra) -> dict:
+        return {**self.base, "status": status, "output": copy.deepcopy(self.output), **extra}
+
+    def start(self) -> list[dict]:
+        return [self._event("response.created", response=self.snapshot("in_progress")),
+                self._event("response.in_progress", response=self.snapshot("in_progress"))]
+
+    def text(self, delta: str) -> list[dict]:
+        return self._apply(self.tools.push(delta) if self.tools else [("content", delta)])
+
+    def finish(self, fin: serving.Finish) -> list[dict]:
+        events = self._apply(self.tools.finish()) if self.tools else []
+        complete = fin.reason != "length"
+        events += self._close_message("completed" if complete else "incomplete")
+        usage = {"input_tokens": fin.prompt_tokens, "input_tokens_details": {"cached_tokens": fin.cached_tokens},
+                 "output_tokens": fin.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": fin.prompt_tokens + fin.completion_tokens}
+        if complete:
+            final = self.snapshot("completed", usage=usage)
+            return events + [self._event("response.completed", response=final)]
+        final = self.snapshot("incomplete", usage=usage, incomplete_details={"reason": "max_output_tokens"})
+        return events + [self._event("response.incomplete", response=final)]
+
+    def _apply(self, pieces) -> list[dict]:
+        events: list[dict] = []
+        for kind, value in pieces:
+            if kind == "content":
+                if value:
+                    events += self._append_text(value)
+            else:
+                events += self._close_message("completed") + self._add_call(value)
+        return events
+
+    def _append_text(self, text: str) -> list[dict]:
+        events = []
+        if self.message is None:
+            self.message = {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "in_progress",
+                            "role": "assistant", "content": []}
+            self.output.append(self.message)
+            index = len(self.output) - 1
+            events.append(self._event("response.output_item.added", output_index=index,
+                                      item=copy.deepcopy(self.message)))
+            part = {"type": "output_text", "text": "", "annotations": []}
+            self.message["content"].append(part)
+            events.append(self._event("response.content_part.added", item_id=self.message["id"], output_index=index,
+                                      content_index=0, part=dict(part)))
+        self.message["content"][0]["text"] += text
+        events.append(self._event("response.output_text.delta", item_id=self.message["id"],
+                                  output_index=self.output.index(self.message), content_index=0, delta=text,
+                                  logprobs=[]))
+        return events
+
+    def _close_message(self, status: str) -> list[dict]:
+        msg, self.message = self.message, None
+        if msg is None:
+            return []
+        index = self.output.index(msg)
+        part = msg["content"][0]
+        msg["status"] = status
+        return [
+            self._event("response.output_text.done", item_id=msg["id"], output_index=index, content_index=0,
+                        text=part["text"], logprobs=[]),
+            self._event("response.content_part.done", item_id=msg["id"], output_index=index, content_index=0,
+                        part=dict(part)),
+            self._event("response.output_item.done", output_index=index, item=copy.deepcopy(msg)),
+        ]
+
+    def _add_call(self, call: ToolCall) -> list[dict]:
+        item = {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call.id, "name": call.name,
+                "arguments": "", "status": "in_progress"}
+        self.output.append(item)
+        index = len(self.output) - 1
+        events = [self._event("response.output_item.added", output_index=index, item=dict(item)),
+                  self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                              delta=call.arguments)]
+        item.update(arguments=call.arguments, status="completed")
+        events += [self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                               name=call.name, arguments=call.arguments),
+                   self._event("response.output_item.done", output_index=index, item=dict(item))]
+        return events
+
+
+class ResponsesStreamEncoder:
+    """SSE of the writer's events: `event: <type>` and the event as `data:`."""
+
+    def __init__(self, writer: ResponseWriter):
+        self.writer = writer
+
+    @staticmethod
+    def _sse(events: list[dict]):
+        for ev in events:
+            yield f"event: {ev['type']}\ndata: {json.dumps(ev, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+    def start(self):
+        yield from self._sse(self.writer.start())
+
+    def delta(self, ev: serving.Delta):
+        yield from self._sse(self.writer.text(ev.text))
+
+    def finish(self, ev: serving.Finish):
+        yield from self._sse(self.writer.finish(ev))
