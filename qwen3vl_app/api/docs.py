@@ -123,6 +123,42 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                 **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
             },
         }},
+        "/v1/completions": {"post": {
+            "tags": ["completions"], "summary": "OpenAI legacy text completions (raw prompt, no chat template)",
+            "operationId": "createCompletion",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": "CompletionRequest",
+                "example": {"model": "qwen3-vl-instruct", "prompt": "Once upon a time", "max_tokens": 16}}}},
+            "responses": {
+                "200": {"description": "a text_completion (one choice per prompt), or with `stream: true` an SSE "
+                                       "stream of text_completion events",
+                        "content": {"application/json": {"schema": "Completion"},
+                                    "text/event-stream": _sse_event(
+                                        "a Completion as JSON (an ErrorResponse if the engine fails mid-stream), "
+                                        "then `[DONE]`")}},
+                **_errors(400, *auth, 413, 415, 500, 503),
+            },
+        }},
+        "/v1/responses": {"post": {
+            "tags": ["responses"], "summary": "OpenAI Responses API (stateless: previous_response_id is a 400, "
+                                              "store has no effect)",
+            "operationId": "createResponse",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": "ResponseRequest",
+                "example": {"model": "qwen3-vl-instruct", "input": "Hello!", "max_output_tokens": 32}}}},
+            "responses": {
+                "200": {"description": "a response, or with `stream: true` its events (`event: <type>`): "
+                                       "response.created, response.in_progress, response.output_item.added, "
+                                       "response.content_part.added, response.output_text.delta..., "
+                                       "response.function_call_arguments.delta/done, ...done events, then "
+                                       "response.completed or response.incomplete (no `[DONE]`)",
+                        "content": {"application/json": {"schema": "Response"},
+                                    "text/event-stream": _sse_event(
+                                        "a Responses stream event as JSON with `type` and `sequence_number`; "
+                                        "lifecycle events carry a Response")}},
+                **_errors(400, *auth, 413, 415, 500, 503),
+            },
+        }},
         "/v1/media/describe": {"post": {
             "tags": ["media"], "summary": "Describe an uploaded image or video (the old service's endpoint)",
             "operationId": "describeMedia",
@@ -200,6 +236,8 @@ def _custom_fields(converter):
     from marshmallow import validate
 
     from . import chat_schema as cs
+    from . import completions_schema as ps
+    from . import responses_schema as rs
 
     part_ref = {"$ref": "#/components/schemas/ContentPart"}
     by_type = {
@@ -210,6 +248,21 @@ def _custom_fields(converter):
                      "description": "text, or a list of text/image_url/video_url parts; null for assistant turns"},
         cs.StopField: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
                        "description": "up to 4 sequences that end the generation"},
+        cs.ToolChoice: {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]},
+                                  {"type": "object", "required": ["type", "function"], "properties": {
+                                      "type": {"type": "string", "enum": ["function"]},
+                                      "function": {"type": "object", "required": ["name"],
+                                                   "properties": {"name": {"type": "string"}}}}}],
+                        "description": "required and a named function are enforced by constrained decoding"},
+        cs.LogitBias: {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+                       "description": "token id (as a string) -> bias added to its logit"},
+        ps.PromptField: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                                   {"type": "array", "items": {"type": "integer"}},
+                                   {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}],
+                         "description": f"text, token ids, or up to {ps.MAX_PROMPTS} of either (one choice each)"},
+        rs.InputField: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+                        "description": "text, or items: messages (input_text / input_image / output_text parts), "
+                                       "function_call and function_call_output"},
     }
 
     def attribute(self, field, **kwargs):
@@ -247,7 +300,9 @@ def build_spec(app, settings) -> dict:
     from apispec.ext.marshmallow import MarshmallowPlugin
 
     from . import chat_schema as cs
+    from . import completions_schema as ps
     from . import media_schema as ms
+    from . import responses_schema as rs
     from .common import ErrorResponseSchema
     from .health import HealthSchema
     from .models import ModelListSchema, ModelSchema
@@ -268,6 +323,8 @@ def build_spec(app, settings) -> dict:
         ("StreamOptions", cs.StreamOptionsSchema), ("ChatCompletionRequest", cs.ChatCompletionRequestSchema),
         ("Usage", cs.UsageSchema), ("ChatCompletion", cs.ChatCompletionSchema),
         ("ChatCompletionChunk", cs.ChatCompletionChunkSchema),
+        ("CompletionRequest", ps.CompletionRequestSchema), ("Completion", ps.CompletionSchema),
+        ("ResponseRequest", rs.ResponseRequestSchema), ("Response", rs.ResponseSchema),
         (ERROR, ErrorResponseSchema), ("Health", HealthSchema), ("Model", ModelSchema),
         ("ModelList", ModelListSchema), ("MediaDescribeForm", ms.MediaDescribeFormSchema),
         ("MediaDescription", ms.MediaDescriptionSchema), ("MediaStreamDelta", ms.MediaStreamDeltaSchema),

@@ -51,7 +51,7 @@ def test_schemas_come_from_marshmallow(default_doc):
     assert req["required"] == ["messages"]
     assert req["properties"]["temperature"]["maximum"] == 2 and req["properties"]["top_p"]["exclusiveMinimum"]
     assert req["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/Message"}
-    assert schemas["Message"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant"]
+    assert schemas["Message"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant", "tool"]
     content = schemas["Message"]["properties"]["content"]["oneOf"]
     assert {"type": "string"} in content
     for name in (
