@@ -101,7 +101,35 @@ def _schema_text(schema: dict) -> str:
     """A JSON schema with this server's JSON layout options, as Lark's %json takes it."""
     if not isinstance(schema, dict):
         raise APIError("A JSON schema must be an object.", 400, None, "invalid_schema")
-    return json.dumps({**schema, "x-guidance": {**JSON_OPTIONS, **(schema.get("x-guidance") or {})}})
+    return json.dumps({**close_objects(schema), "x-guidance": JSON_OPTIONS})
+
+
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def close_objects(schema):
+    """An object schema that lists `properties` but says nothing of others gets
+    `additionalProperties: false` (what OpenAI's strict mode requires anyway): the output
+    may then use only the declared keys -- still valid against the schema as sent -- and
+    cannot wander off into invented keys until max_tokens.  Objects without `properties`
+    (`{"type": "object"}`, free-form arguments) stay open."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [close_objects(s) for s in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: close_objects(s) for k, s in out[key].items()}
+    for key in _SUBSCHEMAS:
+        if isinstance(out.get(key), dict):
+            out[key] = close_objects(out[key])
+    return out
 
 
 class TokenMask:

@@ -51,7 +51,7 @@ def _tame(body):
     """Clamp generation length; keep every media URL on this machine."""
     if not isinstance(body, dict):
         return body
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         if isinstance(body.get(key), int) and not isinstance(body.get(key), bool) and body[key] > MAX_TOKENS:
             body[key] = MAX_TOKENS
     if "max_tokens" not in body and "max_completion_tokens" not in body:

@@ -49,3 +49,19 @@ def test_logit_bias_without_host_logits_is_a_400_and_auto_tools_still_work():
     plan = plan_output({"tools": [TOOL]}, host_logits=False)
     assert plan.parses_tools and plan.grammar is None
     assert not plan_output({"tools": [TOOL], "tool_choice": "none"}, host_logits=False).logit_bias
+
+
+def test_objects_with_declared_properties_are_closed_others_stay_open():
+    from qwen3vl_app.engine.constraints import close_objects
+
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}},
+                                               "free": {"type": "object"}},
+              "$defs": {"X": {"properties": {"y": {"type": "integer"}}}},
+              "anyOf": [{"properties": {}}, {"type": "object", "additionalProperties": True, "properties": {}}]}
+    closed = close_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["free"]
+    assert closed["$defs"]["X"]["additionalProperties"] is False
+    assert closed["anyOf"][0]["additionalProperties"] is False and closed["anyOf"][1]["additionalProperties"] is True
+    assert "additionalProperties" not in schema  # the request's schema is not modified
