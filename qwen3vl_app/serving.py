@@ -24,6 +24,7 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from flask import g
 
@@ -152,6 +153,17 @@ def ignored_params(body: dict, greedy_only: bool, honoured: frozenset[str] | Non
     if honoured is not None:
         out += [k for k, v in body.items() if v is not None and k not in honoured and k not in out]
     return out
+
+
+def ignored_header(names: list[str]) -> dict[str, str]:
+    """`X-Ignored-Params` for every response of a generation endpoint (empty: nothing was
+    ignored).  Client-chosen names are percent-encoded where they hold anything but
+    letters, digits and `_.-` (a header carries no control characters), and the list is
+    cut at 2000 characters."""
+    value = ",".join(quote(n, safe="_.-") for n in names)
+    if len(value) > 2000:
+        value = value[:2000].rsplit(",", 1)[0] + ",..."
+    return {"X-Ignored-Params": value}
 
 
 def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, messages: list[dict]) -> list[VisionInput]:

@@ -40,7 +40,7 @@ def chat_completions():
     stream = bool(req.get("stream"))
     events = serving.start(state, engine, messages, vision, req, req["stop"] or [], stream,
                            tools=plan.tools, grammar=plan.grammar)
-    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))}
+    ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))

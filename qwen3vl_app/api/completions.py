@@ -49,7 +49,7 @@ def completions():
             e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
             raise
 
-    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))}
+    ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
     echo = bool(req.get("echo"))
     if stream:

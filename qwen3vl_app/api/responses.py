@@ -55,7 +55,7 @@ def create_response():
     vision = serving.resolve_media(state, media, engine, messages)
     stream = bool(req.get("stream"))
     events = serving.start(state, engine, messages, vision, req, [], stream, tools=plan.tools, grammar=plan.grammar)
-    ignored = {"X-Ignored-Params": ",".join(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))}
+    ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
     writer = ResponseWriter(_base(rreq, state.model_id), plan.tool_names)
     if stream:
         return Response(stream_with_context(serving.stream(events, ResponsesStreamEncoder(writer), done="")),

@@ -28,3 +28,15 @@ def test_greedy_only_engine_names_ignored_params_and_refuses_logprobs():
     with pytest.raises(APIError) as e:
         sampling_params({"logprobs": True}, DEFAULTS, Settings(), greedy_only=True)
     assert e.value.param == "logprobs" and e.value.status == 400
+
+
+def test_ignored_params_name_every_unhonoured_field_header_safe():
+    from qwen3vl_app.serving import ignored_header
+
+    body = {"messages": [], "store": True, "z\u00b3\x0e": 1, "temperature": 0.5, "user": None}
+    names = ignored_params(body, greedy_only=False, honoured=frozenset({"messages", "temperature"}))
+    assert names == ["store", "z\u00b3\x0e"]  # null fields count as not set
+    assert ignored_params(body, greedy_only=True, honoured=frozenset({"messages", "temperature"}))[0] == "temperature"
+    assert ignored_header(names) == {"X-Ignored-Params": "store,z%C2%B3%0E"}
+    long = ignored_header([f"field{i}" for i in range(1000)])["X-Ignored-Params"]
+    assert len(long) <= 2010 and long.endswith(",...")
