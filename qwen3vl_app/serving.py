@@ -326,7 +326,7 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
         yield ADMITTED
         deadline = time.monotonic() + job.time_limit
         eos_ids = () if job.ignore_eos else tokenizer.eos_ids
-        constrain = partial(job.grammar.mask, tokenizer.folder / "tokenizer.json") if job.grammar else None
+        constrain = partial(job.grammar.mask, tokenizer) if job.grammar else None
         tokens: Generator[Any, None, None]
         if runner.scheduler is not None:
             tokens = _slot_tokens(runner, job, eos_ids, cancel, ping_every, constrain)

@@ -47,9 +47,10 @@ class ServerState:
                 raise RuntimeError(error)
 
             return cls(settings, None, EngineRunner(settings, unusable), settings.engine, False, admission, keys)
+        from .engine.constraints import warm_up  # constrained decoding's token trie, built while loading
         from .engine.faults import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
 
-        runner = EngineRunner(settings, lambda: maybe_wrap(load_engine(settings, kind)))
+        runner = EngineRunner(settings, lambda: warm_up(maybe_wrap(load_engine(settings, kind)), tokenizer))
         return cls(settings, tokenizer, runner, kind, is_demo(model_dir), admission, keys)
 
     def __post_init__(self):

@@ -14,35 +14,64 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import APIError
 from ..model_constants import END_OF_TEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START, VOCAB_ROWS
 
+if TYPE_CHECKING:
+    from ..tokenizer import ChatTokenizer
+
 # Compact separators, no free whitespace: a model (or random weights) cannot pad the
 # output with whitespace until max_tokens runs out.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 _tokenizers: dict[tuple[str, int], object] = {}
-_lock = threading.Lock()
 
 
-def ll_tokenizer(tokenizer_json: Path, vocab_rows: int = VOCAB_ROWS):
-    """llguidance's view of tokenizer.json (its token trie), built once per worker (~1 s)."""
-    key = (str(tokenizer_json), vocab_rows)
-    with _lock:
-        tok = _tokenizers.get(key)
-        if tok is None:
-            import llguidance
+def ll_tokenizer(tokenizer: ChatTokenizer, vocab_rows: int = VOCAB_ROWS):
+    """llguidance's view of the vocabulary (its token trie), built once per worker from
+    our own tokenizer: each row's bytes, which rows are control tokens, and our encoder.
+    (Handing llguidance tokenizer.json instead makes it load a second copy of the whole
+    tokenizer: ~200 MB per worker against ~10 MB this way.)  The build holds the GIL for a
+    second or two, so `warm_up` does it while the worker loads.  Engine thread only."""
+    key = (str(tokenizer.folder), vocab_rows)
+    tok = _tokenizers.get(key)
+    if tok is None:
+        import llguidance
 
-            tok = llguidance.LLTokenizer(Path(tokenizer_json).read_text(), n_vocab=vocab_rows,
-                                         eos_token=[IM_END, END_OF_TEXT])
-            _tokenizers[key] = tok
-        return tok
+        wrapper = llguidance.TokenizerWrapper(_Vocabulary(tokenizer, vocab_rows))
+        tok = llguidance.LLTokenizer(wrapper, n_vocab=vocab_rows, eos_token=[IM_END, END_OF_TEXT])
+        _tokenizers[key] = tok
+    return tok
+
+
+class _Vocabulary:
+    """What llguidance.TokenizerWrapper reads from a tokenizer."""
+
+    eos_token_id = IM_END
+    bos_token_id = None
+
+    def __init__(self, tokenizer: ChatTokenizer, vocab_rows: int):
+        n = tokenizer.vocab_size
+        self.tokens = [tokenizer.token_bytes(i) if i < n else b"" for i in range(vocab_rows)]
+        self.special_token_ids = sorted(tokenizer.special_ids)
+        self._tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self._tokenizer.encode_untrusted(text)
+
+
+def warm_up(engine, tokenizer: ChatTokenizer):
+    """Build the token trie now (worker start-up, engine thread) rather than on the first
+    constrained request, where holding the GIL would stall every connection of the worker.
+    Engines without host logits never constrain, so they skip it."""
+    if engine.capabilities.logits:
+        ll_tokenizer(tokenizer)
+    return engine
 
 
 @dataclass(frozen=True)
@@ -52,8 +81,8 @@ class Grammar:
     source: str
     param: str  # the request field it came from, for error messages
 
-    def mask(self, tokenizer_json: Path, vocab_rows: int = VOCAB_ROWS) -> TokenMask:
-        return TokenMask(self, ll_tokenizer(tokenizer_json, vocab_rows), vocab_rows)
+    def mask(self, tokenizer: ChatTokenizer, vocab_rows: int = VOCAB_ROWS) -> TokenMask:
+        return TokenMask(self, ll_tokenizer(tokenizer, vocab_rows), vocab_rows)
 
 
 def compile_grammar(json_schema: dict | None = None, tools: list[dict] | None = None, parallel: bool = True,

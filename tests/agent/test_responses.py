@@ -3,11 +3,11 @@ function tools round trip, structured text.format, stateless behaviour)."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
-from typing import Literal
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
