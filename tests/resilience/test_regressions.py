@@ -70,3 +70,16 @@ def test_surrogate_pair_is_fine(inproc):
     body = '{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}], "max_tokens": 2}'
     r = inproc.post("/v1/chat/completions", data=body, headers={**inproc.headers, "Content-Type": "application/json"})
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/completions", {"prompt": "hi"}),
+    ("/v1/responses", {"input": "hi"}),
+])
+def test_unknown_field_with_control_characters_is_named_header_safe(server, path, body):
+    # schemathesis sent {"z\u00b3\u000e": null, ...} with a value: the raw name in X-Ignored-Params
+    # made gunicorn refuse the response header (a traceback and a dropped reply)
+    r = server.post(path, json={**body, "max_tokens": 1, "max_output_tokens": 1, "z\u00b3\u000e": 1})
+    assert r.status_code == 200, r.text
+    assert "z%C2%B3%0E" in r.headers["X-Ignored-Params"].split(",")
