@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -45,14 +46,15 @@ def create_response():
     state = current_app.extensions["qwen3vl"]
     body = json_body()
     rreq = ResponseRequestSchema().load(body)
-    with _responses_names():
-        req = ChatCompletionRequestSchema().load(to_chat_request(rreq))
+    chat_body, origins = to_chat_request(rreq)
+    with _responses_names(origins):
+        req = ChatCompletionRequestSchema().load(chat_body)
         messages, media = split_messages(req["messages"])
         engine = state.runner.wait_ready()
         plan = plan_output(req, engine.capabilities.logits)
-    if plan.logit_bias:
-        req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
-    vision = serving.resolve_media(state, media, engine, messages)
+        if plan.logit_bias:
+            req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
+        vision = serving.resolve_media(state, media, engine, messages)
     stream = bool(req.get("stream"))
     events = serving.start(state, engine, messages, vision, req, [], stream, tools=plan.tools, grammar=plan.grammar)
     ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
@@ -68,28 +70,32 @@ def create_response():
 
 
 # Chat field -> the Responses field it came from, for error messages.
-_PARAM_NAMES = {"messages": "input", "max_completion_tokens": "max_output_tokens", "response_format": "text.format"}
+_PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "response_format": "text.format"}
+_MESSAGE = re.compile(r"^messages(?:\[(\d+)\]|\.(\d+))")  # media errors use [i], validation errors .i
 
 
 @contextmanager
-def _responses_names():
-    """Errors raised while the translated chat request is checked name the Responses field."""
+def _responses_names(origins: list[str]):
+    """Errors raised while the translated chat request is checked and its media fetched
+    name the Responses field (`input[2].content[0]`, `text.format`), not the chat one."""
+
+    def rename(param: str | None) -> str | None:
+        if not param:
+            return param
+        m = _MESSAGE.match(param)
+        if m and int(m.group(1) or m.group(2)) < len(origins):
+            return origins[int(m.group(1) or m.group(2))] + param[m.end():]
+        head, dot, rest = param.partition(".")
+        return _PARAM_NAMES.get(head, head) + dot + rest
+
     try:
         yield
     except ValidationError as e:
         param, msg = first_validation_error(e.messages)
-        raise APIError(f"{_rename(param)}: {msg}", 400, _rename(param), "invalid_value") from None
+        raise APIError(f"{rename(param)}: {msg}", 400, rename(param), "invalid_value") from None
     except APIError as e:
-        e.param = _rename(e.param)
+        e.param = rename(e.param)
         raise
-
-
-def _rename(param: str | None) -> str | None:
-    if not param:
-        return param
-    head, dot, rest = param.partition(".")
-    key, bracket, index = head.partition("[")
-    return _PARAM_NAMES.get(key, key) + bracket + index + dot + rest
 
 
 def _base(rreq: dict, model: str) -> dict:

@@ -66,21 +66,27 @@ class ResponseRequestSchema(Schema):
 # ----------------------------------------------------------------------------- request -> chat request
 
 
-def to_chat_request(req: dict) -> dict:
-    """The equivalent Chat Completions body (validated by the chat schema afterwards)."""
+def to_chat_request(req: dict) -> tuple[dict, list[str]]:
+    """The equivalent Chat Completions body (validated by the chat schema afterwards), and
+    for each of its messages the Responses field it came from (`instructions`,
+    `input[3]`), so errors about a message can name what the client sent."""
     if req.get("previous_response_id"):
         raise APIError("This server keeps no responses (stateless), so previous_response_id cannot be resolved; "
                        "send the whole conversation as `input` items instead.", 400, "previous_response_id",
                        "unsupported_parameter")
     messages: list[dict] = []
+    origins: list[str] = []
     if req.get("instructions"):
         messages.append({"role": "system", "content": req["instructions"]})
+        origins.append("instructions")
     items = req["input"]
     if isinstance(items, str):
         messages.append({"role": "user", "content": items})
+        origins.append("input")
     else:
         for i, item in enumerate(items):
             _add_item(messages, item, f"input[{i}]")
+            origins += [f"input[{i}]"] * (len(messages) - len(origins))
     body: dict = {"messages": messages, "stream": bool(req.get("stream"))}
     for src, dst in (("max_output_tokens", "max_completion_tokens"), ("temperature", "temperature"),
                      ("top_p", "top_p"), ("parallel_tool_calls", "parallel_tool_calls")):
@@ -98,7 +104,7 @@ def to_chat_request(req: dict) -> dict:
             "name": fmt["name"], "schema": fmt.get("schema") or {}, "strict": fmt.get("strict")}}
     elif fmt:
         body["response_format"] = {"type": fmt["type"]}
-    return body
+    return body, origins
 
 
 def _add_item(messages: list[dict], item: dict, param: str) -> None:

@@ -106,6 +106,12 @@ def test_stateless_previous_response_id_is_a_400_and_store_is_named(client, serv
      "text.format"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"instructions": "be brief", "input": [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
+     "input[1].content[0]"),
+    ({"instructions": "x", "input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]},
+     "input[0].content.0.text"),
 ])
 def test_bad_requests_are_400(server, body, param):
     r = server.post("/v1/responses", json={"max_output_tokens": 2, **body})
