@@ -135,3 +135,24 @@ def test_tool_choice_none_and_auto_answer_in_text(client):
         assert out.choices[0].message.content and out.choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="m", messages=ASK, tool_choice="auto", max_tokens=1)
+
+
+def test_parse_with_pydantic_function_tool(client):
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Lookup(BaseModel):
+        """Look a word up."""
+
+        word: Literal["cat", "dog"]
+        limit: int = Field(ge=1, le=5)
+
+    out = client.chat.completions.parse(model="m", messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
+                                        tool_choice="required", max_tokens=60, seed=2)
+    call = out.choices[0].message.tool_calls[0]
+    assert isinstance(call.function.parsed_arguments, Lookup)
+    with client.chat.completions.stream(model="m", messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
+                                        tool_choice="required", max_tokens=60, seed=4) as s:
+        final = s.get_final_completion()
+    assert isinstance(final.choices[0].message.tool_calls[0].function.parsed_arguments, Lookup)
