@@ -494,7 +494,7 @@ def stream(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE
 
     settings = current_app.extensions["qwen3vl"].settings
     bound = _SendBound(request.environ.get("gunicorn.socket"), settings.write_timeout, settings.request_timeout)
-    body = _sse(events, encoder)
+    body = _sse(events, encoder, done)
     try:
         for chunk in body:
             bound.arm()
@@ -529,7 +529,7 @@ class _SendBound:
                 pass
 
 
-def _sse(events: Iterator[Event], encoder: StreamEncoder) -> Generator[str, None, None]:
+def _sse(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE) -> Generator[str, None, None]:
     try:
         yield from encoder.start()
         for ev in events:

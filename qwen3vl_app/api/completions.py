@@ -50,7 +50,7 @@ def completions():
             raise
 
     ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
-    cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
+    cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), req.get("model") or state.model_id
     echo = bool(req.get("echo"))
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))

@@ -68,6 +68,12 @@ class CompletionRequestSchema(Schema):
 
     @validates_schema
     def _consistency(self, data, **kwargs):
+        from flask import current_app, has_app_context
+
+        from .models import check_served
+
+        if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
+            data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
         if data.get("echo") and data.get("logprobs") is not None:
             raise ValidationError("echo with logprobs is not supported (the prompt's log-probabilities are not "
                                   "computed)", "echo")

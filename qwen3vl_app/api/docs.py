@@ -136,7 +136,7 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                                     "text/event-stream": _sse_event(
                                         "a Completion as JSON (an ErrorResponse if the engine fails mid-stream), "
                                         "then `[DONE]`")}},
-                **_errors(400, *auth, 413, 415, 500, 503),
+                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
             },
         }},
         "/v1/responses": {"post": {
@@ -156,7 +156,7 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                                     "text/event-stream": _sse_event(
                                         "a Responses stream event as JSON with `type` and `sequence_number`; "
                                         "lifecycle events carry a Response")}},
-                **_errors(400, *auth, 413, 415, 500, 503),
+                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
             },
         }},
         "/v1/media/describe": {"post": {

@@ -29,6 +29,7 @@ from ..structured import plan_output
 from .chat_schema import ChatCompletionRequestSchema
 from .common import json_body
 from .errors import first_validation_error
+from .models import check_served
 from .responses_schema import ResponseRequestSchema, to_chat_request
 
 bp = Blueprint("responses", __name__)
@@ -46,6 +47,7 @@ def create_response():
     state = current_app.extensions["qwen3vl"]
     body = json_body()
     rreq = ResponseRequestSchema().load(body)
+    model = check_served(state, rreq.get("model"))  # 404 for a model not served here
     chat_body, origins = to_chat_request(rreq)
     with _responses_names(origins):
         req = ChatCompletionRequestSchema().load(chat_body)
@@ -58,7 +60,7 @@ def create_response():
     stream = bool(req.get("stream"))
     events = serving.start(state, engine, messages, vision, req, [], stream, tools=plan.tools, grammar=plan.grammar)
     ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
-    writer = ResponseWriter(_base(rreq, state.model_id), plan.tool_names)
+    writer = ResponseWriter(_base(rreq, model), plan.tool_names)
     if stream:
         return Response(stream_with_context(serving.stream(events, ResponsesStreamEncoder(writer), done="")),
                         mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})

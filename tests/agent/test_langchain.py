@@ -14,6 +14,8 @@ langchain_openai = pytest.importorskip("langchain_openai")
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 
+MODEL = "qwen3-vl-instruct"  # the served name (another name is a 404)
+
 
 @tool
 def get_weather(city: Literal["Paris", "Rome"], unit: Literal["C", "F"]) -> str:
@@ -30,7 +32,7 @@ class Verdict(BaseModel):
 
 @pytest.fixture(scope="module")
 def llm(server):
-    return langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key=server.api_key, model="qwen3-vl",
+    return langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key=server.api_key, model=MODEL,
                                        max_tokens=80, temperature=0.7, seed=11, use_responses_api=False)
 
 
@@ -67,7 +69,7 @@ def test_with_structured_output(llm, method):
 
 
 def test_with_structured_output_over_responses_api(server):
-    llm = langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key=server.api_key, model="qwen3-vl",
+    llm = langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key=server.api_key, model=MODEL,
                                       max_tokens=80, use_responses_api=True)
     out = llm.with_structured_output(Verdict, method="json_schema").invoke("Is water wet?")
     assert isinstance(out, Verdict)

@@ -13,6 +13,8 @@ TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a 
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
                        "required": ["city"], "additionalProperties": False}, "strict": True}
 
+MODEL = "qwen3-vl-instruct"  # the served name (another name is a 404)
+
 
 class Answer(BaseModel):
     verdict: Literal["yes", "no"]
@@ -25,7 +27,7 @@ def client(server):
 
 
 def test_create_text(client):
-    r = client.responses.create(model="m", input="Say hello.", instructions="Be brief.", max_output_tokens=6,
+    r = client.responses.create(model=MODEL, input="Say hello.", instructions="Be brief.", max_output_tokens=6,
                                 temperature=0.0)
     assert r.object == "response" and r.id.startswith("resp_")
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
@@ -34,7 +36,7 @@ def test_create_text(client):
 
 
 def test_stream_event_sequence_matches_create(client):
-    kw = dict(model="m", input=[{"role": "user", "content": [{"type": "input_text", "text": "Hi there"}]}],
+    kw = dict(model=MODEL, input=[{"role": "user", "content": [{"type": "input_text", "text": "Hi there"}]}],
               max_output_tokens=8, temperature=0.0)
     whole = client.responses.create(**kw)
     types, text = [], ""
@@ -53,16 +55,16 @@ def test_stream_event_sequence_matches_create(client):
 
 
 def test_structured_text_format_parses(client):
-    r = client.responses.parse(model="m", input="Is the sky blue?", text_format=Answer, max_output_tokens=60,
+    r = client.responses.parse(model=MODEL, input="Is the sky blue?", text_format=Answer, max_output_tokens=60,
                                temperature=1.0)
     assert r.status == "completed" and isinstance(r.output_parsed, Answer)
-    with client.responses.stream(model="m", input="Is it?", text_format=Answer, max_output_tokens=60) as s:
+    with client.responses.stream(model=MODEL, input="Is it?", text_format=Answer, max_output_tokens=60) as s:
         final = s.get_final_response()
     assert isinstance(final.output_parsed, Answer)
 
 
 def test_function_call_round_trip_stream_and_not(client):
-    first = client.responses.create(model="m", input="Weather in Paris?", tools=[TOOL], tool_choice="required",
+    first = client.responses.create(model=MODEL, input="Weather in Paris?", tools=[TOOL], tool_choice="required",
                                     max_output_tokens=60, parallel_tool_calls=False)
     assert first.status == "completed"
     calls = [o for o in first.output if o.type == "function_call"]
@@ -70,10 +72,10 @@ def test_function_call_round_trip_stream_and_not(client):
     assert json.loads(calls[0].arguments)["city"] in ("Paris", "Rome") and calls[0].call_id.startswith("call_")
     follow = [{"role": "user", "content": "Weather in Paris?"}, calls[0].model_dump(exclude_none=True),
               {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C and sunny"}]
-    answer = client.responses.create(model="m", input=follow, tools=[TOOL], max_output_tokens=5)
+    answer = client.responses.create(model=MODEL, input=follow, tools=[TOOL], max_output_tokens=5)
     assert answer.output_text and answer.usage.input_tokens > first.usage.input_tokens
     args, done = "", None
-    with client.responses.stream(model="m", input="Weather?", tools=[TOOL], max_output_tokens=60,
+    with client.responses.stream(model=MODEL, input="Weather?", tools=[TOOL], max_output_tokens=60,
                                  tool_choice={"type": "function", "name": "get_weather"}) as s:
         for ev in s:
             if ev.type == "response.function_call_arguments.delta":
@@ -87,7 +89,7 @@ def test_function_call_round_trip_stream_and_not(client):
 
 def test_stateless_previous_response_id_is_a_400_and_store_is_named(client, server):
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model="m", input="x", previous_response_id="resp_123", max_output_tokens=2)
+        client.responses.create(model=MODEL, input="x", previous_response_id="resp_123", max_output_tokens=2)
     assert e.value.body["param"] == "previous_response_id"
     r = server.post("/v1/responses", json={"input": "x", "max_output_tokens": 2, "store": True})
     assert r.status_code == 200 and r.json()["store"] is False

@@ -9,6 +9,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+MODEL = "qwen3-vl-instruct"  # the served name (another name is a 404)
+
 
 class Weather(BaseModel):
     city: Literal["Paris", "Rome", "Tokyo"]
@@ -32,7 +34,7 @@ def client(server):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_parse_returns_a_validated_pydantic_object(client, seed):
-    out = client.chat.completions.parse(model="m", messages=MSG, response_format=Report, max_tokens=400,
+    out = client.chat.completions.parse(model=MODEL, messages=MSG, response_format=Report, max_tokens=400,
                                         temperature=1.0, seed=seed)
     choice = out.choices[0]
     assert choice.finish_reason == "stop"
@@ -41,14 +43,14 @@ def test_parse_returns_a_validated_pydantic_object(client, seed):
 
 
 def test_parse_streamed(client):
-    with client.chat.completions.stream(model="m", messages=MSG, response_format=Weather, max_tokens=200,
+    with client.chat.completions.stream(model=MODEL, messages=MSG, response_format=Weather, max_tokens=200,
                                         seed=7) as s:
         final = s.get_final_completion()
     assert isinstance(final.choices[0].message.parsed, Weather)
 
 
 def test_json_object_mode_gives_an_object(client):
-    out = client.chat.completions.create(model="m", messages=MSG, response_format={"type": "json_object"},
+    out = client.chat.completions.create(model=MODEL, messages=MSG, response_format={"type": "json_object"},
                                          max_tokens=300, temperature=0.0)
     choice = out.choices[0]
     if choice.finish_reason == "stop":
@@ -61,7 +63,7 @@ def test_uncompilable_schema_is_a_400_naming_the_problem(client):
     bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"a": {"type": "no-such-type"}}}}}
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=MSG, response_format=bad, max_tokens=5)
+        client.chat.completions.create(model=MODEL, messages=MSG, response_format=bad, max_tokens=5)
     err = e.value.body
     assert err["param"] == "response_format" and err["code"] == "invalid_schema"
     assert "no-such-type" in err["message"]
@@ -69,14 +71,14 @@ def test_uncompilable_schema_is_a_400_naming_the_problem(client):
 
 def test_logit_bias_forces_and_bans_tokens(client, tiny_model_dir):
     # +100 on one token: greedy output is that token over and over
-    out = client.chat.completions.create(model="m", messages=MSG, max_tokens=4, temperature=0.0,
+    out = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=4, temperature=0.0,
                                          logit_bias={"9707": 100})
     assert out.choices[0].message.content == "Hello" * 4
     # -100 on whatever greedy picks first: it is never picked
-    free = client.chat.completions.create(model="m", messages=MSG, max_tokens=1, temperature=0.0, logprobs=True,
+    free = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=1, temperature=0.0, logprobs=True,
                                           top_logprobs=2)
     first, second = free.choices[0].logprobs.content[0].top_logprobs
-    banned = client.chat.completions.create(model="m", messages=MSG, max_tokens=1, temperature=0.0, logprobs=True,
+    banned = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=1, temperature=0.0, logprobs=True,
                                             logit_bias={str(_token_id(tiny_model_dir, first.bytes)): -100})
     assert banned.choices[0].logprobs.content[0].bytes == second.bytes
 
@@ -92,7 +94,7 @@ def _token_id(model_dir, raw: list[int]) -> int:
 @pytest.mark.parametrize("bias", [{"abc": 1}, {"5": 101}, {"999999": 1}, {"5": "x"}])
 def test_bad_logit_bias_is_a_400(client, bias):
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=MSG, max_tokens=1, logit_bias=bias)
+        client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=1, logit_bias=bias)
     assert e.value.body["param"] == "logit_bias"
 
 
@@ -115,7 +117,7 @@ def test_image_detail_low_costs_fewer_tokens(client):
 
     def prompt_tokens(detail):
         part = {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
-        out = client.chat.completions.create(model="m", max_tokens=1, messages=[
+        out = client.chat.completions.create(model=MODEL, max_tokens=1, messages=[
             {"role": "user", "content": [part, {"type": "text", "text": "What is this?"}]}])
         return out.usage.prompt_tokens
 

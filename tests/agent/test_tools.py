@@ -22,6 +22,8 @@ ADD = {"type": "function", "function": {
 TOOLS = [WEATHER, ADD]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
+MODEL = "qwen3-vl-instruct"  # the served name (another name is a 404)
+
 
 @pytest.fixture(scope="module")
 def client(server):
@@ -39,7 +41,7 @@ def _check_call(call, names=("get_weather", "add")):
 
 
 def test_round_trip_non_stream(client):
-    first = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required",
+    first = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
                                            parallel_tool_calls=False, max_tokens=80, seed=3)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -48,14 +50,14 @@ def test_round_trip_non_stream(client):
     _check_call(call)
     history = ASK + [choice.message.model_dump(exclude_none=True),
                      {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 18})}]
-    answer = client.chat.completions.create(model="m", messages=history, tools=TOOLS, tool_choice="none",
+    answer = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, tool_choice="none",
                                             max_tokens=8, seed=3)
     assert answer.choices[0].finish_reason == "length" and answer.choices[0].message.tool_calls is None
     assert answer.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result reached the prompt
 
 
 def test_named_function_is_called(client):
-    out = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=60, seed=1,
+    out = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=60, seed=1,
                                          tool_choice={"type": "function", "function": {"name": "add"}})
     calls = out.choices[0].message.tool_calls
     assert [c.function.name for c in calls] == ["add"]
@@ -63,7 +65,7 @@ def test_named_function_is_called(client):
 
 
 def test_round_trip_stream_deltas_reassemble(client):
-    stream = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required",
+    stream = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
                                             max_tokens=120, seed=5, stream=True)
     calls: dict[int, dict] = {}
     finish = None
@@ -84,14 +86,14 @@ def test_round_trip_stream_deltas_reassemble(client):
         for c in calls.values()]}]
     history += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls.values()]
     text = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
-        model="m", messages=history, tools=TOOLS, max_tokens=6, seed=5, stream=True) if ch.choices)
+        model=MODEL, messages=history, tools=TOOLS, max_tokens=6, seed=5, stream=True) if ch.choices)
     assert text
 
 
 def test_parallel_calls_when_allowed(client):
     counts = set()
     for seed in range(6):
-        out = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required",
+        out = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
                                              max_tokens=150, seed=seed, temperature=1.0)
         if out.choices[0].finish_reason == "tool_calls":
             for c in out.choices[0].message.tool_calls:
@@ -130,11 +132,11 @@ def test_bad_tool_messages_are_400(server, msg, param):
 
 def test_tool_choice_none_and_auto_answer_in_text(client):
     for choice in ("none", "auto"):
-        out = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice=choice,
+        out = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=choice,
                                              max_tokens=5, seed=1)
         assert out.choices[0].message.content and out.choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="m", messages=ASK, tool_choice="auto", max_tokens=1)
+        client.chat.completions.create(model=MODEL, messages=ASK, tool_choice="auto", max_tokens=1)
 
 
 def test_parse_with_pydantic_function_tool(client):
@@ -148,11 +150,11 @@ def test_parse_with_pydantic_function_tool(client):
         word: Literal["cat", "dog"]
         limit: int = Field(ge=1, le=5)
 
-    out = client.chat.completions.parse(model="m", messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
+    out = client.chat.completions.parse(model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
                                         tool_choice="required", max_tokens=60, seed=2)
     call = out.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, Lookup)
-    with client.chat.completions.stream(model="m", messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
+    with client.chat.completions.stream(model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
                                         tool_choice="required", max_tokens=60, seed=4) as s:
         final = s.get_final_completion()
     assert isinstance(final.choices[0].message.tool_calls[0].function.parsed_arguments, Lookup)
