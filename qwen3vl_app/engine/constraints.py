@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import APIError
-from ..model_constants import END_OF_TEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START, VOCAB_ROWS
+from ..model_constants import IM_END, TOOL_CALL_END, TOOL_CALL_START, VOCAB_ROWS
 
 if TYPE_CHECKING:
     from ..tokenizer import ChatTokenizer
@@ -44,7 +44,7 @@ def ll_tokenizer(tokenizer: ChatTokenizer, vocab_rows: int = VOCAB_ROWS):
         import llguidance
 
         wrapper = llguidance.TokenizerWrapper(_Vocabulary(tokenizer, vocab_rows))
-        tok = llguidance.LLTokenizer(wrapper, n_vocab=vocab_rows, eos_token=[IM_END, END_OF_TEXT])
+        tok = llguidance.LLTokenizer(wrapper, n_vocab=vocab_rows, eos_token=IM_END)  # the chat turn's end
         _tokenizers[key] = tok
     return tok
 
