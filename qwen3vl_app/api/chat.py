@@ -20,7 +20,7 @@ HONOURED = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "n", "stream",
     "stream_options", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "logit_bias",
+    "response_format", "logit_bias", "ignore_eos",
 })
 
 

@@ -124,3 +124,27 @@ def test_image_detail_low_costs_fewer_tokens(client):
     low, high, auto, unset = (prompt_tokens(d) for d in ("low", "high", "auto", None))
     assert high == auto == unset > low
     assert low < 300  # <= 256 vision tokens + the text
+
+
+def test_constrained_slots_in_a_continuous_batch(server_factory):
+    """--max-batch 2: constrained and free sequences share decode steps; each slot keeps its
+    own grammar, so both structured answers validate and the free one is untouched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with server_factory("--max-batch", "2", workers=1) as s:
+        client = s.openai()
+
+        def parsed(seed):
+            out = client.chat.completions.parse(model=MODEL, messages=MSG, response_format=Weather, max_tokens=200,
+                                                seed=seed, temperature=1.0)
+            return out.choices[0].message.parsed
+
+        def free():
+            return client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=40, temperature=0.0)
+
+        alone = free().choices[0].message.content
+        with ThreadPoolExecutor(3) as pool:
+            jobs = [pool.submit(parsed, 1), pool.submit(parsed, 2), pool.submit(free)]
+            results = [j.result() for j in jobs]
+        assert isinstance(results[0], Weather) and isinstance(results[1], Weather)
+        assert results[2].choices[0].message.content == alone
