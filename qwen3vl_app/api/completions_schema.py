@@ -79,7 +79,7 @@ class CompletionRequestSchema(Schema):
                                   "computed)", "echo")
 
 
-class CompletionLogprobsSchema(Schema):
+class TextCompletionLogprobsSchema(Schema):
     tokens = fields.List(fields.String(), required=True)
     token_logprobs = fields.List(fields.Float(), required=True)
     top_logprobs = fields.List(fields.Dict(keys=fields.String(), values=fields.Float()), required=True,
@@ -87,10 +87,10 @@ class CompletionLogprobsSchema(Schema):
     text_offset = fields.List(fields.Integer(), required=True)
 
 
-class CompletionChoiceSchema(Schema):
+class TextCompletionChoiceSchema(Schema):
     text = fields.String(required=True)
     index = fields.Integer(required=True)
-    logprobs = fields.Nested(CompletionLogprobsSchema, required=True, allow_none=True)
+    logprobs = fields.Nested(TextCompletionLogprobsSchema, required=True, allow_none=True)
     finish_reason = fields.String(required=True, allow_none=True, validate=validate.OneOf(["stop", "length"]))
 
 
@@ -103,5 +103,5 @@ class CompletionSchema(Schema):
     object = fields.String(required=True, validate=validate.OneOf(["text_completion"]))
     created = fields.Integer(required=True)
     model = fields.String(required=True)
-    choices = fields.List(fields.Nested(CompletionChoiceSchema), required=True)
+    choices = fields.List(fields.Nested(TextCompletionChoiceSchema), required=True)
     usage = fields.Nested(UsageSchema, allow_none=True)

@@ -111,7 +111,7 @@ def test_unknown_and_unimplemented_fields_are_named(server):
 def test_image_detail_low_costs_fewer_tokens(client):
     import base64
 
-    from tests.unit.media_samples import image_bytes
+    from tests.support.media_samples import image_bytes
 
     url = "data:image/png;base64," + base64.b64encode(image_bytes("PNG", h=900, w=1200)).decode()
 
