@@ -13,6 +13,7 @@ tool call, tokenized with the model folder's tokenizer, replayed step by step.
 
     python bench/bench_constraints.py [-m MODEL_DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,21 +40,46 @@ SCHEMA = {
         "year": {"type": "integer"},
         "rating": {"type": "number"},
         "tags": {"type": "array", "items": {"type": "string"}},
-        "cast": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "role": {"type": "string", "enum": ["lead", "support", "cameo"]}},
-            "required": ["name", "role"], "additionalProperties": False}},
+        "cast": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "role": {"type": "string", "enum": ["lead", "support", "cameo"]},
+                },
+                "required": ["name", "role"],
+                "additionalProperties": False,
+            },
+        },
     },
     "required": ["title", "year", "rating", "tags", "cast"],
     "additionalProperties": False,
 }
-DOC = {"title": "The Lighthouse Keeper's Long Winter", "year": 1987, "rating": 8.25,
-       "tags": ["drama", "sea", "solitude"],
-       "cast": [{"name": "Anna Berg", "role": "lead"}, {"name": "Tomas Lind", "role": "support"}]}
-TOOL = {"name": "search_flights", "parameters": {"type": "object", "properties": {
-    "origin": {"type": "string"}, "destination": {"type": "string"}, "date": {"type": "string"},
-    "passengers": {"type": "integer", "minimum": 1, "maximum": 9}}, "required": ["origin", "destination", "date"]}}
-CALL = {"name": "search_flights", "arguments": {"origin": "Stockholm", "destination": "Lisbon",
-                                                "date": "2026-03-14", "passengers": 2}}
+DOC = {
+    "title": "The Lighthouse Keeper's Long Winter",
+    "year": 1987,
+    "rating": 8.25,
+    "tags": ["drama", "sea", "solitude"],
+    "cast": [{"name": "Anna Berg", "role": "lead"}, {"name": "Tomas Lind", "role": "support"}],
+}
+TOOL = {
+    "name": "search_flights",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "origin": {"type": "string"},
+            "destination": {"type": "string"},
+            "date": {"type": "string"},
+            "passengers": {"type": "integer", "minimum": 1, "maximum": 9},
+        },
+        "required": ["origin", "destination", "date"],
+    },
+}
+CALL = {
+    "name": "search_flights",
+    "arguments": {"origin": "Stockholm", "destination": "Lisbon", "date": "2026-03-14", "passengers": 2},
+}
 
 
 def replay(grammar, tokenizer: ChatTokenizer, tokens: list[int], rounds: int) -> dict:
@@ -79,9 +105,14 @@ def replay(grammar, tokenizer: ChatTokenizer, tokens: list[int], rounds: int) ->
         assert m.allowed()[IM_END], "grammar not complete at the end of the document"
     us = lambda xs: round(statistics.median(xs) * 1e6, 1)  # noqa: E731
     p95 = lambda xs: round(float(np.percentile(xs, 95)) * 1e6, 1)  # noqa: E731
-    return {"tokens": len(tokens), "mask_us_p50": us(t_mask), "mask_us_p95": p95(t_mask),
-            "apply_us_p50": us(t_apply), "consume_us_p50": us(t_consume),
-            "total_us_p50": us([a + b + c for a, b, c in zip(t_mask, t_apply, t_consume, strict=True)])}
+    return {
+        "tokens": len(tokens),
+        "mask_us_p50": us(t_mask),
+        "mask_us_p95": p95(t_mask),
+        "apply_us_p50": us(t_apply),
+        "consume_us_p50": us(t_consume),
+        "total_us_p50": us([a + b + c for a, b, c in zip(t_mask, t_apply, t_consume, strict=True)]),
+    }
 
 
 def sampler_cost(grammar, tokenizer: ChatTokenizer, params: SamplingParams, steps: int = 200) -> dict:
@@ -123,7 +154,7 @@ def main() -> None:
     compile_ms = statistics.median(compile_times) * 1e3
     doc_tokens = tok.encode(json.dumps(DOC, ensure_ascii=False)) + [IM_END]
     tool_grammar = compile_grammar(tools=[TOOL], parallel=True, param="tools")
-    call_tokens = ([TOOL_CALL_START] + tok.encode("\n" + json.dumps(CALL) + "\n") + [TOOL_CALL_END, IM_END])
+    call_tokens = [TOOL_CALL_START] + tok.encode("\n" + json.dumps(CALL) + "\n") + [TOOL_CALL_END, IM_END]
 
     result = {
         "vocab_rows": VOCAB_ROWS,
@@ -136,13 +167,17 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     print(f"\nconstrained decoding over {VOCAB_ROWS} vocabulary rows (per generated token, p50)")
-    print(f"  token trie (once per worker, at load): {result['tokenizer_trie_build_s']} s; "
-          f"schema compile: {result['schema_compile_ms']} ms")
+    print(
+        f"  token trie (once per worker, at load): {result['tokenizer_trie_build_s']} s; "
+        f"schema compile: {result['schema_compile_ms']} ms"
+    )
     for name in ("json_schema", "tool_call"):
         r = result[name]
-        print(f"  {name:12s} {r['tokens']:3d} tokens  mask {r['mask_us_p50']:7.1f} us (p95 {r['mask_us_p95']:.1f})"
-              f"  apply {r['apply_us_p50']:6.1f} us  consume {r['consume_us_p50']:5.1f} us"
-              f"  total {r['total_us_p50']:7.1f} us")
+        print(
+            f"  {name:12s} {r['tokens']:3d} tokens  mask {r['mask_us_p50']:7.1f} us (p95 {r['mask_us_p95']:.1f})"
+            f"  apply {r['apply_us_p50']:6.1f} us  consume {r['consume_us_p50']:5.1f} us"
+            f"  total {r['total_us_p50']:7.1f} us"
+        )
     for name in ("sampler_greedy", "sampler_top_p"):
         r = result[name]
         print(f"  {name:15s} choose: free {r['free_us']:7.1f} us   with mask {r['masked_us']:7.1f} us")

@@ -12,6 +12,7 @@ and the grammar (if any) that constrained decoding must hold the output to.
 A grammar (and logit_bias) needs logits on the host: on an engine that picks tokens on
 the device it is a 400 naming the parameter, never silently ignored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -80,5 +81,10 @@ def _compile(**kw):
 
 
 def _unsupported(param: str, what: str) -> None:
-    raise APIError(f"This engine picks tokens on the device and returns no logits, so {what} cannot be enforced "
-                   "here (see capabilities in GET /v1/models).", 400, param, "unsupported_parameter")
+    raise APIError(
+        f"This engine picks tokens on the device and returns no logits, so {what} cannot be enforced "
+        "here (see capabilities in GET /v1/models).",
+        400,
+        param,
+        "unsupported_parameter",
+    )

@@ -44,15 +44,16 @@ def chat_completions():
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        encoder = ChatStreamEncoder(ChunkEncoder(cid, req.get("model") or state.model_id), include_usage, plan.tool_names)
+        chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
+        encoder = ChatStreamEncoder(chunks, include_usage, plan.tool_names)
         body = serving.stream(events, encoder)
         return Response(stream_with_context(body), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
     out = serving.collect(events, request.environ)
     fin = out.finish
     content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
     reason = "tool_calls" if calls and fin.reason == "stop" else fin.reason
-    body = completion(cid, req.get("model") or state.model_id, content, reason, fin.prompt_tokens, fin.completion_tokens,
-                      {"content": out.logprobs} if out.logprobs else None,
+    body = completion(cid, req.get("model") or state.model_id, content, reason, fin.prompt_tokens,
+                      fin.completion_tokens, {"content": out.logprobs} if out.logprobs else None,
                       [c.to_openai() for c in calls], fin.cached_tokens)
     return jsonify(body), 200, ignored
 

@@ -1,6 +1,7 @@
 """POST /v1/completions: OpenAI's legacy text completions.  The prompt is raw text (or
 token ids): no chat template.  A list of prompts gives one choice per prompt (n=1 each),
 generated one after the other on this worker's engine."""
+
 from __future__ import annotations
 
 import time
@@ -19,11 +20,28 @@ from .completions_schema import CompletionRequestSchema
 
 bp = Blueprint("completions", __name__)
 
-HONOURED = frozenset({
-    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
-    "frequency_penalty", "seed", "stop", "n", "best_of", "stream", "stream_options", "echo", "logprobs",
-    "logit_bias",
-})
+HONOURED = frozenset(
+    {
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+        "n",
+        "best_of",
+        "stream",
+        "stream_options",
+        "echo",
+        "logprobs",
+        "logit_bias",
+    }
+)
 
 
 @bp.post("/v1/completions")
@@ -42,8 +60,9 @@ def completions():
 
     def launch(i: int):
         try:
-            prompt = serving.tokenize_text(state.tokenizer, req["prompt"][i], engine.limits,
-                                           state.settings.max_prompt_tokens)
+            prompt = serving.tokenize_text(
+                state.tokenizer, req["prompt"][i], engine.limits, state.settings.max_prompt_tokens
+            )
             return serving.start_prompt(state, engine, prompt, req, req["stop"] or [], stream)
         except PromptError as e:
             e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
@@ -56,18 +75,39 @@ def completions():
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         encoder = CompletionStreamEncoder(cid, created, model, len(texts), texts if echo else None, include_usage)
         events = _one_after_another(launch(0), [lambda i=i: launch(i) for i in range(1, len(texts))])
-        return Response(stream_with_context(serving.stream(events, encoder)), mimetype="text/event-stream",
-                        headers={**SSE_HEADERS, **ignored})
+        return Response(
+            stream_with_context(serving.stream(events, encoder)),
+            mimetype="text/event-stream",
+            headers={**SSE_HEADERS, **ignored},
+        )
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for i in range(len(texts)):
         out = serving.collect(launch(i), request.environ)
         text = (texts[i] if echo else "") + out.text
-        choices.append({"text": text, "index": i, "logprobs": legacy_logprobs(out.logprobs) if out.logprobs else None,
-                        "finish_reason": out.finish.reason})
+        choices.append(
+            {
+                "text": text,
+                "index": i,
+                "logprobs": legacy_logprobs(out.logprobs) if out.logprobs else None,
+                "finish_reason": out.finish.reason,
+            }
+        )
         prompt_tokens += out.finish.prompt_tokens
         completion_tokens += out.finish.completion_tokens
-    return jsonify({"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices,
-                    "usage": usage(prompt_tokens, completion_tokens)}), 200, ignored
+    return (
+        jsonify(
+            {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "usage": usage(prompt_tokens, completion_tokens),
+            }
+        ),
+        200,
+        ignored,
+    )
 
 
 def _one_after_another(first, rest):
@@ -102,8 +142,12 @@ class CompletionStreamEncoder:
         self.prompt_tokens = self.completion_tokens = 0
 
     def _event(self, text: str, logprobs=None, finish_reason=None) -> str:
-        return sse({**self.base, "choices": [{"text": text, "index": self.index, "logprobs": logprobs,
-                                              "finish_reason": finish_reason}]})
+        return sse(
+            {
+                **self.base,
+                "choices": [{"text": text, "index": self.index, "logprobs": logprobs, "finish_reason": finish_reason}],
+            }
+        )
 
     def start(self):
         if self.echo:

@@ -3,6 +3,7 @@
 Unknown fields are ignored and named in X-Ignored-Params; wrong types and out-of-range
 values are a 400 that names the parameter.
 """
+
 from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
@@ -28,8 +29,10 @@ class PromptField(fields.Field):
             elif all(isinstance(v, list) and all(_is_id(t) for t in v) for v in value):
                 prompts = value
             else:
-                raise ValidationError("must be a string, a list of strings, a list of token ids or a list of lists "
-                                      f"of token ids (0..{VOCAB_ROWS - 1})")
+                raise ValidationError(
+                    "must be a string, a list of strings, a list of token ids or a list of lists "
+                    f"of token ids (0..{VOCAB_ROWS - 1})"
+                )
             if len(prompts) > MAX_PROMPTS:
                 raise ValidationError(f"at most {MAX_PROMPTS} prompts per request")
             return prompts
@@ -46,8 +49,12 @@ class CompletionRequestSchema(Schema):
 
     model = fields.String(load_default=None, allow_none=True)
     prompt = PromptField(required=True)
-    max_tokens = fields.Integer(load_default=16, allow_none=True, validate=validate.Range(min=1),
-                                metadata={"description": "default 16, as OpenAI's"})
+    max_tokens = fields.Integer(
+        load_default=16,
+        allow_none=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "default 16, as OpenAI's"},
+    )
     temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1, min_inclusive=False))
     top_k = fields.Integer(allow_none=True, validate=validate.Range(min=-1))
@@ -61,8 +68,11 @@ class CompletionRequestSchema(Schema):
     stream = fields.Boolean(load_default=False, allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     echo = fields.Boolean(load_default=False, allow_none=True)
-    logprobs = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=5), metadata={
-        "description": "log-probabilities of the chosen token and this many most likely ones"})
+    logprobs = fields.Integer(
+        allow_none=True,
+        validate=validate.Range(min=0, max=5),
+        metadata={"description": "log-probabilities of the chosen token and this many most likely ones"},
+    )
     logit_bias = LogitBias(allow_none=True)
     user = fields.String(allow_none=True)
 
@@ -75,15 +85,15 @@ class CompletionRequestSchema(Schema):
         if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
             data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
         if data.get("echo") and data.get("logprobs") is not None:
-            raise ValidationError("echo with logprobs is not supported (the prompt's log-probabilities are not "
-                                  "computed)", "echo")
+            raise ValidationError(
+                "echo with logprobs is not supported (the prompt's log-probabilities are not computed)", "echo"
+            )
 
 
 class TextCompletionLogprobsSchema(Schema):
     tokens = fields.List(fields.String(), required=True)
     token_logprobs = fields.List(fields.Float(), required=True)
-    top_logprobs = fields.List(fields.Dict(keys=fields.String(), values=fields.Float()), required=True,
-                               allow_none=True)
+    top_logprobs = fields.List(fields.Dict(keys=fields.String(), values=fields.Float()), required=True, allow_none=True)
     text_offset = fields.List(fields.Integer(), required=True)
 
 

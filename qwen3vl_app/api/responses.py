@@ -6,6 +6,7 @@ in /v1/chat/completions.  The output is built by one `ResponseWriter` for both m
 stream sends its events as they happen (response.created ... response.completed, no
 `[DONE]`, as OpenAI's streams end); a non-stream request returns its final snapshot.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,10 +35,23 @@ from .responses_schema import ResponseRequestSchema, to_chat_request
 
 bp = Blueprint("responses", __name__)
 
-HONOURED = frozenset({
-    "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text", "max_output_tokens",
-    "temperature", "top_p", "stream", "previous_response_id", "metadata",
-})
+HONOURED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "stream",
+        "previous_response_id",
+        "metadata",
+    }
+)
 
 
 @bp.post("/v1/responses")
@@ -62,8 +76,11 @@ def create_response():
     ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
     writer = ResponseWriter(_base(rreq, model), plan.tool_names)
     if stream:
-        return Response(stream_with_context(serving.stream(events, ResponsesStreamEncoder(writer), done="")),
-                        mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
+        return Response(
+            stream_with_context(serving.stream(events, ResponsesStreamEncoder(writer), done="")),
+            mimetype="text/event-stream",
+            headers={**SSE_HEADERS, **ignored},
+        )
     out = serving.collect(events, request.environ)
     writer.start()
     writer.text(out.text)
@@ -86,7 +103,7 @@ def _responses_names(origins: list[str]):
             return param
         m = _MESSAGE.match(param)
         if m and int(m.group(1) or m.group(2)) < len(origins):
-            return origins[int(m.group(1) or m.group(2))] + param[m.end():]
+            return origins[int(m.group(1) or m.group(2))] + param[m.end() :]
         head, dot, rest = param.partition(".")
         return _PARAM_NAMES.get(head, head) + dot + rest
 
@@ -103,15 +120,28 @@ def _responses_names(origins: list[str]):
 def _base(rreq: dict, model: str) -> dict:
     fmt = (rreq.get("text") or {}).get("format") or {"type": "text"}
     return {
-        "id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
-        "status": "in_progress", "error": None, "incomplete_details": None,
-        "instructions": rreq.get("instructions"), "max_output_tokens": rreq.get("max_output_tokens"),
-        "model": model, "output": [], "parallel_tool_calls": rreq.get("parallel_tool_calls") is not False,
-        "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": rreq.get("instructions"),
+        "max_output_tokens": rreq.get("max_output_tokens"),
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": rreq.get("parallel_tool_calls") is not False,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
         "store": False,  # stateless: nothing is kept, whatever `store` asked
-        "temperature": rreq.get("temperature"), "text": {"format": fmt},
-        "tool_choice": rreq.get("tool_choice") or "auto", "tools": rreq.get("tools") or [],
-        "top_p": rreq.get("top_p"), "truncation": "disabled", "usage": None, "user": rreq.get("user"),
+        "temperature": rreq.get("temperature"),
+        "text": {"format": fmt},
+        "tool_choice": rreq.get("tool_choice") or "auto",
+        "tools": rreq.get("tools") or [],
+        "top_p": rreq.get("top_p"),
+        "truncation": "disabled",
+        "usage": None,
+        "user": rreq.get("user"),
         "metadata": rreq.get("metadata") or {},
     }
 
@@ -136,8 +166,10 @@ class ResponseWriter:
         return {**self.base, "status": status, "output": copy.deepcopy(self.output), **extra}
 
     def start(self) -> list[dict]:
-        return [self._event("response.created", response=self.snapshot("in_progress")),
-                self._event("response.in_progress", response=self.snapshot("in_progress"))]
+        return [
+            self._event("response.created", response=self.snapshot("in_progress")),
+            self._event("response.in_progress", response=self.snapshot("in_progress")),
+        ]
 
     def text(self, delta: str) -> list[dict]:
         return self._apply(self.tools.push(delta) if self.tools else [("content", delta)])
@@ -146,9 +178,13 @@ class ResponseWriter:
         events = self._apply(self.tools.finish()) if self.tools else []
         complete = fin.reason != "length"
         events += self._close_message("completed" if complete else "incomplete")
-        usage = {"input_tokens": fin.prompt_tokens, "input_tokens_details": {"cached_tokens": fin.cached_tokens},
-                 "output_tokens": fin.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": fin.prompt_tokens + fin.completion_tokens}
+        usage = {
+            "input_tokens": fin.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": fin.cached_tokens},
+            "output_tokens": fin.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": fin.prompt_tokens + fin.completion_tokens,
+        }
         if complete:
             final = self.snapshot("completed", usage=usage)
             return events + [self._event("response.completed", response=final)]
@@ -168,20 +204,40 @@ class ResponseWriter:
     def _append_text(self, text: str) -> list[dict]:
         events = []
         if self.message is None:
-            self.message = {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "in_progress",
-                            "role": "assistant", "content": []}
+            self.message = {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex}",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
             self.output.append(self.message)
             index = len(self.output) - 1
-            events.append(self._event("response.output_item.added", output_index=index,
-                                      item=copy.deepcopy(self.message)))
+            events.append(
+                self._event("response.output_item.added", output_index=index, item=copy.deepcopy(self.message))
+            )
             part = {"type": "output_text", "text": "", "annotations": []}
             self.message["content"].append(part)
-            events.append(self._event("response.content_part.added", item_id=self.message["id"], output_index=index,
-                                      content_index=0, part=dict(part)))
+            events.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=self.message["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=dict(part),
+                )
+            )
         self.message["content"][0]["text"] += text
-        events.append(self._event("response.output_text.delta", item_id=self.message["id"],
-                                  output_index=self.output.index(self.message), content_index=0, delta=text,
-                                  logprobs=[]))
+        events.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=self.message["id"],
+                output_index=self.output.index(self.message),
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
+        )
         return events
 
     def _close_message(self, status: str) -> list[dict]:
@@ -192,25 +248,48 @@ class ResponseWriter:
         part = msg["content"][0]
         msg["status"] = status
         return [
-            self._event("response.output_text.done", item_id=msg["id"], output_index=index, content_index=0,
-                        text=part["text"], logprobs=[]),
-            self._event("response.content_part.done", item_id=msg["id"], output_index=index, content_index=0,
-                        part=dict(part)),
+            self._event(
+                "response.output_text.done",
+                item_id=msg["id"],
+                output_index=index,
+                content_index=0,
+                text=part["text"],
+                logprobs=[],
+            ),
+            self._event(
+                "response.content_part.done", item_id=msg["id"], output_index=index, content_index=0, part=dict(part)
+            ),
             self._event("response.output_item.done", output_index=index, item=copy.deepcopy(msg)),
         ]
 
     def _add_call(self, call: ToolCall) -> list[dict]:
-        item = {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call.id, "name": call.name,
-                "arguments": "", "status": "in_progress"}
+        item = {
+            "type": "function_call",
+            "id": f"fc_{uuid.uuid4().hex}",
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
         self.output.append(item)
         index = len(self.output) - 1
-        events = [self._event("response.output_item.added", output_index=index, item=dict(item)),
-                  self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                              delta=call.arguments)]
+        events = [
+            self._event("response.output_item.added", output_index=index, item=dict(item)),
+            self._event(
+                "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=call.arguments
+            ),
+        ]
         item.update(arguments=call.arguments, status="completed")
-        events += [self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                               name=call.name, arguments=call.arguments),
-                   self._event("response.output_item.done", output_index=index, item=dict(item))]
+        events += [
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=call.name,
+                arguments=call.arguments,
+            ),
+            self._event("response.output_item.done", output_index=index, item=dict(item)),
+        ]
         return events
 
 

@@ -6,6 +6,7 @@ conversation, and ignoring it would silently answer without that context.  `stor
 accepted and has no effect (the reply says `"store": false` and X-Ignored-Params names
 it): nothing is kept, and a client that merely asks for storage still gets a valid answer.
 """
+
 from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
@@ -56,9 +57,12 @@ class ResponseRequestSchema(Schema):
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1, min_inclusive=False))
     stream = fields.Boolean(load_default=False, allow_none=True)
     store = fields.Boolean(allow_none=True, metadata={"description": "accepted, no effect: nothing is stored"})
-    previous_response_id = fields.String(allow_none=True, metadata={
-        "description": "not supported (400): the server keeps no responses; send the whole conversation in "
-                       "`input`"})
+    previous_response_id = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "not supported (400): the server keeps no responses; send the whole conversation in `input`"
+        },
+    )
     metadata = fields.Dict(allow_none=True)
     user = fields.String(allow_none=True)
 
@@ -71,9 +75,13 @@ def to_chat_request(req: dict) -> tuple[dict, list[str]]:
     for each of its messages the Responses field it came from (`instructions`,
     `input[3]`), so errors about a message can name what the client sent."""
     if req.get("previous_response_id"):
-        raise APIError("This server keeps no responses (stateless), so previous_response_id cannot be resolved; "
-                       "send the whole conversation as `input` items instead.", 400, "previous_response_id",
-                       "unsupported_parameter")
+        raise APIError(
+            "This server keeps no responses (stateless), so previous_response_id cannot be resolved; "
+            "send the whole conversation as `input` items instead.",
+            400,
+            "previous_response_id",
+            "unsupported_parameter",
+        )
     messages: list[dict] = []
     origins: list[str] = []
     if req.get("instructions"):
@@ -88,8 +96,12 @@ def to_chat_request(req: dict) -> tuple[dict, list[str]]:
             _add_item(messages, item, f"input[{i}]")
             origins += [f"input[{i}]"] * (len(messages) - len(origins))
     body: dict = {"messages": messages, "stream": bool(req.get("stream"))}
-    for src, dst in (("max_output_tokens", "max_completion_tokens"), ("temperature", "temperature"),
-                     ("top_p", "top_p"), ("parallel_tool_calls", "parallel_tool_calls")):
+    for src, dst in (
+        ("max_output_tokens", "max_completion_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("parallel_tool_calls", "parallel_tool_calls"),
+    ):
         if req.get(src) is not None:
             body[dst] = req[src]
     if req.get("tools"):
@@ -100,8 +112,10 @@ def to_chat_request(req: dict) -> tuple[dict, list[str]]:
     if fmt and fmt["type"] == "json_schema":
         if not fmt.get("name"):
             raise APIError("A json_schema text format needs a 'name'.", 400, "text.format.name", "invalid_value")
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": fmt["name"], "schema": fmt.get("schema") or {}, "strict": fmt.get("strict")}}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": fmt["name"], "schema": fmt.get("schema") or {}, "strict": fmt.get("strict")},
+        }
     elif fmt:
         body["response_format"] = {"type": fmt["type"]}
     return body, origins
@@ -117,10 +131,14 @@ def _add_item(messages: list[dict], item: dict, param: str) -> None:
     elif kind == "function_call":
         for key in ("call_id", "name", "arguments"):
             if not isinstance(item.get(key), str):
-                raise APIError(f"A function_call item needs '{key}' (a string).", 400, f"{param}.{key}",
-                               "invalid_value")
-        call = {"id": item["call_id"], "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]}}
+                raise APIError(
+                    f"A function_call item needs '{key}' (a string).", 400, f"{param}.{key}", "invalid_value"
+                )
+        call = {
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": item["arguments"]},
+        }
         last = messages[-1] if messages else None
         if last is not None and last["role"] == "assistant" and isinstance(last.get("content"), (str, type(None))):
             last.setdefault("tool_calls", []).append(call)
@@ -133,14 +151,19 @@ def _add_item(messages: list[dict], item: dict, param: str) -> None:
         if isinstance(output, list):
             output = "".join(p.get("text", "") for p in output if isinstance(p, dict))
         if not isinstance(output, str):
-            raise APIError("'output' must be a string or a list of text parts.", 400, f"{param}.output",
-                           "invalid_value")
+            raise APIError(
+                "'output' must be a string or a list of text parts.", 400, f"{param}.output", "invalid_value"
+            )
         messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
     elif kind == "reasoning":
         return  # a reasoning model's summary from another server: nothing this model can use
     else:
-        raise APIError(f"Input items of type {kind!r} are not supported (message, function_call, "
-                       "function_call_output).", 400, f"{param}.type", "unsupported_value")
+        raise APIError(
+            f"Input items of type {kind!r} are not supported (message, function_call, function_call_output).",
+            400,
+            f"{param}.type",
+            "unsupported_value",
+        )
 
 
 def _content(content, param: str):
@@ -161,15 +184,21 @@ def _content(content, param: str):
         elif t == "refusal":
             parts.append({"type": "text", "text": part.get("refusal", "")})
         else:
-            raise APIError(f"Content parts of type {t!r} are not supported here (input_text, input_image with an "
-                           "image_url, output_text).", 400, f"{param}.content[{j}]", "unsupported_value")
+            raise APIError(
+                f"Content parts of type {t!r} are not supported here (input_text, input_image with an "
+                "image_url, output_text).",
+                400,
+                f"{param}.content[{j}]",
+                "unsupported_value",
+            )
     return parts
 
 
 def _chat_tool(tool: dict, param: str) -> dict:
     if tool.get("type") != "function":
-        raise APIError(f"Only function tools are supported, not {tool.get('type')!r}.", 400, f"{param}.type",
-                       "unsupported_value")
+        raise APIError(
+            f"Only function tools are supported, not {tool.get('type')!r}.", 400, f"{param}.type", "unsupported_value"
+        )
     fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
     return {"type": "function", "function": fn}
 

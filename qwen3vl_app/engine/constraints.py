@@ -10,6 +10,7 @@ A `Grammar` is compiled in the request greenlet (an uncompilable schema is a 400
 the request queues for the engine); its `TokenMask` then runs in the engine thread
 inside the decode loop.  Works only where the engine hands logits to the host.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,12 @@ class Grammar:
         return TokenMask(self, ll_tokenizer(tokenizer, vocab_rows), vocab_rows)
 
 
-def compile_grammar(json_schema: dict | None = None, tools: list[dict] | None = None, parallel: bool = True,
-                    param: str = "response_format") -> Grammar:
+def compile_grammar(
+    json_schema: dict | None = None,
+    tools: list[dict] | None = None,
+    parallel: bool = True,
+    param: str = "response_format",
+) -> Grammar:
     """The output must be a JSON value valid against `json_schema`, or one (or, with
     `parallel`, several newline-separated) tool-call blocks in the model's own format
 
@@ -101,13 +106,15 @@ def compile_grammar(json_schema: dict | None = None, tools: list[dict] | None = 
         starts.append("answer")
         rules.append(f"answer: %json {_schema_text(json_schema)}")
     if tools:
-        variants = [{
-            "type": "object",
-            "properties": {"name": {"const": t["name"]},
-                           "arguments": t.get("parameters") or {"type": "object"}},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        } for t in tools]
+        variants = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": t["name"]}, "arguments": t.get("parameters") or {"type": "object"}},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for t in tools
+        ]
         starts.append('call ("\\n" call)*' if parallel else "call")
         rules.append(f'call: <[{TOOL_CALL_START}]> "\\n" arguments "\\n" <[{TOOL_CALL_END}]>')
         rules.append(f"arguments: %json {_schema_text(variants[0] if len(variants) == 1 else {'anyOf': variants})}")
@@ -169,8 +176,7 @@ class TokenMask:
 
         self.matcher = llguidance.LLMatcher(tokenizer, grammar.source, log_level=0)
         if self.matcher.is_error():
-            raise APIError(f"Invalid {grammar.param}: {self.matcher.get_error()}", 400, grammar.param,
-                           "invalid_schema")
+            raise APIError(f"Invalid {grammar.param}: {self.matcher.get_error()}", 400, grammar.param, "invalid_schema")
         self.vocab_rows = vocab_rows
         self._words = np.zeros((vocab_rows + 31) // 32, dtype=np.int32)
 

@@ -11,6 +11,7 @@ finished reply into OpenAI's `message.tool_calls`; `ToolCallStream` does the sam
 fly for streams, holding back only text that may still become a tool call.  A block that
 is not valid JSON naming a declared tool stays text: nothing the model wrote is lost.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,7 @@ def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | No
         call = read_call(m.group(1).strip(), names)
         if call is None:
             continue
-        kept.append(text[pos:m.start()])
+        kept.append(text[pos : m.start()])
         pos = m.end()
         calls.append(call)
     kept.append(text[pos:])
@@ -102,17 +103,17 @@ class ToolCallStream:
                 if end < 0:
                     return out
                 self._close(self.buf[:end], True, out)
-                self.buf = self.buf[end + len(CLOSE):]
+                self.buf = self.buf[end + len(CLOSE) :]
                 continue
             start = self.buf.find(OPEN)
             if start >= 0:
                 self._content(self.buf[:start], out)
-                self.buf = self.buf[start + len(OPEN):]
+                self.buf = self.buf[start + len(OPEN) :]
                 self.inside = True
                 continue
             keep = _partial_suffix(self.buf, OPEN)
-            self._content(self.buf[:len(self.buf) - keep], out)
-            self.buf = self.buf[len(self.buf) - keep:]
+            self._content(self.buf[: len(self.buf) - keep], out)
+            self.buf = self.buf[len(self.buf) - keep :]
             return out
 
     def finish(self) -> list[tuple[str, object]]:

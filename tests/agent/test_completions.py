@@ -1,4 +1,5 @@
 """POST /v1/completions (legacy) through the real server and the official client."""
+
 from __future__ import annotations
 
 import openai
@@ -19,8 +20,9 @@ def test_create_raw_prompt_no_chat_template(client):
     assert choice.index == 0 and choice.finish_reason == "length" and choice.text
     # raw text: the prompt is exactly its tokens (no <|im_start|> turn around it)
     assert out.usage.prompt_tokens == 5 and out.usage.completion_tokens == 5
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "The capital of France is"}],
-                                          max_tokens=1)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "The capital of France is"}], max_tokens=1
+    )
     assert chat.usage.prompt_tokens > out.usage.prompt_tokens
 
 
@@ -28,12 +30,14 @@ def test_list_of_prompts_one_choice_each_and_stream_matches(client):
     prompts = ["Once upon a time", "def main():", "1, 2, 3,"]
     out = client.completions.create(model=MODEL, prompt=prompts, max_tokens=4, temperature=0.0)
     assert [c.index for c in out.choices] == [0, 1, 2]
-    single = [client.completions.create(model=MODEL, prompt=p, max_tokens=4, temperature=0.0).choices[0].text
-              for p in prompts]
+    single = [
+        client.completions.create(model=MODEL, prompt=p, max_tokens=4, temperature=0.0).choices[0].text for p in prompts
+    ]
     assert [c.text for c in out.choices] == single
     texts, finishes, usage = {}, {}, None
-    for ev in client.completions.create(model=MODEL, prompt=prompts, max_tokens=4, temperature=0.0, stream=True,
-                                        stream_options={"include_usage": True}):
+    for ev in client.completions.create(
+        model=MODEL, prompt=prompts, max_tokens=4, temperature=0.0, stream=True, stream_options={"include_usage": True}
+    ):
         if ev.usage:
             usage = ev.usage
         for c in ev.choices:
@@ -59,12 +63,20 @@ def test_echo_stop_logprobs_and_token_prompts(client):
     assert stopped.choices[0].finish_reason == "stop" and stop_at not in stopped.choices[0].text
 
 
-@pytest.mark.parametrize("body, param", [
-    ({}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [1, "a"]}, "prompt"), ({"prompt": [-1]}, "prompt"),
-    ({"prompt": "a", "n": 2}, "n"), ({"prompt": "a", "logprobs": 9}, "logprobs"),
-    ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"), ({"prompt": ["a"] * 17}, "prompt"),
-    ({"prompt": [151655]}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": "a", "n": 2}, "n"),
+        ({"prompt": "a", "logprobs": 9}, "logprobs"),
+        ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": ["a"] * 17}, "prompt"),
+        ({"prompt": [151655]}, "prompt"),
+    ],
+)
 def test_bad_requests_are_400(server, body, param):
     r = server.post("/v1/completions", json={"max_tokens": 2, **body})
     assert r.status_code == 400, r.text

@@ -2,6 +2,7 @@
 with_structured_output in its json_schema and function-calling modes (Chat Completions,
 and json_schema over the Responses API).  Random weights never call a tool unprompted,
 so the loops force the call with tool_choice."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ class Verdict(BaseModel):
 
 @pytest.fixture(scope="module")
 def llm(server):
-    return langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key=server.api_key, model=MODEL,
-                                       max_tokens=80, temperature=0.7, seed=11, use_responses_api=False)
+    return langchain_openai.ChatOpenAI(
+        base_url=server.url + "/v1",
+        api_key=server.api_key,
+        model=MODEL,
+        max_tokens=80,
+        temperature=0.7,
+        seed=11,
+        use_responses_api=False,
+    )
 
 
 def _tool_loop(llm, stream: bool):
@@ -69,7 +77,8 @@ def test_with_structured_output(llm, method):
 
 
 def test_with_structured_output_over_responses_api(server):
-    llm = langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key=server.api_key, model=MODEL,
-                                      max_tokens=80, use_responses_api=True)
+    llm = langchain_openai.ChatOpenAI(
+        base_url=server.url + "/v1", api_key=server.api_key, model=MODEL, max_tokens=80, use_responses_api=True
+    )
     out = llm.with_structured_output(Verdict, method="json_schema").invoke("Is water wet?")
     assert isinstance(out, Verdict)

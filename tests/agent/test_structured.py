@@ -1,5 +1,6 @@
 """Structured outputs through the real server and the official client: constrained
 decoding makes even the random-weight tiny model answer with JSON that validates."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def client(server):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_parse_returns_a_validated_pydantic_object(client, seed):
-    out = client.chat.completions.parse(model=MODEL, messages=MSG, response_format=Report, max_tokens=400,
-                                        temperature=1.0, seed=seed)
+    out = client.chat.completions.parse(
+        model=MODEL, messages=MSG, response_format=Report, max_tokens=400, temperature=1.0, seed=seed
+    )
     choice = out.choices[0]
     assert choice.finish_reason == "stop"
     assert isinstance(choice.message.parsed, Report)
@@ -43,15 +45,17 @@ def test_parse_returns_a_validated_pydantic_object(client, seed):
 
 
 def test_parse_streamed(client):
-    with client.chat.completions.stream(model=MODEL, messages=MSG, response_format=Weather, max_tokens=200,
-                                        seed=7) as s:
+    with client.chat.completions.stream(
+        model=MODEL, messages=MSG, response_format=Weather, max_tokens=200, seed=7
+    ) as s:
         final = s.get_final_completion()
     assert isinstance(final.choices[0].message.parsed, Weather)
 
 
 def test_json_object_mode_gives_an_object(client):
-    out = client.chat.completions.create(model=MODEL, messages=MSG, response_format={"type": "json_object"},
-                                         max_tokens=300, temperature=0.0)
+    out = client.chat.completions.create(
+        model=MODEL, messages=MSG, response_format={"type": "json_object"}, max_tokens=300, temperature=0.0
+    )
     choice = out.choices[0]
     if choice.finish_reason == "stop":
         assert isinstance(json.loads(choice.message.content), dict)
@@ -60,8 +64,10 @@ def test_json_object_mode_gives_an_object(client):
 
 
 def test_uncompilable_schema_is_a_400_naming_the_problem(client):
-    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"a": {"type": "no-such-type"}}}}}
+    bad = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}},
+    }
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=MSG, response_format=bad, max_tokens=5)
     err = e.value.body
@@ -71,15 +77,23 @@ def test_uncompilable_schema_is_a_400_naming_the_problem(client):
 
 def test_logit_bias_forces_and_bans_tokens(client, tiny_model_dir):
     # +100 on one token: greedy output is that token over and over
-    out = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=4, temperature=0.0,
-                                         logit_bias={"9707": 100})
+    out = client.chat.completions.create(
+        model=MODEL, messages=MSG, max_tokens=4, temperature=0.0, logit_bias={"9707": 100}
+    )
     assert out.choices[0].message.content == "Hello" * 4
     # -100 on whatever greedy picks first: it is never picked
-    free = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=1, temperature=0.0, logprobs=True,
-                                          top_logprobs=2)
+    free = client.chat.completions.create(
+        model=MODEL, messages=MSG, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=2
+    )
     first, second = free.choices[0].logprobs.content[0].top_logprobs
-    banned = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=1, temperature=0.0, logprobs=True,
-                                            logit_bias={str(_token_id(tiny_model_dir, first.bytes)): -100})
+    banned = client.chat.completions.create(
+        model=MODEL,
+        messages=MSG,
+        max_tokens=1,
+        temperature=0.0,
+        logprobs=True,
+        logit_bias={str(_token_id(tiny_model_dir, first.bytes)): -100},
+    )
     assert banned.choices[0].logprobs.content[0].bytes == second.bytes
 
 
@@ -99,13 +113,21 @@ def test_bad_logit_bias_is_a_400(client, bias):
 
 
 def test_unknown_and_unimplemented_fields_are_named(server):
-    r = server.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2, "store": True,
-                                                  "metadata": {"a": "b"}, "frobnicate": 1, "temperature": 0.5})
+    r = server.post(
+        "/v1/chat/completions",
+        json={
+            "messages": MSG,
+            "max_tokens": 2,
+            "store": True,
+            "metadata": {"a": "b"},
+            "frobnicate": 1,
+            "temperature": 0.5,
+        },
+    )
     assert r.status_code == 200
     assert set(r.headers["X-Ignored-Params"].split(",")) == {"store", "metadata", "frobnicate"}
     r = server.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2})
     assert r.headers["X-Ignored-Params"] == ""
-
 
 
 def test_image_detail_low_costs_fewer_tokens(client):
@@ -117,8 +139,11 @@ def test_image_detail_low_costs_fewer_tokens(client):
 
     def prompt_tokens(detail):
         part = {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
-        out = client.chat.completions.create(model=MODEL, max_tokens=1, messages=[
-            {"role": "user", "content": [part, {"type": "text", "text": "What is this?"}]}])
+        out = client.chat.completions.create(
+            model=MODEL,
+            max_tokens=1,
+            messages=[{"role": "user", "content": [part, {"type": "text", "text": "What is this?"}]}],
+        )
         return out.usage.prompt_tokens
 
     low, high, auto, unset = (prompt_tokens(d) for d in ("low", "high", "auto", None))
@@ -135,8 +160,9 @@ def test_constrained_slots_in_a_continuous_batch(server_factory):
         client = s.openai()
 
         def parsed(seed):
-            out = client.chat.completions.parse(model=MODEL, messages=MSG, response_format=Weather, max_tokens=200,
-                                                seed=seed, temperature=1.0)
+            out = client.chat.completions.parse(
+                model=MODEL, messages=MSG, response_format=Weather, max_tokens=200, seed=seed, temperature=1.0
+            )
             return out.choices[0].message.parsed
 
         def free():

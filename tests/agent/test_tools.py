@@ -1,6 +1,7 @@
 """Tools through the real server and the official client.  Random weights never call a
 tool on their own, so the round trips force the call (tool_choice required / named),
 which constrained decoding guarantees; `auto` parsing is unit-tested on text."""
+
 from __future__ import annotations
 
 import json
@@ -8,17 +9,38 @@ import json
 import openai
 import pytest
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather of a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome"]},
-        "unit": {"type": "string", "enum": ["C", "F"]}},
-        "required": ["city", "unit"], "additionalProperties": False}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "description": "Add two integers.",
-    "parameters": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
-                                                    "b": {"type": "integer", "minimum": 0, "maximum": 99}},
-                   "required": ["a", "b"], "additionalProperties": False}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Rome"]},
+                "unit": {"type": "string", "enum": ["C", "F"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 99},
+                "b": {"type": "integer", "minimum": 0, "maximum": 99},
+            },
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
 TOOLS = [WEATHER, ADD]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
@@ -41,32 +63,43 @@ def _check_call(call, names=("get_weather", "add")):
 
 
 def test_round_trip_non_stream(client):
-    first = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-                                           parallel_tool_calls=False, max_tokens=80, seed=3)
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=80, seed=3
+    )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None and len(choice.message.tool_calls) == 1
     call = choice.message.tool_calls[0]
     _check_call(call)
-    history = ASK + [choice.message.model_dump(exclude_none=True),
-                     {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 18})}]
-    answer = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, tool_choice="none",
-                                            max_tokens=8, seed=3)
+    history = ASK + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 18})},
+    ]
+    answer = client.chat.completions.create(
+        model=MODEL, messages=history, tools=TOOLS, tool_choice="none", max_tokens=8, seed=3
+    )
     assert answer.choices[0].finish_reason == "length" and answer.choices[0].message.tool_calls is None
     assert answer.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result reached the prompt
 
 
 def test_named_function_is_called(client):
-    out = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=60, seed=1,
-                                         tool_choice={"type": "function", "function": {"name": "add"}})
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        max_tokens=60,
+        seed=1,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+    )
     calls = out.choices[0].message.tool_calls
     assert [c.function.name for c in calls] == ["add"]
     _check_call(calls[0], ("add",))
 
 
 def test_round_trip_stream_deltas_reassemble(client):
-    stream = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-                                            max_tokens=120, seed=5, stream=True)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=120, seed=5, stream=True
+    )
     calls: dict[int, dict] = {}
     finish = None
     for chunk in stream:
@@ -81,20 +114,33 @@ def test_round_trip_stream_deltas_reassemble(client):
     assert finish == "tool_calls" and calls and sorted(calls) == list(range(len(calls)))
     for c in calls.values():
         json.loads(c["arguments"])
-    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-        for c in calls.values()]}]
+    history = ASK + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in calls.values()
+            ],
+        }
+    ]
     history += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls.values()]
-    text = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
-        model=MODEL, messages=history, tools=TOOLS, max_tokens=6, seed=5, stream=True) if ch.choices)
+    text = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in client.chat.completions.create(
+            model=MODEL, messages=history, tools=TOOLS, max_tokens=6, seed=5, stream=True
+        )
+        if ch.choices
+    )
     assert text
 
 
 def test_parallel_calls_when_allowed(client):
     counts = set()
     for seed in range(6):
-        out = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-                                             max_tokens=150, seed=seed, temperature=1.0)
+        out = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=150, seed=seed, temperature=1.0
+        )
         if out.choices[0].finish_reason == "tool_calls":
             for c in out.choices[0].message.tool_calls:
                 _check_call(c)
@@ -102,25 +148,36 @@ def test_parallel_calls_when_allowed(client):
     assert counts and min(counts) >= 1
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"tool_choice": "required"}, "tool_choice"),  # no tools
-    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
-    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
-    ({"tools": [{"type": "retrieval"}]}, "tools"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
-      "tool_choice": "required"}, "tools"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"tool_choice": "required"}, "tool_choice"),  # no tools
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
+        ({"tools": [{"type": "retrieval"}]}, "tools"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+    ],
+)
 def test_bad_tool_requests_are_400(server, body, param):
     r = server.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 2, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"].startswith(param)
 
 
-@pytest.mark.parametrize("msg, param", [
-    ({"role": "tool", "content": "x"}, "tool_call_id"),
-    ({"role": "user", "content": "x", "tool_calls": []}, None),
-    ({"role": "assistant"}, "content"),
-])
+@pytest.mark.parametrize(
+    "msg, param",
+    [
+        ({"role": "tool", "content": "x"}, "tool_call_id"),
+        ({"role": "user", "content": "x", "tool_calls": []}, None),
+        ({"role": "assistant"}, "content"),
+    ],
+)
 def test_bad_tool_messages_are_400(server, msg, param):
     r = server.post("/v1/chat/completions", json={"messages": ASK + [msg], "max_tokens": 2})
     if param is None:  # an empty tool_calls list on a user turn is harmless
@@ -132,8 +189,9 @@ def test_bad_tool_messages_are_400(server, msg, param):
 
 def test_tool_choice_none_and_auto_answer_in_text(client):
     for choice in ("none", "auto"):
-        out = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=choice,
-                                             max_tokens=5, seed=1)
+        out = client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, tool_choice=choice, max_tokens=5, seed=1
+        )
         assert out.choices[0].message.content and out.choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=ASK, tool_choice="auto", max_tokens=1)
@@ -150,11 +208,23 @@ def test_parse_with_pydantic_function_tool(client):
         word: Literal["cat", "dog"]
         limit: int = Field(ge=1, le=5)
 
-    out = client.chat.completions.parse(model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
-                                        tool_choice="required", max_tokens=60, seed=2)
+    out = client.chat.completions.parse(
+        model=MODEL,
+        messages=ASK,
+        tools=[openai.pydantic_function_tool(Lookup)],
+        tool_choice="required",
+        max_tokens=60,
+        seed=2,
+    )
     call = out.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, Lookup)
-    with client.chat.completions.stream(model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(Lookup)],
-                                        tool_choice="required", max_tokens=60, seed=4) as s:
+    with client.chat.completions.stream(
+        model=MODEL,
+        messages=ASK,
+        tools=[openai.pydantic_function_tool(Lookup)],
+        tool_choice="required",
+        max_tokens=60,
+        seed=4,
+    ) as s:
         final = s.get_final_completion()
     assert isinstance(final.choices[0].message.tool_calls[0].function.parsed_arguments, Lookup)

@@ -1,5 +1,6 @@
 """What a chat request asks of the output (tools, tool_choice, response_format) -> prompt
 tools, parsing and grammar; and the 400s on an engine without host logits."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,13 +28,16 @@ def test_none_keeps_tools_in_prompt_but_bans_the_call_token():
     assert plan.tools == [TOOL] and not plan.parses_tools and plan.logit_bias == {TOOL_CALL_START: float("-inf")}
 
 
-@pytest.mark.parametrize("req", [
-    {"tools": [TOOL], "tool_choice": "required"},
-    {"tools": [TOOL], "tool_choice": "function:f"},
-    {"response_format": {"type": "json_object"}},
-    {"response_format": SCHEMA_FMT},
-    {"tools": [TOOL], "response_format": SCHEMA_FMT},
-])
+@pytest.mark.parametrize(
+    "req",
+    [
+        {"tools": [TOOL], "tool_choice": "required"},
+        {"tools": [TOOL], "tool_choice": "function:f"},
+        {"response_format": {"type": "json_object"}},
+        {"response_format": SCHEMA_FMT},
+        {"tools": [TOOL], "response_format": SCHEMA_FMT},
+    ],
+)
 def test_constrained_requests_get_a_grammar_and_are_400_without_host_logits(req):
     assert plan_output(req, host_logits=True).grammar is not None
     with pytest.raises(APIError) as e:
@@ -54,10 +58,12 @@ def test_logit_bias_without_host_logits_is_a_400_and_auto_tools_still_work():
 def test_objects_with_declared_properties_are_closed_others_stay_open():
     from qwen3vl_app.engine.constraints import close_objects
 
-    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}},
-                                               "free": {"type": "object"}},
-              "$defs": {"X": {"properties": {"y": {"type": "integer"}}}},
-              "anyOf": [{"properties": {}}, {"type": "object", "additionalProperties": True, "properties": {}}]}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}, "free": {"type": "object"}},
+        "$defs": {"X": {"properties": {"y": {"type": "integer"}}}},
+        "anyOf": [{"properties": {}}, {"type": "object", "additionalProperties": True, "properties": {}}],
+    }
     closed = close_objects(schema)
     assert closed["additionalProperties"] is False
     assert closed["properties"]["a"]["additionalProperties"] is False
