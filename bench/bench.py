@@ -21,6 +21,7 @@ with `ARGS="-m /path/to/model"` on the box for device figures.  Numbers, not ass
 
     python bench/bench.py [-m MODEL_DIR] [--max-tokens 64] [--requests 5] [--quick] [--mode all|batching]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,15 @@ def r3(x):
 
 
 def one_stream(url: str, max_tokens: int, ignore_eos: bool = False) -> dict:
-    body = {"model": "qwen3-vl-instruct", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
+    body = {
+        "model": "qwen3-vl-instruct",
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": ignore_eos,
+    }
     t0 = time.perf_counter()
     arrivals, tokens, buf = [], 0, b""
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
@@ -131,9 +139,20 @@ def batching(model_dir: str, tmp: Path, per_client: int, max_tokens: int) -> lis
         servers = {}
         for max_batch in (1, 4):
             print(f"[bench] batching: starting --max-batch {max_batch} ...", file=sys.stderr, flush=True)
-            servers[max_batch] = stack.enter_context(run_server(
-                model_dir, tmp, "-c", "32", "--max-queue", "16", "--max-batch", str(max_batch), workers=1,
-                timeout=300))
+            servers[max_batch] = stack.enter_context(
+                run_server(
+                    model_dir,
+                    tmp,
+                    "-c",
+                    "32",
+                    "--max-queue",
+                    "16",
+                    "--max-batch",
+                    str(max_batch),
+                    workers=1,
+                    timeout=300,
+                )
+            )
             for _ in range(2):
                 one_stream(servers[max_batch].url, 4)
         for clients in (1, 2, 4, 8):
@@ -174,7 +193,7 @@ def overhead(url: str, n: int) -> dict:
         "engine_p50_ms": r3(pct(engine, 0.5)),
         "app_p50_ms": r3(pct(app, 0.5)),
         "client_total_p50_ms": r3(1000 * pct(client, 0.5)),
-        "outside_app_p50_ms": r3(pct([1000 * c - a for c, a in zip(client, app)], 0.5)),
+        "outside_app_p50_ms": r3(pct([1000 * c - a for c, a in zip(client, app, strict=True)], 0.5)),
     }
 
 
@@ -214,9 +233,14 @@ def rss_of(pid: int) -> float:
 
 
 def worker_like_rss(model_dir: str, stack: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _WORKER_LIKE, str(model_dir), stack], capture_output=True,
-                         text=True, cwd=REPO, timeout=180,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")})
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER_LIKE, str(model_dir), stack],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+        env={k: v for k, v in os.environ.items() if not k.startswith("QWEN3VL_")},
+    )
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -226,14 +250,24 @@ def worker_like_rss(model_dir: str, stack: str) -> dict:
 
 
 def preprocessing(repeat: int) -> dict:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_media.py"), "--repeat", str(repeat)],
-                         capture_output=True, text=True, cwd=REPO, timeout=240)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_media.py"), "--repeat", str(repeat)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
     rows = {}
     for line in out.stdout.splitlines():
         m = re.match(r"(image|video) (.*?) -> grid (\(.*?\))\s+([\d.]+) ms\s+([\d.]+) ms\s+([\d.]+)x", line)
         if m:
-            rows[m.group(1)] = {"input": m.group(2), "grid_thw": m.group(3), "ours_ms": float(m.group(4)),
-                                "transformers_ms": float(m.group(5)), "speedup": float(m.group(6))}
+            rows[m.group(1)] = {
+                "input": m.group(2),
+                "grid_thw": m.group(3),
+                "ours_ms": float(m.group(4)),
+                "transformers_ms": float(m.group(5)),
+                "speedup": float(m.group(6)),
+            }
     if not rows:
         rows["error"] = (out.stderr or out.stdout).strip()[-500:]
     return rows
@@ -264,8 +298,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=5, help="streamed requests per client per configuration")
     ap.add_argument("--quick", action="store_true", help="1 request per client, fewer repeats (a smoke run)")
-    ap.add_argument("--mode", choices=("all", "batching"), default="all",
-                    help="batching: only the --max-batch 1 vs 4 comparison")
+    ap.add_argument(
+        "--mode", choices=("all", "batching"), default="all", help="batching: only the --max-batch 1 vs 4 comparison"
+    )
     args = ap.parse_args()
     per_client = 1 if args.quick else args.requests
 
@@ -275,21 +310,33 @@ def main() -> None:
     if args.mode == "batching":
         with tempfile.TemporaryDirectory(prefix="qwen3vl-bench-") as tmp:
             rows = batching(model_dir, Path(tmp), per_client, args.max_tokens)
-        report = {"model_dir": model_dir, "demo_model": args.model_dir is None, "max_tokens": args.max_tokens,
-                  "batching": rows, "batching_gain": batching_gain(rows)}
+        report = {
+            "model_dir": model_dir,
+            "demo_model": args.model_dir is None,
+            "max_tokens": args.max_tokens,
+            "batching": rows,
+            "batching_gain": batching_gain(rows),
+        }
         print(json.dumps(report, indent=2))
         print_batching(report)
         return
     from tests.conftest import run_server
 
     started = time.perf_counter()
-    report = {"model_dir": model_dir, "demo_model": args.model_dir is None, "cpu_count": os.cpu_count(),
-              "max_tokens": args.max_tokens, "throughput": [], "overhead": None, "rss_mib": {}, "preprocess": {}}
+    report = {
+        "model_dir": model_dir,
+        "demo_model": args.model_dir is None,
+        "cpu_count": os.cpu_count(),
+        "max_tokens": args.max_tokens,
+        "throughput": [],
+        "overhead": None,
+        "rss_mib": {},
+        "preprocess": {},
+    }
     with tempfile.TemporaryDirectory(prefix="qwen3vl-bench-") as tmp:
         for workers in (1, 2):
             print(f"[bench] {workers} worker(s): starting ...", file=sys.stderr, flush=True)
-            with run_server(model_dir, Path(tmp), "-c", "16", "--max-queue", "16", workers=workers,
-                            timeout=300) as s:
+            with run_server(model_dir, Path(tmp), "-c", "16", "--max-queue", "16", workers=workers, timeout=300) as s:
                 for _ in range(2 * workers):  # warm every worker (first torch call is slow)
                     one_stream(s.url, 4)
                 for clients in (1, 2, 4):
@@ -317,31 +364,43 @@ def print_table(rep: dict) -> None:
     def f(x, nd=1):
         return "-" if x is None else f"{x:.{nd}f}"
 
-    print(f"\nthroughput ({'tiny random-weight model, CPU torch' if rep['demo_model'] else rep['model_dir']}, "
-          f"max_tokens {rep['max_tokens']}, streamed)")
-    print(f"{'workers':>7} {'clients':>7} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'TPOT p50 ms':>12} "
-          f"{'req/s':>7} {'tok/s':>7} {'errors':>6}")
+    print(
+        f"\nthroughput ({'tiny random-weight model, CPU torch' if rep['demo_model'] else rep['model_dir']}, "
+        f"max_tokens {rep['max_tokens']}, streamed)"
+    )
+    print(
+        f"{'workers':>7} {'clients':>7} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'TPOT p50 ms':>12} "
+        f"{'req/s':>7} {'tok/s':>7} {'errors':>6}"
+    )
     for r in rep["throughput"]:
-        print(f"{r['workers']:>7} {r['clients']:>7} {f(r['ttft_p50_ms']):>12} {f(r['ttft_p90_ms']):>12} "
-              f"{f(r['tpot_p50_ms']):>12} {f(r['req_per_s'], 2):>7} {f(r['tok_per_s']):>7} {r['errors']:>6}")
+        print(
+            f"{r['workers']:>7} {r['clients']:>7} {f(r['ttft_p50_ms']):>12} {f(r['ttft_p90_ms']):>12} "
+            f"{f(r['tpot_p50_ms']):>12} {f(r['req_per_s'], 2):>7} {f(r['tok_per_s']):>7} {r['errors']:>6}"
+        )
     o = rep["overhead"] or {}
-    print(f"\nserver overhead per request (outside engine and queue), p50 {f(o.get('server_overhead_p50_ms'), 2)} ms "
-          f"(p90 {f(o.get('server_overhead_p90_ms'), 2)} ms); engine p50 {f(o.get('engine_p50_ms'))} ms of app "
-          f"p50 {f(o.get('app_p50_ms'))} ms; client-side total p50 {f(o.get('client_total_p50_ms'))} ms")
+    print(
+        f"\nserver overhead per request (outside engine and queue), p50 {f(o.get('server_overhead_p50_ms'), 2)} ms "
+        f"(p90 {f(o.get('server_overhead_p90_ms'), 2)} ms); engine p50 {f(o.get('engine_p50_ms'))} ms of app "
+        f"p50 {f(o.get('app_p50_ms'))} ms; client-side total p50 {f(o.get('client_total_p50_ms'))} ms"
+    )
     print(f"admission (server-wide slot, flock + scan): {rep['admission']['acquire_release_us']} us per request")
     m = rep["rss_mib"]
     bm, th = m.get("worker_like_bm1684x_path", {}), m.get("worker_like_torch_stack", {})
-    print(f"\nRSS: bm1684x-path worker-like process {bm.get('rss_mib', bm.get('error'))} MiB "
-          f"(torch imported: {bm.get('torch_imported')}, native module: {bm.get('native_module')}); "
-          f"torch+transformers process {th.get('rss_mib', th.get('error'))} MiB; live torch workers "
-          f"{m.get('live_torch_workers_1w')} (1w), {m.get('live_torch_workers_2w')} (2w) MiB")
+    print(
+        f"\nRSS: bm1684x-path worker-like process {bm.get('rss_mib', bm.get('error'))} MiB "
+        f"(torch imported: {bm.get('torch_imported')}, native module: {bm.get('native_module')}); "
+        f"torch+transformers process {th.get('rss_mib', th.get('error'))} MiB; live torch workers "
+        f"{m.get('live_torch_workers_1w')} (1w), {m.get('live_torch_workers_2w')} (2w) MiB"
+    )
     p = rep["preprocess"]
     print("\npreprocessing (median ms)      ours   transformers  speedup")
     for kind in ("image", "video"):
         if kind in p:
             r = p[kind]
-            print(f"  {kind} {r['input'][:22]:<22} {r['ours_ms']:>7.1f} {r['transformers_ms']:>12.1f} "
-                  f"{r['speedup']:>7.2f}x")
+            print(
+                f"  {kind} {r['input'][:22]:<22} {r['ours_ms']:>7.1f} {r['transformers_ms']:>12.1f} "
+                f"{r['speedup']:>7.2f}x"
+            )
     if "error" in p:
         print(f"  preprocessing comparison failed: {p['error']}")
     print_batching(rep)
@@ -355,8 +414,10 @@ def print_batching(rep: dict) -> None:
     print(f"\ncontinuous batching (1 worker, {rep['max_tokens']} tokens per request, ignore_eos)")
     print(f"{'max-batch':>9} {'clients':>7} {'TTFT p50 ms':>12} {'TPOT p50 ms':>12} {'tok/s':>7} {'errors':>6}")
     for r in rep["batching"]:
-        print(f"{r['max_batch']:>9} {r['clients']:>7} {f(r['ttft_p50_ms']):>12} {f(r['tpot_p50_ms']):>12} "
-              f"{f(r['tok_per_s']):>7} {r['errors']:>6}")
+        print(
+            f"{r['max_batch']:>9} {r['clients']:>7} {f(r['ttft_p50_ms']):>12} {f(r['tpot_p50_ms']):>12} "
+            f"{f(r['tok_per_s']):>7} {r['errors']:>6}"
+        )
     gain = ", ".join(f"{c} clients {g}x" for c, g in rep["batching_gain"].items())
     print(f"aggregate tok/s, --max-batch 4 over 1: {gain}")
 

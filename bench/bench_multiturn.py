@@ -10,6 +10,7 @@ By default the tiny random-weight checkpoint on the torch engine (CPU).
 
     python bench/bench_multiturn.py [-m MODEL_DIR] [--conversations 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,18 @@ def image_uri(seed: int, side: int = 448) -> str:
 def stream_turn(url: str, messages: list, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     ttft, text, usage, pid = None, [], None, None
-    with requests.post(url + "/v1/chat/completions", stream=True, timeout=600,
-                       json={"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                             "stream_options": {"include_usage": True}}) as r:
+    with requests.post(
+        url + "/v1/chat/completions",
+        stream=True,
+        timeout=600,
+        json={
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as r:
         r.raise_for_status()
         pid = int(r.headers["X-Worker-Pid"])
         for line in r.iter_lines():
@@ -63,10 +73,17 @@ def stream_turn(url: str, messages: list, max_tokens: int) -> dict:
 
 
 def three_turns(url: str, seed: int, max_tokens: int) -> list[dict]:
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_uri(seed)}},
-                                             {"type": "image_url", "image_url": {"url": image_uri(seed + 1)}},
-                                             {"type": "text", "text": "Compare the two images."}]}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_uri(seed)}},
+                {"type": "image_url", "image_url": {"url": image_uri(seed + 1)}},
+                {"type": "text", "text": "Compare the two images."},
+            ],
+        },
+    ]
     rows = []
     for follow_up in ("Which one is brighter?", "Summarise in one line."):
         out = stream_turn(url, messages, max_tokens)
@@ -82,9 +99,11 @@ def turns_report(url: str, max_tokens: int, repeats: int) -> dict:
     for t in range(3):
         ttfts = sorted(run[t]["ttft"] for run in runs)
         usage = runs[-1][t]["usage"]
-        out[f"turn{t + 1}"] = {"ttft_p50_s": round(ttfts[len(ttfts) // 2], 4),
-                               "prompt_tokens": usage["prompt_tokens"],
-                               "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]}
+        out[f"turn{t + 1}"] = {
+            "ttft_p50_s": round(ttfts[len(ttfts) // 2], 4),
+            "prompt_tokens": usage["prompt_tokens"],
+            "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+        }
     for t in (2, 3):
         out[f"turn{t}"]["ttft_vs_turn1"] = round(out[f"turn{t}"]["ttft_p50_s"] / out["turn1"]["ttft_p50_s"], 3)
         new = out[f"turn{t}"]["prompt_tokens"] - out[f"turn{t - 1}"]["prompt_tokens"]
@@ -95,9 +114,13 @@ def turns_report(url: str, max_tokens: int, repeats: int) -> dict:
 def hit_rate(url: str, conversations: int, max_tokens: int) -> dict:
     """Alternate the conversations turn by turn; count follow-ups that reused more than the
     shared system prompt (i.e. the conversation's own earlier turn)."""
-    convs = [[{"role": "system", "content": SYSTEM},
-              {"role": "user", "content": f"Conversation {i}: tell me about rivers number {i}."}]
-             for i in range(conversations)]
+    convs = [
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Conversation {i}: tell me about rivers number {i}."},
+        ]
+        for i in range(conversations)
+    ]
     shared = None
     hits = follow_ups = 0
     for turn in range(3):
@@ -139,12 +162,17 @@ def main() -> None:
             report["turns_without_vision_cache"] = turns_report(s.url, args.max_tokens, 1)
     print(json.dumps(report, indent=2))
     t = report["turns"]
-    print(f"\nmulti-turn TTFT p50: turn1 {t['turn1']['ttft_p50_s'] * 1000:.1f} ms, "
-          f"turn2 {t['turn2']['ttft_p50_s'] * 1000:.1f} ms ({t['turn2']['ttft_vs_turn1']}x, "
-          f"{t['turn2']['cached_tokens']}/{t['turn2']['prompt_tokens']} cached), "
-          f"turn3 {t['turn3']['ttft_p50_s'] * 1000:.1f} ms ({t['turn3']['ttft_vs_turn1']}x)")
-    for k in ("hit_rate_1_worker_alternating", "hit_rate_1_worker_one_conversation",
-              "hit_rate_2_workers_one_conversation"):
+    print(
+        f"\nmulti-turn TTFT p50: turn1 {t['turn1']['ttft_p50_s'] * 1000:.1f} ms, "
+        f"turn2 {t['turn2']['ttft_p50_s'] * 1000:.1f} ms ({t['turn2']['ttft_vs_turn1']}x, "
+        f"{t['turn2']['cached_tokens']}/{t['turn2']['prompt_tokens']} cached), "
+        f"turn3 {t['turn3']['ttft_p50_s'] * 1000:.1f} ms ({t['turn3']['ttft_vs_turn1']}x)"
+    )
+    for k in (
+        "hit_rate_1_worker_alternating",
+        "hit_rate_1_worker_one_conversation",
+        "hit_rate_2_workers_one_conversation",
+    ):
         print(f"{k}: {report[k]['hit_rate']}")
 
 

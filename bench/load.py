@@ -3,6 +3,7 @@ against it for a bounded time, then locust's summary and the server's own counte
 
     python bench/load.py [--users 4] [--time 30s] [--workers 1] [-m MODEL_DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +34,41 @@ def main() -> int:
         print(f"starting the server ({args.workers} worker(s), model {model_dir}) ...", flush=True)
         with run_server(model_dir, Path(tmp), workers=args.workers, timeout=300) as server:
             env = {**os.environ, "QWEN3VL_LOAD_MAX_TOKENS": str(args.max_tokens)}
-            cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "tests" / "load" / "locustfile.py"),
-                   "--headless", "--only-summary", "-u", str(args.users), "-r", str(args.users), "-t", args.time,
-                   "--stop-timeout", "30", "--host", server.url, "--exit-code-on-error", "0"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(REPO / "tests" / "load" / "locustfile.py"),
+                "--headless",
+                "--only-summary",
+                "-u",
+                str(args.users),
+                "-r",
+                str(args.users),
+                "-t",
+                args.time,
+                "--stop-timeout",
+                "30",
+                "--host",
+                server.url,
+                "--exit-code-on-error",
+                "0",
+            ]
             print(" ".join(cmd[2:]), flush=True)
             rc = subprocess.call(cmd, env=env, cwd=REPO)
             print("\nserver counters (GET /metrics):")
             for line in server.get("/metrics").text.splitlines():
-                if line.startswith(("qwen3vl_requests_total", "qwen3vl_requests_rejected_total",
-                                    "qwen3vl_completion_tokens_total", "qwen3vl_time_to_first_token_seconds_sum",
-                                    "qwen3vl_time_to_first_token_seconds_count", "qwen3vl_media_fetch")):
+                if line.startswith(
+                    (
+                        "qwen3vl_requests_total",
+                        "qwen3vl_requests_rejected_total",
+                        "qwen3vl_completion_tokens_total",
+                        "qwen3vl_time_to_first_token_seconds_sum",
+                        "qwen3vl_time_to_first_token_seconds_count",
+                        "qwen3vl_media_fetch",
+                    )
+                ):
                     print("  " + line)
     return rc
 

@@ -1,4 +1,5 @@
 """OpenAI-compatible Qwen3-VL server: Flask app factory."""
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version

@@ -1,4 +1,5 @@
 """`python -m qwen3vl_app` / `qwen3vl-server`: the old service's flags, served by gunicorn."""
+
 from __future__ import annotations
 
 import sys

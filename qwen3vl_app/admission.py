@@ -12,6 +12,7 @@ Requests beyond the limit are refused at once (503 + Retry-After); nothing here 
 waits.  Without the master's file (the app built outside our gunicorn config), each
 process counts alone against the same limit and says so in the log.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -47,8 +48,9 @@ class Admission:
         if path is not None and not os.path.exists(path):
             path = None
         if path is None:
-            log.warning("no shared admission file from the gunicorn master: --max_concurrent=%d is enforced "
-                        "per process", limit)
+            log.warning(
+                "no shared admission file from the gunicorn master: --max_concurrent=%d is enforced per process", limit
+            )
         return cls(limit, path)
 
     # -- shared file ---------------------------------------------------------------
@@ -169,6 +171,7 @@ def _remove_stale(base: str) -> None:
 
 # -- the view decorator ----------------------------------------------------------------------
 
+
 def admitted(view):
     """Hold a server-wide slot for the whole response (a stream included); 503 at once when
     the server is full or this worker is shutting down.  Put it under `login_required`.
@@ -225,14 +228,19 @@ def read_body_in_time(seconds: float) -> None:
                 request.get_data(cache=True)
     except (_BodyTimeout, TimeoutError):
         g.close_connection = True
-        raise APIError(f"The request body did not arrive within {seconds:g} s (--body-timeout).", 408, None,
-                       "request_timeout") from None
+        raise APIError(
+            f"The request body did not arrive within {seconds:g} s (--body-timeout).", 408, None, "request_timeout"
+        ) from None
     except Exception as e:
         if not _is_http_parse_error(e):
             raise
         g.close_connection = True
-        raise APIError("The request body is malformed (bad chunked encoding, or the connection ended early).",
-                       400, None, "invalid_body") from None
+        raise APIError(
+            "The request body is malformed (bad chunked encoding, or the connection ended early).",
+            400,
+            None,
+            "invalid_body",
+        ) from None
 
 
 def _is_http_parse_error(e: Exception) -> bool:

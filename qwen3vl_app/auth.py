@@ -9,6 +9,7 @@ compared in constant time, several keys may be valid at once, and only a masked 
 header, prefix and keys are read from the serving app's settings on every request, so
 several apps with different settings can live in one process.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -48,7 +49,7 @@ class ApiKeyAuth(HTTPTokenAuth):
         prefix = settings.api_prefix
         has_prefix = bool(prefix) and token[: len(prefix) + 1].lower() == prefix.lower() + " "
         if has_prefix:
-            token = token[len(prefix) + 1:].strip()
+            token = token[len(prefix) + 1 :].strip()
         elif prefix and settings.api_header.lower() == "authorization":
             return None  # `Authorization` must name its scheme; a custom header may carry the bare key
         auth = Authorization(prefix or "token")
@@ -124,8 +125,15 @@ def log_auth_config(settings: Settings) -> None:
         log.warning("API auth is DISABLED (--disable-api-auth): anyone who reaches the port can use the model")
         return
     keys = settings.api_keys()
-    log.info("API auth: header %r, prefix %r, %d key(s): %s", settings.api_header, settings.api_prefix,
-             len(keys), ", ".join(mask_key(k) for k in keys))
+    log.info(
+        "API auth: header %r, prefix %r, %d key(s): %s",
+        settings.api_header,
+        settings.api_prefix,
+        len(keys),
+        ", ".join(mask_key(k) for k in keys),
+    )
     if OLD_DEFAULT_API_KEY in keys:
-        log.warning("the public default API key of the old service is in use; set QWEN3VL_API_KEY or "
-                    "--api-key-file to your own key")
+        log.warning(
+            "the public default API key of the old service is in use; set QWEN3VL_API_KEY or "
+            "--api-key-file to your own key"
+        )

@@ -5,6 +5,7 @@ Text parts are kept in order; every image/video part becomes a `{"type": "image"
 the same order) for the media layer to fetch and preprocess.  Assistant `tool_calls`
 and `role: "tool"` results pass through in the shape chat templates expect.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,9 +55,16 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
 
 def _tool_fields(msg: dict) -> dict:
     if msg.get("tool_calls"):
-        return {"tool_calls": [{"id": c.get("id") or "", "type": "function",
-                                "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
-                               for c in msg["tool_calls"]]}
+        return {
+            "tool_calls": [
+                {
+                    "id": c.get("id") or "",
+                    "type": "function",
+                    "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                }
+                for c in msg["tool_calls"]
+            ]
+        }
     if msg["role"] == "tool":
         return {"tool_call_id": msg.get("tool_call_id", "")}
     return {}

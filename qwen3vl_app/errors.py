@@ -9,6 +9,7 @@ without depending on the HTTP layer or on each other.
 Messages name the problem only: never file contents, paths outside what the caller sent,
 addresses of objects or stack traces.
 """
+
 from __future__ import annotations
 
 RETRY_AFTER_SECONDS = "2"  # what a 503 tells clients to wait before retrying
@@ -30,12 +31,14 @@ _TYPE_BY_STATUS = {
 
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {
-        "message": message,
-        "type": _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-        "param": param,
-        "code": code,
-    }}
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 class APIError(Exception):
@@ -44,8 +47,14 @@ class APIError(Exception):
     status = 400
     code: str | None = None
 
-    def __init__(self, message: str, status: int | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status or type(self).status

@@ -4,6 +4,7 @@ Workers are gevent workers; each builds the app (no --preload) and starts loadin
 own engine right after fork, in its engine thread, while the hub already runs -- so a
 slow model load never trips gunicorn's worker timeout.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,9 @@ from .settings import Settings
 
 def options(settings: Settings) -> dict:
     return {
-        "bind": [f"{settings.host}:{settings.port}" if ":" not in settings.host else f"[{settings.host}]:{settings.port}"],
+        "bind": [
+            f"{settings.host}:{settings.port}" if ":" not in settings.host else f"[{settings.host}]:{settings.port}"
+        ],
         "workers": settings.workers,
         "worker_class": "qwen3vl_app.worker.JSONErrorGeventWorker",  # gevent, errors in OpenAI's shape
         # Connections are cheap greenlets; a pool sized by the generation limit (64) let 300
@@ -63,8 +66,10 @@ def worker_connections() -> int:
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def on_starting(server) -> None:
@@ -103,8 +108,9 @@ def child_exit(server, worker) -> None:
     if path:
         freed = free_slots_of(path, worker.pid)
         if freed:
-            logging.getLogger("qwen3vl").warning("worker %d died holding %d admission slot(s); freed", worker.pid,
-                                                 freed)
+            logging.getLogger("qwen3vl").warning(
+                "worker %d died holding %d admission slot(s); freed", worker.pid, freed
+            )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -126,27 +132,45 @@ def when_ready(server) -> None:
     from .engine.loader import is_demo
 
     log = logging.getLogger("qwen3vl")
-    log.info("serving %s on %s:%d with %d gevent worker(s)", settings.model_dir, settings.host, settings.port,
-             settings.workers)
+    log.info(
+        "serving %s on %s:%d with %d gevent worker(s)",
+        settings.model_dir,
+        settings.host,
+        settings.port,
+        settings.workers,
+    )
     if is_demo(Path(settings.model_dir)):
         log.warning("=" * 72)
-        log.warning("DEMO MODEL: %s holds a tiny RANDOM-WEIGHT Qwen3-VL. Output is meaningless.",
-                    settings.model_dir)
-        log.warning("For a real model: `make model` (the vendor's 2B build into ./models/qwen3vl_2b; "
-                    "MODEL=qwen3vl_4b for the 4B), then `make run`; or pass -m /path/to/model.")
+        log.warning("DEMO MODEL: %s holds a tiny RANDOM-WEIGHT Qwen3-VL. Output is meaningless.", settings.model_dir)
+        log.warning(
+            "For a real model: `make model` (the vendor's 2B build into ./models/qwen3vl_2b; "
+            "MODEL=qwen3vl_4b for the 4B), then `make run`; or pass -m /path/to/model."
+        )
         log.warning("=" * 72)
     log_auth_config(settings)
     log.info("playground: open %s in a browser", playground_url(settings))
-    log.info("admission: %d request(s) at once server-wide (-c), %d waiting per worker (--max-queue); "
-             "graceful timeout %d s; metrics files in %s", settings.max_concurrent, settings.max_queue,
-             settings.graceful_timeout, os.environ.get("PROMETHEUS_MULTIPROC_DIR", "-"))
+    log.info(
+        "admission: %d request(s) at once server-wide (-c), %d waiting per worker (--max-queue); "
+        "graceful timeout %d s; metrics files in %s",
+        settings.max_concurrent,
+        settings.max_queue,
+        settings.graceful_timeout,
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR", "-"),
+    )
     reachable = settings.workers * (1 + settings.max_queue)
     if settings.max_concurrent > reachable:
-        log.info("at most %d generation requests are admitted at once: %d worker(s) x (1 running + %d queued)",
-                 reachable, settings.workers, settings.max_queue)
+        log.info(
+            "at most %d generation requests are admitted at once: %d worker(s) x (1 running + %d queued)",
+            reachable,
+            settings.workers,
+            settings.max_queue,
+        )
     elif settings.max_concurrent < settings.workers:
-        log.warning("-c %d is below --workers %d: some engines can never be busy at the same time",
-                    settings.max_concurrent, settings.workers)
+        log.warning(
+            "-c %d is below --workers %d: some engines can never be busy at the same time",
+            settings.max_concurrent,
+            settings.workers,
+        )
 
 
 def playground_url(settings: Settings) -> str:

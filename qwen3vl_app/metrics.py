@@ -13,6 +13,7 @@ Every update happens in a request greenlet or the hub, never in the engine threa
 Other modules call the small functions below (e.g. `media_fetch_failed(reason)`), so
 none of them imports prometheus_client directly.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,46 +42,68 @@ _WAIT = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 _TOTAL = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _OVERHEAD = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-REQUESTS = Counter("qwen3vl_requests", "HTTP requests answered, by endpoint (route) and status",
-                   ["endpoint", "status"])
-REQUEST_SECONDS = Histogram("qwen3vl_request_duration_seconds",
-                            "whole request, first byte in to last byte out (streams included)", ["endpoint"],
-                            buckets=_TOTAL)
-TTFT = Histogram("qwen3vl_time_to_first_token_seconds",
-                 "request arrival to the first generated token (media, queue and prefill included)", ["endpoint"],
-                 buckets=_LATENCY)
-TPOT = Histogram("qwen3vl_time_per_output_token_seconds",
-                 "mean time between generated tokens after the first, one observation per request", ["endpoint"],
-                 buckets=_PER_TOKEN)
-QUEUE_WAIT = Histogram("qwen3vl_queue_wait_seconds", "time a request waited for its worker's engine",
-                       buckets=_WAIT)
-OVERHEAD = Histogram("qwen3vl_server_overhead_seconds",
-                     "request time outside the engine and the queue (HTTP, JSON, media, prompt, streaming)",
-                     ["endpoint"], buckets=_OVERHEAD)
+REQUESTS = Counter("qwen3vl_requests", "HTTP requests answered, by endpoint (route) and status", ["endpoint", "status"])
+REQUEST_SECONDS = Histogram(
+    "qwen3vl_request_duration_seconds",
+    "whole request, first byte in to last byte out (streams included)",
+    ["endpoint"],
+    buckets=_TOTAL,
+)
+TTFT = Histogram(
+    "qwen3vl_time_to_first_token_seconds",
+    "request arrival to the first generated token (media, queue and prefill included)",
+    ["endpoint"],
+    buckets=_LATENCY,
+)
+TPOT = Histogram(
+    "qwen3vl_time_per_output_token_seconds",
+    "mean time between generated tokens after the first, one observation per request",
+    ["endpoint"],
+    buckets=_PER_TOKEN,
+)
+QUEUE_WAIT = Histogram("qwen3vl_queue_wait_seconds", "time a request waited for its worker's engine", buckets=_WAIT)
+OVERHEAD = Histogram(
+    "qwen3vl_server_overhead_seconds",
+    "request time outside the engine and the queue (HTTP, JSON, media, prompt, streaming)",
+    ["endpoint"],
+    buckets=_OVERHEAD,
+)
 PROMPT_TOKENS = Counter("qwen3vl_prompt_tokens", "prompt tokens processed (media tokens included)", ["endpoint"])
 COMPLETION_TOKENS = Counter("qwen3vl_completion_tokens", "tokens generated", ["endpoint"])
 GENERATIONS = Counter("qwen3vl_generations", "finished generations by finish reason", ["finish_reason"])
-REJECTED = Counter("qwen3vl_requests_rejected",
-                   "requests refused with 503: server_full (--max_concurrent), worker_queue_full (--max-queue), "
-                   "shutting_down", ["reason"])
-MEDIA_FETCH_FAILURES = Counter("qwen3vl_media_fetch_failures", "media that could not be fetched or read, by reason",
-                               ["reason"])
-IN_FLIGHT = Gauge("qwen3vl_requests_in_flight", "generation requests admitted (holding a --max_concurrent slot)",
-                  multiprocess_mode="livesum")
-RUNNING = Gauge("qwen3vl_requests_running", "generations running on an engine (= batch slots in use)",
-                multiprocess_mode="livesum")
-SLOTS = Gauge("qwen3vl_engine_slots", "sequences the loaded engines can run at once (--max-batch per worker)",
-              multiprocess_mode="livesum")
+REJECTED = Counter(
+    "qwen3vl_requests_rejected",
+    "requests refused with 503: server_full (--max_concurrent), worker_queue_full (--max-queue), shutting_down",
+    ["reason"],
+)
+MEDIA_FETCH_FAILURES = Counter(
+    "qwen3vl_media_fetch_failures", "media that could not be fetched or read, by reason", ["reason"]
+)
+IN_FLIGHT = Gauge(
+    "qwen3vl_requests_in_flight",
+    "generation requests admitted (holding a --max_concurrent slot)",
+    multiprocess_mode="livesum",
+)
+RUNNING = Gauge(
+    "qwen3vl_requests_running", "generations running on an engine (= batch slots in use)", multiprocess_mode="livesum"
+)
+SLOTS = Gauge(
+    "qwen3vl_engine_slots",
+    "sequences the loaded engines can run at once (--max-batch per worker)",
+    multiprocess_mode="livesum",
+)
 QUEUED = Gauge("qwen3vl_requests_queued", "requests waiting for their worker's engine", multiprocess_mode="livesum")
 ENGINES_READY = Gauge("qwen3vl_engines_ready", "workers whose engine is loaded", multiprocess_mode="livesum")
-ENGINE_LOAD_SECONDS = Gauge("qwen3vl_engine_load_seconds", "seconds the worker took to load its engine (per pid)",
-                            multiprocess_mode="liveall")
-VISION_CACHE = Counter("qwen3vl_vision_cache_lookups", "vision-encoder cache lookups, by result (hit/miss)",
-                       ["result"])
-VISION_CACHE_BYTES = Gauge("qwen3vl_vision_cache_bytes", "bytes held by the vision-encoder caches",
-                           multiprocess_mode="livesum")
-CACHED_PROMPT_TOKENS = Counter("qwen3vl_cached_prompt_tokens",
-                               "prompt tokens whose KV was reused from an earlier request (not prefilled again)")
+ENGINE_LOAD_SECONDS = Gauge(
+    "qwen3vl_engine_load_seconds", "seconds the worker took to load its engine (per pid)", multiprocess_mode="liveall"
+)
+VISION_CACHE = Counter("qwen3vl_vision_cache_lookups", "vision-encoder cache lookups, by result (hit/miss)", ["result"])
+VISION_CACHE_BYTES = Gauge(
+    "qwen3vl_vision_cache_bytes", "bytes held by the vision-encoder caches", multiprocess_mode="livesum"
+)
+CACHED_PROMPT_TOKENS = Counter(
+    "qwen3vl_cached_prompt_tokens", "prompt tokens whose KV was reused from an earlier request (not prefilled again)"
+)
 ADMISSION_LIMIT = Gauge("qwen3vl_max_concurrent", "the --max_concurrent limit", multiprocess_mode="livemax")
 
 
@@ -101,6 +124,7 @@ def render() -> tuple[bytes, str]:
 
 
 # -- calls from other modules ----------------------------------------------------------
+
 
 def media_fetch_failed(reason: str) -> None:
     """A media item could not be fetched/read (reason: a short code such as 'media_fetch_timeout')."""

@@ -3,6 +3,7 @@
 Token ids are those of every Qwen3-VL checkpoint (tokenizer.json's added tokens); the
 vision geometry is its processor's (patch 16, temporal patch 2, 2x2 spatial merge).
 """
+
 from __future__ import annotations
 
 # Special tokens

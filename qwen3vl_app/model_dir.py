@@ -5,6 +5,7 @@ server refuses to start with a clear message.  With no explicit folder and nothi
 old default path, the tiny random-weight demo model is built (or reused) and served --
 loudly labelled as a demo.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,11 +46,15 @@ def resolve_model_dir(settings, environ=None):
 
 def build_demo_model() -> Path:
     """Run the tiny-model builder in a child process: the master never imports torch."""
-    print("qwen3vl-server: no model at ./models/qwen3vl_2b and no -m given; using the tiny "
-          "RANDOM-WEIGHT demo model (output is meaningless).\n"
-          "qwen3vl-server: for a real model: `make model` fetches the vendor's 2B BM1684X build into "
-          "./models/qwen3vl_2b (`make model MODEL=qwen3vl_4b` the 4B, then -m ./models/qwen3vl_4b); "
-          "or pass -m /path/to/model", file=sys.stderr)
-    out = subprocess.run([sys.executable, "-m", "qwen3vl_app.tiny_model"], check=True,
-                         stdout=subprocess.PIPE, text=True)
+    print(
+        "qwen3vl-server: no model at ./models/qwen3vl_2b and no -m given; using the tiny "
+        "RANDOM-WEIGHT demo model (output is meaningless).\n"
+        "qwen3vl-server: for a real model: `make model` fetches the vendor's 2B BM1684X build into "
+        "./models/qwen3vl_2b (`make model MODEL=qwen3vl_4b` the 4B, then -m ./models/qwen3vl_4b); "
+        "or pass -m /path/to/model",
+        file=sys.stderr,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "qwen3vl_app.tiny_model"], check=True, stdout=subprocess.PIPE, text=True
+    )
     return Path(out.stdout.strip().splitlines()[-1])

@@ -11,6 +11,7 @@ Level: INFO (WARNING for 5xx other than 503); /health and /metrics answered 200 
 DEBUG so probes and scrapers do not flood the log.  The key is the masked form the auth
 layer stored (first/last 4 characters), `anonymous` with auth off, `-` when none matched.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def install(app, state) -> None:
     def _start():
         g.started = time.monotonic()
         rid = request.headers.get("X-Request-Id", "")
-        g.request_id = rid if 0 < len(rid) <= 128 and rid.isprintable() and " " not in rid else f"req-{uuid.uuid4().hex}"
+        g.request_id = (
+            rid if 0 < len(rid) <= 128 and rid.isprintable() and " " not in rid else f"req-{uuid.uuid4().hex}"
+        )
 
     @app.after_request
     def _stamp(resp):
@@ -52,8 +55,15 @@ def install(app, state) -> None:
         # The request ends when the server closes the response: after the last byte of a
         # stream, or when its client went away.  (teardown_request runs too early for
         # streams: when the view returns, and again when the stream ends.)
-        done = _Finisher(g._get_current_object(), request.method, request.path, request.url_rule,
-                         resp.status_code, resp.is_streamed, anonymous)
+        done = _Finisher(
+            g._get_current_object(),
+            request.method,
+            request.path,
+            request.url_rule,
+            resp.status_code,
+            resp.is_streamed,
+            anonymous,
+        )
         sock = request.environ.get("gunicorn.socket")
         if resp.status_code == 503 or g.get("close_connection"):
             # Busy or draining: close the connection after this answer, so the client's retry
@@ -73,8 +83,9 @@ def install(app, state) -> None:
     @app.teardown_request
     def _fallback(exc):
         if g.get("finisher") is None:  # after_request never ran (it failed): finish here
-            _Finisher(g._get_current_object(), request.method, request.path, request.url_rule,
-                      500, False, anonymous, exc)()
+            _Finisher(
+                g._get_current_object(), request.method, request.path, request.url_rule, 500, False, anonymous, exc
+            )()
 
 
 class _Finisher:
@@ -135,8 +146,9 @@ def _v(value) -> str:
         return value
     out = json.dumps(value, ensure_ascii=False)
     if not out.isprintable():
-        out = "".join(c if c.isprintable() else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
-                      for c in out)
+        out = "".join(
+            c if c.isprintable() else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") for c in out
+        )
     return out
 
 
@@ -156,16 +168,25 @@ def _log_and_count(f: _Finisher) -> None:
         metrics.observe_request(endpoint, f.status, total, stats, started)
     except Exception:  # metrics must never break a response
         log.exception("metrics update failed")
-    fields = [f"id={_v(getattr(g_, 'request_id', '-'))}", f"method={_v(f.method)}", f"path={_v(f.path)}",
-              f"status={f.status}"]
+    fields = [
+        f"id={_v(getattr(g_, 'request_id', '-'))}",
+        f"method={_v(f.method)}",
+        f"path={_v(f.path)}",
+        f"status={f.status}",
+    ]
     if stats is not None:
-        fields += [f"stream={int(bool(f.streamed))}",
-                   f"prompt_tokens={stats.prompt_tokens}", f"completion_tokens={stats.completion_tokens}",
-                   f"finish={stats.finish_reason or '-'}", f"ttft_ms={_ms(stats.ttft(started))}",
-                   f"tpot_ms={_ms(stats.tpot)}", f"queue_ms={_ms(stats.queue_wait)}",
-                   f"engine_ms={_ms(stats.engine_seconds)}", f"overhead_ms={_ms(stats.overhead(total))}"]
-    fields += [f"total_ms={total * 1000:.1f}", f"pid={os.getpid()}",
-               f"key={_v(getattr(g_, 'key_id', f.anonymous))}"]
+        fields += [
+            f"stream={int(bool(f.streamed))}",
+            f"prompt_tokens={stats.prompt_tokens}",
+            f"completion_tokens={stats.completion_tokens}",
+            f"finish={stats.finish_reason or '-'}",
+            f"ttft_ms={_ms(stats.ttft(started))}",
+            f"tpot_ms={_ms(stats.tpot)}",
+            f"queue_ms={_ms(stats.queue_wait)}",
+            f"engine_ms={_ms(stats.engine_seconds)}",
+            f"overhead_ms={_ms(stats.overhead(total))}",
+        ]
+    fields += [f"total_ms={total * 1000:.1f}", f"pid={os.getpid()}", f"key={_v(getattr(g_, 'key_id', f.anonymous))}"]
     if f.exc is not None:
         fields.append(f"error={type(f.exc).__name__}")
     if f.status >= 500 and f.status != 503:

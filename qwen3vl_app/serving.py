@@ -12,6 +12,7 @@ worker -- stays responsive.  Closing the event iterator (client gone, stream clo
 error) cancels the generation before its next decode step and frees the engine; both
 `collect` and `stream` guarantee it.
 """
+
 from __future__ import annotations
 
 import json
@@ -114,8 +115,15 @@ Event = Any  # PING | ADMITTED | Delta | Finish
 # ----------------------------------------------------------------------------- request -> generation
 
 
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
-                   "frequency_penalty", "seed")
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
 
 
 def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: bool) -> SamplingParams:
@@ -126,8 +134,12 @@ def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: 
         return fallback if value is None else value
 
     if req.get("logprobs") and greedy_only:
-        raise APIError("This engine picks tokens on the device and returns no logits, so logprobs "
-                       "are unavailable.", 400, "logprobs", "unsupported_parameter")
+        raise APIError(
+            "This engine picks tokens on the device and returns no logits, so logprobs are unavailable.",
+            400,
+            "logprobs",
+            "unsupported_parameter",
+        )
     max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or settings.max_tokens_default
     return SamplingParams(
         max_tokens=max_tokens,
@@ -180,9 +192,17 @@ def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, mes
     return vision
 
 
-def start(state: ServerState, engine: Engine, messages: list[dict], vision: list[VisionInput], req: dict,
-          stops: list[str], stream: bool, tools: list[dict] | None = None, grammar: Grammar | None = None,
-          ) -> Iterator[Event]:
+def start(
+    state: ServerState,
+    engine: Engine,
+    messages: list[dict],
+    vision: list[VisionInput],
+    req: dict,
+    stops: list[str],
+    stream: bool,
+    tools: list[dict] | None = None,
+    grammar: Grammar | None = None,
+) -> Iterator[Event]:
     """Build and check the prompt (`tools` rendered by the chat template), then take this
     worker's engine (503 at once when its queue is full).  Returns the event iterator,
     already past ADMITTED."""
@@ -191,15 +211,23 @@ def start(state: ServerState, engine: Engine, messages: list[dict], vision: list
     return start_prompt(state, engine, prompt, req, stops, stream, grammar)
 
 
-def start_prompt(state: ServerState, engine: Engine, prompt: Prompt, req: dict, stops: list[str], stream: bool,
-                 grammar: Grammar | None = None) -> Iterator[Event]:
+def start_prompt(
+    state: ServerState,
+    engine: Engine,
+    prompt: Prompt,
+    req: dict,
+    stops: list[str],
+    stream: bool,
+    grammar: Grammar | None = None,
+) -> Iterator[Event]:
     """`start` for a prompt already built (the legacy completions endpoint: raw text)."""
     settings = state.settings
     assert state.tokenizer is not None
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
-    job = GenerationJob(prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")),
-                        grammar=grammar)
+    job = GenerationJob(
+        prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")), grammar=grammar
+    )
     g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
@@ -212,15 +240,22 @@ OFFLOAD_TEXT_BYTES = 32 * 1024
 _tokenizer_thread = None
 
 
-def tokenize(tokenizer: ChatTokenizer, messages: list[dict], vision: list[VisionInput], limits,
-             max_prompt_tokens: int = 0, tools: list[dict] | None = None) -> Prompt:
+def tokenize(
+    tokenizer: ChatTokenizer,
+    messages: list[dict],
+    vision: list[VisionInput],
+    limits,
+    max_prompt_tokens: int = 0,
+    tools: list[dict] | None = None,
+) -> Prompt:
     """build_prompt, after a bound that costs nothing: no token is longer than the longest
     entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
     many tokens -- 3 MB of digits is refused at once instead of after seconds of
     tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
     it is large."""
-    size = text_bytes(messages) + (len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-                                   if tools else 0)
+    size = text_bytes(messages) + (
+        len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass")) if tools else 0
+    )
     _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The messages hold")
     if size <= OFFLOAD_TEXT_BYTES:
         return build_prompt(tokenizer, messages, vision, tools)
@@ -239,16 +274,18 @@ def tokenize_text(tokenizer: ChatTokenizer, prompt: str | list[int], limits, max
     return _off_hub(text_prompt, tokenizer, prompt)
 
 
-def _check_bytes(tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str,
-                 param: str = "messages") -> None:
+def _check_bytes(
+    tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str, param: str = "messages"
+) -> None:
     limit = min(limits.max_input_tokens, limits.max_context - 1)
     if max_prompt_tokens:
         limit = min(limit, max_prompt_tokens)
     longest = _MAX_TOKEN_BYTES.get(tokenizer) or _off_hub(max_token_bytes, tokenizer)
     at_least = size // longest
     if at_least > limit:
-        raise PromptError(f"{what} {size} bytes of text, at least {at_least} tokens; this model "
-                          f"accepts at most {limit}.", param)
+        raise PromptError(
+            f"{what} {size} bytes of text, at least {at_least} tokens; this model accepts at most {limit}.", param
+        )
 
 
 def _off_hub(fn, *args):
@@ -310,8 +347,9 @@ def max_token_bytes(tokenizer: ChatTokenizer) -> int:
     return cached
 
 
-def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
-         ping_every: float | None = None) -> Iterator[Event]:
+def _run(
+    runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob, ping_every: float | None = None
+) -> Iterator[Event]:
     """Yield ADMITTED, Delta..., then one Finish (PING in between when ping_every is set).
     Ends early with finish_reason 'length' at the job's time limit or when the worker's
     graceful-shutdown deadline passes (`runner.drain_deadline`)."""
@@ -370,8 +408,15 @@ def _run(runner: EngineRunner, tokenizer: ChatTokenizer, job: GenerationJob,
     yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
 
 
-def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos_ids, cancel: Cancel,
-                   ping_every: float | None, constrain=None) -> Generator[Any, None, None]:
+def _engine_tokens(
+    runner: EngineRunner,
+    engine: Engine,
+    job: GenerationJob,
+    eos_ids,
+    cancel: Cancel,
+    ping_every: float | None,
+    constrain=None,
+) -> Generator[Any, None, None]:
     """One generation owning the engine: each step of the shared decode loop runs in the
     engine thread; PING while the prefill outlasts `ping_every`.  `constrain` builds the
     grammar's token mask (constrained decoding), in the engine thread."""
@@ -396,8 +441,9 @@ def _engine_tokens(runner: EngineRunner, engine: Engine, job: GenerationJob, eos
         runner.call(gen.close)
 
 
-def _slot_tokens(runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Cancel,
-                 ping_every: float | None, constrain=None) -> Generator[Any, None, None]:
+def _slot_tokens(
+    runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Cancel, ping_every: float | None, constrain=None
+) -> Generator[Any, None, None]:
     """One generation in a batch slot (--max-batch > 1): the scheduler in the engine thread
     sends its tokens; PING whenever none came for `ping_every` (its prefill, or another
     slot's prefill running between two decode steps).  Closing sets nothing itself: the

@@ -7,6 +7,7 @@ and `gunicorn -c gunicorn.conf.py wsgi:app` with the same variables behave the s
 Precedence: flag > environment > default.  Nothing else in the package reads `QWEN3VL_*`
 variables: a new setting is one field here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,107 +57,152 @@ class Option:
 @dataclass(frozen=True)
 class Settings:
     # --- flags of the old service: same names, short forms and defaults ---
-    model_dir: str = _opt(DEFAULT_MODEL_DIR, ("-m", "--model_dir"),
-            "model folder: *.bmodel + config/ (BM1684X) or a Hugging Face checkpoint")
-    max_concurrent: int = _opt(10, ("-c", "--max_concurrent"),
-            "most requests admitted at once across the server")
-    log_level: str = _opt("INFO", ("-l", "--log_level"),
-            "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
-    devid: int = _opt(0, ("-d", "--devid"),
-            "TPU device id")
-    video_ratio: float = _opt(0.5, ("-v", "--video_ratio"),
-            "0-1: share of the image pixel budget one video frame may use")
-    port: int = _opt(8899, ("-p", "--port"),
-            "listening port")
-    api_key: tuple[str, ...] = _opt((OLD_DEFAULT_API_KEY,), ("--api-key",),
-            "accepted API key; repeat the flag (or comma-separate the variable) for several", secret=True)
-    api_header: str = _opt("Authorization", ("--api-header",),
-            "header that carries the key")
-    api_prefix: str = _opt("Bearer", ("--api-prefix",),
-            "word before the key: '<prefix> <key>'")
-    disable_api_auth: bool = _opt(False, ("--disable-api-auth",),
-            "turn auth off (testing only)")
+    model_dir: str = _opt(
+        DEFAULT_MODEL_DIR,
+        ("-m", "--model_dir"),
+        "model folder: *.bmodel + config/ (BM1684X) or a Hugging Face checkpoint",
+    )
+    max_concurrent: int = _opt(10, ("-c", "--max_concurrent"), "most requests admitted at once across the server")
+    log_level: str = _opt(
+        "INFO", ("-l", "--log_level"), "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    )
+    devid: int = _opt(0, ("-d", "--devid"), "TPU device id")
+    video_ratio: float = _opt(
+        0.5, ("-v", "--video_ratio"), "0-1: share of the image pixel budget one video frame may use"
+    )
+    port: int = _opt(8899, ("-p", "--port"), "listening port")
+    api_key: tuple[str, ...] = _opt(
+        (OLD_DEFAULT_API_KEY,),
+        ("--api-key",),
+        "accepted API key; repeat the flag (or comma-separate the variable) for several",
+        secret=True,
+    )
+    api_header: str = _opt("Authorization", ("--api-header",), "header that carries the key")
+    api_prefix: str = _opt("Bearer", ("--api-prefix",), "word before the key: '<prefix> <key>'")
+    disable_api_auth: bool = _opt(False, ("--disable-api-auth",), "turn auth off (testing only)")
     # --- new ---
-    api_key_file: str = _opt("", ("--api-key-file",),
-            "file with one API key per line (preferred over --api-key on the command line)")
-    workers: int = _opt(1, ("--workers",),
-            "gunicorn worker processes, each with its own engine")
-    host: str = _opt("0.0.0.0", ("--host",),
-            "listening address")
-    engine: str = _opt("auto", ("--engine",),
-            "engine kind", choices=("auto", "bm1684x", "torch"))
-    max_batch: int = _opt(1, ("--max-batch",),
-            "sequences one worker's engine advances together (continuous batching); 1 = one at a "
-           "time. A worker takes max-batch running + max-queue waiting requests (docs/operations.md)")
-    max_queue: int = _opt(8, ("--max-queue",),
-            "requests one worker keeps waiting for its engine before answering 503")
-    request_timeout: float = _opt(600.0, ("--request-timeout",),
-            "seconds one generation may run before it ends with finish_reason 'length'")
-    body_timeout: float = _opt(60.0, ("--body-timeout",),
-            "seconds a client has to send a generation request's whole body (slower: 408); no "
-           "admission slot is taken before the body is in")
-    write_timeout: float = _opt(30.0, ("--write-timeout",),
-            "seconds a client may leave a response (a stream chunk) unread before it is dropped and its "
-           "generation cancelled")
-    max_tokens_default: int = _opt(1024, ("--max-tokens-default",),
-            "max_tokens when the request gives none (capped by the context)")
-    max_body_bytes: int = _opt(64 * 1024 * 1024, ("--max-body-bytes",),
-            "largest request body accepted (JSON or upload)")
-    torch_dtype: str = _opt("auto", ("--torch-dtype",),
-            "torch engine weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16", choices=("auto", "float32", "bfloat16"))
-    sse_keepalive: float = _opt(10.0, ("--sse-keepalive",),
-            "seconds between ': ping' comments on a stream while the prompt is being processed")
-    load_timeout: float = _opt(900.0, ("--load-timeout",),
-            "seconds a request waits for the worker's engine to finish loading")
-    served_model_name: tuple[str, ...] = _opt(("qwen3-vl-instruct",), ("--served-model-name",),
-            "model name(s) requests may name (repeatable; the first is the one responses and /health "
-            "report when a request names none); any other name is a 404 model_not_found")
-    disable_docs: bool = _opt(False, ("--disable-docs",),
-            "turn off /docs and /openapi.json (open by default)")
+    api_key_file: str = _opt(
+        "", ("--api-key-file",), "file with one API key per line (preferred over --api-key on the command line)"
+    )
+    workers: int = _opt(1, ("--workers",), "gunicorn worker processes, each with its own engine")
+    host: str = _opt("0.0.0.0", ("--host",), "listening address")
+    engine: str = _opt("auto", ("--engine",), "engine kind", choices=("auto", "bm1684x", "torch"))
+    max_batch: int = _opt(
+        1,
+        ("--max-batch",),
+        "sequences one worker's engine advances together (continuous batching); 1 = one at a "
+        "time. A worker takes max-batch running + max-queue waiting requests (docs/operations.md)",
+    )
+    max_queue: int = _opt(8, ("--max-queue",), "requests one worker keeps waiting for its engine before answering 503")
+    request_timeout: float = _opt(
+        600.0, ("--request-timeout",), "seconds one generation may run before it ends with finish_reason 'length'"
+    )
+    body_timeout: float = _opt(
+        60.0,
+        ("--body-timeout",),
+        "seconds a client has to send a generation request's whole body (slower: 408); no "
+        "admission slot is taken before the body is in",
+    )
+    write_timeout: float = _opt(
+        30.0,
+        ("--write-timeout",),
+        "seconds a client may leave a response (a stream chunk) unread before it is dropped and its "
+        "generation cancelled",
+    )
+    max_tokens_default: int = _opt(
+        1024, ("--max-tokens-default",), "max_tokens when the request gives none (capped by the context)"
+    )
+    max_body_bytes: int = _opt(
+        64 * 1024 * 1024, ("--max-body-bytes",), "largest request body accepted (JSON or upload)"
+    )
+    torch_dtype: str = _opt(
+        "auto",
+        ("--torch-dtype",),
+        "torch engine weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16",
+        choices=("auto", "float32", "bfloat16"),
+    )
+    sse_keepalive: float = _opt(
+        10.0, ("--sse-keepalive",), "seconds between ': ping' comments on a stream while the prompt is being processed"
+    )
+    load_timeout: float = _opt(
+        900.0, ("--load-timeout",), "seconds a request waits for the worker's engine to finish loading"
+    )
+    served_model_name: tuple[str, ...] = _opt(
+        ("qwen3-vl-instruct",),
+        ("--served-model-name",),
+        "model name(s) requests may name (repeatable; the first is the one responses and /health "
+        "report when a request names none); any other name is a 404 model_not_found",
+    )
+    disable_docs: bool = _opt(False, ("--disable-docs",), "turn off /docs and /openapi.json (open by default)")
     # --- operations (docs/operations.md) ---
-    graceful_timeout: int = _opt(30, ("--graceful-timeout",),
-            "seconds in-flight generations get to finish on SIGTERM/SIGHUP (then they end with "
-           "finish_reason 'length' and the worker exits)")
-    metrics_auth: bool = _opt(False, ("--metrics-auth",),
-            "require the API key on GET /metrics (off: open, for a scraper on localhost)")
-    runtime_dir: str = _opt("", ("--runtime-dir",),
-            "where the master keeps the shared admission counter and metrics files "
-           "(default: a fresh folder in /dev/shm, else the temp dir)")
+    graceful_timeout: int = _opt(
+        30,
+        ("--graceful-timeout",),
+        "seconds in-flight generations get to finish on SIGTERM/SIGHUP (then they end with "
+        "finish_reason 'length' and the worker exits)",
+    )
+    metrics_auth: bool = _opt(
+        False, ("--metrics-auth",), "require the API key on GET /metrics (off: open, for a scraper on localhost)"
+    )
+    runtime_dir: str = _opt(
+        "",
+        ("--runtime-dir",),
+        "where the master keeps the shared admission counter and metrics files "
+        "(default: a fresh folder in /dev/shm, else the temp dir)",
+    )
     # --- media (docs/media.md) ---
-    allowed_local_media_path: tuple[str, ...] = _opt((), ("--allowed-local-media-path",),
-            "directory whose files (symlinks resolved) requests may name by local path or file://; "
-           "repeatable; none = local paths refused")
-    allow_private_media_urls: bool = _opt(False, ("--allow-private-media-urls",),
-            "let media URLs reach loopback/private/link-local addresses (off: refused)")
-    allowed_media_network: tuple[str, ...] = _opt((), ("--allowed-media-network",),
-            "non-public network (CIDR) media URLs may reach, e.g. 192.168.7.0/24; repeatable")
-    max_media_items: int = _opt(16, ("--max-media-items",),
-            "most images+videos in one request")
-    max_image_pixels: int = _opt(16777216, ("--max-image-pixels",),
-            "ceiling of the resized pixel budget per image (the engine may lower it)")
-    min_image_pixels: int = _opt(65536, ("--min-image-pixels",),
-            "default lower pixel budget per image")
-    max_source_pixels: int = _opt(8192 * 8192, ("--max-source-pixels",),
-            "largest source image / video frame (width x height) decoded at all")
-    max_request_pixels: int = _opt(8192 * 8192, ("--max-request-pixels",),
-            "most source image pixels one request may decode, summed over its images (memory bound)")
-    media_request_timeout: float = _opt(120.0, ("--media-request-timeout",),
-            "seconds all media downloads of one request may take together")
-    max_video_frames: int = _opt(768, ("--max-video-frames",),
-            "most frames sampled from one video")
-    video_fps: float = _opt(2.0, ("--video-fps",),
-            "default frames per second sampled from videos")
-    max_prompt_tokens: int = _opt(0, ("--max-prompt-tokens",),
-            "longest prompt (media tokens included); 0 = what the engine accepts")
-    max_media_bytes: int = _opt(64 * 1024 * 1024, ("--max-media-bytes",),
-            "largest media file fetched, read or decoded from a data: URI")
-    media_fetch_timeout: float = _opt(60.0, ("--media-fetch-timeout",),
-            "seconds one media download may take in total")
+    allowed_local_media_path: tuple[str, ...] = _opt(
+        (),
+        ("--allowed-local-media-path",),
+        "directory whose files (symlinks resolved) requests may name by local path or file://; "
+        "repeatable; none = local paths refused",
+    )
+    allow_private_media_urls: bool = _opt(
+        False,
+        ("--allow-private-media-urls",),
+        "let media URLs reach loopback/private/link-local addresses (off: refused)",
+    )
+    allowed_media_network: tuple[str, ...] = _opt(
+        (),
+        ("--allowed-media-network",),
+        "non-public network (CIDR) media URLs may reach, e.g. 192.168.7.0/24; repeatable",
+    )
+    max_media_items: int = _opt(16, ("--max-media-items",), "most images+videos in one request")
+    max_image_pixels: int = _opt(
+        16777216, ("--max-image-pixels",), "ceiling of the resized pixel budget per image (the engine may lower it)"
+    )
+    min_image_pixels: int = _opt(65536, ("--min-image-pixels",), "default lower pixel budget per image")
+    max_source_pixels: int = _opt(
+        8192 * 8192, ("--max-source-pixels",), "largest source image / video frame (width x height) decoded at all"
+    )
+    max_request_pixels: int = _opt(
+        8192 * 8192,
+        ("--max-request-pixels",),
+        "most source image pixels one request may decode, summed over its images (memory bound)",
+    )
+    media_request_timeout: float = _opt(
+        120.0, ("--media-request-timeout",), "seconds all media downloads of one request may take together"
+    )
+    max_video_frames: int = _opt(768, ("--max-video-frames",), "most frames sampled from one video")
+    video_fps: float = _opt(2.0, ("--video-fps",), "default frames per second sampled from videos")
+    max_prompt_tokens: int = _opt(
+        0, ("--max-prompt-tokens",), "longest prompt (media tokens included); 0 = what the engine accepts"
+    )
+    max_media_bytes: int = _opt(
+        64 * 1024 * 1024, ("--max-media-bytes",), "largest media file fetched, read or decoded from a data: URI"
+    )
+    media_fetch_timeout: float = _opt(60.0, ("--media-fetch-timeout",), "seconds one media download may take in total")
 
-    vision_cache_mb: int = _opt(256, ("--vision-cache-mb",),
-            "per worker: MiB of vision-encoder outputs kept so a repeated image skips the encoder (0: off)")
-    torch_max_context: int = _opt(0, ("--torch-max-context",),
-            "torch engine: longest context (prompt + reply); 0 = the model's own, at most 32768")
+    vision_cache_mb: int = _opt(
+        256,
+        ("--vision-cache-mb",),
+        "per worker: MiB of vision-encoder outputs kept so a repeated image skips the encoder (0: off)",
+    )
+    torch_max_context: int = _opt(
+        0,
+        ("--torch-max-context",),
+        "torch engine: longest context (prompt + reply); 0 = the model's own, at most 32768",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -175,8 +221,7 @@ class Settings:
 
 def _option(f: Field) -> Option:
     assert f.default is not MISSING
-    return Option(f.name, f.metadata["flags"], f.default, f.metadata["help"], type(f.default),
-                  f.metadata["choices"])
+    return Option(f.name, f.metadata["flags"], f.default, f.metadata["help"], type(f.default), f.metadata["choices"])
 
 
 OPTIONS: tuple[Option, ...] = tuple(_option(f) for f in fields(Settings))
@@ -186,11 +231,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qwen3vl-server",
         description="OpenAI-compatible Qwen3-VL server (BM1684X TPU or torch). "
-            "Every flag also reads an environment variable QWEN3VL_<NAME>.",
+        "Every flag also reads an environment variable QWEN3VL_<NAME>.",
     )
     for opt in OPTIONS:
-        kw: dict[str, Any] = {"dest": opt.name, "default": None,
-                              "help": f"{opt.help} (env {opt.env}; default {opt.default!r})"}
+        kw: dict[str, Any] = {
+            "dest": opt.name,
+            "default": None,
+            "help": f"{opt.help} (env {opt.env}; default {opt.default!r})",
+        }
         if opt.kind is bool:
             kw["action"] = "store_true"
         elif opt.kind is tuple:

@@ -1,4 +1,5 @@
 """What one worker knows about its model: tokenizer, engine runner, identity, keys."""
+
 from __future__ import annotations
 
 import logging

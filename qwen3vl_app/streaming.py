@@ -1,4 +1,5 @@
 """OpenAI response objects and the SSE encoding of chat completion chunks."""
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,24 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
     """OpenAI's usage object; `cached_tokens`: prompt tokens whose KV was reused."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 class ChunkEncoder:
     """Builds the `chat.completion.chunk` objects of one stream (shared id/created/model)."""
 
     def __init__(self, completion_id: str, model: str, created: int | None = None):
-        self.base = {"id": completion_id, "object": "chat.completion.chunk",
-                     "created": created or int(time.time()), "model": model}
+        self.base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created or int(time.time()),
+            "model": model,
+        }
 
     def chunk(self, delta: dict, finish_reason=None, logprobs=None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -45,9 +53,17 @@ class ChunkEncoder:
         return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)})
 
 
-def completion(completion_id: str, model: str, text: str | None, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int, logprobs=None, tool_calls: list[dict] | None = None,
-               cached_tokens: int = 0) -> dict:
+def completion(
+    completion_id: str,
+    model: str,
+    text: str | None,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs=None,
+    tool_calls: list[dict] | None = None,
+    cached_tokens: int = 0,
+) -> dict:
     message: dict = {"role": "assistant", "content": text}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -56,11 +72,13 @@ def completion(completion_id: str, model: str, text: str | None, finish_reason: 
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason,
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason,
+            }
+        ],
         "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }

@@ -11,6 +11,7 @@ file and the library versions, so repeated runs are instant.
 
 Needs torch + transformers (the builder only; the serving path does not).
 """
+
 from __future__ import annotations
 
 import base64
@@ -93,7 +94,7 @@ CHAT_TEMPLATE = (
     "{%- for tool in tools -%}{{ '\\n' }}{{ tool | tojson }}{%- endfor -%}"
     "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '"
     " 'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n'"
-    " '{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    ' \'{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
     "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- set content = message['content'] -%}"
@@ -102,8 +103,9 @@ CHAT_TEMPLATE = (
     "{{ '\\n<tool_response>\\n' }}" + _CONTENT + "{{ '\\n</tool_response>' }}"
     "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
     "{%- elif not (tools and loop.first and message['role'] == 'system') -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}" + _CONTENT +
-    "{%- if message['role'] == 'assistant' and message['tool_calls'] -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    + _CONTENT
+    + "{%- if message['role'] == 'assistant' and message['tool_calls'] -%}"
     "{%- for call in message['tool_calls'] -%}"
     "{%- if (loop.first and content) or not loop.first -%}{{ '\\n' }}{%- endif -%}"
     "{%- set fn = call['function'] if call['function'] else call -%}"
@@ -274,8 +276,14 @@ def write_config_folder(out: Path, ranks: dict[bytes, int] | None = None) -> Non
     tok = build_tokenizer_object(ranks or load_ranks())
     tok.save(str(out / "tokenizer.json"))
     added = {
-        str(tid): {"content": text, "special": special, "lstrip": False, "rstrip": False,
-                   "normalized": False, "single_word": False}
+        str(tid): {
+            "content": text,
+            "special": special,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+        }
         for tid, (text, special) in ADDED_TOKENS.items()
     }
     tokenizer_config = {
@@ -372,5 +380,8 @@ def _dump(path: Path, obj) -> None:
 
 if __name__ == "__main__":
     folder = ensure_tiny_checkpoint()
-    print(f"tiny random-weight Qwen3-VL checkpoint ({sum(f.stat().st_size for f in folder.iterdir()) // 1024} KiB):", file=sys.stderr)
+    print(
+        f"tiny random-weight Qwen3-VL checkpoint ({sum(f.stat().st_size for f in folder.iterdir()) // 1024} KiB):",
+        file=sys.stderr,
+    )
     print(folder)

@@ -4,6 +4,7 @@ Uses the `tokenizers` library and Jinja2 directly (no transformers, no torch), s
 bm1684x worker stays small.  Works for both folder layouts: files at the top of a
 Hugging Face folder, or under `config/` beside a `*.bmodel`.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ class ChatTokenizer:
         self.special_ids = frozenset(tid for tid, added in self.tok.get_added_tokens_decoder().items() if added.special)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     tools=tools or None)
+        return self._template.render(
+            messages=messages, add_generation_prompt=add_generation_prompt, tools=tools or None
+        )
 
     def encode(self, text: str) -> list[int]:
         """Trusted text (the rendered template): control tokens in it are real tokens."""
@@ -59,8 +61,9 @@ class ChatTokenizer:
         finally:
             self.tok.encode_special_tokens = False
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    tools: list[dict] | None = None) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> list[int]:
         """Render the chat template and tokenize it, the template's own text as trusted and
         every client text as untrusted.  Each message text (and each tool call's name and
         arguments) is swapped for a marker before rendering; the rendered string is split
@@ -84,9 +87,16 @@ class ChatTokenizer:
                 content = [{**p, "text": mark(p["text"])} if p.get("type") == "text" else p for p in content]
             out = {**msg, "content": content}
             if msg.get("tool_calls"):
-                out["tool_calls"] = [{**call, "function": {"name": mark(call["function"]["name"]),
-                                                          "arguments": mark(call["function"]["arguments"])}}
-                                     for call in msg["tool_calls"]]
+                out["tool_calls"] = [
+                    {
+                        **call,
+                        "function": {
+                            "name": mark(call["function"]["name"]),
+                            "arguments": mark(call["function"]["arguments"]),
+                        },
+                    }
+                    for call in msg["tool_calls"]
+                ]
             marked.append(out)
         rendered = self.render(marked, add_generation_prompt, tools)
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
@@ -103,8 +113,11 @@ class ChatTokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (special tokens: their text)."""
-        return self.tok.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass") \
-            if token_id >= END_OF_TEXT else _unbyte(self.tok.id_to_token(token_id))
+        return (
+            self.tok.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass")
+            if token_id >= END_OF_TEXT
+            else _unbyte(self.tok.id_to_token(token_id))
+        )
 
 
 _CONTROL_TEXT = re.compile(r"<(?=\|[a-z_]+\||/?tool_call>|/?tool_response>|/?think>)")

@@ -10,6 +10,7 @@ so the reference column is transformers' own sampling / smart_resize / patchify 
 resize torchvision would call (torch antialiased bicubic on uint8), over frames decoded
 the way the reference decoders do it -- every frame read in order, then indexed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = write_video(Path(d) / "clip.mp4", frames=600, fps=30.0, h=480, w=640)
         budget = VideoBudget()
-        ref_vp = RefVideoProcessor(fps=budget.fps, min_frames=budget.min_frames, max_frames=budget.max_frames,
-                                   min_pixels=budget.min_pixels, max_pixels=budget.stack_max_pixels)
+        ref_vp = RefVideoProcessor(
+            fps=budget.fps,
+            min_frames=budget.min_frames,
+            max_frames=budget.max_frames,
+            min_pixels=budget.min_pixels,
+            max_pixels=budget.stack_max_pixels,
+        )
 
         def ref_video():
             frames, fps = decode_all_frames(path)
@@ -77,12 +83,18 @@ def main() -> None:
         vv = video_from_path(str(path), budget)
 
     print(f"{'input':<40} {'ours (numpy+Pillow+OpenCV)':>28} {'transformers':>14} {'ratio':>7}")
-    print(f"{'image 1920x1080 JPEG -> grid ' + str(v.grid_thw):<40} {ours_img * 1e3:>25.1f} ms "
-          f"{ref_img * 1e3:>11.1f} ms {ref_img / ours_img:>6.2f}x")
-    print(f"{'video 640x480 30fps 20s -> grid ' + str(vv.grid_thw):<40} {ours_vid * 1e3:>25.1f} ms "
-          f"{ref_vid * 1e3:>11.1f} ms {ref_vid / ours_vid:>6.2f}x")
-    print("(median of runs; video reference = transformers' sampling/resize/patchify with torch's uint8 resize"
-          " over all decoded frames, since its video processor needs torchvision)")
+    print(
+        f"{'image 1920x1080 JPEG -> grid ' + str(v.grid_thw):<40} {ours_img * 1e3:>25.1f} ms "
+        f"{ref_img * 1e3:>11.1f} ms {ref_img / ours_img:>6.2f}x"
+    )
+    print(
+        f"{'video 640x480 30fps 20s -> grid ' + str(vv.grid_thw):<40} {ours_vid * 1e3:>25.1f} ms "
+        f"{ref_vid * 1e3:>11.1f} ms {ref_vid / ours_vid:>6.2f}x"
+    )
+    print(
+        "(median of runs; video reference = transformers' sampling/resize/patchify with torch's uint8 resize"
+        " over all decoded frames, since its video processor needs torchvision)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Blueprints, one per resource; each module's schemas sit beside it.  Routes are declared
 at import, so any number of apps can register them."""
+
 from __future__ import annotations
 
 from flask import Flask

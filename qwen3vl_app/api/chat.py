@@ -1,4 +1,5 @@
 """POST /v1/chat/completions: schema -> media -> serving -> response or SSE stream."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -16,12 +17,33 @@ from .common import json_body
 bp = Blueprint("chat", __name__)
 
 # Request fields with an effect; any other field set in a request is named in X-Ignored-Params.
-HONOURED = frozenset({
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
-    "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "n", "stream",
-    "stream_options", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "logit_bias", "ignore_eos",
-})
+HONOURED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+        "n",
+        "stream",
+        "stream_options",
+        "logprobs",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "logit_bias",
+        "ignore_eos",
+    }
+)
 
 
 @bp.post("/v1/chat/completions")
@@ -38,8 +60,9 @@ def chat_completions():
         req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
     vision = serving.resolve_media(state, media, engine, messages)
     stream = bool(req.get("stream"))
-    events = serving.start(state, engine, messages, vision, req, req["stop"] or [], stream,
-                           tools=plan.tools, grammar=plan.grammar)
+    events = serving.start(
+        state, engine, messages, vision, req, req["stop"] or [], stream, tools=plan.tools, grammar=plan.grammar
+    )
     ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
     cid = new_completion_id()
     if stream:
@@ -52,9 +75,17 @@ def chat_completions():
     fin = out.finish
     content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
     reason = "tool_calls" if calls and fin.reason == "stop" else fin.reason
-    body = completion(cid, req.get("model") or state.model_id, content, reason, fin.prompt_tokens,
-                      fin.completion_tokens, {"content": out.logprobs} if out.logprobs else None,
-                      [c.to_openai() for c in calls], fin.cached_tokens)
+    body = completion(
+        cid,
+        req.get("model") or state.model_id,
+        content,
+        reason,
+        fin.prompt_tokens,
+        fin.completion_tokens,
+        {"content": out.logprobs} if out.logprobs else None,
+        [c.to_openai() for c in calls],
+        fin.cached_tokens,
+    )
     return jsonify(body), 200, ignored
 
 

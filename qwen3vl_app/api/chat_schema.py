@@ -3,6 +3,7 @@
 Unknown fields are ignored, as OpenAI does; wrong types and out-of-range values are a 400
 that names the parameter.
 """
+
 from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
@@ -20,9 +21,13 @@ class _Loose(Schema):
 
 class MediaURLSchema(_Loose):
     url = fields.String(required=True, validate=validate.Length(min=1))
-    detail = fields.String(validate=validate.OneOf(["low", "high", "auto"]), metadata={
-        "description": "image budget: low = at most 512x512 pixels (<= 256 vision tokens); high and auto = "
-                       "the server's budget"})
+    detail = fields.String(
+        validate=validate.OneOf(["low", "high", "auto"]),
+        metadata={
+            "description": "image budget: low = at most 512x512 pixels (<= 256 vision tokens); high and auto = "
+            "the server's budget"
+        },
+    )
 
 
 class MediaURL(fields.Field):
@@ -126,8 +131,7 @@ class ToolChoice(fields.Field):
             name = (value.get("function") or {}).get("name") if isinstance(value.get("function"), dict) else None
             if isinstance(name, str) and name:
                 return "function:" + name
-        raise ValidationError("must be 'none', 'auto', 'required' or "
-                              "{'type': 'function', 'function': {'name': ...}}")
+        raise ValidationError("must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}")
 
 
 class JSONSchemaFormatSchema(_Loose):
@@ -201,8 +205,13 @@ class ChatCompletionRequestSchema(_Loose):
     logprobs = fields.Boolean(load_default=False, allow_none=True)
     top_logprobs = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=20))
     user = fields.String(allow_none=True)
-    prompt_cache_key = fields.String(allow_none=True, validate=validate.Length(max=1024), metadata={
-        "description": "groups requests that share a prefix; a proxy may route on it (deploy/nginx-affinity.conf)"})
+    prompt_cache_key = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=1024),
+        metadata={
+            "description": "groups requests that share a prefix; a proxy may route on it (deploy/nginx-affinity.conf)"
+        },
+    )
     # vLLM's extension: keep generating past end tokens until max_tokens (benchmarks fix output lengths)
     ignore_eos = fields.Boolean(load_default=False, allow_none=True)
     tools = fields.List(fields.Nested(ToolSchema), allow_none=True, validate=validate.Length(max=128))
@@ -234,8 +243,10 @@ FINISH_REASONS = ("stop", "length", "tool_calls")
 
 
 class PromptTokensDetailsSchema(Schema):
-    cached_tokens = fields.Integer(required=True, metadata={
-        "description": "prompt tokens whose KV was reused from an earlier request of the same worker"})
+    cached_tokens = fields.Integer(
+        required=True,
+        metadata={"description": "prompt tokens whose KV was reused from an earlier request of the same worker"},
+    )
 
 
 class UsageSchema(Schema):

@@ -1,4 +1,5 @@
 """Small pieces the blueprints share: strict JSON bodies and the error body's schema."""
+
 from __future__ import annotations
 
 import re
@@ -11,8 +12,9 @@ from ..errors import APIError
 
 def json_body() -> dict:
     if not request.is_json:
-        raise APIError("Send the request body as JSON with 'Content-Type: application/json'.", 415,
-                       None, "unsupported_media_type")
+        raise APIError(
+            "Send the request body as JSON with 'Content-Type: application/json'.", 415, None, "unsupported_media_type"
+        )
     try:
         body = request.get_json(silent=True)
     except RecursionError:  # nested deeper than the JSON parser goes (was a 500; found by fuzzing)
@@ -22,8 +24,12 @@ def json_body() -> dict:
     if not isinstance(body, dict):
         raise APIError("The request body must be a JSON object.", 400, None, "invalid_json")
     if _SURROGATE_ESCAPE.search(request.get_data(cache=True)) and _has_lone_surrogate(body):
-        raise APIError("The request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
-                       "valid Unicode text.", 400, None, "invalid_json")
+        raise APIError(
+            "The request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not valid Unicode text.",
+            400,
+            None,
+            "invalid_json",
+        )
     return body
 
 

@@ -12,6 +12,7 @@ browser cannot send the key before Swagger UI has loaded the document and the us
 pressed "Authorize".  Every other operation declares the security scheme built from
 `--api-header`/`--api-prefix`.  `--disable-docs` turns all three routes off (404), decided per request.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,13 +46,19 @@ def security_scheme(settings) -> dict | None:
     header, prefix = settings.api_header, settings.api_prefix
     if header.lower() == "authorization":
         if prefix.lower() == "bearer":
-            return {"type": "http", "scheme": "bearer",
-                    "description": "`Authorization: Bearer <key>` (type only the key in Authorize)"}
-        return {"type": "apiKey", "in": "header", "name": header,
-                "description": f"`{header}: {prefix} <key>` -- type `{prefix} <key>` in Authorize"}
+            return {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`Authorization: Bearer <key>` (type only the key in Authorize)",
+            }
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": header,
+            "description": f"`{header}: {prefix} <key>` -- type `{prefix} <key>` in Authorize",
+        }
     extra = f" (or `{prefix} <key>`)" if prefix else ""
-    return {"type": "apiKey", "in": "header", "name": header,
-            "description": f"`{header}: <key>`{extra}"}
+    return {"type": "apiKey", "in": "header", "name": header, "description": f"`{header}: <key>`{extra}"}
 
 
 # ----------------------------------------------------------------------------- operations
@@ -78,136 +85,268 @@ def _errors(*statuses: int) -> dict:
 
 def _sse_event(data: str) -> dict:
     """One Server-Sent Event (OpenAPI before 3.2: the media type's schema describes each event)."""
-    return {"schema": {"type": "object", "required": ["data"], "properties": {
-        "data": {"type": "string", "description": data}, "event": {"type": "string"}}}}
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string", "description": data}, "event": {"type": "string"}},
+        }
+    }
 
 
-_REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
-               "description": "echoed back; one is made up when absent"}
+_REQUEST_ID = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 128},
+    "description": "echoed back; one is made up when absent",
+}
 
 
 def _operations(settings) -> dict[str, dict[str, dict]]:
     """path (OpenAPI form) -> method -> operation."""
     auth = () if settings.disable_api_auth else (401,)
-    sse_chunk = _sse_event("a ChatCompletionChunk as JSON (an ErrorResponse if the engine fails mid-stream), "
-                           "then `[DONE]`; `: ping` comments keep the stream alive")
+    sse_chunk = _sse_event(
+        "a ChatCompletionChunk as JSON (an ErrorResponse if the engine fails mid-stream), "
+        "then `[DONE]`; `: ping` comments keep the stream alive"
+    )
     return {
-        "/health": {"get": {
-            "tags": ["service"], "summary": "Engine state and server facts (the old service's fields)",
-            "operationId": "health",
-            "responses": {"200": _json("Health", "ready or still loading"),
-                          "503": _json("Health", "the engine failed to load"), **_errors(*auth)},
-        }},
-        "/v1/models": {"get": {
-            "tags": ["models"], "summary": "List models (one)", "operationId": "listModels",
-            "responses": {"200": _json("ModelList", "the served model"), **_errors(*auth)},
-        }},
-        "/v1/models/{model_id}": {"get": {
-            "tags": ["models"], "summary": "Retrieve a model", "operationId": "retrieveModel",
-            "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"},
-                            "example": "qwen3-vl-instruct"}],
-            "responses": {"200": _json("Model", "the model"), **_errors(*auth, 404)},
-        }},
-        "/v1/chat/completions": {"post": {
-            "tags": ["chat"], "summary": "OpenAI Chat Completions (text, images, videos; stream or not)",
-            "operationId": "createChatCompletion",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": "ChatCompletionRequest",
-                "example": {"model": "qwen3-vl-instruct", "max_tokens": 32,
-                            "messages": [{"role": "user", "content": "Hello!"}]}}}},
-            "responses": {
-                "200": {"description": "a chat.completion, or with `stream: true` an SSE stream of "
-                                       "ChatCompletionChunk events",
-                        "content": {"application/json": {"schema": "ChatCompletion"},
-                                    "text/event-stream": sse_chunk}},
-                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-            },
-        }},
-        "/v1/completions": {"post": {
-            "tags": ["completions"], "summary": "OpenAI legacy text completions (raw prompt, no chat template)",
-            "operationId": "createCompletion",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": "CompletionRequest",
-                "example": {"model": "qwen3-vl-instruct", "prompt": "Once upon a time", "max_tokens": 16}}}},
-            "responses": {
-                "200": {"description": "a text_completion (one choice per prompt), or with `stream: true` an SSE "
-                                       "stream of text_completion events",
-                        "content": {"application/json": {"schema": "Completion"},
-                                    "text/event-stream": _sse_event(
-                                        "a Completion as JSON (an ErrorResponse if the engine fails mid-stream), "
-                                        "then `[DONE]`")}},
-                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-            },
-        }},
-        "/v1/responses": {"post": {
-            "tags": ["responses"], "summary": "OpenAI Responses API (stateless: previous_response_id is a 400, "
-                                              "store has no effect)",
-            "operationId": "createResponse",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": "ResponseRequest",
-                "example": {"model": "qwen3-vl-instruct", "input": "Hello!", "max_output_tokens": 32}}}},
-            "responses": {
-                "200": {"description": "a response, or with `stream: true` its events (`event: <type>`): "
-                                       "response.created, response.in_progress, response.output_item.added, "
-                                       "response.content_part.added, response.output_text.delta..., "
-                                       "response.function_call_arguments.delta/done, ...done events, then "
-                                       "response.completed or response.incomplete (no `[DONE]`)",
-                        "content": {"application/json": {"schema": "Response"},
-                                    "text/event-stream": _sse_event(
-                                        "a Responses stream event as JSON with `type` and `sequence_number`; "
-                                        "lifecycle events carry a Response")}},
-                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-            },
-        }},
-        "/v1/media/describe": {"post": {
-            "tags": ["media"], "summary": "Describe an uploaded image or video (the old service's endpoint)",
-            "operationId": "describeMedia",
-            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": "MediaDescribeForm"}}},
-            "responses": {
-                "200": {"description": "the description, or with `stream` an SSE stream of MediaStreamDelta "
-                                       "events, a final MediaDescription event and `data: [DONE]`",
-                        "content": {"application/json": {"schema": "MediaDescription"},
-                                    "text/event-stream": _sse_event(
-                                        "a MediaStreamDelta or, last, a MediaDescription as JSON (an ErrorResponse "
-                                        "if the engine fails mid-stream), then `[DONE]`")}},
-                **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-            },
-        }},
-        "/metrics": {"get": {
-            "tags": ["service"], "summary": "Prometheus metrics (open unless --metrics-auth)", "operationId": "metrics",
-            **({} if settings.metrics_auth else {"security": []}),
-            "responses": {"200": {"description": "Prometheus text format",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          **_errors(*(auth if settings.metrics_auth else ()))},
-        }},
-        "/openapi.json": {"get": {
-            "tags": ["docs"], "summary": "This document", "operationId": "openapi", "security": [],
-            "responses": {"200": {"description": "OpenAPI 3 document",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
-        }},
-        "/docs": {"get": {
-            "tags": ["docs"], "summary": "Swagger UI", "operationId": "docs", "security": [],
-            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
-        "/": {"get": {
-            "tags": ["playground"], "summary": "The browser playground (open; its API calls carry the key)",
-            "operationId": "playground", "security": [],
-            "responses": {"200": {"description": "HTML page",
-                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
-        "/playground/{filename}": {"get": {
-            "tags": ["playground"], "summary": "The playground's static files", "operationId": "playgroundAsset",
-            "security": [],
-            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"},
-                            "example": "app.js"}],
-            "responses": {"200": {"description": "a file of the playground"}, **_errors(404)},
-        }},
-        "/docs/{filename}": {"get": {
-            "tags": ["docs"], "summary": "Swagger UI's static files", "operationId": "docsAsset", "security": [],
-            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"},
-                            "example": "swagger-ui.css"}],
-            "responses": {"200": {"description": "a file of the Swagger UI bundle"}, **_errors(404)},
-        }},
+        "/health": {
+            "get": {
+                "tags": ["service"],
+                "summary": "Engine state and server facts (the old service's fields)",
+                "operationId": "health",
+                "responses": {
+                    "200": _json("Health", "ready or still loading"),
+                    "503": _json("Health", "the engine failed to load"),
+                    **_errors(*auth),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "tags": ["models"],
+                "summary": "List models (one)",
+                "operationId": "listModels",
+                "responses": {"200": _json("ModelList", "the served model"), **_errors(*auth)},
+            }
+        },
+        "/v1/models/{model_id}": {
+            "get": {
+                "tags": ["models"],
+                "summary": "Retrieve a model",
+                "operationId": "retrieveModel",
+                "parameters": [
+                    {
+                        "name": "model_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "example": "qwen3-vl-instruct",
+                    }
+                ],
+                "responses": {"200": _json("Model", "the model"), **_errors(*auth, 404)},
+            }
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "tags": ["chat"],
+                "summary": "OpenAI Chat Completions (text, images, videos; stream or not)",
+                "operationId": "createChatCompletion",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": "ChatCompletionRequest",
+                            "example": {
+                                "model": "qwen3-vl-instruct",
+                                "max_tokens": 32,
+                                "messages": [{"role": "user", "content": "Hello!"}],
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "a chat.completion, or with `stream: true` an SSE stream of "
+                        "ChatCompletionChunk events",
+                        "content": {"application/json": {"schema": "ChatCompletion"}, "text/event-stream": sse_chunk},
+                    },
+                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
+                },
+            }
+        },
+        "/v1/completions": {
+            "post": {
+                "tags": ["completions"],
+                "summary": "OpenAI legacy text completions (raw prompt, no chat template)",
+                "operationId": "createCompletion",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": "CompletionRequest",
+                            "example": {"model": "qwen3-vl-instruct", "prompt": "Once upon a time", "max_tokens": 16},
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "a text_completion (one choice per prompt), or with `stream: true` an SSE "
+                        "stream of text_completion events",
+                        "content": {
+                            "application/json": {"schema": "Completion"},
+                            "text/event-stream": _sse_event(
+                                "a Completion as JSON (an ErrorResponse if the engine fails mid-stream), then `[DONE]`"
+                            ),
+                        },
+                    },
+                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
+                },
+            }
+        },
+        "/v1/responses": {
+            "post": {
+                "tags": ["responses"],
+                "summary": "OpenAI Responses API (stateless: previous_response_id is a 400, store has no effect)",
+                "operationId": "createResponse",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": "ResponseRequest",
+                            "example": {"model": "qwen3-vl-instruct", "input": "Hello!", "max_output_tokens": 32},
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "a response, or with `stream: true` its events (`event: <type>`): "
+                        "response.created, response.in_progress, response.output_item.added, "
+                        "response.content_part.added, response.output_text.delta..., "
+                        "response.function_call_arguments.delta/done, ...done events, then "
+                        "response.completed or response.incomplete (no `[DONE]`)",
+                        "content": {
+                            "application/json": {"schema": "Response"},
+                            "text/event-stream": _sse_event(
+                                "a Responses stream event as JSON with `type` and `sequence_number`; "
+                                "lifecycle events carry a Response"
+                            ),
+                        },
+                    },
+                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
+                },
+            }
+        },
+        "/v1/media/describe": {
+            "post": {
+                "tags": ["media"],
+                "summary": "Describe an uploaded image or video (the old service's endpoint)",
+                "operationId": "describeMedia",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": "MediaDescribeForm"}}},
+                "responses": {
+                    "200": {
+                        "description": "the description, or with `stream` an SSE stream of MediaStreamDelta "
+                        "events, a final MediaDescription event and `data: [DONE]`",
+                        "content": {
+                            "application/json": {"schema": "MediaDescription"},
+                            "text/event-stream": _sse_event(
+                                "a MediaStreamDelta or, last, a MediaDescription as JSON (an ErrorResponse "
+                                "if the engine fails mid-stream), then `[DONE]`"
+                            ),
+                        },
+                    },
+                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["service"],
+                "summary": "Prometheus metrics (open unless --metrics-auth)",
+                "operationId": "metrics",
+                **({} if settings.metrics_auth else {"security": []}),
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(*(auth if settings.metrics_auth else ())),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["docs"],
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3 document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/docs": {
+            "get": {
+                "tags": ["docs"],
+                "summary": "Swagger UI",
+                "operationId": "docs",
+                "security": [],
+                "responses": {
+                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "tags": ["playground"],
+                "summary": "The browser playground (open; its API calls carry the key)",
+                "operationId": "playground",
+                "security": [],
+                "responses": {
+                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/playground/{filename}": {
+            "get": {
+                "tags": ["playground"],
+                "summary": "The playground's static files",
+                "operationId": "playgroundAsset",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "example": "app.js",
+                    }
+                ],
+                "responses": {"200": {"description": "a file of the playground"}, **_errors(404)},
+            }
+        },
+        "/docs/{filename}": {
+            "get": {
+                "tags": ["docs"],
+                "summary": "Swagger UI's static files",
+                "operationId": "docsAsset",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "example": "swagger-ui.css",
+                    }
+                ],
+                "responses": {"200": {"description": "a file of the Swagger UI bundle"}, **_errors(404)},
+            }
+        },
     }
 
 
@@ -241,28 +380,56 @@ def _custom_fields(converter):
 
     part_ref = {"$ref": "#/components/schemas/ContentPart"}
     by_type = {
-        cs.MediaURL: {"oneOf": [{"$ref": "#/components/schemas/MediaURL"}, {"type": "string"}],
-                      "description": "`{\"url\": ...}` or the bare URL: http(s), data:, file:// or a local path "
-                                     "(local ones only under --allowed-local-media-path)"},
-        cs.Content: {"oneOf": [{"type": "string"}, {"type": "array", "items": part_ref}],
-                     "description": "text, or a list of text/image_url/video_url parts; null for assistant turns"},
-        cs.StopField: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
-                       "description": "up to 4 sequences that end the generation"},
-        cs.ToolChoice: {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]},
-                                  {"type": "object", "required": ["type", "function"], "properties": {
-                                      "type": {"type": "string", "enum": ["function"]},
-                                      "function": {"type": "object", "required": ["name"],
-                                                   "properties": {"name": {"type": "string"}}}}}],
-                        "description": "required and a named function are enforced by constrained decoding"},
-        cs.LogitBias: {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
-                       "description": "token id (as a string) -> bias added to its logit"},
-        ps.PromptField: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
-                                   {"type": "array", "items": {"type": "integer"}},
-                                   {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}],
-                         "description": f"text, token ids, or up to {ps.MAX_PROMPTS} of either (one choice each)"},
-        rs.InputField: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
-                        "description": "text, or items: messages (input_text / input_image / output_text parts), "
-                                       "function_call and function_call_output"},
+        cs.MediaURL: {
+            "oneOf": [{"$ref": "#/components/schemas/MediaURL"}, {"type": "string"}],
+            "description": '`{"url": ...}` or the bare URL: http(s), data:, file:// or a local path '
+            "(local ones only under --allowed-local-media-path)",
+        },
+        cs.Content: {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": part_ref}],
+            "description": "text, or a list of text/image_url/video_url parts; null for assistant turns",
+        },
+        cs.StopField: {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
+            "description": "up to 4 sequences that end the generation",
+        },
+        cs.ToolChoice: {
+            "oneOf": [
+                {"type": "string", "enum": ["none", "auto", "required"]},
+                {
+                    "type": "object",
+                    "required": ["type", "function"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "function": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}},
+                        },
+                    },
+                },
+            ],
+            "description": "required and a named function are enforced by constrained decoding",
+        },
+        cs.LogitBias: {
+            "type": "object",
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+            "description": "token id (as a string) -> bias added to its logit",
+        },
+        ps.PromptField: {
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}},
+                {"type": "array", "items": {"type": "integer"}},
+                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+            ],
+            "description": f"text, token ids, or up to {ps.MAX_PROMPTS} of either (one choice each)",
+        },
+        rs.InputField: {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+            "description": "text, or items: messages (input_text / input_image / output_text parts), "
+            "function_call and function_call_output",
+        },
     }
 
     def attribute(self, field, **kwargs):
@@ -313,21 +480,33 @@ def build_spec(app, settings) -> dict:
         version=__version__,
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
-        info={"description": "OpenAI Chat Completions for Qwen3-VL (BM1684X TPU or the torch reference "
-                             "engine), plus the old service's /health and /v1/media/describe. Every failure "
-                             "is an OpenAI error object `{\"error\": {message, type, param, code}}`."},
+        info={
+            "description": "OpenAI Chat Completions for Qwen3-VL (BM1684X TPU or the torch reference "
+            "engine), plus the old service's /health and /v1/media/describe. Every failure "
+            'is an OpenAI error object `{"error": {message, type, param, code}}`.'
+        },
     )
     _custom_fields(plugin.converter)
     for name, schema in [
-        ("MediaURL", cs.MediaURLSchema), ("ContentPart", cs.ContentPartSchema), ("Message", cs.MessageSchema),
-        ("StreamOptions", cs.StreamOptionsSchema), ("ChatCompletionRequest", cs.ChatCompletionRequestSchema),
-        ("Usage", cs.UsageSchema), ("ChatCompletion", cs.ChatCompletionSchema),
+        ("MediaURL", cs.MediaURLSchema),
+        ("ContentPart", cs.ContentPartSchema),
+        ("Message", cs.MessageSchema),
+        ("StreamOptions", cs.StreamOptionsSchema),
+        ("ChatCompletionRequest", cs.ChatCompletionRequestSchema),
+        ("Usage", cs.UsageSchema),
+        ("ChatCompletion", cs.ChatCompletionSchema),
         ("ChatCompletionChunk", cs.ChatCompletionChunkSchema),
-        ("CompletionRequest", ps.CompletionRequestSchema), ("Completion", ps.CompletionSchema),
-        ("ResponseRequest", rs.ResponseRequestSchema), ("Response", rs.ResponseSchema),
-        (ERROR, ErrorResponseSchema), ("Health", HealthSchema), ("Model", ModelSchema),
-        ("ModelList", ModelListSchema), ("MediaDescribeForm", ms.MediaDescribeFormSchema),
-        ("MediaDescription", ms.MediaDescriptionSchema), ("MediaStreamDelta", ms.MediaStreamDeltaSchema),
+        ("CompletionRequest", ps.CompletionRequestSchema),
+        ("Completion", ps.CompletionSchema),
+        ("ResponseRequest", rs.ResponseRequestSchema),
+        ("Response", rs.ResponseSchema),
+        (ERROR, ErrorResponseSchema),
+        ("Health", HealthSchema),
+        ("Model", ModelSchema),
+        ("ModelList", ModelListSchema),
+        ("MediaDescribeForm", ms.MediaDescribeFormSchema),
+        ("MediaDescription", ms.MediaDescriptionSchema),
+        ("MediaStreamDelta", ms.MediaStreamDeltaSchema),
     ]:
         spec.components.schema(name, schema=schema)
     scheme = security_scheme(settings)
@@ -390,9 +569,13 @@ def docs():
     def asset(name):
         return url_for("docs.asset", filename=name)
 
-    page = _PAGE.format(css=asset("swagger-ui.css"), icon=asset("favicon-32x32.png"),
-                        bundle=asset("swagger-ui-bundle.js"), preset=asset("swagger-ui-standalone-preset.js"),
-                        spec=json.dumps(url_for("docs.openapi")))
+    page = _PAGE.format(
+        css=asset("swagger-ui.css"),
+        icon=asset("favicon-32x32.png"),
+        bundle=asset("swagger-ui-bundle.js"),
+        preset=asset("swagger-ui-standalone-preset.js"),
+        spec=json.dumps(url_for("docs.openapi")),
+    )
     return Response(page, mimetype="text/html")
 
 

@@ -5,6 +5,7 @@ code; marshmallow validation errors name the first bad field; werkzeug's HTTP er
 405, 413, malformed bodies) keep their status.  Anything else is a bug: logged with its
 traceback, answered with a generic message and the request id, never exception text.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ from ..errors import APIError, error_body
 log = logging.getLogger("qwen3vl.errors")
 
 
-def error_response(message: str, status: int, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    message: str, status: int, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
     resp = jsonify(error_body(message, status, param, code))
     resp.status_code = status
     for k, v in (headers or {}).items():
@@ -61,7 +63,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
         status = e.code or 500
-        msg = _HTTP_MESSAGES.get(status) or (e.description if status < 500 and e.description else "Internal server error.")
+        msg = _HTTP_MESSAGES.get(status) or (
+            e.description if status < 500 and e.description else "Internal server error."
+        )
         return error_response(msg, status, None, e.name.lower().replace(" ", "_") if e.name else None)
 
     @app.errorhandler(Exception)

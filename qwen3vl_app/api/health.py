@@ -1,4 +1,5 @@
 """GET /health: the old service's fields, plus engine state, device and the worker pid."""
+
 from __future__ import annotations
 
 import os

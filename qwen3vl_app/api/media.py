@@ -15,6 +15,7 @@ Stream: `data: {"status": "streaming", "delta": "..."}` events, then one
 `data: {"status": "success", "description": <full text>, "metadata": {...}, "usage": {...}}`
 and `data: [DONE]`.  Errors before the stream starts are OpenAI-format JSON errors.
 """
+
 from __future__ import annotations
 
 import time
@@ -55,8 +56,9 @@ def describe():
     state = current_app.extensions["qwen3vl"]
     settings = state.settings
     if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
-        raise APIError("Send the media as multipart/form-data with a 'file' field.", 415, "file",
-                       "unsupported_media_type")
+        raise APIError(
+            "Send the media as multipart/form-data with a 'file' field.", 415, "file", "unsupported_media_type"
+        )
     model_name = check_served(state, request.form.get("model"))
     upload = request.files.get("file")
     if upload is None:
@@ -67,8 +69,10 @@ def describe():
         raise MediaError(f"upload is larger than the {cap / 1048576:g} MiB limit", "file", 413, "media_too_large")
     filename = upload.filename or "upload"
     stream = (request.form.get("stream") or "").strip().lower() in _TRUE
-    req = {"max_tokens": _form_number("max_tokens", int, 1, 1 << 20),
-           "temperature": _form_number("temperature", float, 0.0, 2.0)}
+    req = {
+        "max_tokens": _form_number("max_tokens", int, 1, 1 << 20),
+        "temperature": _form_number("temperature", float, 0.0, 2.0),
+    }
 
     engine = state.runner.wait_ready()
     config = MediaConfig.from_settings(settings, engine.limits)
@@ -79,16 +83,30 @@ def describe():
     events = serving.start(state, engine, messages, [vision], req, [], stream)
 
     def metadata():
-        return {"filename": blob.name, "media_type": vision.kind, "prompt": prompt_text,
-                "processing_time_seconds": round(time.monotonic() - started, 3), "model": model_name,
-                "model_dir": str(settings.model_dir)}
+        return {
+            "filename": blob.name,
+            "media_type": vision.kind,
+            "prompt": prompt_text,
+            "processing_time_seconds": round(time.monotonic() - started, 3),
+            "model": model_name,
+            "model_dir": str(settings.model_dir),
+        }
 
     if stream:
-        return Response(stream_with_context(serving.stream(events, DescribeStreamEncoder(metadata))),
-                        mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(
+            stream_with_context(serving.stream(events, DescribeStreamEncoder(metadata))),
+            mimetype="text/event-stream",
+            headers=SSE_HEADERS,
+        )
     out = serving.collect(events, request.environ)
-    return jsonify({"status": "success", "description": out.text, "metadata": metadata(),
-                    "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens, out.finish.cached_tokens)})
+    return jsonify(
+        {
+            "status": "success",
+            "description": out.text,
+            "metadata": metadata(),
+            "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens, out.finish.cached_tokens),
+        }
+    )
 
 
 class DescribeStreamEncoder:
@@ -108,5 +126,12 @@ class DescribeStreamEncoder:
             yield sse({"status": "streaming", "delta": ev.text})
 
     def finish(self, ev: serving.Finish):
-        yield sse({"status": "success", "description": "".join(self.text), "finish_reason": ev.reason,
-                   "metadata": self.metadata(), "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)})
+        yield sse(
+            {
+                "status": "success",
+                "description": "".join(self.text),
+                "finish_reason": ev.reason,
+                "metadata": self.metadata(),
+                "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
+            }
+        )

@@ -3,6 +3,7 @@
 The endpoint reads its multipart form by hand (api/media.py); these describe the same
 fields and replies so `/docs` can offer an upload form and schemathesis can fuzz it.
 """
+
 from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
@@ -11,10 +12,15 @@ from .chat_schema import FINISH_REASONS, UsageSchema
 
 
 class MediaDescribeFormSchema(Schema):
-    file = fields.Raw(required=True, metadata={
-        "type": "string", "format": "binary",
-        "description": "an image (JPG, PNG, BMP, GIF, WEBP) or a video (MP4, AVI, MOV, MKV, FLV, WMV); "
-                       "the bytes decide which, not the name"})
+    file = fields.Raw(
+        required=True,
+        metadata={
+            "type": "string",
+            "format": "binary",
+            "description": "an image (JPG, PNG, BMP, GIF, WEBP) or a video (MP4, AVI, MOV, MKV, FLV, WMV); "
+            "the bytes decide which, not the name",
+        },
+    )
     prompt = fields.String(metadata={"description": "instruction; default 'Describe this image/video in detail.'"})
     stream = fields.Boolean(metadata={"description": "Server-Sent Events instead of one JSON reply"})
     model = fields.String(metadata={"description": "a served model name (404 model_not_found for others)"})

@@ -4,6 +4,7 @@ Open by default so a scraper on the same host needs no key (bind to localhost or
 nginx keep it private); `--metrics-auth` makes it require the API key like every other
 endpoint.  That choice is made per request, from the serving app's settings.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app

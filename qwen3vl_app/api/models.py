@@ -1,4 +1,5 @@
 """GET /v1/models and /v1/models/<id> (OpenAI list/retrieve), with what the engine honours."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -13,14 +14,25 @@ bp = Blueprint("models", __name__)
 class ModelCapabilitiesSchema(Schema):
     sampling = fields.Boolean(required=True)
     logprobs = fields.Boolean(required=True)
-    prefix_cache = fields.Boolean(required=True, metadata={
-        "description": "a follow-up turn reuses the KV of the conversation's earlier turns "
-                       "(usage.prompt_tokens_details.cached_tokens)"})
-    structured_outputs = fields.Boolean(required=True, metadata={
-        "description": "response_format json_object / json_schema enforced by constrained decoding"})
-    tool_choice = fields.List(fields.String(), required=True, metadata={
-        "description": "tool_choice values honoured ('function' = a named function); required and named "
-                       "calls are enforced by constrained decoding, so they need host logits"})
+    prefix_cache = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "a follow-up turn reuses the KV of the conversation's earlier turns "
+            "(usage.prompt_tokens_details.cached_tokens)"
+        },
+    )
+    structured_outputs = fields.Boolean(
+        required=True,
+        metadata={"description": "response_format json_object / json_schema enforced by constrained decoding"},
+    )
+    tool_choice = fields.List(
+        fields.String(),
+        required=True,
+        metadata={
+            "description": "tool_choice values honoured ('function' = a named function); required and named "
+            "calls are enforced by constrained decoding, so they need host logits"
+        },
+    )
     parameters = fields.List(fields.String(), required=True)
 
 
@@ -49,8 +61,12 @@ def check_served(state, name: str | None, param: str = "model") -> str:
     if name is None or name == "":
         return state.model_id
     if name not in state.served_names:
-        raise APIError(f"The model '{name}' does not exist; this server serves "
-                       f"{', '.join(repr(n) for n in state.served_names)}.", 404, param, "model_not_found")
+        raise APIError(
+            f"The model '{name}' does not exist; this server serves {', '.join(repr(n) for n in state.served_names)}.",
+            404,
+            param,
+            "model_not_found",
+        )
     return name
 
 
@@ -75,11 +91,32 @@ def model_card(state, name: str | None = None) -> dict:
             "prefix_cache": caps.prefix_cache,
             "structured_outputs": caps.logits,
             "tool_choice": ["none", "auto"] + (["required", "function"] if caps.logits else []),
-            "parameters": (["temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
-                            "frequency_penalty", "seed", "logprobs", "top_logprobs"] if caps.sampling else [])
+            "parameters": (
+                [
+                    "temperature",
+                    "top_p",
+                    "top_k",
+                    "repetition_penalty",
+                    "presence_penalty",
+                    "frequency_penalty",
+                    "seed",
+                    "logprobs",
+                    "top_logprobs",
+                ]
+                if caps.sampling
+                else []
+            )
             + (["response_format", "logit_bias"] if caps.logits else [])
-            + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options", "tools", "tool_choice",
-               "parallel_tool_calls"],
+            + [
+                "max_tokens",
+                "max_completion_tokens",
+                "stop",
+                "stream",
+                "stream_options",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            ],
         }
     return card
 
@@ -89,6 +126,7 @@ def model_card(state, name: str | None = None) -> dict:
 def list_models():
     state = current_app.extensions["qwen3vl"]
     return jsonify({"object": "list", "data": [model_card(state, name) for name in state.served_names]})
+
 
 @bp.get("/v1/models/<path:model_id>")
 @auth.login_required

@@ -5,6 +5,7 @@ step per token.  Everything else -- sampling, stop conditions, cancellation, tim
 lives in `engine.decode` and is shared, so the torch and bm1684x engines behave the
 same for the same logits.  Engines do no HTTP and never see a request.
 """
+
 from __future__ import annotations
 
 import abc
@@ -105,5 +106,5 @@ class Engine(abc.ABC):
         """One decode step over several slots: feed each slot its token at its next position."""
         raise NotImplementedError(f"engine {self.name} serves one sequence at a time")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- optional hook: engines without resources need none
         """Release weights and device memory."""

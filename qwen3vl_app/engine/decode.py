@@ -5,6 +5,7 @@ context is full, or as soon as `cancel` is set (checked before every decode step
 cancelled request costs at most one more step).  With a `mask` (constrained decoding)
 every choice is made among the tokens the grammar allows, and the grammar sees each.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
@@ -48,8 +49,14 @@ def max_new_tokens(engine: Engine, prompt: Prompt, requested: int) -> int:
     return max(0, min(requested, engine.limits.max_context - len(prompt.input_ids)))
 
 
-def generate(engine: Engine, prompt: Prompt, params: SamplingParams, eos_ids, cancel: Cancel,
-             constrain: Callable[[], TokenMask] | None = None) -> Generator[Generated, None, None]:
+def generate(
+    engine: Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+    eos_ids,
+    cancel: Cancel,
+    constrain: Callable[[], TokenMask] | None = None,
+) -> Generator[Generated, None, None]:
     """`constrain` builds the grammar's mask; called here, in the engine thread, because
     its first use in a worker builds the tokenizer trie (seconds)."""
     budget = max_new_tokens(engine, prompt, params.max_tokens)

@@ -11,6 +11,7 @@ the step fails the way a broken device or model folder would:
 tests/resilience/test_faults.py writes the file, sends a request and checks the 500 /
 error event and that the worker recovers (or is replaced).
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ A folder holding a `*.bmodel` and a `config/` folder is a BM1684X model; a folde
 Hugging Face `config.json` and weights is a torch model.  Imports are lazy so a bm1684x
 worker never imports torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,13 @@ def load_engine(settings, kind: str | None = None):
             # path the hub waits during each step): leave the hub a core, or the intra-op
             # threads stall at every barrier behind it.
             threads = max(1, threads - 1)
-        return TorchEngine(model_dir, dtype=settings.torch_dtype, threads=threads,
-                           max_context=settings.torch_max_context, vision_cache_mb=settings.vision_cache_mb)
+        return TorchEngine(
+            model_dir,
+            dtype=settings.torch_dtype,
+            threads=threads,
+            max_context=settings.torch_max_context,
+            vision_cache_mb=settings.vision_cache_mb,
+        )
     if kind == "bm1684x":
         from .bm1684x import BM1684XEngine
 

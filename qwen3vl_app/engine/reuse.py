@@ -11,6 +11,7 @@ cheap, and both must never serve the wrong data:
   -- so each vision block also carries its key; a block that differs, or that the
   boundary would cut, is recomputed from its start.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -11,6 +11,7 @@ turn at once: each joins the worker's `BatchScheduler`, whose loop runs in the e
 thread while any slot is busy and hands tokens back through a `TokenChannel` per request.
 With N = 1 nothing of that exists and generations run one at a time as before.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,14 @@ class EngineRunner:
             self._size_batch(engine)
             self.state = "ready"
             metrics.engine_loaded(self.load_seconds, self.max_batch)
-            log.info("engine %s ready on %s in %.1f s; %d slot(s) (--max-batch), %d more may queue (--max-queue)",
-                     engine.name, engine.device, self.load_seconds, self.max_batch, self.settings.max_queue)
+            log.info(
+                "engine %s ready on %s in %.1f s; %d slot(s) (--max-batch), %d more may queue (--max-queue)",
+                engine.name,
+                engine.device,
+                self.load_seconds,
+                self.max_batch,
+                self.settings.max_queue,
+            )
         except Exception as e:  # the worker stays up and reports the failure on /health
             self.state = "failed"
             self.error = f"{type(e).__name__}: {e}"
@@ -81,8 +88,13 @@ class EngineRunner:
         for good, so admission counts the slots that really exist."""
         can = max(1, int(getattr(engine, "max_batch", 1)))
         if self.max_batch > can:
-            log.warning("engine %s runs at most %d sequence(s) per step: --max-batch %d lowered to %d",
-                        engine.name, can, self.max_batch, can)
+            log.warning(
+                "engine %s runs at most %d sequence(s) per step: --max-batch %d lowered to %d",
+                engine.name,
+                can,
+                self.max_batch,
+                can,
+            )
             surplus, self.max_batch = self.max_batch - can, can
             gevent.spawn(lambda: [self._turn.acquire() for _ in range(surplus)])
         if self.max_batch > 1:
@@ -107,8 +119,12 @@ class EngineRunner:
         if self.drain_deadline is None:
             margin = min(2.0, grace * 0.25)
             self.drain_deadline = time.monotonic() + max(0.0, grace - margin)
-            log.info("shutting down: refusing new requests; %d running, %d queued get %.1f s to finish",
-                     self.running, self.waiting, max(0.0, grace - margin))
+            log.info(
+                "shutting down: refusing new requests; %d running, %d queued get %.1f s to finish",
+                self.running,
+                self.waiting,
+                max(0.0, grace - margin),
+            )
 
     def close(self) -> None:
         if self.state == "loading":  # stopped mid-load: let it finish, so the device is released cleanly

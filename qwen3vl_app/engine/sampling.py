@@ -12,6 +12,7 @@ either.  Semantics follow what clients expect:
 - temperature 0 means greedy.  Log-probabilities are of the penalised distribution before
   temperature and truncation, like most OpenAI-compatible servers report them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ It is the oracle the bm1684x engine is tested against and lets anyone run the sa
 on a laptop.  Positions come from our own `Prompt` (the same M-RoPE rows the TPU gets),
 so both engines see identical inputs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,14 @@ class TorchEngine(Engine):
     name = "torch"
     max_batch = 64  # no hard limit on this engine; --max-batch is the real bound (KV memory)
 
-    def __init__(self, model_dir: Path, dtype: str = "auto", threads: int | None = None, max_context: int = 0,
-                 vision_cache_mb: int = 0):
+    def __init__(
+        self,
+        model_dir: Path,
+        dtype: str = "auto",
+        threads: int | None = None,
+        max_context: int = 0,
+        vision_cache_mb: int = 0,
+    ):
         import torch
         from transformers import Qwen3VLForConditionalGeneration
 
@@ -103,8 +110,14 @@ class TorchEngine(Engine):
             kwargs["mm_encoder_outputs"] = self._encode([item for item, _ in todo])
             kwargs["mm_token_type_ids"] = (ids == IMAGE_PAD).int() + 2 * (ids == VIDEO_PAD).int()
         with torch.inference_mode():
-            out = self.model(input_ids=ids, position_ids=torch.cat([text_pos, rope], 0), cache=cache,
-                             use_cache=True, logits_to_keep=1, **kwargs)
+            out = self.model(
+                input_ids=ids,
+                position_ids=torch.cat([text_pos, rope], 0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
         return out, CachedSequence(list(prompt.input_ids), spans), reuse
 
     def decode(self, token_id: int) -> StepOutput:
@@ -159,8 +172,9 @@ class TorchEngine(Engine):
             mask[row, :pad] = 0
         try:
             with torch.inference_mode():
-                out = self.model.model(input_ids=ids, position_ids=pos, attention_mask=mask, cache=m.cache,
-                                       use_cache=True)
+                out = self.model.model(
+                    input_ids=ids, position_ids=pos, attention_mask=mask, cache=m.cache, use_cache=True
+                )
                 logits = self._batch_logits(out[0][:, -1])
         except Exception:
             self._merged = None  # updated in place, half-written: these slots hold nothing usable
@@ -200,8 +214,8 @@ class TorchEngine(Engine):
             values = torch.zeros_like(keys)
             for row, (kv, n) in enumerate(zip(kvs, lengths, strict=True)):
                 layer = kv.cache.layers[i]
-                keys[row, :, length - n:] = layer.keys[0]
-                values[row, :, length - n:] = layer.values[0]
+                keys[row, :, length - n :] = layer.keys[0]
+                values[row, :, length - n :] = layer.values[0]
             layers.append((keys, values))
         from transformers import DynamicCache
 
@@ -218,9 +232,12 @@ class TorchEngine(Engine):
             return
         for row, s in enumerate(m.order):
             pad = m.pads[row]
-            self._slots[s].cache = DynamicCache([(layer.keys[row:row + 1, :, pad:].clone(),
-                                                  layer.values[row:row + 1, :, pad:].clone())
-                                                 for layer in m.cache.layers])
+            self._slots[s].cache = DynamicCache(
+                [
+                    (layer.keys[row : row + 1, :, pad:].clone(), layer.values[row : row + 1, :, pad:].clone())
+                    for layer in m.cache.layers
+                ]
+            )
 
     def prefill_logits(self, prompt: Prompt) -> np.ndarray:
         """Logits after the whole prompt (tests compare engines with it)."""
@@ -254,7 +271,8 @@ class TorchEngine(Engine):
         out = {}
         for kind, (embeds, deepstack) in per_kind.items():
             out[kind] = BaseModelOutputWithDeepstackFeatures(
-                pooler_output=tuple(embeds), deepstack_features=[tuple(layer) for layer in deepstack])
+                pooler_output=tuple(embeds), deepstack_features=[tuple(layer) for layer in deepstack]
+            )
         return out
 
     def _run_encoder(self, item: VisionInput):

@@ -6,6 +6,7 @@ trusted as given.  Network and file reads run in the calling greenlet (cooperati
 decoding and pixel work run in the gevent hub's thread pool when the process is
 monkey-patched, so one big video does not stall every other connection of the worker.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,9 @@ class MediaConfig:
             max_request_pixels=settings.max_request_pixels,
             request_timeout=settings.media_request_timeout,
             max_items=settings.max_media_items,
-            image=ImageBudget(min_pixels=min_pixels, max_pixels=max_pixels,
-                              max_decode_pixels=settings.max_source_pixels),
+            image=ImageBudget(
+                min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=settings.max_source_pixels
+            ),
             video=VideoBudget(
                 fps=settings.video_fps,
                 min_frames=DEFAULT_MIN_FRAMES,
@@ -119,8 +121,9 @@ def video_budget_for(config: MediaConfig, options: dict) -> VideoBudget:
     frame_max = b.frame_max_pixels
     if options.get("max_pixels"):
         frame_max = min(frame_max, max(int(options["max_pixels"]), FACTOR * FACTOR))
-    return replace(b, fps=fps, max_frames=max_frames, min_frames=min(b.min_frames, max_frames),
-                   frame_max_pixels=frame_max)
+    return replace(
+        b, fps=fps, max_frames=max_frames, min_frames=min(b.min_frames, max_frames), frame_max_pixels=frame_max
+    )
 
 
 def _offload(fn, *args):
@@ -147,8 +150,9 @@ def _capture(fn, args):
         return False, e
 
 
-def preprocess_blob(blob: MediaBlob, config: MediaConfig, options: dict | None = None,
-                    video_tokens: int | None = None) -> VisionInput:
+def preprocess_blob(
+    blob: MediaBlob, config: MediaConfig, options: dict | None = None, video_tokens: int | None = None
+) -> VisionInput:
     """Bytes of a known type -> VisionInput; the bytes decide image or video.  A video is
     sampled to fit `video_tokens` prompt tokens, its markers included."""
     options = options or {}
@@ -196,15 +200,22 @@ class _Pricing:
         decoded = (width // scale) * (height // scale)
         self.pixels += decoded
         if self.pixels > self.config.max_request_pixels:
-            raise MediaError(f"the images of this request have more than {self.config.max_request_pixels} pixels "
-                             "to decode together (--max-request-pixels)", status=413, code="media_too_large")
+            raise MediaError(
+                f"the images of this request have more than {self.config.max_request_pixels} pixels "
+                "to decode together (--max-request-pixels)",
+                status=413,
+                code="media_too_large",
+            )
         if self.left is not None:
             tokens = (target[0] // FACTOR) * (target[1] // FACTOR)
             self.left -= tokens
             if self.left < 0:
-                raise PromptError(f"the images of this request take more prompt tokens than this model accepts "
-                                  f"({self.config.prompt_tokens}); send fewer or smaller images, or lower "
-                                  "max_pixels", code="invalid_prompt")
+                raise PromptError(
+                    f"the images of this request take more prompt tokens than this model accepts "
+                    f"({self.config.prompt_tokens}); send fewer or smaller images, or lower "
+                    "max_pixels",
+                    code="invalid_prompt",
+                )
         return decoded
 
     def video_share(self) -> int | None:
@@ -228,9 +239,12 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
     decoded; each video is sampled to fit what is left; all downloads share one deadline."""
     refs = list(refs)
     if len(refs) > config.max_items:
-        raise MediaError(f"the request carries {len(refs)} images/videos; this server accepts at most "
-                         f"{config.max_items} per request (--max-media-items)", param="messages",
-                         code="too_many_media")
+        raise MediaError(
+            f"the request carries {len(refs)} images/videos; this server accepts at most "
+            f"{config.max_items} per request (--max-media-items)",
+            param="messages",
+            code="too_many_media",
+        )
     pricing = _Pricing(config, refs)
     deadline = time.monotonic() + config.request_timeout if config.request_timeout else None
     out = []
@@ -240,14 +254,19 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
             left = deadline - time.monotonic()
             if left <= 0:
                 _fetch_failed("media_fetch_timeout")
-                raise MediaError("the media of this request took longer than the server allows to download "
-                                 "(--media-request-timeout)", ref.param, code="media_fetch_timeout")
+                raise MediaError(
+                    "the media of this request took longer than the server allows to download "
+                    "(--media-request-timeout)",
+                    ref.param,
+                    code="media_fetch_timeout",
+                )
             policy = replace(policy, total_timeout=min(policy.total_timeout, left))
         try:
             blob = load_media(ref.url, policy, ref.param)
         except MediaError as e:
             _fetch_failed(e.code)
-            raise e.with_param(ref.param)
+            e.with_param(ref.param)
+            raise
         options = getattr(ref, "options", None) or {}
         try:
             if blob.media.is_video:
@@ -260,7 +279,8 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
                 else:
                     item = preprocess_blob(blob, config, options)
         except MediaError as e:
-            raise e.with_param(ref.param)
+            e.with_param(ref.param)
+            raise
         except PromptError as e:
             e.param = ref.param
             raise e from None
@@ -279,7 +299,9 @@ def _fetch_failed(reason: str) -> None:
     media_fetch_failed(reason)
 
 
-def upload_to_input(data: bytes, filename: str, config: MediaConfig, param: str = "file") -> tuple[MediaBlob, VisionInput]:
+def upload_to_input(
+    data: bytes, filename: str, config: MediaConfig, param: str = "file"
+) -> tuple[MediaBlob, VisionInput]:
     try:
         blob = blob_from_bytes(data, filename, config.policy, param)
         pricing = _Pricing(config, [])
@@ -290,7 +312,8 @@ def upload_to_input(data: bytes, filename: str, config: MediaConfig, param: str 
                 return blob, preprocess_blob(blob, config)
         return blob, preprocess_blob(blob, config)
     except MediaError as e:
-        raise e.with_param(param)
+        e.with_param(param)
+        raise
     except PromptError as e:
         e.param = param
         raise e from None

@@ -3,6 +3,7 @@
 The extension, the `Content-Type` header and the MIME type of a `data:` URI are all
 chosen by the sender and are ignored: only the bytes decide.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ Accepted sources, each with its own safety rule:
 Whatever the source, the media type comes from the bytes (`sniff`), and everything is
 kept in memory: nothing is written to disk here.
 """
+
 from __future__ import annotations
 
 import base64
@@ -89,17 +90,21 @@ def load_media(url: str, policy: SourcePolicy, param: str | None = None) -> Medi
             return _from_local(_file_url_path(url), policy)
         if scheme is None:
             return _from_local(url, policy)
-        raise MediaError(f"unsupported media URL scheme {scheme!r}; use http(s)://, data:, file:// or a local path",
-                         code="unsupported_media_source")
+        raise MediaError(
+            f"unsupported media URL scheme {scheme!r}; use http(s)://, data:, file:// or a local path",
+            code="unsupported_media_source",
+        )
     except MediaError as e:
-        raise e.with_param(param)
+        e.with_param(param)
+        raise
 
 
 def blob_from_bytes(data: bytes, name: str, policy: SourcePolicy, param: str | None = None) -> MediaBlob:
     """An upload (multipart) already in memory: size and type checks only."""
     if len(data) > policy.max_bytes:
-        raise MediaError(f"media is larger than the {_mib(policy.max_bytes)} limit", param, status=413,
-                         code="media_too_large")
+        raise MediaError(
+            f"media is larger than the {_mib(policy.max_bytes)} limit", param, status=413, code="media_too_large"
+        )
     return MediaBlob(data, _require_type(data, param), _safe_name(name))
 
 
@@ -129,8 +134,11 @@ def _require_type(data: bytes, param: str | None = None) -> MediaType:
         raise MediaError("media is empty (0 bytes)", param, code="empty_media")
     media = sniff(data[:64])
     if media is None:
-        raise MediaError(f"unsupported or unrecognised media type; supported: {supported_list()}", param,
-                         code="unsupported_media_type")
+        raise MediaError(
+            f"unsupported or unrecognised media type; supported: {supported_list()}",
+            param,
+            code="unsupported_media_type",
+        )
     return media
 
 
@@ -145,8 +153,9 @@ def _from_data_uri(url: str, policy: SourcePolicy) -> MediaBlob:
     if is_b64:
         # Size check on the encoded text first: 4 characters carry 3 bytes.
         if (len(payload) // 4) * 3 > policy.max_bytes + 3:
-            raise MediaError(f"data: URI is larger than the {_mib(policy.max_bytes)} limit", status=413,
-                             code="media_too_large")
+            raise MediaError(
+                f"data: URI is larger than the {_mib(policy.max_bytes)} limit", status=413, code="media_too_large"
+            )
         compact = "".join(payload.split())
         if "%" in compact:
             compact = unquote(compact)
@@ -157,12 +166,14 @@ def _from_data_uri(url: str, policy: SourcePolicy) -> MediaBlob:
             raise MediaError("data: URI is not valid base64", code="invalid_data_uri") from None
     else:
         if len(payload) > 3 * policy.max_bytes:
-            raise MediaError(f"data: URI is larger than the {_mib(policy.max_bytes)} limit", status=413,
-                             code="media_too_large")
+            raise MediaError(
+                f"data: URI is larger than the {_mib(policy.max_bytes)} limit", status=413, code="media_too_large"
+            )
         data = unquote_to_bytes(payload)
     if len(data) > policy.max_bytes:
-        raise MediaError(f"data: URI is larger than the {_mib(policy.max_bytes)} limit", status=413,
-                         code="media_too_large")
+        raise MediaError(
+            f"data: URI is larger than the {_mib(policy.max_bytes)} limit", status=413, code="media_too_large"
+        )
     return MediaBlob(data, _require_type(data), "data-uri")
 
 
@@ -172,8 +183,7 @@ def _from_data_uri(url: str, policy: SourcePolicy) -> MediaBlob:
 def _file_url_path(url: str) -> str:
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise MediaError("file:// URLs must name a file on this machine (file:///path)",
-                         code="media_path_not_allowed")
+        raise MediaError("file:// URLs must name a file on this machine (file:///path)", code="media_path_not_allowed")
     path = unquote(parts.path)
     if not path.startswith("/"):
         raise MediaError("file:// URL must carry an absolute path", code="media_path_not_allowed")
@@ -187,8 +197,7 @@ def _inside(path: str, root: str) -> bool:
         return False
 
 
-_OUTSIDE = ("local media path is outside the directories this server allows "
-            "(--allowed-local-media-path)")
+_OUTSIDE = "local media path is outside the directories this server allows (--allowed-local-media-path)"
 
 
 def resolve_local_path(path: str, roots: tuple[str, ...]) -> str:
@@ -207,12 +216,15 @@ def resolve_local_path(path: str, roots: tuple[str, ...]) -> str:
         raise MediaError(
             "local media paths are disabled on this server; start it with --allowed-local-media-path DIR "
             "to allow files under DIR, or send the media as a data: URI, http(s) URL or upload",
-            code="media_path_not_allowed")
+            code="media_path_not_allowed",
+        )
     try:
         lexical = os.path.normpath(os.path.abspath(os.path.expanduser(path)))
         real_roots = [os.path.realpath(r) for r in roots]
-        if not any(_inside(lexical, r) or _inside(lexical, os.path.normpath(os.path.abspath(r)))
-                   for r in set(real_roots) | set(roots)):
+        if not any(
+            _inside(lexical, r) or _inside(lexical, os.path.normpath(os.path.abspath(r)))
+            for r in set(real_roots) | set(roots)
+        ):
             raise MediaError(_OUTSIDE, code="media_path_not_allowed")
         real = os.path.realpath(lexical)
     except (OSError, ValueError):
@@ -244,8 +256,11 @@ def _from_local(path: str, policy: SourcePolicy) -> MediaBlob:
         if not stat.S_ISREG(st.st_mode):
             raise MediaError("local media path is not a regular file", code="media_path_not_allowed")
         if st.st_size > policy.max_bytes:
-            raise MediaError(f"local media file is larger than the {_mib(policy.max_bytes)} limit", status=413,
-                             code="media_too_large")
+            raise MediaError(
+                f"local media file is larger than the {_mib(policy.max_bytes)} limit",
+                status=413,
+                code="media_too_large",
+            )
         chunks, total = [], 0
         while True:
             try:
@@ -256,8 +271,11 @@ def _from_local(path: str, policy: SourcePolicy) -> MediaBlob:
                 break
             total += len(chunk)
             if total > policy.max_bytes:
-                raise MediaError(f"local media file is larger than the {_mib(policy.max_bytes)} limit",
-                                 status=413, code="media_too_large")
+                raise MediaError(
+                    f"local media file is larger than the {_mib(policy.max_bytes)} limit",
+                    status=413,
+                    code="media_too_large",
+                )
             chunks.append(chunk)
     finally:
         os.close(fd)
@@ -275,15 +293,51 @@ def _from_local(path: str, policy: SourcePolicy) -> MediaBlob:
 # registry marks a few blocks in here "globally reachable" (anycast services such as
 # 192.0.0.9/32); no media lives there, so refusing them costs nothing.  NAT64 prefixes
 # carry an IPv4 address, which is checked instead (64:ff9b::/96) or refused (64:ff9b:1::/48).
-_NON_PUBLIC_V4 = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
-    "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-    "255.255.255.255/32"))
-_NON_PUBLIC_V6 = tuple(ipaddress.ip_network(n) for n in (
-    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64", "2001::/23",
-    "2001:db8::/32", "2002::/16", "2620:4f:8000::/48", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
-    "fec0::/10", "ff00::/8"))
+_NON_PUBLIC_V4 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.31.196.0/24",
+        "192.52.193.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "192.175.48.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+    )
+)
+_NON_PUBLIC_V6 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "100:0:0:1::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "2620:4f:8000::/48",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    )
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -359,12 +413,14 @@ def check_destination(host: str, port: int, policy: SourcePolicy) -> IPAddress:
                 if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                     ip = ip.ipv4_mapped
                 return any(ip.version == n.version and ip in n for n in nets)
+
         # Every address must pass: a name that also resolves to an internal address is refused.
         if not all(allowed(ip) for ip in addrs):
             raise MediaError(
                 "media URL points to a loopback, private, link-local or otherwise non-public address, "
                 "which this server does not fetch (see --allow-private-media-urls, --allowed-media-network)",
-                code="media_url_not_allowed")
+                code="media_url_not_allowed",
+            )
     first = addrs[0]
     if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped is not None:
         first = first.ipv4_mapped  # connect over IPv4 to the address that was checked
@@ -454,19 +510,29 @@ def _fetch(url: str, policy: SourcePolicy) -> MediaBlob:
         host_header = host if port == default_port else f"{host}:{port}"
         if ":" in host and not host.startswith("["):
             host_header = f"[{host}]" if port == default_port else f"[{host}]:{port}"
-        headers = {"Host": host_header, "User-Agent": _USER_AGENT, "Accept": "image/*, video/*, */*;q=0.5",
-                   "Accept-Encoding": "identity"}
+        headers = {
+            "Host": host_header,
+            "User-Agent": _USER_AGENT,
+            "Accept": "image/*, video/*, */*;q=0.5",
+            "Accept-Encoding": "identity",
+        }
         session = _pinned_session(host)
         try:
             remaining = max(0.1, deadline - time.monotonic())
             try:
-                resp = session.get(target, headers=headers, stream=True, allow_redirects=False,
-                                   timeout=(min(policy.connect_timeout, remaining), min(policy.read_timeout, remaining)))
+                resp = session.get(
+                    target,
+                    headers=headers,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(min(policy.connect_timeout, remaining), min(policy.read_timeout, remaining)),
+                )
             except requests.exceptions.Timeout:
                 raise MediaError("timed out fetching the media URL", code="media_fetch_timeout") from None
             except requests.exceptions.SSLError:
-                raise MediaError("TLS error fetching the media URL (certificate not valid for the host?)",
-                                 code="media_fetch_failed") from None
+                raise MediaError(
+                    "TLS error fetching the media URL (certificate not valid for the host?)", code="media_fetch_failed"
+                ) from None
             except requests.exceptions.RequestException:
                 raise MediaError("could not connect to the media URL", code="media_fetch_failed") from None
             try:
@@ -477,8 +543,9 @@ def _fetch(url: str, policy: SourcePolicy) -> MediaBlob:
                     url = urljoin(url, location)
                     continue
                 if resp.status_code != 200:
-                    raise MediaError(f"fetching the media URL failed with HTTP status {resp.status_code}",
-                                     code="media_fetch_failed")
+                    raise MediaError(
+                        f"fetching the media URL failed with HTTP status {resp.status_code}", code="media_fetch_failed"
+                    )
                 data = _read_capped(resp, policy, deadline)
             finally:
                 resp.close()
@@ -493,8 +560,9 @@ def _read_capped(resp, policy: SourcePolicy, deadline: float) -> bytes:
     import requests
     import urllib3
 
-    too_big = MediaError(f"media at the URL is larger than the {_mib(policy.max_bytes)} limit", status=413,
-                         code="media_too_large")
+    too_big = MediaError(
+        f"media at the URL is larger than the {_mib(policy.max_bytes)} limit", status=413, code="media_too_large"
+    )
     length = resp.headers.get("Content-Length")
     if length is not None and length.strip().isdigit() and int(length) > policy.max_bytes:
         raise too_big

@@ -5,6 +5,7 @@ over two or three byte-level tokens).  `Detokenizer` keeps such bytes back until
 character completes, so a stream never shows U+FFFD for a split character and never
 sends an empty delta.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -49,7 +50,7 @@ class StopMatcher:
             self._pending = ""
             return buf[: min(hits)]
         keep = self._longest_partial(buf)
-        self._pending = buf[len(buf) - keep:] if keep else ""
+        self._pending = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
     def flush(self) -> str:

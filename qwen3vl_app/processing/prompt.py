@@ -4,6 +4,7 @@ Media parts arrive here already resolved and preprocessed (`VisionInput`, in mes
 order); the template renders one placeholder block per part, and `vision_prompt` expands
 each block to the right number of pad tokens and computes the M-RoPE rows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,8 +21,9 @@ from ..tokenizer import ChatTokenizer
 VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def build_prompt(tokenizer: ChatTokenizer, messages: list[dict], vision: Sequence[VisionInput] = (),
-                 tools: list[dict] | None = None) -> Prompt:
+def build_prompt(
+    tokenizer: ChatTokenizer, messages: list[dict], vision: Sequence[VisionInput] = (), tools: list[dict] | None = None
+) -> Prompt:
     _refuse_typed_vision_tokens(messages)
     ids = tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
     if vision:
@@ -41,9 +43,12 @@ def _refuse_typed_vision_tokens(messages: list[dict]) -> None:
         for text in texts:
             for token in VISION_TOKEN_TEXTS:
                 if token in text:
-                    raise PromptError(f"Message {i} contains the reserved token {token}; send images and "
-                                      "videos as image_url/video_url parts instead.", f"messages[{i}].content",
-                                      "placeholder_mismatch")
+                    raise PromptError(
+                        f"Message {i} contains the reserved token {token}; send images and "
+                        "videos as image_url/video_url parts instead.",
+                        f"messages[{i}].content",
+                        "placeholder_mismatch",
+                    )
 
 
 def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0) -> None:
@@ -63,6 +68,9 @@ def text_prompt(tokenizer: ChatTokenizer, prompt: str | list[int]) -> Prompt:
     if not ids:
         ids = [END_OF_TEXT]  # an empty prompt starts from a document boundary
     if IMAGE_PAD in ids or VIDEO_PAD in ids:
-        raise PromptError("The prompt contains image/video placeholder tokens; this endpoint takes text only.",
-                          "prompt", "placeholder_mismatch")
+        raise PromptError(
+            "The prompt contains image/video placeholder tokens; this endpoint takes text only.",
+            "prompt",
+            "placeholder_mismatch",
+        )
     return Prompt(ids, np.tile(np.arange(len(ids), dtype=np.int64), (3, 1)))

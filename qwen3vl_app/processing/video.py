@@ -15,6 +15,7 @@
 6. One timestamp per temporal block: the mean of its two frames' times (``index / fps``),
    which the prompt shows as ``<t.t seconds>`` before each block.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,9 +75,12 @@ class VideoBudget:
         if frames < max(self.min_frames, 1):
             from ..errors import PromptError
 
-            raise PromptError(f"this video needs at least {self.min_frames} frames, which take "
-                              f"{-(-self.min_frames // TEMPORAL_PATCH) * per_block} prompt tokens; "
-                              f"{self.max_tokens} are left for it", code="invalid_prompt")
+            raise PromptError(
+                f"this video needs at least {self.min_frames} frames, which take "
+                f"{-(-self.min_frames // TEMPORAL_PATCH) * per_block} prompt tokens; "
+                f"{self.max_tokens} are left for it",
+                code="invalid_prompt",
+            )
         return replace(self, max_frames=frames), frames
 
     def with_blocks(self, num_frames: int, duration: float) -> VideoBudget:
@@ -116,9 +120,15 @@ class VideoMeta:
         return self.total_frames / self.fps if self.fps else 0.0
 
 
-def video_smart_resize(num_frames: int, height: int, width: int, temporal_factor: int = TEMPORAL_PATCH,
-                       factor: int = FACTOR, min_pixels: int = DEFAULT_MIN_PIXELS,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def video_smart_resize(
+    num_frames: int,
+    height: int,
+    width: int,
+    temporal_factor: int = TEMPORAL_PATCH,
+    factor: int = FACTOR,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
     """Like the image smart_resize, but the budget is an area summed over the frames."""
     if num_frames < 1:
         raise MediaError("video has no frames to sample", code="invalid_video")
@@ -198,8 +208,11 @@ def _probe(cap, path: str, max_decode_pixels: int) -> VideoMeta:
     if width <= 0 or height <= 0:
         raise MediaError("video has no decodable frames", code="invalid_video")
     if width * height > max_decode_pixels:
-        raise MediaError(f"video frames are {width}x{height} pixels, above this server's limit of "
-                         f"{max_decode_pixels} pixels per frame", code="video_too_large")
+        raise MediaError(
+            f"video frames are {width}x{height} pixels, above this server's limit of "
+            f"{max_decode_pixels} pixels per frame",
+            code="video_too_large",
+        )
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     if not math.isfinite(fps) or fps <= 0 or fps > 1000:
         fps = FALLBACK_FPS
@@ -281,8 +294,15 @@ class _Resizer:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         if self.size is None:
             h, w = rgb.shape[:2]
-            self.size = video_smart_resize(self.num_frames, h, w, TEMPORAL_PATCH, FACTOR, self.budget.min_pixels,
-                                           self.budget.stack_max_pixels(self.num_frames))
+            self.size = video_smart_resize(
+                self.num_frames,
+                h,
+                w,
+                TEMPORAL_PATCH,
+                FACTOR,
+                self.budget.min_pixels,
+                self.budget.stack_max_pixels(self.num_frames),
+            )
         return resize_rgb(Image.fromarray(rgb), *self.size)
 
 
@@ -306,19 +326,22 @@ def _assemble(resized: list[np.ndarray], indices, video_fps: float) -> VisionInp
     if len(resized) % TEMPORAL_PATCH:
         resized.extend([resized[-1]] * (TEMPORAL_PATCH - len(resized) % TEMPORAL_PATCH))
     pixel_values, grid = patchify(np.stack(resized))
-    return VisionInput(kind="video", pixel_values=pixel_values, grid_thw=grid,
-                       timestamps=block_timestamps(indices, video_fps))
+    return VisionInput(
+        kind="video", pixel_values=pixel_values, grid_thw=grid, timestamps=block_timestamps(indices, video_fps)
+    )
 
 
-def frames_to_input(frames: list[np.ndarray], indices: np.ndarray | list[int], video_fps: float,
-                    budget: VideoBudget = VideoBudget()) -> VisionInput:
+def frames_to_input(
+    frames: list[np.ndarray], indices: np.ndarray | list[int], video_fps: float, budget: VideoBudget = VideoBudget()
+) -> VisionInput:
     """Already decoded RGB frames (the sampled ones, same size) -> VisionInput(kind="video")."""
     resize = _Resizer(len(frames), budget)
     return _assemble([resize(np.ascontiguousarray(f)) for f in frames], indices, video_fps)
 
 
-def video_from_bytes(data: bytes, ext: str = ".mp4", budget: VideoBudget = VideoBudget(),
-                     tmp_dir: str | None = None) -> VisionInput:
+def video_from_bytes(
+    data: bytes, ext: str = ".mp4", budget: VideoBudget = VideoBudget(), tmp_dir: str | None = None
+) -> VisionInput:
     """OpenCV decodes from a path, so the bytes go to a temporary file that is removed
     when this returns or raises."""
     if not data:
@@ -331,7 +354,8 @@ def video_from_bytes(data: bytes, ext: str = ".mp4", budget: VideoBudget = Video
 
 
 def video_tokens(num_frames: int, height: int, width: int, budget: VideoBudget = VideoBudget()) -> int:
-    rh, rw = video_smart_resize(num_frames, height, width, TEMPORAL_PATCH, FACTOR, budget.min_pixels,
-                                budget.stack_max_pixels(num_frames))
+    rh, rw = video_smart_resize(
+        num_frames, height, width, TEMPORAL_PATCH, FACTOR, budget.min_pixels, budget.stack_max_pixels(num_frames)
+    )
     blocks = (num_frames + TEMPORAL_PATCH - 1) // TEMPORAL_PATCH
     return blocks * (rh // FACTOR) * (rw // FACTOR)

@@ -11,6 +11,7 @@ Steps, each equal to the reference processor (tests prove bit-exact `pixel_value
 4. repeat to 2 frames (temporal patch) and cut into 16x16 patches in merge order: every
    2x2 group of neighbouring patches is contiguous, each row holds C x T x 16 x 16 values.
 """
+
 from __future__ import annotations
 
 import io
@@ -59,8 +60,13 @@ class ImageBudget:
     max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS
 
 
-def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = FACTOR,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
     """Sides that are multiples of `factor`, area within [min_pixels, max_pixels], aspect
     ratio kept as closely as possible."""
     if height <= 0 or width <= 0:
@@ -92,16 +98,22 @@ def probe_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS)
                 width, height = img.size
                 fmt = img.format or ""
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise MediaError(f"image header claims more pixels than this server's limit of {max_decode_pixels} "
-                             "pixels; refused before decoding", code="image_too_large") from None
+            raise MediaError(
+                f"image header claims more pixels than this server's limit of {max_decode_pixels} "
+                "pixels; refused before decoding",
+                code="image_too_large",
+            ) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError):
-            raise MediaError("image data is corrupt, truncated or not a supported image", code="invalid_image") \
-                from None
+            raise MediaError(
+                "image data is corrupt, truncated or not a supported image", code="invalid_image"
+            ) from None
     if width <= 0 or height <= 0:
         raise MediaError("image has zero width or height", code="invalid_image")
     if width * height > max_decode_pixels:
-        raise MediaError(f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
-                         code="image_too_large")
+        raise MediaError(
+            f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
+            code="image_too_large",
+        )
     return width, height, fmt
 
 
@@ -121,8 +133,9 @@ def jpeg_draft_scale(width: int, height: int, target: tuple[int, int] | None) ->
     return 1
 
 
-def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
-               target: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+    data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS, target: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode bytes to an RGB PIL image, refusing oversized or broken images cleanly.
 
     The size comes from the header (``Image.open`` reads no pixel data), so a PNG that
@@ -140,7 +153,8 @@ def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
             if width * height > max_decode_pixels:
                 raise MediaError(
                     f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
-                    code="image_too_large")
+                    code="image_too_large",
+                )
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WEBP: first frame
             scale = jpeg_draft_scale(width, height, target) if img.format == "JPEG" else 1
@@ -151,11 +165,15 @@ def open_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
         except MediaError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise MediaError(f"image header claims more pixels than this server's limit of {max_decode_pixels} "
-                             "pixels; refused before decoding", code="image_too_large") from None
+            raise MediaError(
+                f"image header claims more pixels than this server's limit of {max_decode_pixels} "
+                "pixels; refused before decoding",
+                code="image_too_large",
+            ) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError):
-            raise MediaError("image data is corrupt, truncated or not a supported image", code="invalid_image") \
-                from None
+            raise MediaError(
+                "image data is corrupt, truncated or not a supported image", code="invalid_image"
+            ) from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -203,8 +221,9 @@ def patchify(frames: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     return np.ascontiguousarray(x).reshape(gt * gh * gw, c * TEMPORAL_PATCH * p * p), (gt, gh, gw)
 
 
-def preprocess_image(img: Image.Image, min_pixels: int = DEFAULT_MIN_PIXELS,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> VisionInput:
+def preprocess_image(
+    img: Image.Image, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> VisionInput:
     """An RGB PIL image -> VisionInput(kind="image")."""
     img = to_rgb(img)
     width, height = img.size
@@ -222,8 +241,9 @@ def image_from_bytes(data: bytes, budget: ImageBudget = ImageBudget()) -> Vision
     return preprocess_image(img, budget.min_pixels, budget.max_pixels)
 
 
-def image_tokens(height: int, width: int, min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+def image_tokens(
+    height: int, width: int, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> int:
     """Prompt tokens an image of this size will take (without decoding it)."""
     rh, rw = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
     return (rh // FACTOR) * (rw // FACTOR)

@@ -19,6 +19,7 @@ with its temporal size taken as 1) placed at the current offset ``s``: row 0 is 
 rows 1/2 are ``s`` + the merged-grid row/column; the next text starts at
 ``s + max(grid_h, grid_w)/2``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -42,8 +43,9 @@ def timestamp_text(seconds: float) -> str:
     return f"<{seconds:.1f} seconds>"
 
 
-def expand_vision(input_ids: list[int], vision: list[VisionInput],
-                  encode: Callable[[str], list[int]] | None = None) -> list[int]:
+def expand_vision(
+    input_ids: list[int], vision: list[VisionInput], encode: Callable[[str], list[int]] | None = None
+) -> list[int]:
     """Replace each single ``<|image_pad|>`` / ``<|video_pad|>`` (one per media item, in
     order) with the full placeholder run for the matching `VisionInput`.
 
@@ -58,7 +60,10 @@ def expand_vision(input_ids: list[int], vision: list[VisionInput],
         raise MediaError(
             f"the prompt has {n_img} image and {n_vid} video placeholder tokens but the request carries "
             f"{want_img} image(s) and {want_vid} video(s); do not write <|image_pad|>, <|video_pad|> "
-            "or other vision tokens in message text", param="messages", code="placeholder_mismatch")
+            "or other vision tokens in message text",
+            param="messages",
+            code="placeholder_mismatch",
+        )
     out: list[int] = []
     it = iter(vision)
     ts_cache: dict[str, list[int]] = {}
@@ -67,8 +72,11 @@ def expand_vision(input_ids: list[int], vision: list[VisionInput],
             item = next(it)
             kind = "image" if tok == IMAGE_PAD else "video"
             if item.kind != kind:
-                raise MediaError(f"media order does not match the prompt: expected a {kind}, got a {item.kind}",
-                                 param="messages", code="placeholder_mismatch")
+                raise MediaError(
+                    f"media order does not match the prompt: expected a {kind}, got a {item.kind}",
+                    param="messages",
+                    code="placeholder_mismatch",
+                )
             if kind == "image":
                 out.extend([IMAGE_PAD] * item.num_tokens)
             else:
@@ -128,14 +136,20 @@ def mrope_positions(input_ids: Sequence[int], vision: list[VisionInput]) -> np.n
         while j < L and ids[j] == tok:
             j += 1
         if r >= len(runs) or runs[r][0] != tok:
-            raise MediaError("vision placeholder tokens do not match the media in the request",
-                             param="messages", code="placeholder_mismatch")
+            raise MediaError(
+                "vision placeholder tokens do not match the media in the request",
+                param="messages",
+                code="placeholder_mismatch",
+            )
         _, t, h, w = runs[r]
         r += 1
         lh, lw = h // MERGE_SIZE, w // MERGE_SIZE
         if j - i != t * lh * lw:
-            raise MediaError("vision placeholder tokens do not match the media in the request",
-                             param="messages", code="placeholder_mismatch")
+            raise MediaError(
+                "vision placeholder tokens do not match the media in the request",
+                param="messages",
+                code="placeholder_mismatch",
+            )
         tt, hh, ww = np.meshgrid(np.arange(t), np.arange(lh), np.arange(lw), indexing="ij")
         pos[0, i:j] = tt.reshape(-1) + cur
         pos[1, i:j] = hh.reshape(-1) + cur
@@ -143,6 +157,9 @@ def mrope_positions(input_ids: Sequence[int], vision: list[VisionInput]) -> np.n
         cur += max(h, w) // MERGE_SIZE
         i = j
     if r != len(runs):
-        raise MediaError("vision placeholder tokens do not match the media in the request",
-                         param="messages", code="placeholder_mismatch")
+        raise MediaError(
+            "vision placeholder tokens do not match the media in the request",
+            param="messages",
+            code="placeholder_mismatch",
+        )
     return pos

@@ -22,7 +22,9 @@ from tests.ops.test_nginx import NGINX, main_conf
 
 from .conftest import set_key
 
-STATS = re.compile(r"TTFT (\d+\.\d\d) s · ([\d.]+) tok/s · (\d+) prompt tokens(?: \(\d+ cached\))? · (\d+) completion tokens")
+STATS = re.compile(
+    r"TTFT (\d+\.\d\d) s · ([\d.]+) tok/s · (\d+) prompt tokens(?: \(\d+ cached\))? · (\d+) completion tokens"
+)
 
 
 def png_bytes(size=(96, 64)) -> bytes:

@@ -57,17 +57,26 @@ def test_structured_output_on_the_tpu(native_module, tiny_bmodel_dir, tmp_path):
     on the torch engine.)"""
     import json
 
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0,
-                                                                                 "maximum": 9}},
-              "required": ["ok", "n"]}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["ok", "n"],
+    }
     with run_server(tiny_bmodel_dir, tmp_path, workers=1) as s:
         caps = s.get("/v1/models").json()["data"][0]["capabilities"]
         assert caps["structured_outputs"] and "required" in caps["tool_choice"]
         for seed in (1, 2):
-            r = s.post("/v1/chat/completions", timeout=300, json={
-                "messages": [{"role": "user", "content": "JSON please"}], "max_tokens": 30, "seed": seed,
-                "temperature": 1.0, "response_format": {"type": "json_schema", "json_schema": {"name": "x",
-                                                                                               "schema": schema}}})
+            r = s.post(
+                "/v1/chat/completions",
+                timeout=300,
+                json={
+                    "messages": [{"role": "user", "content": "JSON please"}],
+                    "max_tokens": 30,
+                    "seed": seed,
+                    "temperature": 1.0,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+                },
+            )
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["finish_reason"] == "stop"
             out = json.loads(r.json()["choices"][0]["message"]["content"])

@@ -72,11 +72,14 @@ def test_surrogate_pair_is_fine(inproc):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-    ("/v1/completions", {"prompt": "hi"}),
-    ("/v1/responses", {"input": "hi"}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/responses", {"input": "hi"}),
+    ],
+)
 def test_unknown_field_with_control_characters_is_named_header_safe(server, path, body):
     # schemathesis sent {"z\u00b3\u000e": null, ...} with a value: the raw name in X-Ignored-Params
     # made gunicorn refuse the response header (a traceback and a dropped reply)
