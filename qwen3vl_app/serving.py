@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from flask import g
 
+from .conversation import split_messages
 from .engine.base import Engine, Prompt, VisionInput
 from .engine.decode import Cancel, generate
 from .engine.sampling import SamplingParams
@@ -36,6 +37,7 @@ from .errors import APIError, PromptError, error_body
 from .processing.detok import Detokenizer, StopMatcher
 from .processing.prompt import build_prompt, check_length, text_prompt
 from .streaming import SSE_DONE, SSE_PING, sse
+from .structured import OutputPlan, plan_output
 
 if TYPE_CHECKING:
     from .conversation import MediaRef
@@ -190,6 +192,30 @@ def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, mes
     vision = resolve(media, MediaConfig.from_settings(state.settings, engine.limits))
     retag_parts(messages, vision)
     return vision
+
+
+@dataclass
+class ChatGeneration:
+    """A chat request under way: its events, and what its encoder needs to know."""
+
+    events: Iterator[Event]
+    plan: OutputPlan  # tools to parse from the output, grammar, forced tool calls
+    engine: Engine
+
+
+def start_chat(state: ServerState, req: dict, stream: bool) -> ChatGeneration:
+    """A validated chat request (Chat Completions, or a Responses request translated to one)
+    becomes a running generation: its media fetched and preprocessed, its output plan
+    (tools, response_format, logit_bias) applied, this worker's engine taken."""
+    messages, media = split_messages(req["messages"])
+    engine = state.runner.wait_ready()
+    plan = plan_output(req, engine.capabilities.logits)
+    if plan.logit_bias:
+        req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
+    vision = resolve_media(state, media, engine, messages)
+    stops = req.get("stop") or []
+    events = start(state, engine, messages, vision, req, stops, stream, tools=plan.tools, grammar=plan.grammar)
+    return ChatGeneration(events, plan, engine)
 
 
 def start(

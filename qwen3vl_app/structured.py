@@ -16,16 +16,20 @@ the device it is a 400 naming the parameter, never silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import APIError
 from .model_constants import TOOL_CALL_START
+
+if TYPE_CHECKING:
+    from .engine.constraints import Grammar
 
 
 @dataclass
 class OutputPlan:
     tools: list[dict] | None = None  # OpenAI tool objects, for the chat template
     tool_names: set[str] | None = None  # parse tool calls of these functions
-    grammar: object | None = None  # engine.constraints.Grammar
+    grammar: Grammar | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)  # merged into the request's
 
     @property

@@ -7,10 +7,8 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from .. import serving
 from ..admission import admitted
 from ..auth import auth
-from ..conversation import split_messages
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..streaming import SSE_HEADERS, ChunkEncoder, completion, new_completion_id
-from ..structured import plan_output
 from .chat_schema import ChatCompletionRequestSchema
 from .common import json_body
 
@@ -53,17 +51,10 @@ def chat_completions():
     state = current_app.extensions["qwen3vl"]
     body = json_body()
     req = ChatCompletionRequestSchema().load(body)
-    messages, media = split_messages(req["messages"])
-    engine = state.runner.wait_ready()
-    plan = plan_output(req, engine.capabilities.logits)
-    if plan.logit_bias:
-        req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
-    vision = serving.resolve_media(state, media, engine, messages)
     stream = bool(req.get("stream"))
-    events = serving.start(
-        state, engine, messages, vision, req, req["stop"] or [], stream, tools=plan.tools, grammar=plan.grammar
-    )
-    ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
+    gen = serving.start_chat(state, req, stream)
+    events, plan = gen.events, gen.plan
+    ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))

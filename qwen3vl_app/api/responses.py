@@ -22,11 +22,9 @@ from marshmallow import ValidationError
 from .. import serving
 from ..admission import admitted
 from ..auth import auth
-from ..conversation import split_messages
 from ..errors import APIError
 from ..processing.tools import ToolCall, ToolCallStream
 from ..streaming import SSE_HEADERS
-from ..structured import plan_output
 from .chat_schema import ChatCompletionRequestSchema
 from .common import json_body
 from .errors import first_validation_error
@@ -63,17 +61,12 @@ def create_response():
     rreq = ResponseRequestSchema().load(body)
     model = check_served(state, rreq.get("model"))  # 404 for a model not served here
     chat_body, origins = to_chat_request(rreq)
+    stream = bool(rreq.get("stream"))
     with _responses_names(origins):
         req = ChatCompletionRequestSchema().load(chat_body)
-        messages, media = split_messages(req["messages"])
-        engine = state.runner.wait_ready()
-        plan = plan_output(req, engine.capabilities.logits)
-        if plan.logit_bias:
-            req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
-        vision = serving.resolve_media(state, media, engine, messages)
-    stream = bool(req.get("stream"))
-    events = serving.start(state, engine, messages, vision, req, [], stream, tools=plan.tools, grammar=plan.grammar)
-    ignored = serving.ignored_header(serving.ignored_params(body, not engine.capabilities.sampling, HONOURED))
+        gen = serving.start_chat(state, req, stream)
+    events, plan = gen.events, gen.plan
+    ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
     writer = ResponseWriter(_base(rreq, model), plan.tool_names)
     if stream:
         return Response(

@@ -18,6 +18,8 @@ import io
 import math
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,29 +93,11 @@ def probe_image(data: bytes, max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS)
     `open_image` would refuse for its size, so a request can be priced before any decode."""
     if not data:
         raise MediaError("image is empty (0 bytes)", code="empty_media")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                fmt = img.format or ""
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise MediaError(
-                f"image header claims more pixels than this server's limit of {max_decode_pixels} "
-                "pixels; refused before decoding",
-                code="image_too_large",
-            ) from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError):
-            raise MediaError(
-                "image data is corrupt, truncated or not a supported image", code="invalid_image"
-            ) from None
-    if width <= 0 or height <= 0:
-        raise MediaError("image has zero width or height", code="invalid_image")
-    if width * height > max_decode_pixels:
-        raise MediaError(
-            f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
-            code="image_too_large",
-        )
+    with _pil_errors(max_decode_pixels):
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            fmt = img.format or ""
+    _check_size(width, height, max_decode_pixels)
     return width, height, fmt
 
 
@@ -143,25 +127,37 @@ def open_image(
     `target` (height, width), a far larger JPEG is decoded at reduced size."""
     if not data:
         raise MediaError("image is empty (0 bytes)", code="empty_media")
+    with _pil_errors(max_decode_pixels):
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        _check_size(width, height, max_decode_pixels)
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WEBP: first frame
+        scale = jpeg_draft_scale(width, height, target) if img.format == "JPEG" else 1
+        if scale > 1:
+            img.draft(img.mode, (width // scale, height // scale))
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+
+
+def _check_size(width: int, height: int, max_decode_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise MediaError("image has zero width or height", code="invalid_image")
+    if width * height > max_decode_pixels:
+        raise MediaError(
+            f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
+            code="image_too_large",
+        )
+
+
+@contextmanager
+def _pil_errors(max_decode_pixels: int) -> Iterator[None]:
+    """Pillow's failures on untrusted bytes, as the MediaError a client can act on.  A
+    decompression-bomb warning is an error here: the header claims too many pixels."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise MediaError("image has zero width or height", code="invalid_image")
-            if width * height > max_decode_pixels:
-                raise MediaError(
-                    f"image is {width}x{height} pixels, above this server's limit of {max_decode_pixels} pixels",
-                    code="image_too_large",
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated GIF/WEBP: first frame
-            scale = jpeg_draft_scale(width, height, target) if img.format == "JPEG" else 1
-            if scale > 1:
-                img.draft(img.mode, (width // scale, height // scale))
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+            yield
         except MediaError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
