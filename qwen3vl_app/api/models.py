@@ -7,6 +7,7 @@ from marshmallow import Schema, fields, validate
 
 from ..auth import auth
 from ..errors import APIError
+from ..serving import SAMPLING_FIELDS
 
 bp = Blueprint("models", __name__)
 
@@ -92,31 +93,11 @@ def model_card(state, name: str | None = None) -> dict:
             "structured_outputs": caps.logits,
             "tool_choice": ["none", "auto"] + (["required", "function"] if caps.logits else []),
             "parameters": (
-                [
-                    "temperature",
-                    "top_p",
-                    "top_k",
-                    "repetition_penalty",
-                    "presence_penalty",
-                    "frequency_penalty",
-                    "seed",
-                    "logprobs",
-                    "top_logprobs",
-                ]
-                if caps.sampling
-                else []
-            )
-            + (["response_format", "logit_bias"] if caps.logits else [])
-            + [
-                "max_tokens",
-                "max_completion_tokens",
-                "stop",
-                "stream",
-                "stream_options",
-                "tools",
-                "tool_choice",
-                "parallel_tool_calls",
-            ],
+                ([*SAMPLING_FIELDS, "logprobs", "top_logprobs"] if caps.sampling else [])
+                + (["response_format", "logit_bias"] if caps.logits else [])
+                + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"]
+                + ["tools", "tool_choice", "parallel_tool_calls"]
+            ),
         }
     return card
 
