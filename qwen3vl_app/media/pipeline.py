@@ -38,6 +38,10 @@ DEFAULT_MAX_ITEMS = 16
 # Tokens kept free for the text around the media when the video pixel cap is derived from
 # the prompt budget (the vendor demo's MAX_INPUT_LENGTH - 128 rule).
 TEXT_RESERVE_TOKENS = 128
+# The fewest tokens a chat adds around its media (`<|im_start|>user\n` ... `<|im_end|>\n
+# <|im_start|>assistant\n` and the vision markers are 10): a lower bound, so pricing media
+# from their headers never refuses what the prompt's own length check would accept.
+MIN_TEXT_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,11 @@ class _Pricing:
 
     def __init__(self, config: MediaConfig, refs: list):
         self.config = config
-        self.left = (config.prompt_tokens - TEXT_RESERVE_TOKENS) if config.prompt_tokens else None
+        # `left`: tokens the media may still take.  Refusing needs a lower bound of the text
+        # around them (a request whose media leave less can never fit); sizing videos keeps a
+        # fuller reserve, so the sampled frames leave room for the words of the request.
+        self.left = (config.prompt_tokens - MIN_TEXT_TOKENS) if config.prompt_tokens else None
+        self.video_reserve = min(TEXT_RESERVE_TOKENS, (config.prompt_tokens or 0) // 4) - MIN_TEXT_TOKENS
         self.pixels = 0
         self.videos_left = sum(1 for r in refs if getattr(r, "kind", "image") == "video")
 
@@ -223,7 +231,7 @@ class _Pricing:
         markers set aside)."""
         if self.left is None:
             return None
-        share = max(self.left // max(self.videos_left, 1) - 2, 0)
+        share = max((self.left - max(self.video_reserve, 0)) // max(self.videos_left, 1) - 2, 0)
         self.videos_left -= 1
         return share
 

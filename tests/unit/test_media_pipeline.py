@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from qwen3vl_app.engine.base import Limits
-from qwen3vl_app.errors import MediaError
+from qwen3vl_app.errors import MediaError, PromptError
 from qwen3vl_app.media.pipeline import (
     MediaConfig,
     image_budget_for,
@@ -91,3 +91,15 @@ def test_upload_and_animated_gif_first_frame():
     with pytest.raises(MediaError) as e:
         upload_to_input(b"", "x.png", MediaConfig())
     assert e.value.param == "file"
+
+
+def test_header_pricing_accepts_what_fits_a_short_prompt_and_refuses_what_cannot():
+    """A model whose prompts hold 128 tokens (the tiny test bmodel) takes one 64-token image:
+    pricing from the header refuses only what the prompt's length check would refuse too."""
+    cfg = MediaConfig.from_settings(Settings(), Limits(max_context=256, max_input_tokens=128, max_pixels=256 * 256))
+    (item,) = resolve_media([Ref(data_uri(image_bytes("PNG", 96, 96)))], cfg)
+    assert item.num_tokens == 64
+    two = [Ref(data_uri(image_bytes("PNG", 96, 96, seed=i)), f"messages[0].content[{i}]") for i in range(2)]
+    with pytest.raises(PromptError) as e:  # 128 image tokens leave no room for the chat around them
+        resolve_media(two, cfg)
+    assert e.value.code == "invalid_prompt" and e.value.param == "messages[0].content[1]"
