@@ -133,6 +133,9 @@ class Runtime {
   bool prefill_dynamic = false;
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   int token_length = 0;            // tokens in the KV cache
+  // Batch-N builds (llm_convert -b N): block_cache_i runs N slots at once; prefill stays
+  // batch 1 and fills one slot.  1 for the single-sequence layout.
+  int batch = 1;
   int last_decode_kv_length = 0;   // history length of the block_cache stage the last step ran
   std::vector<std::string> networks;
   std::string path_;
@@ -142,6 +145,13 @@ class Runtime {
   // Each returns the token id chosen by lm_head, or -1 with float32 logits in `logits`.
   int prefill(const PrefillInputs& in, std::vector<float>& logits);
   int decode(int32_t token, int32_t position, std::vector<float>& logits);
+  // Batch-N builds: the whole prompt into `slot`'s KV region (replacing what it held).
+  int prefill_slot(int slot, const PrefillInputs& in, std::vector<float>& logits);
+  // Batch-N builds: one decode step for `slots` (each fed its token at its position; the
+  // other slots ride along masked).  One result per slot, as prefill/decode return them.
+  std::vector<int> decode_batch(const std::vector<int>& slots, const std::vector<int32_t>& tokens,
+                                const std::vector<int32_t>& positions, std::vector<std::vector<float>>& logits);
+  std::vector<int> slot_lengths();  // tokens in each slot's KV region
   // Empty the KV cache (zeros on the device).
   void reset();
   // Device-side heads over the logits of the last prefill/decode (still on the device).
@@ -176,6 +186,8 @@ class Runtime {
   bm_device_mem_t id1_{}, dlast_{};
   std::vector<bm_device_mem_t> kcache_, vcache_;  // the block_cache nets' history inputs (not owned)
   std::vector<bm_device_mem_t> vit_in_, vit_out_, deepstack_;
+  bm_device_mem_t batch_ids_{};        // batch builds: the step's token per slot
+  std::vector<int> slot_length_;       // batch builds: tokens in each slot's KV region
   int kv_dirty_rows_ = 0;       // rows [0, n) of the KV cache may hold anything but zeros
   bool mask_ready_ = false;     // prefill causal mask on the device (static builds)
   int dmask_stage_ = -1;        // decode mask on the device: for this stage ...
@@ -198,6 +210,8 @@ class Runtime {
 
   // prefill steps
   void check_prefill(const PrefillInputs& in) const;
+  int run_prefill(const PrefillInputs& in, size_t kv_offset, std::vector<float>& logits);
+  void read_batch_layout();
   void embed_prompt(const View<int32_t>& ids);
   std::vector<VisualRun> visual_runs(const View<int32_t>& vis_pos) const;
   void encode_vision(const PrefillInputs& in, const std::vector<VisualRun>& runs);

@@ -87,17 +87,22 @@ class BM1684XEngine(Engine):
             raise
         rt = self.rt
         self.device = f"bm1684x:{devid}" + (" (cmodel)" if native.build_mode == "sim" else "")
+        # a batch-N build (llm_convert -b N) runs N slots per decode step; its decode nets
+        # insert each new K/V row at the history's last row, so a slot holds SEQLEN-1 tokens
+        self.max_batch = int(rt.batch)
         self.limits = Limits(
-            max_context=rt.seq_len,
+            max_context=rt.seq_len - 1 if self.max_batch > 1 else rt.seq_len,
             max_input_tokens=rt.max_input_length,
             max_pixels=rt.vit_patches * PATCH_PIXELS if rt.vit_patches else None,
         )
         self.capabilities = Capabilities(logits=bool(rt.lm_head_logits))
         self._next_pos = 0
+        self._slot_pos: dict[int, int] = {}  # batch builds: each slot's next position
         log.info(
-            "loaded %s on %s: SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
+            "loaded %s on %s: batch %d, SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
             self.bmodel.name,
             self.device,
+            self.max_batch,
             rt.seq_len,
             rt.max_input_length,
             rt.hidden_size,
@@ -115,19 +120,38 @@ class BM1684XEngine(Engine):
     # ---- Engine ----
 
     def prefill(self, prompt: Prompt) -> StepOutput:
-        ids = np.asarray(prompt.input_ids, dtype=np.int32)
-        pos = np.ascontiguousarray(np.asarray(prompt.position_ids), dtype=np.int32)
-        if pos.shape != (3, len(ids)):
-            raise ValueError(f"position_ids must be [3, {len(ids)}], got {pos.shape}")
-        vis_pos, calls = self._vision_calls(ids, prompt) if prompt.vision else (None, [])
-        out = self.rt.prefill(ids, pos, vis_pos, calls)
+        if self.max_batch > 1:  # a batch build serves one sequence as its slot 0
+            return self.prefill_slot(0, prompt)
+        out = self.rt.prefill(*self._prefill_args(prompt))
         self._next_pos = prompt.next_position
         return self._step(out)
 
     def decode(self, token_id: int) -> StepOutput:
+        if self.max_batch > 1:
+            return self.decode_batch({0: token_id})[0]
         out = self.rt.decode(int(token_id), int(self._next_pos))
         self._next_pos += 1
         return self._step(out)
+
+    def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
+        if self.max_batch <= 1:
+            return super().prefill_slot(slot, prompt)
+        self._slot_pos.pop(slot, None)
+        out = self.rt.prefill_slot(int(slot), *self._prefill_args(prompt))
+        self._slot_pos[slot] = prompt.next_position
+        return self._step(out)
+
+    def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
+        if self.max_batch <= 1:
+            return super().decode_batch(tokens)
+        slots = sorted(tokens)
+        missing = [s for s in slots if s not in self._slot_pos]
+        if missing:
+            raise RuntimeError(f"decode of slot(s) {missing} before their prefill")
+        outs = self.rt.decode_batch(slots, [int(tokens[s]) for s in slots], [self._slot_pos[s] for s in slots])
+        for s in slots:
+            self._slot_pos[s] += 1
+        return {s: self._step(o) for s, o in zip(slots, outs, strict=True)}
 
     def prefill_logits(self, prompt: Prompt) -> np.ndarray:
         """Logits after the whole prompt (tests compare engines with it; logits builds only)."""
@@ -192,6 +216,14 @@ class BM1684XEngine(Engine):
         if isinstance(out, int):
             return StepOutput(token_id=out)
         return StepOutput(logits=out)
+
+    def _prefill_args(self, prompt: Prompt):
+        ids = np.asarray(prompt.input_ids, dtype=np.int32)
+        pos = np.ascontiguousarray(np.asarray(prompt.position_ids), dtype=np.int32)
+        if pos.shape != (3, len(ids)):
+            raise ValueError(f"position_ids must be [3, {len(ids)}], got {pos.shape}")
+        vis_pos, calls = self._vision_calls(ids, prompt) if prompt.vision else (None, [])
+        return ids, pos, vis_pos, calls
 
     def _vision_calls(self, ids: np.ndarray, prompt: Prompt):
         """Prompt rows of the vision tokens, and the vit calls whose outputs fill them (in
