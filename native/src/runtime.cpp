@@ -195,7 +195,8 @@ const char* kSupported =
     "block_<i> (2-3 inputs, 3 outputs) and block_cache_<i> (5 inputs incl. history K/V [1,SEQLEN,kv_heads,"
     "head_dim], 3 outputs) for every layer, optionally vit (pos_idx [P,4]), add, greedy_head, sample_head; "
     "or a batch-N build (llm_convert -b N): block_cache_<i> with states [N,1,H], positions [N,3,1], mask "
-    "[N,1,1,SEQLEN], history K/V [N,SEQLEN,kv_heads,head_dim] and 1 output, one stage; batch-1 prefill, "
+    "[N,1,1,SEQLEN], history K/V [N,SEQLEN,kv_heads,head_dim] and 1 output (K/V inserted at row SEQLEN-1) or 3 "
+    "(+ new K/V [N,1,kv_heads,head_dim]), one stage; batch-1 prefill, "
     "embedding_cache and lm_head";
 
 std::string dims_of(const Net& n, bool inputs) {
@@ -255,8 +256,8 @@ void Runtime::read_layout() {
     unsupported(path_, "activations of dtype " + std::to_string(hdt) + " (embedding output)");
 
   const Net& first_cache = caches_[0];
-  const bool batched = first_cache.info->input_num == 5 && first_cache.info->output_num == 1 &&
-                       first_cache.in_shape(0).num_dims == 3 && first_cache.in_shape(0).dims[0] > 1;
+  const bool batched = first_cache.info->input_num == 5 && first_cache.in_shape(0).num_dims == 3 &&
+                       first_cache.in_shape(0).dims[0] > 1;
   if (batched) {
     read_batch_layout();
   } else {
@@ -341,11 +342,14 @@ void Runtime::read_batch_layout() {
   kv_heads = ks.dims[2];
   head_dim = ks.dims[3];
   for (const Net& c : caches_)
-    if (c.info->input_num != 5 || c.info->output_num != 1 || c.info->stage_num != 1 ||
+    if (c.info->input_num != 5 || (c.info->output_num != 1 && c.info->output_num != 3) ||
+        c.info->output_num != c0.info->output_num || c.info->stage_num != 1 ||
         !same_shape(c.in_shape(0), {batch, 1, hidden_size}) || !same_shape(c.in_shape(1), {batch, 3, 1}) ||
         !same_shape(c.in_shape(2), {batch, 1, 1, seq_len}) ||
         !same_shape(c.in_shape(3), {batch, seq_len, kv_heads, head_dim}) ||
-        !same_shape(c.in_shape(4), {batch, seq_len, kv_heads, head_dim}) || !same_shape(c.out_shape(0), {batch, 1, hidden_size}))
+        !same_shape(c.in_shape(4), {batch, seq_len, kv_heads, head_dim}) || !same_shape(c.out_shape(0), {batch, 1, hidden_size}) ||
+        (c.info->output_num == 3 && (!same_shape(c.out_shape(1), {batch, 1, kv_heads, head_dim}) ||
+                                     !same_shape(c.out_shape(2), {batch, 1, kv_heads, head_dim}))))
       unsupported(path_, "batch-" + std::to_string(batch) + " " + c.name + " inputs " + dims_of(c, true) + ", outputs " +
                              dims_of(c, false));
   if (!same_shape(embc_.in_shape(0), {1, 1}) || lm_.in_shape(0).dims[0] != 1)
@@ -376,6 +380,11 @@ void Runtime::allocate_buffers() {
   id1_ = alloc(4);
   dlast_ = alloc(static_cast<size_t>(batch) * hidden_size * hsz);
   if (batch > 1) batch_ids_ = alloc(static_cast<size_t>(batch) * 4);
+  if (batch > 1 && caches_[0].info->output_num == 3)
+    for (const Net& c : caches_) {
+      batch_new_k_.push_back(alloc(c.out_bytes(1)));
+      batch_new_v_.push_back(alloc(c.out_bytes(2)));
+    }
   if (has_greedy_head) tok_ = alloc(4);
   if (has_sample_head) {
     s_ids_ = alloc(sample_.in_bytes(1));
@@ -402,6 +411,8 @@ void Runtime::close_locked() {
   vcache_.clear();
   vit_in_.clear();
   vit_out_.clear();
+  batch_new_k_.clear();
+  batch_new_v_.clear();
   deepstack_.clear();
   if (rt_) {
     bmrt_destroy(rt_);
@@ -816,6 +827,7 @@ std::vector<int> Runtime::decode_batch(const std::vector<int>& slots, const std:
   }
   last_decode_kv_length = seq_len;
   const Net& c0 = caches_[0];
+  const bool kv_out = c0.info->output_num == 3;  // new K/V as outputs, else inserted at row SEQLEN-1
   const bm_data_type_t hdt = c0.in_dtype(0);
   const size_t state_row = static_cast<size_t>(hidden_size) * dtype_size(hdt);
   // embedding_cache is batch 1: one launch per active slot, into that slot's states row
@@ -849,23 +861,35 @@ std::vector<int> Runtime::decode_batch(const std::vector<int>& slots, const std:
     in[3] = tensor(kcache_[static_cast<size_t>(l)], n.in_dtype(3), n.in_shape(3));
     in[4] = tensor(vcache_[static_cast<size_t>(l)], n.in_dtype(4), n.in_shape(4));
     const bm_device_mem_t next = l + 1 < num_layers ? caches_[static_cast<size_t>(l) + 1].in_mem(0) : dlast_;
-    bm_tensor_t out = tensor(next, n.out_dtype(0), n.out_shape(0));
-    launch(n, in, 5, &out, 1);
+    bm_tensor_t out[3];
+    out[0] = tensor(next, n.out_dtype(0), n.out_shape(0));
+    if (kv_out) {
+      out[1] = tensor(batch_new_k_[static_cast<size_t>(l)], n.out_dtype(1), n.out_shape(1));
+      out[2] = tensor(batch_new_v_[static_cast<size_t>(l)], n.out_dtype(2), n.out_shape(2));
+    }
+    launch(n, in, 5, out, kv_out ? 3 : 1);
   }
   // lm_head is batch 1: one launch per active slot (each waits for its result)
   std::vector<int> result(slots.size());
   logits.assign(slots.size(), {});
   for (size_t i = 0; i < slots.size(); i++)
     result[i] = run_lm_head(sub(dlast_, static_cast<size_t>(slots[i]) * state_row, state_row), logits[i]);
-  // the nets inserted each slot's new K/V at its row SEQLEN-1: move it to the slot's next row
+  // each slot's new K/V row (an output row, or inserted by the net at the slot's row
+  // SEQLEN-1) goes to the slot's next row
   const size_t kv_row = static_cast<size_t>(kv_heads) * head_dim * dtype_size(c0.in_dtype(3));
   for (int s : slots) {
     const size_t base = static_cast<size_t>(s) * seq_len * kv_row;
-    const size_t from = base + static_cast<size_t>(seq_len - 1) * kv_row;
     const size_t to = base + static_cast<size_t>(slot_length_[static_cast<size_t>(s)]) * kv_row;
     for (int l = 0; l < num_layers; l++) {
-      d2d(kcache_[static_cast<size_t>(l)], to, kcache_[static_cast<size_t>(l)], from, kv_row);
-      d2d(vcache_[static_cast<size_t>(l)], to, vcache_[static_cast<size_t>(l)], from, kv_row);
+      const size_t li = static_cast<size_t>(l);
+      if (kv_out) {
+        d2d(kcache_[li], to, batch_new_k_[li], static_cast<size_t>(s) * kv_row, kv_row);
+        d2d(vcache_[li], to, batch_new_v_[li], static_cast<size_t>(s) * kv_row, kv_row);
+      } else {
+        const size_t from = base + static_cast<size_t>(seq_len - 1) * kv_row;
+        d2d(kcache_[li], to, kcache_[li], from, kv_row);
+        d2d(vcache_[li], to, vcache_[li], from, kv_row);
+      }
     }
     slot_length_[static_cast<size_t>(s)]++;
   }

@@ -187,6 +187,7 @@ class Runtime {
   std::vector<bm_device_mem_t> kcache_, vcache_;  // the block_cache nets' history inputs (not owned)
   std::vector<bm_device_mem_t> vit_in_, vit_out_, deepstack_;
   bm_device_mem_t batch_ids_{};        // batch builds: the step's token per slot
+  std::vector<bm_device_mem_t> batch_new_k_, batch_new_v_;  // per layer: the step's new K/V rows (3-output builds)
   std::vector<int> slot_length_;       // batch builds: tokens in each slot's KV region
   int kv_dirty_rows_ = 0;       // rows [0, n) of the KV cache may hold anything but zeros
   bool mask_ready_ = false;     // prefill causal mask on the device (static builds)
