@@ -87,9 +87,7 @@ def patch_batch_decode_kv(llm_module, top) -> None:
     class Importer(base):  # type: ignore[misc,valid-type]
         def __init__(self, input_shapes, output_shapes, model_name, *args, **kwargs):
             self.new_kv: list = []
-            batched_cache = (
-                model_name.startswith("block_cache_") and len(input_shapes) == 5 and len(output_shapes) == 1
-            )
+            batched_cache = model_name.startswith("block_cache_") and len(input_shapes) == 5 and len(output_shapes) == 1
             if batched_cache:
                 b, _, kv, hd = input_shapes[3]
                 output_shapes = [*output_shapes, [b, 1, kv, hd], [b, 1, kv, hd]]
