@@ -81,6 +81,8 @@ qwen3vl::PrefillInputs prefill_inputs(Pinned& pin, py::handle input_ids, py::han
     call.mask = pin.view<float>(c.attr("attention_mask"), "attention_mask");
     call.mask_key = py::str(c.attr("mask_key"));
     call.tokens = c.attr("tokens").cast<int>();
+    if (py::hasattr(c, "cached")) call.cached = pin.view<uint16_t>(c.attr("cached"), "cached");
+    if (py::hasattr(c, "capture")) call.capture = c.attr("capture").cast<bool>();
     in.vit_calls.push_back(std::move(call));
   }
   return in;
@@ -179,6 +181,15 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           },
           py::arg("token_id"), py::arg("position"))
       .def_readonly("batch", &Runtime::batch)
+      .def_property_readonly(
+          "last_vit_rows",
+          [](Runtime& r) {
+            py::list out;
+            for (const auto& rows : r.last_vit_rows) out.append(rows.empty() ? py::object(py::none()) : to_array(rows));
+            return out;
+          },
+          "Per vit call of the last prefill: its output rows (uint16 [outputs*tokens*hidden]) when it was made "
+          "with capture=True, else None.")
       .def_property_readonly("slot_lengths", &Runtime::slot_lengths)
       .def(
           "prefill_slot",

@@ -514,6 +514,7 @@ std::vector<int> Runtime::slot_lengths() {
 // into the cache at byte `kv_offset` of every layer's history buffers.
 int Runtime::run_prefill(const PrefillInputs& in, size_t kv_offset, std::vector<float>& logits) {
   const int L = static_cast<int>(in.ids.size);
+  last_vit_rows.assign(in.vit_calls.size(), {});
   const int rows = prefill_dynamic ? L : max_input_length;
   embed_prompt(in.ids);
   const std::vector<VisualRun> runs = visual_runs(in.vis_pos);
@@ -562,6 +563,11 @@ void Runtime::check_prefill(const PrefillInputs& in) const {
     throw std::invalid_argument("the vision calls give " + std::to_string(tokens) + " tokens for " +
                                 std::to_string(in.vis_pos.size) + " visual positions");
   if (tokens && !vit_.present()) throw std::invalid_argument("this bmodel has no vision encoder");
+  const size_t row = static_cast<size_t>(hidden_size);
+  for (const VitCall& c : in.vit_calls)
+    if (!c.cached.empty() && (c.cached.size != static_cast<size_t>(vit_outputs) * c.tokens * row ||
+                              dtype_size(emb_.out_dtype(0)) != 2 || c.tokens > vit_patches / 4))
+      throw std::invalid_argument("cached vit rows must be [vit outputs, tokens, hidden] 16-bit values");
 }
 
 // Token ids -> hidden rows in hid_[0] (the embedding stays static in dynamic builds).
@@ -596,7 +602,20 @@ void Runtime::encode_vision(const PrefillInputs& in, const std::vector<VisualRun
   for (size_t k = 0; k < in.vit_calls.size(); k++) {
     const VitCall& call = in.vit_calls[k];
     if (k > 0) sync();  // the previous call may still read the vit input buffers
-    run_vit(call);
+    const size_t rows_bytes = static_cast<size_t>(call.tokens) * row_bytes;
+    if (!call.cached.empty()) {
+      for (int i = 0; i < vit_outputs; i++)
+        s2d(vit_out_[static_cast<size_t>(i)], call.cached.data + static_cast<size_t>(i) * rows_bytes / 2, rows_bytes);
+    } else {
+      run_vit(call);
+      if (call.capture) {
+        sync();
+        std::vector<uint16_t>& keep = last_vit_rows[k];
+        keep.resize(static_cast<size_t>(vit_outputs) * rows_bytes / 2);
+        for (int i = 0; i < vit_outputs; i++)
+          d2s_at(keep.data() + static_cast<size_t>(i) * rows_bytes / 2, vit_out_[static_cast<size_t>(i)], 0, rows_bytes);
+      }
+    }
     const size_t end = first + static_cast<size_t>(call.tokens);
     for (const VisualRun& r : runs) {
       const size_t lo = std::max(first, r.first), hi = std::min(end, r.first + static_cast<size_t>(r.count));

@@ -58,6 +58,10 @@ struct VitCall {
   View<float> mask;         // [P, P], or empty (dynamic builds)
   std::string mask_key;     // equal keys mean equal masks: the device copy is reused
   int tokens = 0;           // output rows that belong to the prompt
+  // Rows [tokens, hidden] of every vit output (16-bit, output after output) kept from an
+  // earlier call of the same input: placed without launching the vit.
+  View<uint16_t> cached;
+  bool capture = false;  // keep this call's output rows in Runtime::last_vit_rows
 };
 
 // The inputs of one prefill.
@@ -138,6 +142,9 @@ class Runtime {
   int batch = 1;
   int last_decode_kv_length = 0;   // history length of the block_cache stage the last step ran
   std::vector<std::string> networks;
+  // Per vit call of the last prefill: its output rows (VitCall::cached's layout) when the
+  // call asked for them, else empty.
+  std::vector<std::vector<uint16_t>> last_vit_rows;
   std::string path_;
   int devid_;
 
