@@ -10,6 +10,9 @@
 // Decode follows the vendor's device path: the KV cache *is* the `block_cache_i` nets' own
 // history input buffers; each step writes the new K/V row straight into them, so a token
 // costs embedding + layers + lm_head launches and no device-to-device copies.
+// Batch-N builds (llm_convert -b N) give each of N slots its own region of those
+// buffers: prefill_slot fills one slot, decode_batch advances several in one launch per
+// layer (docs/batching.md).
 //
 // A mutex makes concurrent calls on one object safe (they serialise), and close() frees
 // every device buffer before the runtime and the handle, so a process can load and

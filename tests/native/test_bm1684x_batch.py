@@ -77,3 +77,35 @@ def test_slots_decode_together_as_alone_and_as_transformers(b4_engine, tiny_bmod
     out = eng.prefill(text)
     _assert_close(out.logits, ref_t_logits[0], "prefill() as slot 0")
     assert eng.rt.slot_lengths[0] == L_t
+
+
+def test_server_batches_on_a_batch_bmodel(native_module, tiny_bmodel_b4_dir, tmp_path):
+    """Real gunicorn + gevent, --max-batch 4 on the batch-4 bmodel: two requests at once
+    give what each gives alone on the same server (temperature 0, token ids compared)."""
+    import threading
+
+    from tests.conftest import run_server
+
+    bodies = [
+        {"messages": [{"role": "user", "content": text}], "max_tokens": 3, "temperature": 0, "logprobs": True}
+        for text in ("Hello there", "What is a TPU?")
+    ]
+
+    def tokens(r) -> list[str]:
+        assert r.status_code == 200, r.text
+        return [t["token"] for t in r.json()["choices"][0]["logprobs"]["content"]]
+
+    with run_server(tiny_bmodel_b4_dir, tmp_path, "--max-batch", "4", workers=1, timeout=300) as s:
+        assert s.get("/health").json()["max_batch"] == 4
+        alone = [tokens(s.post("/v1/chat/completions", json=b, timeout=300)) for b in bodies]
+        together: dict[int, list[str]] = {}
+
+        def run(i: int) -> None:
+            together[i] = tokens(s.post("/v1/chat/completions", json=bodies[i], timeout=300))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [together[0], together[1]] == alone
