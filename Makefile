@@ -93,6 +93,7 @@ bmodel: install
 ## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md).
 bench-sim: install native
 	$(BIN)/python bench/bench_sim.py $(ARGS)
+	$(BIN)/python bench/bench_sim_batch.py
 
 ## Load test: a local server + locust headless for LOAD_TIME (text/image/video streams; TTFT, ITL).
 LOAD_TIME ?= 30s

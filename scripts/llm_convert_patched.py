@@ -68,6 +68,60 @@ def patch_converter() -> None:
         return original(self, mlir_gen, in_op, name)
 
     module.Qwen3VLConverter.mrope = mrope
+    patch_batch_decode_kv(importlib.import_module("llm.LlmConverter"), top)
+
+
+def patch_batch_decode_kv(llm_module, top) -> None:
+    """Batch builds' decode blocks insert the new K/V row into the history inputs with an
+    `InsertOp`, whose PPL kernel does not compile in tpu-mlir 1.30.2 (the `ppl.ptr_cast`
+    errors): the bmodel is written but the row is never inserted, so the step attends to a
+    stale row and the cache never grows.  Build the attention input as
+    concat(history[:, :SEQLEN-1], new row) instead (same values: the insert offset is
+    SEQLEN-1) and return the new rows as two more outputs `[B, 1, kv_heads, head_dim]`,
+    which the runtime writes to each slot's next row (as batch-1 builds return them)."""
+    from mlir.ir import Location
+
+    base = llm_module.MLIRImporter
+    current: list = []  # the decode block being generated (one at a time)
+
+    class Importer(base):  # type: ignore[misc,valid-type]
+        def __init__(self, input_shapes, output_shapes, model_name, *args, **kwargs):
+            self.new_kv: list = []
+            batched_cache = model_name.startswith("block_cache_") and len(input_shapes) == 5 and len(output_shapes) == 1
+            if batched_cache:
+                b, _, kv, hd = input_shapes[3]
+                output_shapes = [*output_shapes, [b, 1, kv, hd], [b, 1, kv, hd]]
+            super().__init__(input_shapes, output_shapes, model_name, *args, **kwargs)
+            current[:] = [self] if batched_cache else []
+
+        def create_return_op(self, Operands):
+            return super().create_return_op([*Operands, *self.new_kv])
+
+    def insert(result_type, lhs, rhs=None, axis=1, offset=0, loc=None, ip=None, **_):
+        mlir = current[0]
+        shape = list(result_type.shape)
+        kept = list(shape)
+        kept[axis] = offset
+        n = len(mlir.new_kv)
+        name = f"{mlir.model_name}.history_{'kv'[n % 2]}_kept"
+        head = top.SliceOp(
+            mlir.get_tensor_type(kept),
+            lhs,
+            mlir.none_op,
+            mlir.none_op,
+            mlir.none_op,
+            offset=[0] * len(shape),
+            steps=[1] * len(shape),
+            ends=kept,
+            axes=[],
+            loc=Location.fused([Location.name(name)], context=mlir.ctx),
+            ip=ip,
+        ).output
+        mlir.new_kv.append(rhs)
+        return top.ConcatOp(result_type, [head, rhs], axis=axis, loc=loc, ip=ip)
+
+    llm_module.MLIRImporter = Importer
+    top.InsertOp = insert
 
 
 def run_patched_llm_convert(argv: list[str]) -> None:

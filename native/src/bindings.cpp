@@ -65,6 +65,29 @@ py::array_t<Out> convert(py::array_t<In, py::array::c_style | py::array::forceca
   return r;
 }
 
+// prefill's arguments -> PrefillInputs (the arrays pinned by `pin`)
+qwen3vl::PrefillInputs prefill_inputs(Pinned& pin, py::handle input_ids, py::handle position_ids,
+                                      py::handle visual_positions, py::sequence vit_calls) {
+  qwen3vl::PrefillInputs in;
+  in.ids = pin.view<int32_t>(input_ids, "input_ids");
+  in.pos3 = pin.view<int32_t>(position_ids, "position_ids");
+  in.vis_pos = pin.view<int32_t>(visual_positions, "visual_positions");
+  for (auto c : vit_calls) {
+    qwen3vl::VitCall call;
+    call.pixels = pin.view<float>(c.attr("pixel_values"), "pixel_values");
+    call.pos_ids = pin.view<int32_t>(c.attr("position_ids"), "position_ids");
+    call.pos_idx = pin.view<int32_t>(c.attr("pos_idx"), "pos_idx");
+    call.pos_weight = pin.view<float>(c.attr("pos_weight"), "pos_weight");
+    call.mask = pin.view<float>(c.attr("attention_mask"), "attention_mask");
+    call.mask_key = py::str(c.attr("mask_key"));
+    call.tokens = c.attr("tokens").cast<int>();
+    if (py::hasattr(c, "cached")) call.cached = pin.view<uint16_t>(c.attr("cached"), "cached");
+    if (py::hasattr(c, "capture")) call.capture = c.attr("capture").cast<bool>();
+    in.vit_calls.push_back(std::move(call));
+  }
+  return in;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(qwen3vl_native, m) {
@@ -131,21 +154,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
              py::sequence vit_calls) {
             Pinned pin;
-            qwen3vl::PrefillInputs in;
-            in.ids = pin.view<int32_t>(input_ids, "input_ids");
-            in.pos3 = pin.view<int32_t>(position_ids, "position_ids");
-            in.vis_pos = pin.view<int32_t>(visual_positions, "visual_positions");
-            for (auto c : vit_calls) {
-              qwen3vl::VitCall call;
-              call.pixels = pin.view<float>(c.attr("pixel_values"), "pixel_values");
-              call.pos_ids = pin.view<int32_t>(c.attr("position_ids"), "position_ids");
-              call.pos_idx = pin.view<int32_t>(c.attr("pos_idx"), "pos_idx");
-              call.pos_weight = pin.view<float>(c.attr("pos_weight"), "pos_weight");
-              call.mask = pin.view<float>(c.attr("attention_mask"), "attention_mask");
-              call.mask_key = py::str(c.attr("mask_key"));
-              call.tokens = c.attr("tokens").cast<int>();
-              in.vit_calls.push_back(std::move(call));
-            }
+            const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
             std::vector<float> logits;
             int tok;
             {
@@ -171,6 +180,51 @@ PYBIND11_MODULE(qwen3vl_native, m) {
             return step_result(tok, logits);
           },
           py::arg("token_id"), py::arg("position"))
+      .def_readonly("batch", &Runtime::batch)
+      .def_property_readonly(
+          "last_vit_rows",
+          [](Runtime& r) {
+            py::list out;
+            for (const auto& rows : r.last_vit_rows) out.append(rows.empty() ? py::object(py::none()) : to_array(rows));
+            return out;
+          },
+          "Per vit call of the last prefill: its output rows (uint16 [outputs*tokens*hidden]) when it was made "
+          "with capture=True, else None.")
+      .def_property_readonly("slot_lengths", &Runtime::slot_lengths)
+      .def(
+          "prefill_slot",
+          [](Runtime& r, int slot, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
+             py::sequence vit_calls) {
+            Pinned pin;
+            const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
+            std::vector<float> logits;
+            int tok;
+            {
+              py::gil_scoped_release nogil;
+              tok = r.prefill_slot(slot, in, logits);
+            }
+            return step_result(tok, logits);
+          },
+          py::arg("slot"), py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
+          py::arg("vit_calls") = py::tuple(),
+          "Batch-N bmodels: prefill (as `prefill`) into one slot's KV region.")
+      .def(
+          "decode_batch",
+          [](Runtime& r, const std::vector<int>& slots, const std::vector<int32_t>& tokens,
+             const std::vector<int32_t>& positions) {
+            std::vector<std::vector<float>> logits;
+            std::vector<int> toks;
+            {
+              py::gil_scoped_release nogil;
+              toks = r.decode_batch(slots, tokens, positions, logits);
+            }
+            py::list out;
+            for (size_t i = 0; i < toks.size(); i++) out.append(step_result(toks[i], logits[i]));
+            return out;
+          },
+          py::arg("slots"), py::arg("token_ids"), py::arg("positions"),
+          "Batch-N bmodels: one decode step for `slots` (token and position per slot); a list of results in "
+          "slot order as `decode` returns them.")
       .def(
           "reset",
           [](Runtime& r) {

@@ -166,8 +166,10 @@ void Runtime::open() {
   std::free(names);
   read_layout();
   allocate_buffers();
-  zero_kv_rows(0, seq_len);  // device memory is not zeroed by the allocator on a real box
+  zero_kv_rows(0, seq_len * batch);  // device memory is not zeroed by the allocator on a real box
   kv_dirty_rows_ = 0;
+  // batch builds: slots not in a step still run through the layers; their rows must be finite
+  if (batch > 1) memset16(caches_[0].in_mem(0), 0);
   sync();
 }
 
@@ -191,7 +193,11 @@ const char* kSupported =
     "supported: a batch-1, single-device Qwen3-VL bmodel from tpu-mlir's llm_convert (static or --dynamic, "
     "with or without --do_sample; bf16/f16 activations): networks embedding, embedding_cache, lm_head, "
     "block_<i> (2-3 inputs, 3 outputs) and block_cache_<i> (5 inputs incl. history K/V [1,SEQLEN,kv_heads,"
-    "head_dim], 3 outputs) for every layer, optionally vit (pos_idx [P,4]), add, greedy_head, sample_head";
+    "head_dim], 3 outputs) for every layer, optionally vit (pos_idx [P,4]), add, greedy_head, sample_head; "
+    "or a batch-N build (llm_convert -b N): block_cache_<i> with states [N,1,H], positions [N,3,1], mask "
+    "[N,1,1,SEQLEN], history K/V [N,SEQLEN,kv_heads,head_dim] and 1 output (K/V inserted at row SEQLEN-1) or 3 "
+    "(+ new K/V [N,1,kv_heads,head_dim]), one stage; batch-1 prefill, "
+    "embedding_cache and lm_head";
 
 std::string dims_of(const Net& n, bool inputs) {
   std::string r;
@@ -249,38 +255,45 @@ void Runtime::read_layout() {
   if (hdt != BM_BFLOAT16 && hdt != BM_FLOAT16)
     unsupported(path_, "activations of dtype " + std::to_string(hdt) + " (embedding output)");
 
-  const Net& c0 = caches_[0];
-  if (c0.info->input_num != 5 || c0.info->output_num != 3) {
-    const int batch = c0.in_shape(0).num_dims > 0 ? c0.in_shape(0).dims[0] : 0;
-    unsupported(path_, "block_cache_0 takes " + std::to_string(c0.info->input_num) + " inputs and gives " +
-                           std::to_string(c0.info->output_num) + " outputs (" + dims_of(c0, true) + " -> " +
-                           dims_of(c0, false) + (batch > 1 ? ": a batch-" + std::to_string(batch) + " build" : "") +
-                           ")");
+  const Net& first_cache = caches_[0];
+  const bool batched = first_cache.info->input_num == 5 && first_cache.in_shape(0).num_dims == 3 &&
+                       first_cache.in_shape(0).dims[0] > 1;
+  if (batched) {
+    read_batch_layout();
+  } else {
+    const Net& c0 = caches_[0];
+    if (c0.info->input_num != 5 || c0.info->output_num != 3) {
+      const int batch = c0.in_shape(0).num_dims > 0 ? c0.in_shape(0).dims[0] : 0;
+      unsupported(path_, "block_cache_0 takes " + std::to_string(c0.info->input_num) + " inputs and gives " +
+                             std::to_string(c0.info->output_num) + " outputs (" + dims_of(c0, true) + " -> " +
+                             dims_of(c0, false) + (batch > 1 ? ": a batch-" + std::to_string(batch) + " build" : "") +
+                             ")");
+    }
+    // block_cache may hold several stages (llm_convert --chunk_length): one per KV length
+    std::vector<std::pair<int, int>> stages;  // (kv length, stage number)
+    for (int s = 0; s < c0.info->stage_num; s++) {
+      const bm_shape_t& ks = c0.in_shape(3, s);  // [1, kv_len, kv_heads, head_dim]
+      if (ks.num_dims != 4 || ks.dims[0] != 1 || !same_shape(c0.in_shape(0, s), {1, 1, hidden_size}))
+        unsupported(path_, "block_cache_0 stage " + std::to_string(s) + " history " + shape_str(ks) + ", states " +
+                               shape_str(c0.in_shape(0, s)));
+      stages.emplace_back(ks.dims[1], s);
+    }
+    std::sort(stages.begin(), stages.end());
+    for (auto& [len, s] : stages) {
+      decode_stages.push_back(len);
+      cache_stage_index_.push_back(s);
+    }
+    cache_full_stage_ = stages.back().second;
+    const bm_shape_t& ks = c0.in_shape(3, cache_full_stage_);
+    seq_len = ks.dims[1];
+    kv_heads = ks.dims[2];
+    head_dim = ks.dims[3];
+    if (seq_len < max_input_length)
+      unsupported(path_, "SEQLEN " + std::to_string(seq_len) + " below MAX_INPUT_LENGTH " + std::to_string(max_input_length));
+    for (const Net& c : caches_)
+      if (c.info->stage_num != c0.info->stage_num || !same_shape(c.in_shape(3, cache_full_stage_), {1, seq_len, kv_heads, head_dim}))
+        unsupported(path_, c.name + " differs from block_cache_0 (" + dims_of(c, true) + ")");
   }
-  // block_cache may hold several stages (llm_convert --chunk_length): one per KV length
-  std::vector<std::pair<int, int>> stages;  // (kv length, stage number)
-  for (int s = 0; s < c0.info->stage_num; s++) {
-    const bm_shape_t& ks = c0.in_shape(3, s);  // [1, kv_len, kv_heads, head_dim]
-    if (ks.num_dims != 4 || ks.dims[0] != 1 || !same_shape(c0.in_shape(0, s), {1, 1, hidden_size}))
-      unsupported(path_, "block_cache_0 stage " + std::to_string(s) + " history " + shape_str(ks) + ", states " +
-                             shape_str(c0.in_shape(0, s)));
-    stages.emplace_back(ks.dims[1], s);
-  }
-  std::sort(stages.begin(), stages.end());
-  for (auto& [len, s] : stages) {
-    decode_stages.push_back(len);
-    cache_stage_index_.push_back(s);
-  }
-  cache_full_stage_ = stages.back().second;
-  const bm_shape_t& ks = c0.in_shape(3, cache_full_stage_);
-  seq_len = ks.dims[1];
-  kv_heads = ks.dims[2];
-  head_dim = ks.dims[3];
-  if (seq_len < max_input_length)
-    unsupported(path_, "SEQLEN " + std::to_string(seq_len) + " below MAX_INPUT_LENGTH " + std::to_string(max_input_length));
-  for (const Net& c : caches_)
-    if (c.info->stage_num != c0.info->stage_num || !same_shape(c.in_shape(3, cache_full_stage_), {1, seq_len, kv_heads, head_dim}))
-      unsupported(path_, c.name + " differs from block_cache_0 (" + dims_of(c, true) + ")");
 
   const bm_shape_t& lin = lm_.in_shape(0);
   if (lin.num_dims != 2 || lin.dims[1] != hidden_size)
@@ -315,6 +328,41 @@ void Runtime::read_layout() {
   if (has_sample_head) sample_candidates = sample_.out_shape(0).dims[sample_.out_shape(0).num_dims - 1];
 }
 
+// block_cache_i of a batch-N build: all N slots in one launch, new K/V inserted into the
+// history inputs at row SEQLEN-1 of each slot (so a slot holds at most SEQLEN-1 tokens).
+void Runtime::read_batch_layout() {
+  const Net& c0 = caches_[0];
+  const bm_shape_t& st = c0.in_shape(0);
+  batch = st.dims[0];
+  const bm_shape_t& ks = c0.in_shape(3);
+  if (c0.info->stage_num != 1 || ks.num_dims != 4 || ks.dims[0] != batch || !same_shape(st, {batch, 1, hidden_size}))
+    unsupported(path_, "batch-" + std::to_string(batch) + " block_cache_0 with " + std::to_string(c0.info->stage_num) +
+                           " stage(s): " + dims_of(c0, true));
+  seq_len = ks.dims[1];
+  kv_heads = ks.dims[2];
+  head_dim = ks.dims[3];
+  for (const Net& c : caches_)
+    if (c.info->input_num != 5 || (c.info->output_num != 1 && c.info->output_num != 3) ||
+        c.info->output_num != c0.info->output_num || c.info->stage_num != 1 ||
+        !same_shape(c.in_shape(0), {batch, 1, hidden_size}) || !same_shape(c.in_shape(1), {batch, 3, 1}) ||
+        !same_shape(c.in_shape(2), {batch, 1, 1, seq_len}) ||
+        !same_shape(c.in_shape(3), {batch, seq_len, kv_heads, head_dim}) ||
+        !same_shape(c.in_shape(4), {batch, seq_len, kv_heads, head_dim}) || !same_shape(c.out_shape(0), {batch, 1, hidden_size}) ||
+        (c.info->output_num == 3 && (!same_shape(c.out_shape(1), {batch, 1, kv_heads, head_dim}) ||
+                                     !same_shape(c.out_shape(2), {batch, 1, kv_heads, head_dim}))))
+      unsupported(path_, "batch-" + std::to_string(batch) + " " + c.name + " inputs " + dims_of(c, true) + ", outputs " +
+                             dims_of(c, false));
+  if (!same_shape(embc_.in_shape(0), {1, 1}) || lm_.in_shape(0).dims[0] != 1)
+    unsupported(path_, "batch-" + std::to_string(batch) + " build with embedding_cache " + dims_of(embc_, true) +
+                           " and lm_head " + dims_of(lm_, true) + " (this runtime runs them once per slot: batch 1)");
+  if (seq_len <= max_input_length)
+    unsupported(path_, "SEQLEN " + std::to_string(seq_len) + " not above MAX_INPUT_LENGTH " + std::to_string(max_input_length));
+  decode_stages = {seq_len};
+  cache_stage_index_ = {0};
+  cache_full_stage_ = 0;
+  slot_length_.assign(static_cast<size_t>(batch), 0);
+}
+
 void Runtime::allocate_buffers() {
   const Net& b0 = blocks_[0];
   const size_t hsz = dtype_size(emb_.out_dtype(0));
@@ -330,7 +378,13 @@ void Runtime::allocate_buffers() {
   }
   logits_ = alloc(lm_.out_bytes(0));
   id1_ = alloc(4);
-  dlast_ = alloc(static_cast<size_t>(hidden_size) * hsz);
+  dlast_ = alloc(static_cast<size_t>(batch) * hidden_size * hsz);
+  if (batch > 1) batch_ids_ = alloc(static_cast<size_t>(batch) * 4);
+  if (batch > 1 && caches_[0].info->output_num == 3)
+    for (const Net& c : caches_) {
+      batch_new_k_.push_back(alloc(c.out_bytes(1)));
+      batch_new_v_.push_back(alloc(c.out_bytes(2)));
+    }
   if (has_greedy_head) tok_ = alloc(4);
   if (has_sample_head) {
     s_ids_ = alloc(sample_.in_bytes(1));
@@ -357,6 +411,8 @@ void Runtime::close_locked() {
   vcache_.clear();
   vit_in_.clear();
   vit_out_.clear();
+  batch_new_k_.clear();
+  batch_new_v_.clear();
   deepstack_.clear();
   if (rt_) {
     bmrt_destroy(rt_);
@@ -386,10 +442,11 @@ void Runtime::zero_kv_rows(int from, int to) {
 void Runtime::reset() {
   std::lock_guard<std::mutex> g(mu_);
   check_open();
-  zero_kv_rows(0, seq_len);
+  zero_kv_rows(0, seq_len * batch);
   sync();
   kv_dirty_rows_ = 0;
   token_length = 0;
+  std::fill(slot_length_.begin(), slot_length_.end(), 0);
   dmask_stage_ = -1;
 }
 
@@ -420,6 +477,7 @@ std::vector<uint16_t> Runtime::test_read_kv_cache(int layer, int which) {
 int Runtime::prefill(const PrefillInputs& in, std::vector<float>& logits) {
   std::lock_guard<std::mutex> g(mu_);
   check_open();
+  if (batch > 1) throw std::logic_error("a batch-" + std::to_string(batch) + " bmodel prefills per slot (prefill_slot)");
   check_prefill(in);
   token_length = 0;
   dmask_stage_ = -1;
@@ -427,6 +485,37 @@ int Runtime::prefill(const PrefillInputs& in, std::vector<float>& logits) {
   const int rows = prefill_dynamic ? L : max_input_length;  // rows the blocks run on (and KV rows written)
   zero_kv_rows(rows, kv_dirty_rows_);
   kv_dirty_rows_ = rows;
+  const int tok = run_prefill(in, 0, logits);
+  token_length = L;
+  return tok;
+}
+
+// Rows of a slot past its length are never zeroed: the decode mask closes them and they
+// hold finite values (zeros from load, or K/V an earlier sequence computed).
+int Runtime::prefill_slot(int slot, const PrefillInputs& in, std::vector<float>& logits) {
+  std::lock_guard<std::mutex> g(mu_);
+  check_open();
+  if (batch <= 1) throw std::logic_error("prefill_slot needs a batch-N bmodel; this one is batch 1 (use prefill)");
+  if (slot < 0 || slot >= batch) throw std::invalid_argument("slot " + std::to_string(slot) + " outside [0, " + std::to_string(batch) + ")");
+  check_prefill(in);
+  slot_length_[static_cast<size_t>(slot)] = 0;
+  const size_t kv_row = static_cast<size_t>(kv_heads) * head_dim * dtype_size(caches_[0].in_dtype(3));
+  const int tok = run_prefill(in, static_cast<size_t>(slot) * seq_len * kv_row, logits);
+  slot_length_[static_cast<size_t>(slot)] = static_cast<int>(in.ids.size);
+  return tok;
+}
+
+std::vector<int> Runtime::slot_lengths() {
+  std::lock_guard<std::mutex> g(mu_);
+  return slot_length_;
+}
+
+// The prompt through embedding, vision and the prefill blocks; each block's K/V go straight
+// into the cache at byte `kv_offset` of every layer's history buffers.
+int Runtime::run_prefill(const PrefillInputs& in, size_t kv_offset, std::vector<float>& logits) {
+  const int L = static_cast<int>(in.ids.size);
+  last_vit_rows.assign(in.vit_calls.size(), {});
+  const int rows = prefill_dynamic ? L : max_input_length;
   embed_prompt(in.ids);
   const std::vector<VisualRun> runs = visual_runs(in.vis_pos);
   if (!runs.empty()) encode_vision(in, runs);
@@ -439,22 +528,22 @@ int Runtime::prefill(const PrefillInputs& in, std::vector<float>& logits) {
     const Net& n = blocks_[static_cast<size_t>(l)];
     bm_tensor_t inputs[3];
     inputs[0] = tensor(hid_[cur], n.in_dtype(0), make_shape({1, rows, hidden_size}));
-    inputs[1] = tensor(pos_, n.in_dtype(1), make_shape({3, rows}));
+    // batch-N builds declare prefill positions [1, 3, L]
+    inputs[1] = tensor(pos_, n.in_dtype(1), n.in_shape(1).num_dims == 3 ? make_shape({1, 3, rows}) : make_shape({3, rows}));
     if (has_mask) inputs[2] = tensor(mask_, n.in_dtype(2), make_shape({1, 1, rows, rows}));
     bm_tensor_t out[3];
     out[0] = tensor(hid_[1 - cur], n.out_dtype(0), make_shape({1, rows, hidden_size}));
     // K/V go straight into the cache; dynamic nets check the user buffer against their
     // largest output, so they get the cache's first MAX_INPUT_LENGTH rows
     const size_t kv_bytes = static_cast<size_t>(max_input_length) * kv_row * dtype_size(n.out_dtype(1));
-    out[1] = tensor(sub(kcache_[static_cast<size_t>(l)], 0, kv_bytes), n.out_dtype(1),
+    out[1] = tensor(sub(kcache_[static_cast<size_t>(l)], kv_offset, kv_bytes), n.out_dtype(1),
                     make_shape({1, rows, kv_heads, head_dim}));
-    out[2] = tensor(sub(vcache_[static_cast<size_t>(l)], 0, kv_bytes), n.out_dtype(2),
+    out[2] = tensor(sub(vcache_[static_cast<size_t>(l)], kv_offset, kv_bytes), n.out_dtype(2),
                     make_shape({1, rows, kv_heads, head_dim}));
     launch(n, inputs, has_mask ? 3 : 2, out, 3);
     cur = 1 - cur;
     if (with_deepstack && static_cast<size_t>(l) < deepstack_.size()) cur = add_deepstack(cur, l, runs);
   }
-  token_length = L;
   const size_t row_bytes = static_cast<size_t>(hidden_size) * dtype_size(emb_.out_dtype(0));
   return run_lm_head(sub(hid_[cur], static_cast<size_t>(L - 1) * row_bytes, row_bytes), logits);
 }
@@ -474,6 +563,11 @@ void Runtime::check_prefill(const PrefillInputs& in) const {
     throw std::invalid_argument("the vision calls give " + std::to_string(tokens) + " tokens for " +
                                 std::to_string(in.vis_pos.size) + " visual positions");
   if (tokens && !vit_.present()) throw std::invalid_argument("this bmodel has no vision encoder");
+  const size_t row = static_cast<size_t>(hidden_size);
+  for (const VitCall& c : in.vit_calls)
+    if (!c.cached.empty() && (c.cached.size != static_cast<size_t>(vit_outputs) * c.tokens * row ||
+                              dtype_size(emb_.out_dtype(0)) != 2 || c.tokens > vit_patches / 4))
+      throw std::invalid_argument("cached vit rows must be [vit outputs, tokens, hidden] 16-bit values");
 }
 
 // Token ids -> hidden rows in hid_[0] (the embedding stays static in dynamic builds).
@@ -508,7 +602,20 @@ void Runtime::encode_vision(const PrefillInputs& in, const std::vector<VisualRun
   for (size_t k = 0; k < in.vit_calls.size(); k++) {
     const VitCall& call = in.vit_calls[k];
     if (k > 0) sync();  // the previous call may still read the vit input buffers
-    run_vit(call);
+    const size_t rows_bytes = static_cast<size_t>(call.tokens) * row_bytes;
+    if (!call.cached.empty()) {
+      for (int i = 0; i < vit_outputs; i++)
+        s2d(vit_out_[static_cast<size_t>(i)], call.cached.data + static_cast<size_t>(i) * rows_bytes / 2, rows_bytes);
+    } else {
+      run_vit(call);
+      if (call.capture) {
+        sync();
+        std::vector<uint16_t>& keep = last_vit_rows[k];
+        keep.resize(static_cast<size_t>(vit_outputs) * rows_bytes / 2);
+        for (int i = 0; i < vit_outputs; i++)
+          d2s_at(keep.data() + static_cast<size_t>(i) * rows_bytes / 2, vit_out_[static_cast<size_t>(i)], 0, rows_bytes);
+      }
+    }
     const size_t end = first + static_cast<size_t>(call.tokens);
     for (const VisualRun& r : runs) {
       const size_t lo = std::max(first, r.first), hi = std::min(end, r.first + static_cast<size_t>(r.count));
@@ -675,6 +782,7 @@ void Runtime::upload_decode_mask(int stage) {
 int Runtime::decode(int32_t token, int32_t position, std::vector<float>& logits) {
   std::lock_guard<std::mutex> g(mu_);
   check_open();
+  if (batch > 1) throw std::logic_error("a batch-" + std::to_string(batch) + " bmodel decodes per step (decode_batch)");
   if (token_length <= 0) throw std::logic_error("decode before prefill");
   if (token_length >= seq_len) throw std::length_error("KV cache is full (SEQLEN " + std::to_string(seq_len) + ")");
   const int stage = decode_stage();
@@ -713,6 +821,98 @@ int Runtime::decode(int32_t token, int32_t position, std::vector<float>& logits)
   token_length++;
   kv_dirty_rows_ = std::max(kv_dirty_rows_, token_length);
   return run_lm_head(dlast_, logits);
+}
+
+// One launch of each block_cache_i advances every slot.  Slots not in `slots` get a closed
+// mask (only their own insertion row open), position 0 and last step's states row; their
+// KV regions are untouched, since only the active slots' inserted rows are copied out.
+std::vector<int> Runtime::decode_batch(const std::vector<int>& slots, const std::vector<int32_t>& tokens,
+                                       const std::vector<int32_t>& positions, std::vector<std::vector<float>>& logits) {
+  std::lock_guard<std::mutex> g(mu_);
+  check_open();
+  if (batch <= 1) throw std::logic_error("decode_batch needs a batch-N bmodel; this one is batch 1 (use decode)");
+  if (slots.empty() || slots.size() != tokens.size() || slots.size() != positions.size())
+    throw std::invalid_argument("decode_batch needs one token and one position per slot");
+  std::vector<char> active(static_cast<size_t>(batch), 0);
+  for (int s : slots) {
+    if (s < 0 || s >= batch) throw std::invalid_argument("slot " + std::to_string(s) + " outside [0, " + std::to_string(batch) + ")");
+    if (active[static_cast<size_t>(s)]) throw std::invalid_argument("slot " + std::to_string(s) + " given twice");
+    active[static_cast<size_t>(s)] = 1;
+    const int len = slot_length_[static_cast<size_t>(s)];
+    if (len <= 0) throw std::logic_error("decode of slot " + std::to_string(s) + " before its prefill");
+    if (len >= seq_len - 1)
+      throw std::length_error("slot " + std::to_string(s) + "'s KV cache is full (SEQLEN " + std::to_string(seq_len) +
+                              ", the last row is the batch net's insertion row)");
+  }
+  last_decode_kv_length = seq_len;
+  const Net& c0 = caches_[0];
+  const bool kv_out = c0.info->output_num == 3;  // new K/V as outputs, else inserted at row SEQLEN-1
+  const bm_data_type_t hdt = c0.in_dtype(0);
+  const size_t state_row = static_cast<size_t>(hidden_size) * dtype_size(hdt);
+  // embedding_cache is batch 1: one launch per active slot, into that slot's states row
+  std::vector<int32_t> ids(static_cast<size_t>(batch), 0);
+  std::vector<int32_t> pos(static_cast<size_t>(batch) * 3, 0);
+  std::vector<float> mask(static_cast<size_t>(batch) * seq_len, kMaskValue);
+  for (int s = 0; s < batch; s++) mask[static_cast<size_t>(s + 1) * seq_len - 1] = 0.0f;  // the inserted row
+  for (size_t i = 0; i < slots.size(); i++) {
+    const size_t s = static_cast<size_t>(slots[i]);
+    ids[s] = tokens[i];
+    for (int r = 0; r < 3; r++) pos[s * 3 + static_cast<size_t>(r)] = positions[i];
+    std::fill(mask.begin() + static_cast<std::ptrdiff_t>(s * seq_len),
+              mask.begin() + static_cast<std::ptrdiff_t>(s * seq_len + static_cast<size_t>(slot_length_[s])), 0.0f);
+  }
+  s2d(batch_ids_, ids.data(), ids.size() * 4);
+  for (int s : slots) {
+    bm_tensor_t in = tensor(sub(batch_ids_, static_cast<size_t>(s) * 4, 4), embc_.in_dtype(0), make_shape({1, 1}));
+    bm_tensor_t out = tensor(sub(c0.in_mem(0), static_cast<size_t>(s) * state_row, state_row), embc_.out_dtype(0),
+                             embc_.out_shape(0));
+    launch(embc_, &in, 1, &out, 1);
+  }
+  s2d(c0.in_mem(1), pos.data(), pos.size() * 4);
+  const auto enc = encode_floats(mask.data(), mask.size(), c0.in_dtype(2));
+  s2d(c0.in_mem(2), enc.data(), enc.size());
+  for (int l = 0; l < num_layers; l++) {
+    const Net& n = caches_[static_cast<size_t>(l)];
+    bm_tensor_t in[5];
+    in[0] = tensor(n.in_mem(0), n.in_dtype(0), n.in_shape(0));
+    in[1] = tensor(c0.in_mem(1), n.in_dtype(1), n.in_shape(1));  // positions and mask: layer 0's copy
+    in[2] = tensor(c0.in_mem(2), n.in_dtype(2), n.in_shape(2));
+    in[3] = tensor(kcache_[static_cast<size_t>(l)], n.in_dtype(3), n.in_shape(3));
+    in[4] = tensor(vcache_[static_cast<size_t>(l)], n.in_dtype(4), n.in_shape(4));
+    const bm_device_mem_t next = l + 1 < num_layers ? caches_[static_cast<size_t>(l) + 1].in_mem(0) : dlast_;
+    bm_tensor_t out[3];
+    out[0] = tensor(next, n.out_dtype(0), n.out_shape(0));
+    if (kv_out) {
+      out[1] = tensor(batch_new_k_[static_cast<size_t>(l)], n.out_dtype(1), n.out_shape(1));
+      out[2] = tensor(batch_new_v_[static_cast<size_t>(l)], n.out_dtype(2), n.out_shape(2));
+    }
+    launch(n, in, 5, out, kv_out ? 3 : 1);
+  }
+  // lm_head is batch 1: one launch per active slot (each waits for its result)
+  std::vector<int> result(slots.size());
+  logits.assign(slots.size(), {});
+  for (size_t i = 0; i < slots.size(); i++)
+    result[i] = run_lm_head(sub(dlast_, static_cast<size_t>(slots[i]) * state_row, state_row), logits[i]);
+  // each slot's new K/V row (an output row, or inserted by the net at the slot's row
+  // SEQLEN-1) goes to the slot's next row
+  const size_t kv_row = static_cast<size_t>(kv_heads) * head_dim * dtype_size(c0.in_dtype(3));
+  for (int s : slots) {
+    const size_t base = static_cast<size_t>(s) * seq_len * kv_row;
+    const size_t to = base + static_cast<size_t>(slot_length_[static_cast<size_t>(s)]) * kv_row;
+    for (int l = 0; l < num_layers; l++) {
+      const size_t li = static_cast<size_t>(l);
+      if (kv_out) {
+        d2d(kcache_[li], to, batch_new_k_[li], static_cast<size_t>(s) * kv_row, kv_row);
+        d2d(vcache_[li], to, batch_new_v_[li], static_cast<size_t>(s) * kv_row, kv_row);
+      } else {
+        const size_t from = base + static_cast<size_t>(seq_len - 1) * kv_row;
+        d2d(kcache_[li], to, kcache_[li], from, kv_row);
+        d2d(vcache_[li], to, vcache_[li], from, kv_row);
+      }
+    }
+    slot_length_[static_cast<size_t>(s)]++;
+  }
+  return result;
 }
 
 // ---- device heads (box only: minutes per call on the simulator) -----------------------

@@ -10,6 +10,9 @@
 // Decode follows the vendor's device path: the KV cache *is* the `block_cache_i` nets' own
 // history input buffers; each step writes the new K/V row straight into them, so a token
 // costs embedding + layers + lm_head launches and no device-to-device copies.
+// Batch-N builds (llm_convert -b N) give each of N slots its own region of those
+// buffers: prefill_slot fills one slot, decode_batch advances several in one launch per
+// layer (docs/batching.md).
 //
 // A mutex makes concurrent calls on one object safe (they serialise), and close() frees
 // every device buffer before the runtime and the handle, so a process can load and
@@ -58,6 +61,10 @@ struct VitCall {
   View<float> mask;         // [P, P], or empty (dynamic builds)
   std::string mask_key;     // equal keys mean equal masks: the device copy is reused
   int tokens = 0;           // output rows that belong to the prompt
+  // Rows [tokens, hidden] of every vit output (16-bit, output after output) kept from an
+  // earlier call of the same input: placed without launching the vit.
+  View<uint16_t> cached;
+  bool capture = false;  // keep this call's output rows in Runtime::last_vit_rows
 };
 
 // The inputs of one prefill.
@@ -133,8 +140,14 @@ class Runtime {
   bool prefill_dynamic = false;
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   int token_length = 0;            // tokens in the KV cache
+  // Batch-N builds (llm_convert -b N): block_cache_i runs N slots at once; prefill stays
+  // batch 1 and fills one slot.  1 for the single-sequence layout.
+  int batch = 1;
   int last_decode_kv_length = 0;   // history length of the block_cache stage the last step ran
   std::vector<std::string> networks;
+  // Per vit call of the last prefill: its output rows (VitCall::cached's layout) when the
+  // call asked for them, else empty.
+  std::vector<std::vector<uint16_t>> last_vit_rows;
   std::string path_;
   int devid_;
 
@@ -142,6 +155,13 @@ class Runtime {
   // Each returns the token id chosen by lm_head, or -1 with float32 logits in `logits`.
   int prefill(const PrefillInputs& in, std::vector<float>& logits);
   int decode(int32_t token, int32_t position, std::vector<float>& logits);
+  // Batch-N builds: the whole prompt into `slot`'s KV region (replacing what it held).
+  int prefill_slot(int slot, const PrefillInputs& in, std::vector<float>& logits);
+  // Batch-N builds: one decode step for `slots` (each fed its token at its position; the
+  // other slots ride along masked).  One result per slot, as prefill/decode return them.
+  std::vector<int> decode_batch(const std::vector<int>& slots, const std::vector<int32_t>& tokens,
+                                const std::vector<int32_t>& positions, std::vector<std::vector<float>>& logits);
+  std::vector<int> slot_lengths();  // tokens in each slot's KV region
   // Empty the KV cache (zeros on the device).
   void reset();
   // Device-side heads over the logits of the last prefill/decode (still on the device).
@@ -176,6 +196,9 @@ class Runtime {
   bm_device_mem_t id1_{}, dlast_{};
   std::vector<bm_device_mem_t> kcache_, vcache_;  // the block_cache nets' history inputs (not owned)
   std::vector<bm_device_mem_t> vit_in_, vit_out_, deepstack_;
+  bm_device_mem_t batch_ids_{};        // batch builds: the step's token per slot
+  std::vector<bm_device_mem_t> batch_new_k_, batch_new_v_;  // per layer: the step's new K/V rows (3-output builds)
+  std::vector<int> slot_length_;       // batch builds: tokens in each slot's KV region
   int kv_dirty_rows_ = 0;       // rows [0, n) of the KV cache may hold anything but zeros
   bool mask_ready_ = false;     // prefill causal mask on the device (static builds)
   int dmask_stage_ = -1;        // decode mask on the device: for this stage ...
@@ -198,6 +221,8 @@ class Runtime {
 
   // prefill steps
   void check_prefill(const PrefillInputs& in) const;
+  int run_prefill(const PrefillInputs& in, size_t kv_offset, std::vector<float>& logits);
+  void read_batch_layout();
   void embed_prompt(const View<int32_t>& ids);
   std::vector<VisualRun> visual_runs(const View<int32_t>& vis_pos) const;
   void encode_vision(const PrefillInputs& in, const std::vector<VisualRun>& runs);

@@ -16,17 +16,34 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..model_constants import IMAGE_PAD, VIDEO_PAD
 from .base import Capabilities, Engine, Limits, Prompt, StepOutput
-from .vit_inputs import vit_calls
+from .reuse import VisionCache, vision_key
+from .vit_inputs import VitCall, vit_calls
 
 log = logging.getLogger("qwen3vl.engine.bm1684x")
 
 PATCH_PIXELS = 16 * 16
+
+
+@dataclass
+class CachedVitCall:
+    """A vit call whose output rows are known (the vision cache): the runtime places
+    `cached` (uint16 [outputs * tokens * hidden]) without launching the vit."""
+
+    tokens: int
+    cached: np.ndarray
+    pixel_values: None = None
+    position_ids: None = None
+    pos_idx: None = None
+    pos_weight: None = None
+    attention_mask: None = None
+    mask_key: str = ""
 
 
 class UnsupportedBmodel(RuntimeError):
@@ -68,7 +85,7 @@ def find_bmodel(model_dir: Path) -> Path:
 class BM1684XEngine(Engine):
     name = "bm1684x"
 
-    def __init__(self, model_dir: Path | str, devid: int = 0):
+    def __init__(self, model_dir: Path | str, devid: int = 0, vision_cache_mb: int = 0):
         self.model_dir = Path(model_dir)
         self.bmodel = find_bmodel(self.model_dir)
         native = load_native()
@@ -87,17 +104,24 @@ class BM1684XEngine(Engine):
             raise
         rt = self.rt
         self.device = f"bm1684x:{devid}" + (" (cmodel)" if native.build_mode == "sim" else "")
+        # a batch-N build (llm_convert -b N) runs N slots per decode step; its decode nets
+        # insert each new K/V row at the history's last row, so a slot holds SEQLEN-1 tokens
+        self.max_batch = int(rt.batch)
         self.limits = Limits(
-            max_context=rt.seq_len,
+            max_context=rt.seq_len - 1 if self.max_batch > 1 else rt.seq_len,
             max_input_tokens=rt.max_input_length,
             max_pixels=rt.vit_patches * PATCH_PIXELS if rt.vit_patches else None,
         )
         self.capabilities = Capabilities(logits=bool(rt.lm_head_logits))
         self._next_pos = 0
+        self._slot_pos: dict[int, int] = {}  # batch builds: each slot's next position
+        # vit output rows per media item, kept on the host (bf16: 2 bytes per value)
+        self.vision_cache = VisionCache(vision_cache_mb << 20)
         log.info(
-            "loaded %s on %s: SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
+            "loaded %s on %s: batch %d, SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
             self.bmodel.name,
             self.device,
+            self.max_batch,
             rt.seq_len,
             rt.max_input_length,
             rt.hidden_size,
@@ -115,19 +139,42 @@ class BM1684XEngine(Engine):
     # ---- Engine ----
 
     def prefill(self, prompt: Prompt) -> StepOutput:
-        ids = np.asarray(prompt.input_ids, dtype=np.int32)
-        pos = np.ascontiguousarray(np.asarray(prompt.position_ids), dtype=np.int32)
-        if pos.shape != (3, len(ids)):
-            raise ValueError(f"position_ids must be [3, {len(ids)}], got {pos.shape}")
-        vis_pos, calls = self._vision_calls(ids, prompt) if prompt.vision else (None, [])
-        out = self.rt.prefill(ids, pos, vis_pos, calls)
+        if self.max_batch > 1:  # a batch build serves one sequence as its slot 0
+            return self.prefill_slot(0, prompt)
+        args, misses = self._prefill_args(prompt)
+        out = self.rt.prefill(*args)
+        self._remember_vision(args[3], misses)
         self._next_pos = prompt.next_position
         return self._step(out)
 
     def decode(self, token_id: int) -> StepOutput:
+        if self.max_batch > 1:
+            return self.decode_batch({0: token_id})[0]
         out = self.rt.decode(int(token_id), int(self._next_pos))
         self._next_pos += 1
         return self._step(out)
+
+    def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
+        if self.max_batch <= 1:
+            return super().prefill_slot(slot, prompt)
+        self._slot_pos.pop(slot, None)
+        args, misses = self._prefill_args(prompt)
+        out = self.rt.prefill_slot(int(slot), *args)
+        self._remember_vision(args[3], misses)
+        self._slot_pos[slot] = prompt.next_position
+        return self._step(out)
+
+    def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
+        if self.max_batch <= 1:
+            return super().decode_batch(tokens)
+        slots = sorted(tokens)
+        missing = [s for s in slots if s not in self._slot_pos]
+        if missing:
+            raise RuntimeError(f"decode of slot(s) {missing} before their prefill")
+        outs = self.rt.decode_batch(slots, [int(tokens[s]) for s in slots], [self._slot_pos[s] for s in slots])
+        for s in slots:
+            self._slot_pos[s] += 1
+        return {s: self._step(o) for s, o in zip(slots, outs, strict=True)}
 
     def prefill_logits(self, prompt: Prompt) -> np.ndarray:
         """Logits after the whole prompt (tests compare engines with it; logits builds only)."""
@@ -193,9 +240,28 @@ class BM1684XEngine(Engine):
             return StepOutput(token_id=out)
         return StepOutput(logits=out)
 
+    def _prefill_args(self, prompt: Prompt):
+        ids = np.asarray(prompt.input_ids, dtype=np.int32)
+        pos = np.ascontiguousarray(np.asarray(prompt.position_ids), dtype=np.int32)
+        if pos.shape != (3, len(ids)):
+            raise ValueError(f"position_ids must be [3, {len(ids)}], got {pos.shape}")
+        vis_pos, calls, misses = self._vision_calls(ids, prompt) if prompt.vision else (None, [], [])
+        return (ids, pos, vis_pos, calls), misses
+
+    def _remember_vision(self, calls: list, misses: list[tuple[bytes, int, int]]) -> None:
+        """Keep the output rows of the vit calls of media the cache did not have."""
+        if not misses:
+            return
+        rows = self.rt.last_vit_rows
+        for key, first, n in misses:
+            kept = [(calls[i].tokens, rows[i]) for i in range(first, first + n)]
+            if all(r is not None for _, r in kept):
+                self.vision_cache.put(key, kept, sum(r.nbytes for _, r in kept))
+
     def _vision_calls(self, ids: np.ndarray, prompt: Prompt):
-        """Prompt rows of the vision tokens, and the vit calls whose outputs fill them (in
-        order); the runtime runs them and places their rows on the device."""
+        """Prompt rows of the vision tokens, the vit calls whose outputs fill them (in
+        order; media seen before come from the vision cache and skip the vit), and for the
+        others (cache key, index of the first call, number of calls)."""
         rt = self.rt
         if not rt.vit_patches:
             raise ValueError("this bmodel has no vision encoder")
@@ -203,9 +269,15 @@ class BM1684XEngine(Engine):
         need = sum(v.num_tokens for v in prompt.vision)
         if need != len(slots):
             raise ValueError(f"the prompt has {len(slots)} vision placeholders but the media need {need}")
-        calls = []
+        calls: list[VitCall | CachedVitCall] = []
+        misses: list[tuple[bytes, int, int]] = []
         for v in prompt.vision:
-            calls += vit_calls(
+            key = vision_key(v) if self.vision_cache.max_bytes else b""
+            hit = self.vision_cache.get(key) if key else None
+            if hit is not None:
+                calls += [CachedVitCall(tokens=tokens, cached=rows) for tokens, rows in hit]
+                continue
+            item = vit_calls(
                 np.asarray(v.pixel_values, dtype=np.float32),
                 v.grid_thw,
                 rt.vit_patches,
@@ -214,4 +286,9 @@ class BM1684XEngine(Engine):
                 dynamic=rt.vit_dynamic,
                 with_mask=rt.vit_inputs >= 5,
             )
-        return slots, calls
+            if key:
+                for c in item:
+                    c.capture = True
+                misses.append((key, len(calls), len(item)))
+            calls += item
+        return slots, calls, misses

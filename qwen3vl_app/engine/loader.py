@@ -62,5 +62,5 @@ def load_engine(settings, kind: str | None = None):
     if kind == "bm1684x":
         from .bm1684x import BM1684XEngine
 
-        return BM1684XEngine(model_dir, devid=settings.devid)
+        return BM1684XEngine(model_dir, devid=settings.devid, vision_cache_mb=settings.vision_cache_mb)
     raise ModelFolderError(f"unknown engine {kind!r}")

@@ -99,6 +99,7 @@ class VitCall:
     attention_mask: np.ndarray | None  # float32 [1, 1, P, P] or None (dynamic builds)
     tokens: int  # valid output rows (patches / merge²)
     mask_key: str = ""  # equal keys, equal masks (the runtime reuses its device copy)
+    capture: bool = False  # the runtime keeps the output rows (rt.last_vit_rows) for the vision cache
 
 
 def vit_calls(

@@ -75,6 +75,21 @@ def tiny_bmodel_dynamic_dir(tiny_bmodel_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bmodel_b4_dir(tiny_bmodel_dir) -> Path:
+    """The tiny checkpoint built with `llm_convert -b 4` (through our converter wrapper)."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "llm_convert_patched.py"), "--batch", "4"],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert list(folder.glob("*.bmodel")) and (folder / "config" / "tokenizer.json").exists()
+    return folder
+
+
+@pytest.fixture(scope="session")
 def bm_engine(native_module, tiny_bmodel_dir):
     from qwen3vl_app.engine.bm1684x import BM1684XEngine
 

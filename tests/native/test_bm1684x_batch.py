@@ -1,0 +1,111 @@
+"""A batch-4 bmodel (`llm_convert -b 4`) on the bm1684x engine: slots prefill one at a
+time through the batch-1 prefill nets, decode together through the batch-4 decode nets.
+Checked against transformers on the same checkpoint, and against the same engine with
+one slot alone.  Few device calls: a simulated step takes seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.native.test_bm1684x import _assert_close, _image_prompt, _text_prompt, _torch_greedy
+
+pytestmark = pytest.mark.bm1684x
+
+
+@pytest.fixture(scope="module")
+def b4_engine(native_module, tiny_bmodel_b4_dir):
+    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+
+    eng = BM1684XEngine(tiny_bmodel_b4_dir)
+    yield eng
+    eng.close()
+
+
+def test_batch_build_declares_its_slots(b4_engine):
+    rt = b4_engine.rt
+    assert rt.batch == b4_engine.max_batch == 4
+    # the batch decode nets insert the new row at the history's last row: one row fewer per slot
+    assert b4_engine.limits.max_context == rt.seq_len - 1
+    assert rt.slot_lengths == [0, 0, 0, 0]
+    with pytest.raises(RuntimeError, match="before their prefill"):
+        b4_engine.decode_batch({1: 5})
+    with pytest.raises(RuntimeError, match="prefill_slot"):
+        rt.prefill(np.array([1, 2], np.int32), np.zeros((3, 2), np.int32))
+
+
+def _step(engine, tokens: dict[int, int]):
+    before = engine.rt.counters()
+    outs = engine.decode_batch(tokens)
+    after = engine.rt.counters()
+    return outs, {k: after[k] - before[k] for k in ("launches", "d2d_copies")}
+
+
+def test_slots_decode_together_as_alone_and_as_transformers(b4_engine, tiny_bmodel_b4_dir, torch_model):
+    eng, layers = b4_engine, b4_engine.rt.num_layers
+    text = _text_prompt(tiny_bmodel_b4_dir)
+    image = _image_prompt(tiny_bmodel_b4_dir, eng.limits.max_pixels, seed=4)
+    ref_t, ref_t_logits = _torch_greedy(torch_model, text, 3)
+    ref_i, ref_i_logits = _torch_greedy(torch_model, image, 3)
+
+    _assert_close(eng.prefill_slot(0, text).logits, ref_t_logits[0], "slot 0 prefill")
+    _assert_close(eng.prefill_slot(2, image).logits, ref_i_logits[0], "slot 2 prefill")
+    together = []
+    for i in range(2):  # teacher-forced with transformers' tokens: compared step by step
+        outs, cost = _step(eng, {0: ref_t[i], 2: ref_i[i]})
+        _assert_close(outs[0].logits, ref_t_logits[i + 1], f"slot 0 step {i} (with slot 2)")
+        _assert_close(outs[2].logits, ref_i_logits[i + 1], f"slot 2 step {i} (with slot 0)")
+        # one launch per layer for both slots; embedding and lm_head per slot; 2 row moves per slot and layer
+        assert cost == {"launches": layers + 2 * 2, "d2d_copies": 2 * layers * 2}, cost
+        together.append(outs[0].logits)
+
+    # slot 2 leaves for a step: slot 0 goes on, slot 2's KV region is left as it was
+    outs, cost = _step(eng, {0: ref_t[2]})
+    _assert_close(outs[0].logits, ref_t_logits[3], "slot 0 step 2 (alone)")
+    assert cost == {"launches": layers + 2, "d2d_copies": 2 * layers}, cost
+    outs, _ = _step(eng, {2: ref_i[2]})
+    _assert_close(outs[2].logits, ref_i_logits[3], "slot 2 step 2 (after sitting one out)")
+    L_t, L_i = len(text.input_ids), len(image.input_ids)
+    assert eng.rt.slot_lengths == [L_t + 3, 0, L_i + 3, 0]
+
+    # the same sequence alone in another slot gives the same numbers as it did batched
+    eng.prefill_slot(3, text)
+    alone = eng.decode_batch({3: ref_t[0]})[3].logits
+    np.testing.assert_array_equal(alone, together[0])
+
+    # the single-sequence interface on a batch build runs slot 0
+    out = eng.prefill(text)
+    _assert_close(out.logits, ref_t_logits[0], "prefill() as slot 0")
+    assert eng.rt.slot_lengths[0] == L_t
+
+
+def test_server_batches_on_a_batch_bmodel(native_module, tiny_bmodel_b4_dir, tmp_path):
+    """Real gunicorn + gevent, --max-batch 4 on the batch-4 bmodel: two requests at once
+    give what each gives alone on the same server (temperature 0, token ids compared)."""
+    import threading
+
+    from tests.conftest import run_server
+
+    bodies = [
+        {"messages": [{"role": "user", "content": text}], "max_tokens": 3, "temperature": 0, "logprobs": True}
+        for text in ("Hello there", "What is a TPU?")
+    ]
+
+    def tokens(r) -> list[str]:
+        assert r.status_code == 200, r.text
+        return [t["token"] for t in r.json()["choices"][0]["logprobs"]["content"]]
+
+    with run_server(tiny_bmodel_b4_dir, tmp_path, "--max-batch", "4", workers=1, timeout=300) as s:
+        assert s.get("/health").json()["max_batch"] == 4
+        alone = [tokens(s.post("/v1/chat/completions", json=b, timeout=300)) for b in bodies]
+        together: dict[int, list[str]] = {}
+
+        def run(i: int) -> None:
+            together[i] = tokens(s.post("/v1/chat/completions", json=bodies[i], timeout=300))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [together[0], together[1]] == alone
