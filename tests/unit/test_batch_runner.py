@@ -6,7 +6,6 @@ import gevent
 import pytest
 
 from qwen3vl_app.engine.base import Engine, Limits, StepOutput
-from qwen3vl_app.engine.bm1684x import BM1684XEngine
 from qwen3vl_app.engine.runner import EngineRunner
 from qwen3vl_app.errors import QueueFull
 from qwen3vl_app.settings import Settings
@@ -24,10 +23,6 @@ class SingleSequenceEngine(Engine):
 
     def decode(self, token_id):
         return StepOutput(token_id=0)
-
-
-def test_bm1684x_engine_declares_one_sequence_at_a_time():
-    assert BM1684XEngine.max_batch == 1
 
 
 def test_runner_lowers_max_batch_to_the_engine_and_admits_accordingly():
