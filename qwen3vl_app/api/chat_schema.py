@@ -186,11 +186,11 @@ class StreamOptionsSchema(_Loose):
     include_usage = fields.Boolean(load_default=False)
 
 
-class ChatCompletionRequestSchema(_Loose):
+class GenerationRequestSchema(_Loose):
+    """What the chat and the legacy completions requests share: the model, sampling, stop
+    strings and streaming."""
+
     model = fields.String(load_default=None, allow_none=True)
-    messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
-    max_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
-    max_completion_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
     temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1, min_inclusive=False))
     top_k = fields.Integer(allow_none=True, validate=validate.Range(min=-1))
@@ -202,9 +202,25 @@ class ChatCompletionRequestSchema(_Loose):
     n = fields.Integer(allow_none=True, validate=validate.Equal(1, error="only n=1 is supported"))
     stream = fields.Boolean(load_default=False, allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    user = fields.String(allow_none=True)
+    logit_bias = LogitBias(allow_none=True)
+
+    @validates_schema
+    def _served_model(self, data, **kwargs):
+        from flask import current_app, has_app_context
+
+        from .models import check_served
+
+        if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
+            data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
+
+
+class ChatCompletionRequestSchema(GenerationRequestSchema):
+    messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
+    max_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    max_completion_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
     logprobs = fields.Boolean(load_default=False, allow_none=True)
     top_logprobs = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=20))
-    user = fields.String(allow_none=True)
     prompt_cache_key = fields.String(
         allow_none=True,
         validate=validate.Length(max=1024),
@@ -218,16 +234,9 @@ class ChatCompletionRequestSchema(_Loose):
     tool_choice = ToolChoice(allow_none=True)
     parallel_tool_calls = fields.Boolean(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
-    logit_bias = LogitBias(allow_none=True)
 
     @validates_schema
     def _consistency(self, data, **kwargs):
-        from flask import current_app, has_app_context
-
-        from .models import check_served
-
-        if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
-            data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
         if data.get("top_logprobs") and not data.get("logprobs"):
             raise ValidationError("top_logprobs requires logprobs: true", "top_logprobs")
         choice, tools = data.get("tool_choice"), data.get("tools") or []

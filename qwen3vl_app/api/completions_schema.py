@@ -6,10 +6,10 @@ values are a 400 that names the parameter.
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from ..model_constants import VOCAB_ROWS
-from .chat_schema import LogitBias, StopField, StreamOptionsSchema, UsageSchema
+from .chat_schema import GenerationRequestSchema, UsageSchema
 
 MAX_PROMPTS = 16
 
@@ -43,11 +43,7 @@ def _is_id(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < VOCAB_ROWS
 
 
-class CompletionRequestSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    model = fields.String(load_default=None, allow_none=True)
+class CompletionRequestSchema(GenerationRequestSchema):
     prompt = PromptField(required=True)
     max_tokens = fields.Integer(
         load_default=16,
@@ -55,35 +51,16 @@ class CompletionRequestSchema(Schema):
         validate=validate.Range(min=1),
         metadata={"description": "default 16, as OpenAI's"},
     )
-    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
-    top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1, min_inclusive=False))
-    top_k = fields.Integer(allow_none=True, validate=validate.Range(min=-1))
-    repetition_penalty = fields.Float(allow_none=True, validate=validate.Range(min=0, max=10, min_inclusive=False))
-    presence_penalty = fields.Float(allow_none=True, validate=validate.Range(min=-2, max=2))
-    frequency_penalty = fields.Float(allow_none=True, validate=validate.Range(min=-2, max=2))
-    seed = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=2**63 - 1))
-    stop = StopField(load_default=list, allow_none=True)
-    n = fields.Integer(allow_none=True, validate=validate.Equal(1, error="only n=1 is supported"))
     best_of = fields.Integer(allow_none=True, validate=validate.Equal(1, error="only best_of=1 is supported"))
-    stream = fields.Boolean(load_default=False, allow_none=True)
-    stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     echo = fields.Boolean(load_default=False, allow_none=True)
     logprobs = fields.Integer(
         allow_none=True,
         validate=validate.Range(min=0, max=5),
         metadata={"description": "log-probabilities of the chosen token and this many most likely ones"},
     )
-    logit_bias = LogitBias(allow_none=True)
-    user = fields.String(allow_none=True)
 
     @validates_schema
     def _consistency(self, data, **kwargs):
-        from flask import current_app, has_app_context
-
-        from .models import check_served
-
-        if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
-            data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
         if data.get("echo") and data.get("logprobs") is not None:
             raise ValidationError(
                 "echo with logprobs is not supported (the prompt's log-probabilities are not computed)", "echo"
