@@ -26,13 +26,12 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 
 HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE / "tests" / "unit"))
+sys.path.insert(0, str(HERE))  # tests.support: the sample media and the slow media host
 MSG = [{"role": "user", "content": "Tell me a long story."}]
 
 
@@ -355,7 +354,7 @@ def case_text(repo):
 
 def case_video(repo):
     """7. A 100 s 320x240 clip; an 8 MB 1080p clip (about 10 s)."""
-    from media_samples import write_video
+    from tests.support.media_samples import write_video
 
     out = {}
     with tempfile.TemporaryDirectory() as d, server(repo) as s:
@@ -382,53 +381,21 @@ def case_video(repo):
 
 def case_fetch(repo):
     """8. A media server dripping its header lines (limit 6 s); 16 items of 4 s each (request limit 12 s)."""
-    from PIL import Image
+    from tests.support.media_host import slow_media_host
 
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(buf, "PNG")
-    png = buf.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            try:
-                if self.path.startswith("/drip"):
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                    for i in range(120):
-                        self.wfile.write(f"X-{i}: x\r\n".encode())
-                        self.wfile.flush()
-                        time.sleep(0.5)
-                else:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(png)))
-                    self.end_headers()
-                    step = len(png) // 8 + 1
-                    for i in range(0, len(png), step):
-                        self.wfile.write(png[i : i + step])
-                        self.wfile.flush()
-                        time.sleep(0.5)
-            except OSError:
-                pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
     out = {}
-    env = {
-        "QWEN3VL_ALLOW_PRIVATE_MEDIA_URLS": "1",
-        "QWEN3VL_MEDIA_FETCH_TIMEOUT": "6",
-        "QWEN3VL_MEDIA_REQUEST_TIMEOUT": "12",
-    }
-    with server(repo, env) as s:
-        r, took = chat(s, [{"type": "image_url", "image_url": {"url": base + "/drip"}}], timeout=120)
-        out.update({"dripped_headers_answer": code_of(r), "dripped_headers_s": round(took, 1), "fetch_limit_s": 6})
-        parts = [{"type": "image_url", "image_url": {"url": f"{base}/slow.png?{i}"}} for i in range(16)]
-        r, took = chat(s, parts, timeout=300)
-        out.update({"sixteen_slow_items_answer": code_of(r), "sixteen_slow_items_s": round(took, 1)})
-    httpd.shutdown()
+    with slow_media_host(line_every=0.5, body_seconds=4.0) as base:
+        env = {
+            "QWEN3VL_ALLOW_PRIVATE_MEDIA_URLS": "1",
+            "QWEN3VL_MEDIA_FETCH_TIMEOUT": "6",
+            "QWEN3VL_MEDIA_REQUEST_TIMEOUT": "12",
+        }
+        with server(repo, env) as s:
+            r, took = chat(s, [{"type": "image_url", "image_url": {"url": base + "/drip"}}], timeout=120)
+            out.update({"dripped_headers_answer": code_of(r), "dripped_headers_s": round(took, 1), "fetch_limit_s": 6})
+            parts = [{"type": "image_url", "image_url": {"url": f"{base}/slow.png?{i}"}} for i in range(16)]
+            r, took = chat(s, parts, timeout=300)
+            out.update({"sixteen_slow_items_answer": code_of(r), "sixteen_slow_items_s": round(took, 1)})
     return out
 
 

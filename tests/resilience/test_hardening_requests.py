@@ -11,9 +11,7 @@ import io
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -21,6 +19,7 @@ from PIL import Image
 
 from tests.support.checks import openai_error
 from tests.support.live import REPO
+from tests.support.media_host import slow_media_host
 from tests.support.media_samples import write_video
 
 EQ_KEY = "sk=abc=def"  # werkzeug's parser took this for parameters
@@ -50,39 +49,8 @@ def srv(server_factory):
 def slow_media():
     """/drip-headers: header lines forever, one every 0.2 s; /slow.png: a PNG whose body
     takes ~1.2 s (under the per-fetch limit)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "PNG")
-    png = buf.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            try:
-                if self.path.startswith("/drip-headers"):
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                    for i in range(300):
-                        self.wfile.write(f"X-Drip-{i}: x\r\n".encode())
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                else:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(png)))
-                    self.end_headers()
-                    for i in range(0, len(png), len(png) // 6 + 1):
-                        self.wfile.write(png[i : i + len(png) // 6 + 1])
-                        self.wfile.flush()
-                        time.sleep(0.2)
-            except OSError:
-                pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with slow_media_host(line_every=0.2, body_seconds=1.2, pieces=6) as url:
+        yield url
 
 
 def _chat(srv, content, **kw):

@@ -1,10 +1,12 @@
-"""Media for the API tests: a folder of files (allowed and not) and a loopback HTTP server
-playing the remote media host (redirects, an endless body, a slow answer)."""
+"""Media for the API tests: a folder of files (allowed and not) and loopback HTTP servers
+playing the remote media host (redirects, an endless body, a slow answer, dripped headers)."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -99,5 +101,50 @@ def remote_media_host(media_dir: Path):
         yield f"http://127.0.0.1:{srv.server_address[1]}"
     finally:
         handler.release.set()
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextmanager
+def slow_media_host(line_every: float, body_seconds: float, pieces: int = 8):
+    """A media host that is slow on purpose; yields its base URL.  /drip...: response header
+    lines for a minute, one every `line_every` seconds (never a body); any other path: a
+    64x64 PNG whose body arrives in `pieces` over about `body_seconds`."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "PNG")
+    png = buf.getvalue()
+    step = len(png) // pieces + 1
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            try:
+                if self.path.startswith("/drip"):
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    for i in range(int(60 / line_every)):
+                        self.wfile.write(f"X-Drip-{i}: x\r\n".encode())
+                        self.wfile.flush()
+                        time.sleep(line_every)
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(png)))
+                    self.end_headers()
+                    for i in range(0, len(png), step):
+                        self.wfile.write(png[i : i + step])
+                        self.wfile.flush()
+                        time.sleep(body_seconds / pieces)
+            except OSError:
+                pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
         srv.shutdown()
         srv.server_close()
