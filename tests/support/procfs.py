@@ -34,31 +34,26 @@ def holds_connection_from(pid: int, client_port: int) -> bool:
     is bound to `client_port` (the kernel's backlog alone does not count: the socket must
     be one of the process's open files)."""
     inodes = _socket_inodes(pid)
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            remote_port = int(cols[2].rsplit(":", 1)[1], 16)
-            if remote_port == client_port and cols[9] in inodes:
-                return True
-    return False
+    return any(_port(cols[2]) == client_port and cols[9] in inodes for cols in _tcp_rows())
 
 
 def accepted_connections(pid: int, server_port: int) -> int:
     """Client connections process `pid` still holds on its listening port (LISTEN excluded)."""
     inodes = _socket_inodes(pid)
-    held = 0
+    return sum(1 for cols in _tcp_rows() if _port(cols[1]) == server_port and cols[3] != "0A" and cols[9] in inodes)
+
+
+def _tcp_rows():
+    """The columns of every IPv4 and IPv6 TCP socket the kernel lists."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for row in rows:
-            cols = row.split()
-            local_port = int(cols[1].rsplit(":", 1)[1], 16)
-            if local_port == server_port and cols[3] != "0A" and cols[9] in inodes:
-                held += 1
-    return held
+            yield row.split()
+
+
+def _port(address: str) -> int:
+    """The port of /proc/net/tcp's `HEXADDR:HEXPORT`."""
+    return int(address.rsplit(":", 1)[1], 16)
