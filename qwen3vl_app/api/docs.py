@@ -83,6 +83,22 @@ def _errors(*statuses: int) -> dict:
     return {str(s): _json(ERROR, text[s]) for s in statuses}
 
 
+def _static_files(tag: str, summary: str, operation_id: str, example: str, description: str) -> dict:
+    """GET of an open folder of static files (no key), one path parameter."""
+    return {
+        "get": {
+            "tags": [tag],
+            "summary": summary,
+            "operationId": operation_id,
+            "security": [],
+            "parameters": [
+                {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}, "example": example}
+            ],
+            "responses": {"200": {"description": description}, **_errors(404)},
+        }
+    }
+
+
 def _sse_event(data: str) -> dict:
     """One Server-Sent Event (OpenAPI before 3.2: the media type's schema describes each event)."""
     return {
@@ -311,42 +327,12 @@ def _operations(settings) -> dict[str, dict[str, dict]]:
                 },
             }
         },
-        "/playground/{filename}": {
-            "get": {
-                "tags": ["playground"],
-                "summary": "The playground's static files",
-                "operationId": "playgroundAsset",
-                "security": [],
-                "parameters": [
-                    {
-                        "name": "filename",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "example": "app.js",
-                    }
-                ],
-                "responses": {"200": {"description": "a file of the playground"}, **_errors(404)},
-            }
-        },
-        "/docs/{filename}": {
-            "get": {
-                "tags": ["docs"],
-                "summary": "Swagger UI's static files",
-                "operationId": "docsAsset",
-                "security": [],
-                "parameters": [
-                    {
-                        "name": "filename",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "example": "swagger-ui.css",
-                    }
-                ],
-                "responses": {"200": {"description": "a file of the Swagger UI bundle"}, **_errors(404)},
-            }
-        },
+        "/playground/{filename}": _static_files(
+            "playground", "The playground's static files", "playgroundAsset", "app.js", "a file of the playground"
+        ),
+        "/docs/{filename}": _static_files(
+            "docs", "Swagger UI's static files", "docsAsset", "swagger-ui.css", "a file of the Swagger UI bundle"
+        ),
     }
 
 
