@@ -126,6 +126,8 @@ SAMPLING_FIELDS = (
     "frequency_penalty",
     "seed",
 )
+# Fields every generation endpoint honours (GenerationRequestSchema); each endpoint adds its own.
+GENERATION_FIELDS = frozenset({"model", *SAMPLING_FIELDS, "stop", "n", "stream", "stream_options", "logit_bias"})
 
 
 def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: bool) -> SamplingParams:

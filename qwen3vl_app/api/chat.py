@@ -15,33 +15,18 @@ from .common import json_body
 bp = Blueprint("chat", __name__)
 
 # Request fields with an effect; any other field set in a request is named in X-Ignored-Params.
-HONOURED = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "stop",
-        "n",
-        "stream",
-        "stream_options",
-        "logprobs",
-        "top_logprobs",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "logit_bias",
-        "ignore_eos",
-    }
-)
+HONOURED = serving.GENERATION_FIELDS | {
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "ignore_eos",
+}
 
 
 @bp.post("/v1/chat/completions")

@@ -20,28 +20,7 @@ from .completions_schema import CompletionRequestSchema
 
 bp = Blueprint("completions", __name__)
 
-HONOURED = frozenset(
-    {
-        "model",
-        "prompt",
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "stop",
-        "n",
-        "best_of",
-        "stream",
-        "stream_options",
-        "echo",
-        "logprobs",
-        "logit_bias",
-    }
-)
+HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo", "logprobs"}
 
 
 @bp.post("/v1/completions")
