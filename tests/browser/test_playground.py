@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import re
-import subprocess
 import time
 from html.parser import HTMLParser
 
@@ -18,7 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import API_KEY, free_port
-from tests.ops.test_nginx import NGINX, main_conf
+from tests.support.nginx import NGINX, running_nginx
 
 from .conftest import set_key
 
@@ -326,8 +325,7 @@ def test_the_page_works_behind_nginx_under_a_path_prefix(page, play_server, tmp_
     if NGINX is None:
         pytest.skip("nginx not installed (.ci/run installs the Debian package)")
     port = free_port()
-    site = tmp_path / "prefix.conf"
-    site.write_text(f"""
+    site = f"""
 server {{
     listen 127.0.0.1:{port};
     location /qwen/ {{
@@ -336,26 +334,9 @@ server {{
         client_max_body_size 64m;
     }}
 }}
-""")
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(main_conf(tmp_path, site))
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/qwen/"
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                if requests.get(base, timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+"""
+    base = f"http://127.0.0.1:{port}/qwen/"
+    with running_nginx(tmp_path, site, base):
         seen = []
         page.on("request", lambda r: seen.append(r.url))
         page.goto(base)  # another origin (port): its own localStorage, so the key is asked again
@@ -366,6 +347,3 @@ server {{
         assert int(STATS.search(last(page, ".stats"))[4]) == 20
         assert seen and all(u.startswith((base, "data:")) for u in seen), seen
         assert any(u == base + "v1/chat/completions" for u in seen)
-    finally:
-        proc.terminate()
-        proc.wait(10)

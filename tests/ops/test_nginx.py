@@ -5,11 +5,7 @@ uploads larger than nginx's default 1 MiB body limit get through."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +14,8 @@ from PIL import Image
 
 from tests.support.live import API_KEY, REPO, free_port
 from tests.support.live import LONG_STORY as MSG
-from tests.support.polling import wait_for
+from tests.support.nginx import NGINX, running_nginx
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (.ci/run installs the Debian package)")
 
 
@@ -32,58 +27,14 @@ def render_site(backend_port: int, listen_port: int) -> str:
     return site
 
 
-def main_conf(prefix: Path, site: Path) -> str:
-    user = "user root;\n" if os.geteuid() == 0 else ""  # worker processes reach the temp folders
-    return f"""{user}worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    default_type application/octet-stream;
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {site};
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def proxied(server_factory, tmp_path_factory):
     """(gunicorn, nginx base URL)."""
     with server_factory(workers=1, api_key=API_KEY) as s:
-        prefix = tmp_path_factory.mktemp("nginx")
         port = free_port()
-        site = prefix / "qwen3vl.conf"
-        site.write_text(render_site(s.port, port))
-        conf = prefix / "nginx.conf"
-        conf.write_text(main_conf(prefix, site))
-        base = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-        check = subprocess.run(base + ["-t"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        proc = subprocess.Popen(base + ["-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}"
-
-        def nginx_answers():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                return requests.get(url + "/health", headers=s.headers, timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        try:
-            wait_for(nginx_answers, timeout=20, every=0.1, what="nginx answering")
+        with running_nginx(tmp_path_factory.mktemp("nginx"), render_site(s.port, port), url + "/health", s.headers):
             yield s, url
-        finally:
-            proc.terminate()  # nginx: SIGTERM = fast shutdown
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def _lines_as_they_arrive(resp):

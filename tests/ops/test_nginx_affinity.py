@@ -6,15 +6,13 @@ conversations spread over both boxes."""
 from __future__ import annotations
 
 import re
-import subprocess
-import time
 from contextlib import ExitStack
 
 import pytest
 import requests
 
 from tests.conftest import API_KEY, REPO, free_port
-from tests.ops.test_nginx import NGINX, main_conf
+from tests.support.nginx import NGINX, running_nginx
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (.ci/run installs the Debian package)")
 
@@ -36,32 +34,11 @@ def boxes(server_factory, tmp_path_factory):
         pids = {}
         for i, s in enumerate(servers):
             pids[s.get("/health").json()["worker_pid"]] = i
-        prefix = tmp_path_factory.mktemp("nginx-affinity")
         port = free_port()
-        site = prefix / "site.conf"
-        site.write_text(render([s.port for s in servers], port))
-        conf = prefix / "nginx.conf"
-        conf.write_text(main_conf(prefix, site))
-        base = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-        check = subprocess.run(base + ["-t"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        proc = subprocess.Popen(base + ["-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                try:
-                    if requests.get(url + "/health", headers=servers[0].headers, timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, (prefix / "error.log").read_text()
-                time.sleep(0.1)
+        site = render([s.port for s in servers], port)
+        with running_nginx(tmp_path_factory.mktemp("nginx-affinity"), site, url + "/health", servers[0].headers):
             yield url, pids
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def chat(url: str, messages: list, session: str) -> requests.Response:
