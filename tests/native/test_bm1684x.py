@@ -162,8 +162,10 @@ def test_native_calls_release_the_gil(bm_engine, tiny_bmodel_dir):
     elapsed = time.perf_counter() - start
     gaps = np.diff([start] + ticks)
     assert elapsed > 0.3, "prefill was too quick to tell"
-    # holding the GIL would stall the main thread for the whole call; allow for a loaded machine
-    assert gaps.max() < 0.5 * elapsed, f"the main thread stalled {gaps.max():.2f}s during a {elapsed:.2f}s native call"
+    # Holding the GIL would stall the main thread for the whole call.  Judge the share of
+    # the call spent stalled, not one gap: a loaded machine can deschedule us for a while.
+    stalled = gaps[gaps > 0.1].sum()
+    assert stalled < 0.5 * elapsed, f"the main thread stalled {stalled:.2f}s during a {elapsed:.2f}s native call"
     assert len(ticks) > 20
 
 

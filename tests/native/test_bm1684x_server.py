@@ -44,9 +44,13 @@ def test_health_answers_while_the_tpu_generates(native_module, tiny_bmodel_dir, 
         assert result["body"]["usage"]["completion_tokens"] >= 1
         assert elapsed > 1.0, "generation too quick to tell"
         assert len(latencies) >= 5
-        # a held GIL would block /health for the whole generation; allow for a loaded machine
-        assert max(latencies) < min(1.5, 0.5 * elapsed), (
-            f"/health stalled {max(latencies):.2f}s during a {elapsed:.1f}s generation"
+        # A held GIL would stall /health for every native call, i.e. for most of the
+        # generation.  Judge the share of the generation spent in stalls, not one stall:
+        # a loaded 2-core machine can delay a single answer by seconds.
+        stalled = sum(x for x in latencies if x > 0.5)
+        assert stalled < 0.5 * elapsed, (
+            f"/health stalled {stalled:.2f}s in all (longest {max(latencies):.2f}s) "
+            f"during a {elapsed:.1f}s generation"
         )
 
 
