@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument(
         "--history-kv",
         action="store_true",
-        help="llm_convert --use_history_kv (prefill on top of a kept history; the runtime refuses it)",
+        help="llm_convert --use_history_kv (chunked prefill on top of the rows the KV cache keeps)",
     )
     args = ap.parse_args()
     convert_args = list(TINY_ARGS)

@@ -141,6 +141,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
       .def_readonly("vit_inputs", &Runtime::vit_inputs)
       .def_readonly("vit_dynamic", &Runtime::vit_dynamic)
       .def_readonly("prefill_dynamic", &Runtime::prefill_dynamic)
+      .def_readonly("history_kv", &Runtime::history_kv)
       .def_readonly("token_length", &Runtime::token_length)
       .def_readonly("networks", &Runtime::networks)
       .def_readonly("has_greedy_head", &Runtime::has_greedy_head)
@@ -152,22 +153,24 @@ PYBIND11_MODULE(qwen3vl_native, m) {
       .def(
           "prefill",
           [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
-             py::sequence vit_calls) {
+             py::sequence vit_calls, int keep) {
             Pinned pin;
             const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
             std::vector<float> logits;
             int tok;
             {
               py::gil_scoped_release nogil;
-              tok = r.prefill(in, logits);
+              tok = r.prefill(in, logits, keep);
             }
             return step_result(tok, logits);
           },
           py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
-          py::arg("vit_calls") = py::tuple(),
-          "Run the whole prompt; the vision encoder runs first, one call per item of vit_calls (objects with "
+          py::arg("vit_calls") = py::tuple(), py::arg("keep") = 0,
+          "Run the prompt; the vision encoder runs first, one call per item of vit_calls (objects with "
           "pixel_values, position_ids, pos_idx, pos_weight, attention_mask, mask_key, tokens), its rows going "
-          "to visual_positions on the device.  Returns float32 logits [vocab] or the device-chosen token id.")
+          "to visual_positions on the device.  Returns float32 logits [vocab] or the device-chosen token id.  "
+          "History-KV bmodels: `keep` leading cached rows stay and the arrays are the prompt after them "
+          "(positions absolute, visual_positions relative to input_ids).")
       .def(
           "decode",
           [](Runtime& r, int token, int position) {

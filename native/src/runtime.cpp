@@ -197,7 +197,8 @@ const char* kSupported =
     "or a batch-N build (llm_convert -b N): block_cache_<i> with states [N,1,H], positions [N,3,1], mask "
     "[N,1,1,SEQLEN], history K/V [N,SEQLEN,kv_heads,head_dim] and 1 output (K/V inserted at row SEQLEN-1) or 3 "
     "(+ new K/V [N,1,kv_heads,head_dim]), one stage; batch-1 prefill, "
-    "embedding_cache and lm_head";
+    "embedding_cache and lm_head; or a batch-1 --use_history_kv build: dynamic block_<i> without mask and "
+    "block_kv_<i> (states [1,MAX_INPUT_LENGTH,H], positions, history K/V [1,SEQLEN,kv_heads,head_dim]; 3 outputs)";
 
 std::string dims_of(const Net& n, bool inputs) {
   std::string r;
@@ -220,8 +221,6 @@ void Runtime::read_layout() {
       for (auto& s : networks) all += (all.empty() ? "" : ", ") + s;
       unsupported(path_, std::string("no network '") + name + "' (networks: " + all + ")");
     }
-  if (std::find(networks.begin(), networks.end(), "block_kv_0") != networks.end())
-    unsupported(path_, "a --use_history_kv build (block_kv_* networks: prefill on top of a kept history)");
   emb_ = net("embedding", true);
   embc_ = net("embedding_cache", true);
   lm_ = net("lm_head", true);
@@ -295,6 +294,8 @@ void Runtime::read_layout() {
         unsupported(path_, c.name + " differs from block_cache_0 (" + dims_of(c, true) + ")");
   }
 
+  if (std::find(networks.begin(), networks.end(), "block_kv_0") != networks.end()) read_history_layout();
+
   const bm_shape_t& lin = lm_.in_shape(0);
   if (lin.num_dims != 2 || lin.dims[1] != hidden_size)
     unsupported(path_, "lm_head input " + shape_str(lin) + " (hidden size " + std::to_string(hidden_size) + ")");
@@ -363,6 +364,32 @@ void Runtime::read_batch_layout() {
   slot_length_.assign(static_cast<size_t>(batch), 0);
 }
 
+// block_kv_i of a --use_history_kv build: a prefill chunk (states [1,C,H], positions) on
+// top of history K/V [1,h,kv_heads,head_dim] (dynamic: the h rows before the chunk, no mask
+// needed), giving the chunk's states and K/V.  block_i runs a chunk with no history.
+void Runtime::read_history_layout() {
+  if (batch > 1) unsupported(path_, "a batch-" + std::to_string(batch) + " --use_history_kv build");
+  const Net& b0 = blocks_[0];
+  if (!prefill_dynamic || b0.info->input_num != 2)
+    unsupported(path_, "a --use_history_kv build whose block_0 is " + std::string(prefill_dynamic ? "" : "static, ") +
+                           "with inputs " + dims_of(b0, true));
+  for (int l = 0; l < num_layers; l++) {
+    Net k = net("block_kv_" + std::to_string(l), false);
+    const std::initializer_list<int> chunk_kv = {1, max_input_length, kv_heads, head_dim};
+    if (!k.present())
+      unsupported(path_, "a --use_history_kv build without block_kv_" + std::to_string(l));
+    if (!k.info->is_dynamic || k.info->input_num != 4 || k.info->output_num != 3 ||
+        !same_shape(k.in_shape(0), {1, max_input_length, hidden_size}) ||
+        !same_shape(k.in_shape(2), {1, seq_len, kv_heads, head_dim}) ||
+        !same_shape(k.in_shape(3), {1, seq_len, kv_heads, head_dim}) || !same_shape(k.out_shape(1), chunk_kv) ||
+        !same_shape(k.out_shape(2), chunk_kv))
+      unsupported(path_, k.name + " inputs " + dims_of(k, true) + ", outputs " + dims_of(k, false) +
+                             (k.info->is_dynamic ? "" : " (static)"));
+    kv_blocks_.push_back(k);
+  }
+  history_kv = true;
+}
+
 void Runtime::allocate_buffers() {
   const Net& b0 = blocks_[0];
   const size_t hsz = dtype_size(emb_.out_dtype(0));
@@ -400,6 +427,13 @@ void Runtime::allocate_buffers() {
     for (int i = 0; i < vit_outputs; i++) vit_out_.push_back(alloc(vit_.out_bytes(i)));
     for (int i = 1; i < vit_outputs; i++) deepstack_.push_back(alloc(hidden_buffer));
   }
+  if (history_kv) {
+    // + one chunk: the static embedding writes whole chunks
+    const size_t prompt_buffer = static_cast<size_t>(seq_len + max_input_length) * hidden_size * hsz;
+    prompt_hid_ = alloc(prompt_buffer);
+    for (size_t i = 0; i < deepstack_.size(); i++) prompt_ds_.push_back(alloc(prompt_buffer));
+    for (auto& t : kv_tail_) t = alloc(blocks_[0].out_bytes(1));
+  }
 }
 
 void Runtime::close_locked() {
@@ -414,6 +448,7 @@ void Runtime::close_locked() {
   batch_new_k_.clear();
   batch_new_v_.clear();
   deepstack_.clear();
+  prompt_ds_.clear();
   if (rt_) {
     bmrt_destroy(rt_);
     rt_ = nullptr;
@@ -474,19 +509,19 @@ std::vector<uint16_t> Runtime::test_read_kv_cache(int layer, int which) {
 
 // ---- prefill ---------------------------------------------------------------------------
 
-int Runtime::prefill(const PrefillInputs& in, std::vector<float>& logits) {
+int Runtime::prefill(const PrefillInputs& in, std::vector<float>& logits, int keep) {
   std::lock_guard<std::mutex> g(mu_);
   check_open();
   if (batch > 1) throw std::logic_error("a batch-" + std::to_string(batch) + " bmodel prefills per slot (prefill_slot)");
-  check_prefill(in);
+  check_prefill(in, keep);
   token_length = 0;
   dmask_stage_ = -1;
-  const int L = static_cast<int>(in.ids.size);
-  const int rows = prefill_dynamic ? L : max_input_length;  // rows the blocks run on (and KV rows written)
+  const int end = keep + static_cast<int>(in.ids.size);
+  const int rows = prefill_dynamic ? end : max_input_length;  // cache rows holding K/V after this prefill
   zero_kv_rows(rows, kv_dirty_rows_);
   kv_dirty_rows_ = rows;
-  const int tok = run_prefill(in, 0, logits);
-  token_length = L;
+  const int tok = history_kv ? run_prefill_chunked(in, keep, logits) : run_prefill(in, 0, logits);
+  token_length = end;
   return tok;
 }
 
@@ -497,7 +532,7 @@ int Runtime::prefill_slot(int slot, const PrefillInputs& in, std::vector<float>&
   check_open();
   if (batch <= 1) throw std::logic_error("prefill_slot needs a batch-N bmodel; this one is batch 1 (use prefill)");
   if (slot < 0 || slot >= batch) throw std::invalid_argument("slot " + std::to_string(slot) + " outside [0, " + std::to_string(batch) + ")");
-  check_prefill(in);
+  check_prefill(in, 0);
   slot_length_[static_cast<size_t>(slot)] = 0;
   const size_t kv_row = static_cast<size_t>(kv_heads) * head_dim * dtype_size(caches_[0].in_dtype(3));
   const int tok = run_prefill(in, static_cast<size_t>(slot) * seq_len * kv_row, logits);
@@ -516,42 +551,114 @@ int Runtime::run_prefill(const PrefillInputs& in, size_t kv_offset, std::vector<
   const int L = static_cast<int>(in.ids.size);
   last_vit_rows.assign(in.vit_calls.size(), {});
   const int rows = prefill_dynamic ? L : max_input_length;
-  embed_prompt(in.ids);
+  embed_prompt(in.ids, hid_[0]);
   const std::vector<VisualRun> runs = visual_runs(in.vis_pos);
-  if (!runs.empty()) encode_vision(in, runs);
+  if (!runs.empty()) encode_vision(in, runs, hid_[0], deepstack_);
   upload_positions_and_mask(in.pos3, L, rows);
-  int cur = 0;
-  const bool with_deepstack = !runs.empty() && !deepstack_.empty();
-  const bool has_mask = blocks_[0].info->input_num >= 3;
-  const size_t kv_row = static_cast<size_t>(kv_heads) * head_dim;
-  for (int l = 0; l < num_layers; l++) {
-    const Net& n = blocks_[static_cast<size_t>(l)];
-    bm_tensor_t inputs[3];
-    inputs[0] = tensor(hid_[cur], n.in_dtype(0), make_shape({1, rows, hidden_size}));
-    // batch-N builds declare prefill positions [1, 3, L]
-    inputs[1] = tensor(pos_, n.in_dtype(1), n.in_shape(1).num_dims == 3 ? make_shape({1, 3, rows}) : make_shape({3, rows}));
-    if (has_mask) inputs[2] = tensor(mask_, n.in_dtype(2), make_shape({1, 1, rows, rows}));
-    bm_tensor_t out[3];
-    out[0] = tensor(hid_[1 - cur], n.out_dtype(0), make_shape({1, rows, hidden_size}));
-    // K/V go straight into the cache; dynamic nets check the user buffer against their
-    // largest output, so they get the cache's first MAX_INPUT_LENGTH rows
-    const size_t kv_bytes = static_cast<size_t>(max_input_length) * kv_row * dtype_size(n.out_dtype(1));
-    out[1] = tensor(sub(kcache_[static_cast<size_t>(l)], kv_offset, kv_bytes), n.out_dtype(1),
-                    make_shape({1, rows, kv_heads, head_dim}));
-    out[2] = tensor(sub(vcache_[static_cast<size_t>(l)], kv_offset, kv_bytes), n.out_dtype(2),
-                    make_shape({1, rows, kv_heads, head_dim}));
-    launch(n, inputs, has_mask ? 3 : 2, out, 3);
-    cur = 1 - cur;
-    if (with_deepstack && static_cast<size_t>(l) < deepstack_.size()) cur = add_deepstack(cur, l, runs);
-  }
+  const int cur = run_layers(rows, 0, kv_offset, runs);
   const size_t row_bytes = static_cast<size_t>(hidden_size) * dtype_size(emb_.out_dtype(0));
   return run_lm_head(sub(hid_[cur], static_cast<size_t>(L - 1) * row_bytes, row_bytes), logits);
 }
 
-void Runtime::check_prefill(const PrefillInputs& in) const {
+// History-KV builds: the prompt after the `keep` cached rows, in chunks of MAX_INPUT_LENGTH.
+// Embeddings and vision rows of the whole prompt are laid out first (a vision block may
+// straddle two chunks); then each chunk's rows, deepstack rows and positions are copied to
+// where the blocks read them and run on top of every row before them.
+int Runtime::run_prefill_chunked(const PrefillInputs& in, int keep, std::vector<float>& logits) {
+  const int L = static_cast<int>(in.ids.size), C = max_input_length;
+  last_vit_rows.assign(in.vit_calls.size(), {});
+  const size_t row_bytes = static_cast<size_t>(hidden_size) * dtype_size(emb_.out_dtype(0));
+  for (int c0 = 0; c0 < L; c0 += C)
+    embed_prompt({in.ids.data + c0, static_cast<size_t>(std::min(C, L - c0))},
+                 sub(prompt_hid_, static_cast<size_t>(c0) * row_bytes, static_cast<size_t>(C) * row_bytes));
+  const std::vector<VisualRun> runs = visual_runs(in.vis_pos);
+  if (!runs.empty()) encode_vision(in, runs, prompt_hid_, prompt_ds_);
+  int cur = 0, rows = 0;
+  for (int c0 = 0; c0 < L; c0 += C) {
+    rows = std::min(C, L - c0);
+    const size_t at = static_cast<size_t>(c0) * row_bytes, bytes = static_cast<size_t>(rows) * row_bytes;
+    d2d(hid_[0], 0, prompt_hid_, at, bytes);
+    std::vector<VisualRun> chunk_runs;  // rows relative to the chunk
+    for (const VisualRun& r : runs) {
+      const int lo = std::max(r.row, c0), hi = std::min(r.row + r.count, c0 + rows);
+      if (lo < hi) chunk_runs.push_back({r.first + static_cast<size_t>(lo - r.row), lo - c0, hi - lo});
+    }
+    if (!chunk_runs.empty())
+      for (size_t i = 0; i < deepstack_.size(); i++) d2d(deepstack_[i], 0, prompt_ds_[i], at, bytes);
+    std::vector<int32_t> pos(static_cast<size_t>(3 * rows));
+    for (int r = 0; r < 3; r++)
+      std::copy_n(in.pos3.data + static_cast<size_t>(r) * L + c0, rows, pos.begin() + static_cast<std::ptrdiff_t>(r) * rows);
+    upload_positions_and_mask({pos.data(), pos.size()}, rows, rows);
+    cur = run_layers(rows, keep + c0, 0, chunk_runs);
+  }
+  return run_lm_head(sub(hid_[cur], static_cast<size_t>(rows - 1) * row_bytes, row_bytes), logits);
+}
+
+// `rows` prompt rows (states in hid_[0], positions and mask uploaded) through every layer.
+// Their K/V go into the cache at row `history` of the region at byte `kv_offset`; with
+// history > 0 (history-KV builds) block_kv_i attends to the rows before them.  Deepstack
+// features are added over `runs` (rows relative to hid_).  Returns the buffer holding the
+// last layer's states.
+int Runtime::run_layers(int rows, int history, size_t kv_offset, const std::vector<VisualRun>& runs) {
+  int cur = 0;
+  const bool with_deepstack = !runs.empty() && !deepstack_.empty();
+  const bool has_mask = blocks_[0].info->input_num >= 3;
+  const size_t kv_row = static_cast<size_t>(kv_heads) * head_dim * dtype_size(blocks_[0].out_dtype(1));
+  const size_t at = kv_offset + static_cast<size_t>(history) * kv_row;
+  // dynamic nets check a user buffer against their largest output: MAX_INPUT_LENGTH rows,
+  // straight in the cache when they fit there, else in a spare buffer copied after
+  const size_t chunk_bytes = static_cast<size_t>(max_input_length) * kv_row;
+  const bool tail = history + max_input_length > seq_len;
+  for (int l = 0; l < num_layers; l++) {
+    const Net& n = history > 0 ? kv_blocks_[static_cast<size_t>(l)] : blocks_[static_cast<size_t>(l)];
+    const bm_device_mem_t k = kcache_[static_cast<size_t>(l)], v = vcache_[static_cast<size_t>(l)];
+    bm_tensor_t inputs[4];
+    int nin = 0;
+    inputs[nin++] = tensor(hid_[cur], n.in_dtype(0), make_shape({1, rows, hidden_size}));
+    // batch-N builds declare prefill positions [1, 3, L]
+    inputs[nin++] =
+        tensor(pos_, n.in_dtype(1), n.in_shape(1).num_dims == 3 ? make_shape({1, 3, rows}) : make_shape({3, rows}));
+    if (history > 0) {
+      // The net concatenates history and chunk K/V in place (the compiler lays its history
+      // input out in front of the chunk's rows): the history goes into its own input
+      // buffers, not a pointer to the cache.
+      const bm_shape_t hs = make_shape({1, history, kv_heads, head_dim});
+      const size_t hbytes = static_cast<size_t>(history) * kv_row;
+      d2d(n.in_mem(2), 0, k, kv_offset, hbytes);
+      d2d(n.in_mem(3), 0, v, kv_offset, hbytes);
+      inputs[nin++] = tensor(n.in_mem(2), n.in_dtype(2), hs);
+      inputs[nin++] = tensor(n.in_mem(3), n.in_dtype(3), hs);
+    } else if (has_mask) {
+      inputs[nin++] = tensor(mask_, n.in_dtype(2), make_shape({1, 1, rows, rows}));
+    }
+    bm_tensor_t out[3];
+    const bm_shape_t kvs = make_shape({1, rows, kv_heads, head_dim});
+    out[0] = tensor(hid_[1 - cur], n.out_dtype(0), make_shape({1, rows, hidden_size}));
+    out[1] = tensor(tail ? kv_tail_[0] : sub(k, at, chunk_bytes), n.out_dtype(1), kvs);
+    out[2] = tensor(tail ? kv_tail_[1] : sub(v, at, chunk_bytes), n.out_dtype(2), kvs);
+    launch(n, inputs, nin, out, 3);
+    if (tail) {
+      d2d(k, at, kv_tail_[0], 0, static_cast<size_t>(rows) * kv_row);
+      d2d(v, at, kv_tail_[1], 0, static_cast<size_t>(rows) * kv_row);
+    }
+    cur = 1 - cur;
+    if (with_deepstack && static_cast<size_t>(l) < deepstack_.size()) cur = add_deepstack(cur, l, runs);
+  }
+  return cur;
+}
+
+void Runtime::check_prefill(const PrefillInputs& in, int keep) const {
   const int L = static_cast<int>(in.ids.size);
   if (L <= 0) throw std::invalid_argument("empty prompt");
-  if (L > max_input_length)
+  if (keep < 0 || keep > token_length)
+    throw std::invalid_argument("cannot keep " + std::to_string(keep) + " rows: the cache holds " +
+                                std::to_string(token_length));
+  if (keep > 0 && !history_kv)
+    throw std::invalid_argument("only a --use_history_kv bmodel prefills on top of cached rows");
+  if (history_kv && keep + L > seq_len)
+    throw std::invalid_argument("prompt of " + std::to_string(keep + L) + " tokens exceeds SEQLEN " +
+                                std::to_string(seq_len));
+  if (!history_kv && L > max_input_length)
     throw std::invalid_argument("prompt of " + std::to_string(L) + " tokens exceeds MAX_INPUT_LENGTH " +
                                 std::to_string(max_input_length));
   if (in.pos3.size != static_cast<size_t>(3 * L)) throw std::invalid_argument("position_ids must be [3, L]");
@@ -570,15 +677,15 @@ void Runtime::check_prefill(const PrefillInputs& in) const {
       throw std::invalid_argument("cached vit rows must be [vit outputs, tokens, hidden] 16-bit values");
 }
 
-// Token ids -> hidden rows in hid_[0] (the embedding stays static in dynamic builds).
-void Runtime::embed_prompt(const View<int32_t>& ids) {
+// Token ids -> hidden rows in `dst` (the embedding stays static in dynamic builds).
+void Runtime::embed_prompt(const View<int32_t>& ids, bm_device_mem_t dst) {
   const int L = static_cast<int>(ids.size);
   const int Le = emb_.info->is_dynamic ? L : emb_.in_shape(0).dims[1];
   std::vector<int32_t> idbuf(static_cast<size_t>(max_input_length), 0);
   std::copy(ids.data, ids.data + L, idbuf.begin());
   s2d(ids_, idbuf.data(), static_cast<size_t>(Le) * 4);
   bm_tensor_t in = tensor(ids_, emb_.in_dtype(0), make_shape({1, Le}));
-  bm_tensor_t out = tensor(hid_[0], emb_.out_dtype(0), make_shape({1, Le, hidden_size}));
+  bm_tensor_t out = tensor(dst, emb_.out_dtype(0), make_shape({1, Le, hidden_size}));
   launch(emb_, &in, 1, &out, 1);
 }
 
@@ -594,9 +701,10 @@ std::vector<VisualRun> Runtime::visual_runs(const View<int32_t>& vis_pos) const 
 }
 
 // Every vit call's rows go, on the device, to their prompt rows: the merged embeddings
-// into the hidden buffer, deepstack feature i into deepstack buffer i (zeros elsewhere).
-void Runtime::encode_vision(const PrefillInputs& in, const std::vector<VisualRun>& runs) {
-  for (auto& d : deepstack_) memset16(d, 0);
+// into `hidden`, deepstack feature i into `deepstack[i]` (zeros elsewhere).
+void Runtime::encode_vision(const PrefillInputs& in, const std::vector<VisualRun>& runs, bm_device_mem_t hidden,
+                            const std::vector<bm_device_mem_t>& deepstack) {
+  for (auto& d : deepstack) memset16(d, 0);
   const size_t row_bytes = static_cast<size_t>(hidden_size) * dtype_size(emb_.out_dtype(0));
   size_t first = 0;  // index of the call's first vision token
   for (size_t k = 0; k < in.vit_calls.size(); k++) {
@@ -622,8 +730,8 @@ void Runtime::encode_vision(const PrefillInputs& in, const std::vector<VisualRun
       if (lo >= hi) continue;
       const size_t dst = (static_cast<size_t>(r.row) + (lo - r.first)) * row_bytes;
       const size_t src = (lo - first) * row_bytes;
-      d2d(hid_[0], dst, vit_out_[0], src, (hi - lo) * row_bytes);
-      for (size_t i = 0; i < deepstack_.size(); i++) d2d(deepstack_[i], dst, vit_out_[i + 1], src, (hi - lo) * row_bytes);
+      d2d(hidden, dst, vit_out_[0], src, (hi - lo) * row_bytes);
+      for (size_t i = 0; i < deepstack.size(); i++) d2d(deepstack[i], dst, vit_out_[i + 1], src, (hi - lo) * row_bytes);
     }
     first = end;
   }

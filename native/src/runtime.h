@@ -13,6 +13,10 @@
 // Batch-N builds (llm_convert -b N) give each of N slots its own region of those
 // buffers: prefill_slot fills one slot, decode_batch advances several in one launch per
 // layer (docs/batching.md).
+// History-KV builds (llm_convert --use_history_kv) also have `block_kv_i`: a prefill chunk
+// on top of the rows the cache already holds.  Their prefill runs a prompt of any length
+// in chunks of MAX_INPUT_LENGTH and can keep a leading part of the cache (the previous
+// turn of a chat): only the rows after it are computed (docs/multi-turn.md).
 //
 // A mutex makes concurrent calls on one object safe (they serialise), and close() frees
 // every device buffer before the runtime and the handle, so a process can load and
@@ -138,6 +142,7 @@ class Runtime {
   bool has_sample_head = false;
   int sample_candidates = 0;  // sample_head's top-k width
   bool prefill_dynamic = false;
+  bool history_kv = false;  // block_kv_i present: chunked prefill that can keep cached rows
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   int token_length = 0;            // tokens in the KV cache
   // Batch-N builds (llm_convert -b N): block_cache_i runs N slots at once; prefill stays
@@ -153,7 +158,9 @@ class Runtime {
 
   // ---- calls ----
   // Each returns the token id chosen by lm_head, or -1 with float32 logits in `logits`.
-  int prefill(const PrefillInputs& in, std::vector<float>& logits);
+  // prefill keeps the first `keep` cached rows (history-KV builds; 0 elsewhere) and runs
+  // `in` -- the prompt after them, positions absolute -- on top.
+  int prefill(const PrefillInputs& in, std::vector<float>& logits, int keep = 0);
   int decode(int32_t token, int32_t position, std::vector<float>& logits);
   // Batch-N builds: the whole prompt into `slot`'s KV region (replacing what it held).
   int prefill_slot(int slot, const PrefillInputs& in, std::vector<float>& logits);
@@ -187,7 +194,7 @@ class Runtime {
   void* rt_ = nullptr;
   std::vector<bm_device_mem_t> owned_;
   Net emb_, embc_, lm_, vit_, add_, greedy_, sample_;
-  std::vector<Net> blocks_, caches_;
+  std::vector<Net> blocks_, caches_, kv_blocks_;
   int cache_full_stage_ = 0;     // the block_cache stage whose history holds SEQLEN rows
   std::vector<int> cache_stage_index_;  // decode_stages[i] -> block_cache stage number
   bool logits_valid_ = false;
@@ -196,6 +203,11 @@ class Runtime {
   bm_device_mem_t id1_{}, dlast_{};
   std::vector<bm_device_mem_t> kcache_, vcache_;  // the block_cache nets' history inputs (not owned)
   std::vector<bm_device_mem_t> vit_in_, vit_out_, deepstack_;
+  // history-KV builds: the whole prompt's embedding and deepstack rows (a vision block may
+  // straddle two chunks), and a chunk's K/V when it would not fit at the cache's end
+  bm_device_mem_t prompt_hid_{};
+  std::vector<bm_device_mem_t> prompt_ds_;
+  bm_device_mem_t kv_tail_[2]{};
   bm_device_mem_t batch_ids_{};        // batch builds: the step's token per slot
   std::vector<bm_device_mem_t> batch_new_k_, batch_new_v_;  // per layer: the step's new K/V rows (3-output builds)
   std::vector<int> slot_length_;       // batch builds: tokens in each slot's KV region
@@ -220,15 +232,18 @@ class Runtime {
   void zero_kv_rows(int from, int to);
 
   // prefill steps
-  void check_prefill(const PrefillInputs& in) const;
+  void check_prefill(const PrefillInputs& in, int keep) const;
   int run_prefill(const PrefillInputs& in, size_t kv_offset, std::vector<float>& logits);
+  int run_prefill_chunked(const PrefillInputs& in, int keep, std::vector<float>& logits);
   void read_batch_layout();
-  void embed_prompt(const View<int32_t>& ids);
+  void read_history_layout();
+  void embed_prompt(const View<int32_t>& ids, bm_device_mem_t dst);
   std::vector<VisualRun> visual_runs(const View<int32_t>& vis_pos) const;
-  void encode_vision(const PrefillInputs& in, const std::vector<VisualRun>& runs);
+  void encode_vision(const PrefillInputs& in, const std::vector<VisualRun>& runs, bm_device_mem_t hidden,
+                     const std::vector<bm_device_mem_t>& deepstack);
   void run_vit(const VitCall& call);
   void upload_positions_and_mask(const View<int32_t>& pos3, int L, int rows);
-  int run_prefill_blocks(int rows, bool with_deepstack);
+  int run_layers(int rows, int history, size_t kv_offset, const std::vector<VisualRun>& runs);
   int add_deepstack(int cur, int layer, const std::vector<VisualRun>& runs);
   int run_lm_head(bm_device_mem_t hidden_row, std::vector<float>& logits);
 

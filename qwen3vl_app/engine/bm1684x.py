@@ -6,6 +6,10 @@ SEQLEN, MAX_INPUT_LENGTH, hidden size and the vision encoder's patch count from 
 networks' tensor shapes).  The vision encoder's position inputs are computed on the host
 (`vit_inputs`, numpy only): this path never imports torch.
 
+Bmodels compiled with `--use_history_kv` prefill in chunks on top of the rows the KV
+cache already holds: a prompt may fill the whole context, and a follow-up turn whose
+leading tokens (images included) match what the cache holds computes only the rest.
+
 The module is built by `make native` (sim mode links the BM1684X cmodel simulator from
 the tpu-mlir wheel; box mode links libsophon on the SE7).  Calls into it release the
 GIL; one engine (one device handle) is driven by one thread.
@@ -23,7 +27,7 @@ import numpy as np
 
 from ..model_constants import IMAGE_PAD, VIDEO_PAD
 from .base import Capabilities, Engine, Limits, Prompt, StepOutput
-from .reuse import VisionCache, vision_key
+from .reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, vision_key, vision_spans
 from .vit_inputs import VitCall, vit_calls
 
 log = logging.getLogger("qwen3vl.engine.bm1684x")
@@ -44,6 +48,15 @@ class CachedVitCall:
     pos_weight: None = None
     attention_mask: None = None
     mask_key: str = ""
+
+
+def _after(prompt: Prompt, spans: list[VisionSpan], keep: int) -> Prompt:
+    """The prompt past its first `keep` tokens (positions stay absolute), with the media
+    whose blocks lie there (`keep` never cuts a block: see `reusable_prefix`)."""
+    if not keep:
+        return prompt
+    vision = [v for v, span in zip(prompt.vision, spans, strict=True) if span.start >= keep]
+    return Prompt(list(prompt.input_ids[keep:]), np.asarray(prompt.position_ids)[:, keep:], vision)
 
 
 class UnsupportedBmodel(RuntimeError):
@@ -107,22 +120,26 @@ class BM1684XEngine(Engine):
         # a batch-N build (llm_convert -b N) runs N slots per decode step; its decode nets
         # insert each new K/V row at the history's last row, so a slot holds SEQLEN-1 tokens
         self.max_batch = int(rt.batch)
+        self.history_kv = bool(rt.history_kv)
         self.limits = Limits(
             max_context=rt.seq_len - 1 if self.max_batch > 1 else rt.seq_len,
-            max_input_tokens=rt.max_input_length,
+            # history-KV builds run the prompt in chunks: it may fill the context
+            max_input_tokens=rt.seq_len if self.history_kv else rt.max_input_length,
             max_pixels=rt.vit_patches * PATCH_PIXELS if rt.vit_patches else None,
         )
-        self.capabilities = Capabilities(logits=bool(rt.lm_head_logits))
+        self.capabilities = Capabilities(logits=bool(rt.lm_head_logits), prefix_cache=self.history_kv)
+        self._held: CachedSequence | None = None  # history-KV builds: tokens whose K/V the cache holds
         self._next_pos = 0
         self._slot_pos: dict[int, int] = {}  # batch builds: each slot's next position
         # vit output rows per media item, kept on the host (bf16: 2 bytes per value)
         self.vision_cache = VisionCache(vision_cache_mb << 20)
         log.info(
-            "loaded %s on %s: batch %d, SEQLEN %d, max input %d, hidden %d, %d layers, vit %d patches, lm_head %s",
+            "loaded %s on %s: batch %d, SEQLEN %d, %s %d, hidden %d, %d layers, vit %d patches, lm_head %s",
             self.bmodel.name,
             self.device,
             self.max_batch,
             rt.seq_len,
+            "history-KV chunks of" if self.history_kv else "max input",
             rt.max_input_length,
             rt.hidden_size,
             rt.num_layers,
@@ -139,18 +156,29 @@ class BM1684XEngine(Engine):
     # ---- Engine ----
 
     def prefill(self, prompt: Prompt) -> StepOutput:
+        """Run the prompt; on a history-KV build only the part after the leading tokens the
+        cache still holds (the previous turn of a chat)."""
         if self.max_batch > 1:  # a batch build serves one sequence as its slot 0
             return self.prefill_slot(0, prompt)
-        args, misses = self._prefill_args(prompt)
-        out = self.rt.prefill(*args)
+        spans = vision_spans(prompt.input_ids, prompt.vision) if self.history_kv else []
+        keep = reusable_prefix(self._held, prompt, spans) if self.history_kv else 0
+        self._held = None  # until this prefill succeeds
+        args, misses = self._prefill_args(_after(prompt, spans, keep))
+        out = self.rt.prefill(*args, keep=keep)
         self._remember_vision(args[3], misses)
+        if self.history_kv:
+            self._held = CachedSequence(list(prompt.input_ids), spans)
         self._next_pos = prompt.next_position
-        return self._step(out)
+        return self._step(out, cached_tokens=keep)
 
     def decode(self, token_id: int) -> StepOutput:
         if self.max_batch > 1:
             return self.decode_batch({0: token_id})[0]
+        held, self._held = self._held, None  # the cache changes in place: unusable if this fails
         out = self.rt.decode(int(token_id), int(self._next_pos))
+        if held is not None:
+            held.ids.append(int(token_id))
+            self._held = held
         self._next_pos += 1
         return self._step(out)
 
@@ -235,10 +263,10 @@ class BM1684XEngine(Engine):
     # ---- helpers ----
 
     @staticmethod
-    def _step(out) -> StepOutput:
+    def _step(out, cached_tokens: int = 0) -> StepOutput:
         if isinstance(out, int):
-            return StepOutput(token_id=out)
-        return StepOutput(logits=out)
+            return StepOutput(token_id=out, cached_tokens=cached_tokens)
+        return StepOutput(logits=out, cached_tokens=cached_tokens)
 
     def _prefill_args(self, prompt: Prompt):
         ids = np.asarray(prompt.input_ids, dtype=np.int32)

@@ -75,6 +75,12 @@ def tiny_bmodel_dynamic_dir(tiny_bmodel_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bmodel_history_dir(tiny_bmodel_dir) -> Path:
+    """llm_convert --use_history_kv: chunked prefill (64-token chunks) on top of kept rows."""
+    return _build_tiny_bmodel("--history-kv")
+
+
+@pytest.fixture(scope="session")
 def tiny_bmodel_b4_dir(tiny_bmodel_dir) -> Path:
     """The tiny checkpoint built with `llm_convert -b 4` (through our converter wrapper)."""
     out = subprocess.run(

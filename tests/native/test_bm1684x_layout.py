@@ -14,7 +14,6 @@ import pytest
 import requests
 
 from tests.conftest import run_server
-from tests.native.conftest import _build_tiny_bmodel
 
 pytestmark = pytest.mark.bm1684x
 
@@ -87,12 +86,3 @@ def test_health_says_why_the_model_was_refused(native_module, bmodel_without_emb
         assert r.status_code == 503, body
         assert body["status"] == "unhealthy"
         assert "UnsupportedBmodel" in body["details"] and "no network 'embedding_cache'" in body["details"], body
-
-
-def test_history_kv_build_is_refused(native_module):
-    """llm_convert --use_history_kv: prefill networks that continue a kept history."""
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine, UnsupportedBmodel
-
-    folder = _build_tiny_bmodel("--history-kv", "--published")
-    with pytest.raises(UnsupportedBmodel, match="--use_history_kv build.*supported:"):
-        BM1684XEngine(folder)

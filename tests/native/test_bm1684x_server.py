@@ -49,8 +49,7 @@ def test_health_answers_while_the_tpu_generates(native_module, tiny_bmodel_dir, 
         # a loaded 2-core machine can delay a single answer by seconds.
         stalled = sum(x for x in latencies if x > 0.5)
         assert stalled < 0.5 * elapsed, (
-            f"/health stalled {stalled:.2f}s in all (longest {max(latencies):.2f}s) "
-            f"during a {elapsed:.1f}s generation"
+            f"/health stalled {stalled:.2f}s in all (longest {max(latencies):.2f}s) during a {elapsed:.1f}s generation"
         )
 
 
