@@ -6,6 +6,8 @@ the order a request meets it:
 
   resolve_media -> start (prompt, length check, sampling, engine turn) -> collect | stream
 
+The prompt itself is built by `prompting.py` (byte bound, tokenized off the hub).
+
 It runs in the request greenlet.  Every engine step executes in the worker's engine
 thread (`EngineRunner.call`), so this greenlet -- and every other connection of the
 worker -- stays responsive.  Closing the event iterator (client gone, stream closed, an
@@ -15,12 +17,10 @@ error) cancels the generation before its next decode step and frees the engine; 
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import socket
 import time
-import weakref
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,9 +33,10 @@ from .conversation import split_messages
 from .engine.base import Engine, Prompt, VisionInput
 from .engine.decode import Cancel, generate
 from .engine.sampling import SamplingParams
-from .errors import APIError, PromptError, error_body
+from .errors import APIError, error_body
 from .processing.detok import Detokenizer, StopMatcher
-from .processing.prompt import build_prompt, check_length, text_prompt
+from .processing.prompt import check_length
+from .prompting import tokenize
 from .streaming import SSE_DONE, SSE_PING, sse
 from .structured import OutputPlan, plan_output
 
@@ -260,119 +261,6 @@ def start_prompt(
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
     return it
-
-
-# Prompts with more text than this are tokenized off the gevent hub (a 300 KB prompt takes
-# about a second), one at a time (the tokenizer object is not shared across threads).
-OFFLOAD_TEXT_BYTES = 32 * 1024
-_tokenizer_thread = None
-
-
-def tokenize(
-    tokenizer: ChatTokenizer,
-    messages: list[dict],
-    vision: list[VisionInput],
-    limits,
-    max_prompt_tokens: int = 0,
-    tools: list[dict] | None = None,
-) -> Prompt:
-    """build_prompt, after a bound that costs nothing: no token is longer than the longest
-    entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
-    many tokens -- 3 MB of digits is refused at once instead of after seconds of
-    tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
-    it is large."""
-    size = text_bytes(messages) + (
-        len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass")) if tools else 0
-    )
-    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The messages hold")
-    if size <= OFFLOAD_TEXT_BYTES:
-        return build_prompt(tokenizer, messages, vision, tools)
-    return _off_hub(build_prompt, tokenizer, messages, vision, tools)
-
-
-def tokenize_text(tokenizer: ChatTokenizer, prompt: str | list[int], limits, max_prompt_tokens: int = 0) -> Prompt:
-    """`tokenize` for a raw prompt (legacy completions): the same byte bound, then
-    text_prompt (off the hub when large)."""
-    if not isinstance(prompt, str):
-        return text_prompt(tokenizer, prompt)
-    size = len(prompt.encode("utf-8", "surrogatepass"))
-    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The prompt holds", "prompt")
-    if size <= OFFLOAD_TEXT_BYTES:
-        return text_prompt(tokenizer, prompt)
-    return _off_hub(text_prompt, tokenizer, prompt)
-
-
-def _check_bytes(
-    tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str, param: str = "messages"
-) -> None:
-    limit = min(limits.max_input_tokens, limits.max_context - 1)
-    if max_prompt_tokens:
-        limit = min(limit, max_prompt_tokens)
-    longest = _MAX_TOKEN_BYTES.get(tokenizer) or _off_hub(max_token_bytes, tokenizer)
-    at_least = size // longest
-    if at_least > limit:
-        raise PromptError(
-            f"{what} {size} bytes of text, at least {at_least} tokens; this model accepts at most {limit}.", param
-        )
-
-
-def _off_hub(fn, *args):
-    """fn(*args) in the one tokenizer thread (plain call outside a gevent worker)."""
-    global _tokenizer_thread
-    try:
-        from gevent import monkey
-        from gevent.threadpool import ThreadPool
-    except ImportError:
-        return fn(*args)
-    if not monkey.is_module_patched("threading"):
-        return fn(*args)
-    if _tokenizer_thread is None:
-        _tokenizer_thread = ThreadPool(1)
-    ok, value = _tokenizer_thread.apply(_capture, (fn, *args))
-    if ok:
-        return value
-    raise value
-
-
-def _capture(fn, *args):
-    """The outcome instead of an exception in the pool thread (gevent would print it)."""
-    try:
-        return True, fn(*args)
-    except Exception as e:
-        return False, e
-
-
-def text_bytes(messages: list[dict]) -> int:
-    """UTF-8 bytes of every text in the template messages."""
-    total = 0
-    for msg in messages:
-        content = msg.get("content")
-        parts = [content] if isinstance(content, str) else [p.get("text") for p in content or ()]
-        parts += [c["function"]["arguments"] for c in msg.get("tool_calls") or ()]
-        total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
-    return total
-
-
-_MAX_TOKEN_BYTES: weakref.WeakKeyDictionary[ChatTokenizer, int] = weakref.WeakKeyDictionary()
-
-
-def max_token_bytes(tokenizer: ChatTokenizer) -> int:
-    """Bytes of the longest vocabulary entry (special tokens included); computed once."""
-    cached = _MAX_TOKEN_BYTES.get(tokenizer)
-    if cached is None:
-        from .tokenizer import _unbyte
-
-        special = {t.content for t in tokenizer.tok.get_added_tokens_decoder().values()}
-
-        def length(piece: str) -> int:
-            try:
-                return len(piece.encode("utf-8")) if piece in special else len(_unbyte(piece))
-            except KeyError:  # not a byte-level piece: its UTF-8 length is an upper bound anyway
-                return len(piece.encode("utf-8"))
-
-        cached = max(1, max(length(p) for p in tokenizer.tok.get_vocab(with_added_tokens=True)))
-        _MAX_TOKEN_BYTES[tokenizer] = cached
-    return cached
 
 
 def _run(

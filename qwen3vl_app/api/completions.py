@@ -9,7 +9,7 @@ import uuid
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from .. import serving
+from .. import prompting, serving
 from ..admission import admitted
 from ..auth import auth
 from ..errors import PromptError
@@ -39,7 +39,7 @@ def completions():
 
     def launch(i: int):
         try:
-            prompt = serving.tokenize_text(
+            prompt = prompting.tokenize_text(
                 state.tokenizer, req["prompt"][i], engine.limits, state.settings.max_prompt_tokens
             )
             return serving.start_prompt(state, engine, prompt, req, req["stop"] or [], stream)

@@ -202,12 +202,12 @@ def test_media_describe_engine_failure(inproc):
 
 def test_unexpected_errors_are_logged_not_shown(inproc, caplog, monkeypatch):
     """A bug outside the engine (here: building the prompt) is a generic 500 with the request id."""
-    from qwen3vl_app import serving
+    from qwen3vl_app import prompting
 
     def broken(*a, **kw):
         raise ZeroDivisionError("secret detail")
 
-    monkeypatch.setattr(serving, "build_prompt", broken)
+    monkeypatch.setattr(prompting, "build_prompt", broken)
     caplog.set_level(logging.ERROR)
     r = inproc.chat(MSG, max_tokens=1, headers={"X-Request-Id": "bug-1"})
     err = openai_error(r, 500, "internal_error")

@@ -85,6 +85,7 @@ def test_every_source_in_one_conversation(media_app, media_dir, remote):
         },
     ]
     r = ok(media_app, messages)
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 3
     vision = media_app.engine.prompts[-1].vision
     assert [v.kind for v in vision] == ["image", "image", "image", "video"]
     media_tokens = sum(v.num_tokens for v in vision)

@@ -13,6 +13,7 @@ def test_media_and_processing_import_without_torch():
     code = (
         "import sys, json\n"
         "import qwen3vl_app.media.sniff, qwen3vl_app.media.sources, qwen3vl_app.errors, qwen3vl_app.serving\n"
+        "import qwen3vl_app.prompting\n"
         "import qwen3vl_app.processing.vision, qwen3vl_app.processing.video, qwen3vl_app.processing.vision_prompt\n"
         "import pkgutil, importlib, qwen3vl_app.processing as P, qwen3vl_app.media as M\n"
         "for pkg in (P, M):\n"
