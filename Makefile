@@ -84,16 +84,19 @@ tiny-bmodel: install
 ## Compile any Hugging Face Qwen3-VL checkpoint for the BM1684X with the published bmodels'
 ## options (w4bf16, SEQLEN 2048, max input 1024, 768x768 pixels, token-id lm_head):
 ##   make bmodel HF=/path/to/Qwen3-VL-4B-Instruct [OUT=models/qwen3vl_4b] [ARGS=--do_sample]
+##   ARGS=--use_history_kv: chunked prefill that keeps a chat's earlier turns (docs/multi-turn.md)
 ## Needs Python 3.10 (tpu-mlir) and a few GB of disk for its venv; the folder is the last line.
 bmodel: install
 	@test -n "$(HF)" || { echo "usage: make bmodel HF=<checkpoint folder> [OUT=<model folder>]"; exit 2; }
 	@$(BIN)/python scripts/build_bmodel.py "$(HF)" $(if $(OUT),--out "$(OUT)") $(if $(ARGS),-- $(ARGS))
 
 ## BM1684X engine on the simulator: device launches / copies / bytes per decode token,
-## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md).
+## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md),
+## batch-4 decode, and multi-turn TTFT on the tiny history-KV bmodel.
 bench-sim: install native
 	$(BIN)/python bench/bench_sim.py $(ARGS)
 	$(BIN)/python bench/bench_sim_batch.py
+	$(BIN)/python bench/bench_multiturn.py --sim
 
 ## Load test: a local server + locust headless for LOAD_TIME (text/image/video streams; TTFT, ITL).
 LOAD_TIME ?= 30s

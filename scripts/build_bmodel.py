@@ -51,6 +51,20 @@ PUBLISHED_ARGS = [
     "--max_pixels",
     "768,768",
 ]
+HISTORY_KV_FLAGS = ("--use_history_kv", "--use_block_with_kv")
+
+
+def convert_args(extra: list[str]) -> list[str]:
+    """The published options plus `extra`.  A history-KV build (chunked prefill that keeps
+    earlier turns' KV) gets its chunk length from llm_convert (SEQLEN/4, or --chunk_length),
+    which refuses an explicit --max_input_length."""
+    base = list(PUBLISHED_ARGS)
+    if any(flag in extra for flag in HISTORY_KV_FLAGS):
+        i = base.index("--max_input_length")
+        del base[i : i + 2]
+    return base + extra
+
+
 # removed from the wheel's lib/third_party: its own glibc breaks the host's processes
 BUNDLED_LIBC = ["libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1"]
 
@@ -209,14 +223,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", type=Path, help="Hugging Face Qwen3-VL checkpoint folder")
     ap.add_argument("--out", type=Path, help="model folder to write (default: models/<checkpoint>-bm1684x)")
-    ap.add_argument("extra", nargs="*", help="more llm_convert arguments (after --), e.g. --do_sample")
+    ap.add_argument(
+        "extra",
+        nargs="*",
+        help="more llm_convert arguments (after --), e.g. --do_sample, or --use_history_kv for multi-turn reuse",
+    )
     args = ap.parse_args()
     ckpt = args.checkpoint.resolve()
     if not (ckpt / "config.json").exists():
         raise SystemExit(f"{ckpt} is not a Hugging Face checkpoint folder (no config.json)")
     final = (args.out or REPO / "models" / f"{ckpt.name}-bm1684x").resolve()
     t0 = time.time()
-    compile_folder(ckpt, final, PUBLISHED_ARGS + args.extra)
+    compile_folder(ckpt, final, convert_args(args.extra))
     say(f"built in {time.time() - t0:.0f} s: {final}")
     print(final)
 
