@@ -88,6 +88,21 @@ qwen3vl::PrefillInputs prefill_inputs(Pinned& pin, py::handle input_ids, py::han
   return in;
 }
 
+// One prefill-like call with the GIL released, the prompt arrays pinned meanwhile.
+template <typename Call>
+py::object run_prefill(py::handle input_ids, py::handle position_ids, py::handle visual_positions,
+                       py::sequence vit_calls, Call call) {
+  Pinned pin;
+  const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
+  std::vector<float> logits;
+  int tok;
+  {
+    py::gil_scoped_release nogil;
+    tok = call(in, logits);
+  }
+  return step_result(tok, logits);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(qwen3vl_native, m) {
@@ -154,15 +169,10 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           "prefill",
           [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
              py::sequence vit_calls, int keep) {
-            Pinned pin;
-            const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
-            std::vector<float> logits;
-            int tok;
-            {
-              py::gil_scoped_release nogil;
-              tok = r.prefill(in, logits, keep);
-            }
-            return step_result(tok, logits);
+            return run_prefill(input_ids, position_ids, visual_positions, vit_calls,
+                               [&](const qwen3vl::PrefillInputs& in, std::vector<float>& logits) {
+                                 return r.prefill(in, logits, keep);
+                               });
           },
           py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
           py::arg("vit_calls") = py::tuple(), py::arg("keep") = 0,
@@ -198,15 +208,10 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           "prefill_slot",
           [](Runtime& r, int slot, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
              py::sequence vit_calls) {
-            Pinned pin;
-            const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
-            std::vector<float> logits;
-            int tok;
-            {
-              py::gil_scoped_release nogil;
-              tok = r.prefill_slot(slot, in, logits);
-            }
-            return step_result(tok, logits);
+            return run_prefill(input_ids, position_ids, visual_positions, vit_calls,
+                               [&](const qwen3vl::PrefillInputs& in, std::vector<float>& logits) {
+                                 return r.prefill_slot(slot, in, logits);
+                               });
           },
           py::arg("slot"), py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
           py::arg("vit_calls") = py::tuple(),

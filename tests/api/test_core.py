@@ -105,22 +105,29 @@ def test_health_answers_while_same_worker_generates(server_factory):
 
 
 def test_two_workers_generate_at_the_same_time(server_factory):
-    # With no queue, a busy worker refuses at once; the openai client retries until an idle
-    # worker takes the request.  Two overlapping successes therefore ran on two workers.
+    # With no queue, the busy worker refuses at once (503); retried at once, a short request
+    # soon lands on the idle worker and completes there while the long one still runs.
     with server_factory("--max-queue", "0", workers=2) as s:
-        client = s.openai(max_retries=50)
-        spans = []
+        long_run = {}
 
-        def one():
-            t0 = time.monotonic()
-            raw = client.chat.completions.with_raw_response.create(model="qwen3-vl-instruct", **LONG)
-            spans.append((raw.headers["X-Worker-Pid"], t0, time.monotonic()))
+        def long_request():
+            r = s.post("/v1/chat/completions", json=LONG, timeout=300)
+            long_run.update(status=r.status_code, pid=r.headers.get("X-Worker-Pid"), end=time.monotonic())
 
-        threads = [threading.Thread(target=one) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        (p1, s1, e1), (p2, s2, e2) = spans
-        assert p1 != p2
-        assert max(s1, s2) < min(e1, e2)
+        t = threading.Thread(target=long_request)
+        t.start()
+        busy = wait_running(s)["worker_pid"]
+        refused = 0
+        while t.is_alive():
+            r = s.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}, timeout=60)
+            if r.status_code == 200:
+                short_pid, short_end = int(r.headers["X-Worker-Pid"]), time.monotonic()
+                break
+            assert r.status_code == 503 and r.json()["error"]["type"], r.text
+            refused += 1
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"the long generation ended before another worker took a request ({refused} refused)")
+        t.join()
+        assert long_run["status"] == 200 and int(long_run["pid"]) == busy
+        assert short_pid != busy and short_end < long_run["end"]
