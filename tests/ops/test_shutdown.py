@@ -55,7 +55,9 @@ def test_sigterm_lets_the_stream_finish_and_refuses_new_requests(server_factory)
 
 
 def test_graceful_timeout_bounds_the_drain(server_factory):
-    with server_factory("--graceful-timeout", "3", workers=1) as s:
+    # 6 s: the drain ends 1.5 s before the master's kill (a 3 s timeout left 0.75 s, which a
+    # loaded machine came close to using up)
+    with server_factory("--graceful-timeout", "6", workers=1) as s:
         t, out = _stream_in_background(s, 1900)
         t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
