@@ -5,8 +5,9 @@ decode step.  Prints JSON, then a short table.  Numbers, not assertions.
   mask        llguidance computes the allowed-token bitmask for the next step
   apply       the bitmask unpacked and applied to a float32 logits row (-inf elsewhere)
   consume     the grammar advances by the chosen token
-  sampler     Sampler.choose on the same logits without / with the mask (greedy and
-              temperature + top-p), so the extra per-token time is visible end to end
+  sampler     Sampler.choose on the same logits without / with the mask (greedy,
+              temperature + top-p on flat and peaked logits, untruncated), so the extra
+              per-token time is visible end to end
 
 The token sequences are real outputs: a JSON document valid against a nested schema and a
 tool call, tokenized with the model folder's tokenizer, replayed step by step.
@@ -115,9 +116,13 @@ def replay(grammar, tokenizer: ChatTokenizer, tokens: list[int], rounds: int) ->
     }
 
 
-def sampler_cost(grammar, tokenizer: ChatTokenizer, params: SamplingParams, steps: int = 200) -> dict:
+def sampler_cost(
+    grammar, tokenizer: ChatTokenizer, params: SamplingParams, steps: int = 200, spread: float = 1.0
+) -> dict:
+    """`spread` scales standard-normal logits: 1 is a flat distribution (top-p keeps most of
+    the vocabulary), 8 a peaked one, as a trained model's usually is."""
     rng = np.random.default_rng(1)
-    logits = rng.standard_normal(VOCAB_ROWS).astype(np.float32)
+    logits = (rng.standard_normal(VOCAB_ROWS) * spread).astype(np.float32)
     s = Sampler(params, [1, 2, 3])
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -164,6 +169,10 @@ def main() -> None:
         "tool_call": replay(tool_grammar, tok, call_tokens, args.rounds),
         "sampler_greedy": sampler_cost(schema_grammar, tok, SamplingParams(temperature=0.0)),
         "sampler_top_p": sampler_cost(schema_grammar, tok, SamplingParams(temperature=0.7, top_p=0.8)),
+        "sampler_top_p_peaked": sampler_cost(
+            schema_grammar, tok, SamplingParams(temperature=0.7, top_p=0.95), spread=8.0
+        ),
+        "sampler_untruncated": sampler_cost(schema_grammar, tok, SamplingParams(temperature=1.0)),
     }
     print(json.dumps(result, indent=2))
     print(f"\nconstrained decoding over {VOCAB_ROWS} vocabulary rows (per generated token, p50)")
@@ -178,7 +187,7 @@ def main() -> None:
             f"  apply {r['apply_us_p50']:6.1f} us  consume {r['consume_us_p50']:5.1f} us"
             f"  total {r['total_us_p50']:7.1f} us"
         )
-    for name in ("sampler_greedy", "sampler_top_p"):
+    for name in ("sampler_greedy", "sampler_top_p", "sampler_top_p_peaked", "sampler_untruncated"):
         r = result[name]
         print(f"  {name:15s} choose: free {r['free_us']:7.1f} us   with mask {r['masked_us']:7.1f} us")
 

@@ -73,3 +73,29 @@ def test_mask_and_logit_bias():
     assert biased.choose(logits).token_id == 4
     # a mask shorter than the logits row forbids the ids past its end
     assert Sampler(SamplingParams(temperature=0.0), []).choose(logits, np.array([False, True])).token_id == 1
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 12.0])  # flat (the head grows to the whole vocab) .. peaked
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_nucleus_from_a_partial_sort_equals_the_full_sort(spread, top_p):
+    """Without top_k only the head of the distribution is sorted; the nucleus it gives must
+    be the one a sort of the whole vocabulary gives: the same tokens, order and mass."""
+    from qwen3vl_app.engine.sampling import _nucleus_head, _softmax
+
+    x = (np.random.default_rng(int(spread * 10)).standard_normal(151_936) * spread).astype(np.float32)
+    x[:40] = x.max()  # ties at the top
+    head, probs = _nucleus_head(x, top_p)
+    order = np.argsort(-x, kind="stable")
+    full = _softmax(x)[order]
+    keep = int(np.searchsorted(np.cumsum(full), top_p) + 1)
+    assert keep <= len(head)
+    np.testing.assert_array_equal(np.sort(head[:keep]), np.sort(order[:keep]))
+    np.testing.assert_allclose(probs[:keep], full[:keep], rtol=1e-12)
+
+
+def test_untruncated_sampling_follows_the_distribution():
+    """top_p 1 and no top_k draw from the whole softmax without sorting it."""
+    x = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    s = Sampler(SamplingParams(temperature=1.0, top_p=1.0, seed=11), [])
+    counts = np.bincount([s.choose(x).token_id for _ in range(4000)], minlength=4) / 4000
+    np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.03)
