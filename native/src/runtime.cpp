@@ -371,8 +371,8 @@ void Runtime::read_history_layout() {
   if (batch > 1) unsupported(path_, "a batch-" + std::to_string(batch) + " --use_history_kv build");
   const Net& b0 = blocks_[0];
   if (!prefill_dynamic || b0.info->input_num != 2)
-    unsupported(path_, "a --use_history_kv build whose block_0 is " + std::string(prefill_dynamic ? "" : "static, ") +
-                           "with inputs " + dims_of(b0, true));
+    unsupported(path_, "a --use_history_kv build whose block_0 is not dynamic with 2 inputs (" +
+                           std::string(prefill_dynamic ? "dynamic" : "static") + ", inputs " + dims_of(b0, true) + ")");
   for (int l = 0; l < num_layers; l++) {
     Net k = net("block_kv_" + std::to_string(l), false);
     const std::initializer_list<int> chunk_kv = {1, max_input_length, kv_heads, head_dim};
