@@ -133,12 +133,14 @@ def write_manifest(path: Path, stand_in: StandIn, bmodel_sha256: str | None) -> 
     return path
 
 
-def run_fetch(manifest: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest)}
-    env.pop("QWEN3VL_MODEL_MIRROR", None)
+def run_fetch(manifest: Path, models_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m qwen3vl_app.model_fetch` with `manifest`, no mirror unless `env` names one."""
+    full_env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest)}
+    full_env.pop("QWEN3VL_MODEL_MIRROR", None)
+    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "qwen3vl_app.model_fetch", *args, "--models-dir", str(models_dir)],
-        env=env,
+        env=full_env,
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -275,23 +277,12 @@ def test_dfss_urls_run_the_vendor_client(stand_in, tmp_path):
     source.mkdir()
     (source / BMODEL).write_bytes(stand_in.files[BMODEL])
     manifest = dfss_manifest(tmp_path / "m.json", stand_in)
-    env = {
-        **os.environ,
-        "QWEN3VL_MODEL_MANIFEST": str(manifest),
+    fake_env = {
         "PYTHONPATH": str(fake.parent),
         "FAKE_DFSS_SOURCE": str(source),
         "FAKE_DFSS_LOG": str(tmp_path / "dfss.log"),
     }
-    env.pop("QWEN3VL_MODEL_MIRROR", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    out = run_fetch(manifest, tmp_path, "2b", env=fake_env)
     assert out.returncode == 0, out.stderr
     url, cwd = (tmp_path / "dfss.log").read_text().split()
     folder = tmp_path / "qwen3vl_2b"
@@ -305,17 +296,8 @@ def test_without_dfss_a_mirror_serves_the_bmodel(stand_in, tmp_path):
     out = run_fetch(manifest, tmp_path, "2b")
     assert out.returncode == 1 and "pip install dfss" in out.stderr and "QWEN3VL_MODEL_MIRROR" in out.stderr
 
-    env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest), "QWEN3VL_MODEL_MIRROR": stand_in.url}
     stand_in.requests.clear()
-    out = subprocess.run(
-        [sys.executable, "-m", "qwen3vl_app.model_fetch", "2b", "--models-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+    out = run_fetch(manifest, tmp_path, "2b", env={"QWEN3VL_MODEL_MIRROR": stand_in.url})
     assert out.returncode == 0, out.stderr
     assert (BMODEL, None) in stand_in.requests
     assert (tmp_path / "qwen3vl_2b" / BMODEL).read_bytes() == stand_in.files[BMODEL]
