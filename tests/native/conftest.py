@@ -52,8 +52,13 @@ def native_module():
 
 
 def _build_tiny_bmodel(*args: str) -> Path:
+    return _built_folder("build_tiny_bmodel.py", *args)
+
+
+def _built_folder(script: str, *args: str) -> Path:
+    """Run a bmodel builder in scripts/; its last line is the model folder (cached)."""
     out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "build_tiny_bmodel.py"), *args],
+        [sys.executable, str(REPO / "scripts" / script), *args],
         cwd=REPO,
         check=True,
         stdout=subprocess.PIPE,
@@ -83,16 +88,7 @@ def tiny_bmodel_history_dir(tiny_bmodel_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bmodel_b4_dir(tiny_bmodel_dir) -> Path:
     """The tiny checkpoint built with `llm_convert -b 4` (through our converter wrapper)."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "llm_convert_patched.py"), "--batch", "4"],
-        cwd=REPO,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    folder = Path(out.stdout.strip().splitlines()[-1])
-    assert list(folder.glob("*.bmodel")) and (folder / "config" / "tokenizer.json").exists()
-    return folder
+    return _built_folder("llm_convert_patched.py", "--batch", "4")
 
 
 @pytest.fixture(scope="session")

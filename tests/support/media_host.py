@@ -94,15 +94,11 @@ def remote_media_host(media_dir: Path):
             "release": threading.Event(),
         },
     )
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        handler.release.set()
-        srv.shutdown()
-        srv.server_close()
+    with _serving(handler) as url:
+        try:
+            yield url
+        finally:
+            handler.release.set()  # slow handlers end before the server shuts down
 
 
 @contextmanager
@@ -140,7 +136,14 @@ def slow_media_host(line_every: float, body_seconds: float, pieces: int = 8):
             except OSError:
                 pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with _serving(Handler) as url:
+        yield url
+
+
+@contextmanager
+def _serving(handler):
+    """A threaded loopback HTTP server for `handler`; yields its base URL."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
