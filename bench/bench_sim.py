@@ -61,13 +61,13 @@ def main() -> None:
     engine = BM1684XEngine(folder)
     result: dict = {"model": str(folder), "layers": engine.rt.num_layers}
     try:
-        out = engine.prefill(_text_prompt(folder))
+        out = engine.prefill_slot(0, _text_prompt(folder))
         token = int(np.argmax(out.logits)) if out.logits is not None else out.token_id
         step_ms, per_token = [], []
         for _ in range(args.steps):
             before = counters(engine)
             t0 = time.perf_counter()
-            out = engine.decode(token)
+            out = engine.decode_batch({0: token})[0]
             step_ms.append((time.perf_counter() - t0) * 1000)
             per_token.append(delta(counters(engine), before))
             token = int(np.argmax(out.logits)) if out.logits is not None else out.token_id
@@ -76,11 +76,11 @@ def main() -> None:
         result["per_decode_token"] = per_token[-1]
 
         image = _image_prompt(folder, engine.limits.max_pixels, seed=0)
-        engine.prefill(image)  # warm: shape caches
+        engine.prefill_slot(0, image)  # warm: shape caches
         image = _image_prompt(folder, engine.limits.max_pixels, seed=1)
         before, dev0 = counters(engine), launch_ms(engine)
         t0 = time.perf_counter()
-        engine.prefill(image)
+        engine.prefill_slot(0, image)
         wall = (time.perf_counter() - t0) * 1000
         result["image_prefill_ms"] = round(wall, 1)
         result["image_host_ms"] = round(wall - (launch_ms(engine) - dev0), 1)

@@ -44,12 +44,12 @@ def measure(folder: Path, steps: int) -> dict:
         if n > 1:
             tokens = {s: int(np.argmax(engine.prefill_slot(s, prompt).logits)) for s in range(n)}
         else:
-            tokens = {0: int(np.argmax(engine.prefill(prompt).logits))}
+            tokens = {0: int(np.argmax(engine.prefill_slot(0, prompt).logits))}
         ms, launches, d2d = [], [], []
         for _ in range(steps):
             before = engine.device_counters()
             t0 = time.perf_counter()
-            outs = engine.decode_batch(tokens) if n > 1 else {0: engine.decode(tokens[0])}
+            outs = engine.decode_batch(tokens)
             ms.append((time.perf_counter() - t0) * 1000)
             after = engine.device_counters()
             launches.append(after["launches"] - before["launches"])

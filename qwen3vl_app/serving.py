@@ -8,11 +8,12 @@ the order a request meets it:
 
 The prompt itself is built by `prompting.py` (byte bound, tokenized off the hub).
 
-It runs in the request greenlet.  Every engine step executes in the worker's engine
-thread (`EngineRunner.call`), so this greenlet -- and every other connection of the
-worker -- stays responsive.  Closing the event iterator (client gone, stream closed, an
-error) cancels the generation before its next decode step and frees the engine; both
-`collect` and `stream` guarantee it.
+It runs in the request greenlet.  The generation itself runs in the worker's engine
+thread (`engine.scheduler`, the one decode loop) and its tokens arrive here through a
+`TokenChannel`, so this greenlet -- and every other connection of the worker -- stays
+responsive.  Closing the event iterator (client gone, stream closed, an error) cancels
+the generation before its next decode step and frees its slot; both `collect` and
+`stream` guarantee it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from flask import g
 
 from .conversation import split_messages
 from .engine.base import Engine, Prompt, VisionInput
-from .engine.decode import Cancel, generate
 from .engine.sampling import SamplingParams
+from .engine.scheduler import Cancel
 from .errors import APIError, error_body
 from .processing.detok import Detokenizer, StopMatcher
 from .processing.prompt import check_length
@@ -275,17 +276,13 @@ def _run(
     finish = "length"
     completed = False
     queued_at = time.monotonic()
-    with runner.turn() as engine:
+    with runner.turn():
         stats.queue_wait = time.monotonic() - queued_at
         yield ADMITTED
         deadline = time.monotonic() + job.time_limit
         eos_ids = () if job.ignore_eos else tokenizer.eos_ids
         constrain = partial(job.grammar.mask, tokenizer) if job.grammar else None
-        tokens: Generator[Any, None, None]
-        if runner.scheduler is not None:
-            tokens = _slot_tokens(runner, job, eos_ids, cancel, ping_every, constrain)
-        else:
-            tokens = _engine_tokens(runner, engine, job, eos_ids, cancel, ping_every, constrain)
+        tokens = _tokens(runner, job, eos_ids, cancel, ping_every, constrain)
         detok = Detokenizer(tokenizer)
         stops = StopMatcher(job.stops)
         try:
@@ -324,46 +321,14 @@ def _run(
     yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
 
 
-def _engine_tokens(
-    runner: EngineRunner,
-    engine: Engine,
-    job: GenerationJob,
-    eos_ids,
-    cancel: Cancel,
-    ping_every: float | None,
-    constrain=None,
-) -> Generator[Any, None, None]:
-    """One generation owning the engine: each step of the shared decode loop runs in the
-    engine thread; PING while the prefill outlasts `ping_every`.  `constrain` builds the
-    grammar's token mask (constrained decoding), in the engine thread."""
-    gen = generate(engine, job.prompt, job.params, eos_ids, cancel, constrain)
-    try:
-        first = True
-        while True:
-            if first and ping_every:
-                pending = runner.spawn(_timed_next, gen, job.stats)
-                while not pending.ready():
-                    pending.wait(ping_every)
-                    if not pending.ready():
-                        yield PING
-                item = pending.get()
-            else:
-                item = runner.call(_timed_next, gen, job.stats)
-            first = False
-            if item is None:
-                return
-            yield item
-    finally:
-        runner.call(gen.close)
-
-
-def _slot_tokens(
+def _tokens(
     runner: EngineRunner, job: GenerationJob, eos_ids, cancel: Cancel, ping_every: float | None, constrain=None
 ) -> Generator[Any, None, None]:
-    """One generation in a batch slot (--max-batch > 1): the scheduler in the engine thread
-    sends its tokens; PING whenever none came for `ping_every` (its prefill, or another
-    slot's prefill running between two decode steps).  Closing sets nothing itself: the
-    caller's `cancel` frees the slot before the next decode step."""
+    """One generation in a scheduler slot: the engine thread sends its tokens; PING whenever
+    none came for `ping_every` (its prefill, or another slot's prefill running between two
+    decode steps).  `constrain` builds the grammar's token mask, in the engine thread.
+    Closing sets nothing itself: the caller's `cancel` frees the slot before the next
+    decode step."""
     channel = runner.join(job.prompt, job.params, eos_ids, cancel, constrain)
     request = channel.request
     assert request is not None
@@ -380,15 +345,6 @@ def _slot_tokens(
             yield item
     finally:
         job.stats.engine_seconds = request.engine_seconds
-
-
-def _timed_next(gen, stats: JobStats):
-    """One engine step, timed in the engine thread (so thread hand-off counts as overhead)."""
-    t0 = time.perf_counter()
-    try:
-        return next(gen, None)
-    finally:
-        stats.engine_seconds += time.perf_counter() - t0
 
 
 def _logprob_entry(tokenizer: ChatTokenizer, choice) -> dict:

@@ -1,9 +1,11 @@
 """The one interface both engines implement, and the data they exchange.
 
-An engine knows how to run the model: a prefill over a whole `Prompt`, then one decode
-step per token.  Everything else -- sampling, stop conditions, cancellation, time limits --
-lives in `engine.decode` and is shared, so the torch and bm1684x engines behave the
-same for the same logits.  Engines do no HTTP and never see a request.
+An engine knows how to run the model over numbered slots, each a sequence with its own
+KV cache: a prefill of a whole `Prompt` into a slot, then decode steps that advance
+several slots by one token each.  One sequence is a batch of one (slot 0).  Everything
+else -- sampling, penalties, stop conditions, constraints, cancellation -- lives in
+`engine.scheduler` and is written once, so every engine behaves the same for the same
+logits.  Engines do no HTTP and never see a request.
 """
 
 from __future__ import annotations
@@ -76,35 +78,36 @@ class StepOutput:
 
 
 class Engine(abc.ABC):
-    """A loaded model.  Not thread-safe: one OS thread per worker drives it.
+    """A loaded model.  Not thread-safe: one OS thread per worker drives it (the scheduler's).
 
-    `prefill`/`decode` serve one sequence at a time.  An engine that can run several
-    sequences in one decode step declares `max_batch > 1` and implements the slot methods
-    beside them (`engine.scheduler` drives those): each slot index owns its own KV cache,
-    kept after its sequence ends until the next `prefill_slot` into that slot replaces it.
+    The seam is three methods over slots `0 .. max_batch-1`:
+    - `prefill_slot(slot, prompt)` runs a prompt into that slot's KV cache.  A slot keeps
+      its KV after its sequence ends; an engine with `capabilities.prefix_cache` reuses the
+      leading tokens it still holds (`reuse.reusable_prefix`) and reports how many in
+      `StepOutput.cached_tokens`.
+    - `decode_batch({slot: token})` feeds each slot its next token at its next position,
+      all in one device step, and returns each slot's next distribution.
+    - `release_slot(slot)` forgets what the slot holds (after a failed step, or when its
+      tokens must not be reused).
     """
 
     name: str = "?"
     device: str = "?"
     limits: Limits
     capabilities: Capabilities = Capabilities()
-    max_batch: int = 1  # sequences one decode step can advance (slots)
+    max_batch: int = 1  # slots one decode step can advance
 
     @abc.abstractmethod
-    def prefill(self, prompt: Prompt) -> StepOutput:
-        """Run the whole prompt (vision included); reset any previous KV cache."""
-
-    @abc.abstractmethod
-    def decode(self, token_id: int) -> StepOutput:
-        """Feed one token at the next position; return the next distribution."""
-
     def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
-        """Run the whole prompt into `slot`'s KV cache (replacing what it held)."""
-        raise NotImplementedError(f"engine {self.name} serves one sequence at a time")
+        """Run the whole prompt (vision included) into `slot`'s KV cache, keeping the prefix
+        it can reuse; the next-token distribution after the prompt."""
 
+    @abc.abstractmethod
     def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
         """One decode step over several slots: feed each slot its token at its next position."""
-        raise NotImplementedError(f"engine {self.name} serves one sequence at a time")
+
+    def release_slot(self, slot: int) -> None:  # noqa: B027 -- optional: engines that reuse nothing keep nothing
+        """Forget the tokens `slot` holds, so nothing of them is reused."""
 
     def close(self) -> None:  # noqa: B027 -- optional hook: engines without resources need none
         """Release weights and device memory."""

@@ -129,8 +129,7 @@ class BM1684XEngine(Engine):
         )
         self.capabilities = Capabilities(logits=bool(rt.lm_head_logits), prefix_cache=self.history_kv)
         self._held: CachedSequence | None = None  # history-KV builds: tokens whose K/V the cache holds
-        self._next_pos = 0
-        self._slot_pos: dict[int, int] = {}  # batch builds: each slot's next position
+        self._slot_pos: dict[int, int] = {}  # each prefilled slot's next position
         # vit output rows per media item, kept on the host (bf16: 2 bytes per value)
         self.vision_cache = VisionCache(vision_cache_mb << 20)
         log.info(
@@ -154,62 +153,65 @@ class BM1684XEngine(Engine):
         return {}
 
     # ---- Engine ----
+    # Single-stage builds hold one sequence (slot 0); batch-N builds hold N, one per slot.
 
-    def prefill(self, prompt: Prompt) -> StepOutput:
+    def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
+        self._check_slot(slot)
+        if self.max_batch > 1:
+            self._slot_pos.pop(slot, None)
+            args, misses = self._prefill_args(prompt)
+            out = self.rt.prefill_slot(int(slot), *args)
+            self._remember_vision(args[3], misses)
+            self._slot_pos[slot] = prompt.next_position
+            return self._step(out)
+        return self._prefill_single(prompt)
+
+    def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
+        slots = sorted(tokens)
+        for s in slots:
+            self._check_slot(s)
+        missing = [s for s in slots if s not in self._slot_pos]
+        if missing:
+            raise RuntimeError(f"decode of slot(s) {missing} before their prefill")
+        if self.max_batch > 1:
+            outs = self.rt.decode_batch(slots, [int(tokens[s]) for s in slots], [self._slot_pos[s] for s in slots])
+        else:
+            outs = [self._decode_single(int(tokens[0]))]
+        for s in slots:
+            self._slot_pos[s] += 1
+        return {s: self._step(o) for s, o in zip(slots, outs, strict=True)}
+
+    def release_slot(self, slot: int) -> None:
+        self._slot_pos.pop(slot, None)
+        if self.max_batch == 1:
+            self._held = None
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.max_batch:
+            raise ValueError(f"slot {slot} out of range: this bmodel runs {self.max_batch} sequence(s)")
+
+    def _prefill_single(self, prompt: Prompt) -> StepOutput:
         """Run the prompt; on a history-KV build only the part after the leading tokens the
         cache still holds (the previous turn of a chat)."""
-        if self.max_batch > 1:  # a batch build serves one sequence as its slot 0
-            return self.prefill_slot(0, prompt)
         spans = vision_spans(prompt.input_ids, prompt.vision) if self.history_kv else []
         keep = reusable_prefix(self._held, prompt, spans) if self.history_kv else 0
         self._held = None  # until this prefill succeeds
+        self._slot_pos.pop(0, None)
         args, misses = self._prefill_args(_after(prompt, spans, keep))
         out = self.rt.prefill(*args, keep=keep)
         self._remember_vision(args[3], misses)
         if self.history_kv:
             self._held = CachedSequence(list(prompt.input_ids), spans)
-        self._next_pos = prompt.next_position
+        self._slot_pos[0] = prompt.next_position
         return self._step(out, cached_tokens=keep)
 
-    def decode(self, token_id: int) -> StepOutput:
-        if self.max_batch > 1:
-            return self.decode_batch({0: token_id})[0]
+    def _decode_single(self, token_id: int):
         held, self._held = self._held, None  # the cache changes in place: unusable if this fails
-        out = self.rt.decode(int(token_id), int(self._next_pos))
+        out = self.rt.decode(token_id, int(self._slot_pos[0]))
         if held is not None:
-            held.ids.append(int(token_id))
+            held.ids.append(token_id)
             self._held = held
-        self._next_pos += 1
-        return self._step(out)
-
-    def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
-        if self.max_batch <= 1:
-            return super().prefill_slot(slot, prompt)
-        self._slot_pos.pop(slot, None)
-        args, misses = self._prefill_args(prompt)
-        out = self.rt.prefill_slot(int(slot), *args)
-        self._remember_vision(args[3], misses)
-        self._slot_pos[slot] = prompt.next_position
-        return self._step(out)
-
-    def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
-        if self.max_batch <= 1:
-            return super().decode_batch(tokens)
-        slots = sorted(tokens)
-        missing = [s for s in slots if s not in self._slot_pos]
-        if missing:
-            raise RuntimeError(f"decode of slot(s) {missing} before their prefill")
-        outs = self.rt.decode_batch(slots, [int(tokens[s]) for s in slots], [self._slot_pos[s] for s in slots])
-        for s in slots:
-            self._slot_pos[s] += 1
-        return {s: self._step(o) for s, o in zip(slots, outs, strict=True)}
-
-    def prefill_logits(self, prompt: Prompt) -> np.ndarray:
-        """Logits after the whole prompt (tests compare engines with it; logits builds only)."""
-        logits = self.prefill(prompt).logits
-        if logits is None:
-            raise RuntimeError("this bmodel picks tokens on the device and returns no logits")
-        return logits
+        return out
 
     def close(self) -> None:
         rt = getattr(self, "rt", None)

@@ -50,16 +50,7 @@ class FaultInjectingEngine:
             os._exit(70)
         raise InjectedFault(f"injected fault in {step}")
 
-    def prefill(self, prompt):
-        self._maybe_fail("prefill")
-        self._maybe_fail("exit")
-        return self._engine.prefill(prompt)
-
-    def decode(self, token_id):
-        self._maybe_fail("decode")
-        return self._engine.decode(token_id)
-
-    def prefill_slot(self, slot, prompt):  # --max-batch: the same faults, on the batch path
+    def prefill_slot(self, slot, prompt):
         self._maybe_fail("prefill")
         self._maybe_fail("exit")
         return self._engine.prefill_slot(slot, prompt)

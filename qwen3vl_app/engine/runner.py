@@ -3,13 +3,13 @@
 The engine is loaded after fork, in that thread, while the gevent hub keeps answering
 (`/health` says "loading") and gunicorn's heartbeat keeps ticking.  Generations run one
 at a time; up to `max_queue` more wait their turn, beyond that the caller is refused at
-once so the client can retry elsewhere.  Every engine call goes through `call()`, which
-parks only the calling greenlet.
+once so the client can retry elsewhere.
 
-With `--max-batch N` (N > 1, and an engine that can batch) up to N generations hold a
-turn at once: each joins the worker's `BatchScheduler`, whose loop runs in the engine
-thread while any slot is busy and hands tokens back through a `TokenChannel` per request.
-With N = 1 nothing of that exists and generations run one at a time as before.
+Up to `--max-batch` generations (lowered at load to what the engine can batch; 1 by
+default) hold a turn at once.  Each joins the worker's `BatchScheduler`, whose loop runs
+in the engine thread while any slot is busy and hands tokens back through one
+`TokenChannel` per request: a generation costs no thread hand-off per token.  Loading
+and closing the engine go through `call()`, which parks only the calling greenlet.
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ class EngineRunner:
             )
             surplus, self.max_batch = self.max_batch - can, can
             gevent.spawn(lambda: [self._turn.acquire() for _ in range(surplus)])
-        if self.max_batch > 1:
-            self.scheduler = BatchScheduler(engine, self.max_batch)
+        self.scheduler = BatchScheduler(engine, self.max_batch)
 
     def wait_ready(self):
         self.start_loading()
@@ -154,13 +153,9 @@ class EngineRunner:
         """Run fn in the engine thread; only this greenlet waits."""
         return self.pool.apply(fn, args)
 
-    def spawn(self, fn, *args):
-        """Run fn in the engine thread; returns an AsyncResult to wait on with a timeout."""
-        return self.pool.spawn(fn, *args)
-
     def join(self, prompt, params, eos_ids, cancel, constrain=None) -> TokenChannel:
-        """Hand a generation to the batch scheduler (caller holds a turn); its tokens arrive
-        on the returned channel.  `constrain`: see SlotRequest."""
+        """Hand a generation to the scheduler (caller holds a turn and the engine is ready);
+        its tokens arrive on the returned channel.  `constrain`: see SlotRequest."""
         assert self.scheduler is not None
         channel = TokenChannel()
         channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put, constrain=constrain)

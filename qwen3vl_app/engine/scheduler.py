@@ -1,13 +1,16 @@
-"""Continuous batching: up to N sequences share every decode step of one engine.
+"""The one generation loop: up to N sequences share every decode step of one engine.
 
-Runs in the worker's engine thread (`EngineRunner` starts `run_until_idle` there when a
-request arrives and no loop is running).  Between two decode steps it admits waiting
-requests into free slots -- each admission is that slot's prefill and first token -- then
-one `engine.decode_batch` advances every busy slot.  A slot frees the moment its sequence
-ends (end token, max_tokens, context full) or its request is cancelled; the others never
-notice.  Sampling, penalties, seed and logprobs are per slot (`Sampler`), exactly as the
-single-sequence loop in `engine.decode` does them, so a slot's tokens do not depend on
-who else is in the batch (up to float summation order in the engine).
+Every generation runs here, whatever the parallelism: one sequence is a batch of one
+(`--max-batch 1`, the default, is one slot).  Runs in the worker's engine thread
+(`EngineRunner` starts `run_until_idle` there when a request arrives and no loop is
+running).  Between two decode steps it admits waiting requests into free slots -- each
+admission is that slot's prefill and first token -- then one `engine.decode_batch`
+advances every busy slot.  A slot frees the moment its sequence ends (end token,
+max_tokens, context full) or its request is cancelled (checked before every step, so a
+cancelled request costs at most one more step); the others never notice.  Sampling,
+penalties, seed, logprobs and the grammar's token mask (constrained decoding) are per
+slot, so a slot's tokens do not depend on who else is in the batch (up to float
+summation order in the engine).
 
 Results go back through each request's `deliver` callback (thread-safe, set by the
 runner): a `Generated` per token, `None` when the sequence ended without a final token
@@ -31,11 +34,42 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .base import Engine, Prompt, StepOutput
-from .decode import Cancel, Generated, max_new_tokens
 from .sampling import Choice, Sampler, SamplingParams
 
 if TYPE_CHECKING:
     from .constraints import TokenMask
+
+
+class Cancel:
+    """A flag set from the request greenlet and read in the engine thread.  A plain
+    attribute on purpose: gevent-patched threading primitives must not cross threads."""
+
+    __slots__ = ("is_set", "reason")
+
+    def __init__(self):
+        self.is_set = False
+        self.reason = None
+
+    def set(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        self.is_set = True
+
+
+@dataclass
+class Generated:
+    """One generated token, as delivered to its request."""
+
+    choice: Choice
+    finish_reason: str | None  # None, "stop" (end token) or "length"
+    cached_tokens: int = 0  # prompt tokens the prefill reused
+
+    @property
+    def token_id(self) -> int:
+        return self.choice.token_id
+
+
+def max_new_tokens(engine: Engine, prompt: Prompt, requested: int) -> int:
+    return max(0, min(requested, engine.limits.max_context - len(prompt.input_ids)))
 
 
 @dataclass
@@ -110,6 +144,7 @@ class BatchScheduler:
             try:
                 out = self.engine.prefill_slot(slot.index, req.prompt)
             except Exception as e:  # that request fails (its greenlet logs it); the others go on
+                self._forget(slot)
                 self._end(slot, e)
                 continue
             finally:
@@ -157,7 +192,7 @@ class BatchScheduler:
             outs = self.engine.decode_batch({s.index: s.next_token for s in active})
         except Exception as e:  # every slot of the step fails; each request's greenlet logs it
             for slot in active:
-                slot.tokens = []  # its cache may be half-written
+                self._forget(slot)
                 self._end(slot, e)
             return
         dt = time.perf_counter() - t0
@@ -201,6 +236,14 @@ class BatchScheduler:
         assert slot.request is not None
         slot.request.deliver(outcome)
         self._free(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        """The slot's cache may be half-written: neither we nor the engine reuse it."""
+        slot.tokens = []
+        try:
+            self.engine.release_slot(slot.index)
+        except Exception:  # nothing more to lose; the step's own error is what gets reported
+            pass
 
     def _free(self, slot: Slot) -> None:
         slot.request = None

@@ -72,21 +72,8 @@ class TorchEngine(Engine):
         self.limits = Limits(max_context=max_ctx, max_input_tokens=max_ctx)
         self.capabilities = Capabilities(logits=True, prefix_cache=True)
         self.vision_cache = VisionCache(vision_cache_mb << 20)
-        self._cache = None
-        self._held: CachedSequence | None = None  # tokens whose KV self._cache holds
-        self._next_pos = 0  # M-RoPE position of the next token
-        self._slots: dict[int, _SlotKV] = {}  # --max-batch: each slot's sequence
+        self._slots: dict[int, _SlotKV] = {}  # each slot's sequence
         self._merged: _Merged | None = None
-
-    def prefill(self, prompt: Prompt) -> StepOutput:
-        """Run the prompt, reusing the KV of its leading tokens when the last generation
-        left them in the cache (a chat's previous turn): only the new suffix is computed."""
-        held, cache = self._held, self._cache
-        self._cache, self._held = None, None  # until this prefill succeeds
-        out, self._held, reuse = self._run_prompt(prompt, held, cache)
-        self._cache = out.cache
-        self._next_pos = prompt.next_position
-        return StepOutput(logits=self._last(out), cached_tokens=reuse)
 
     def _run_prompt(self, prompt: Prompt, held: CachedSequence | None, cache):
         """Prefill `prompt` on top of `cache` (holding `held`), keeping the shared prefix.
@@ -120,20 +107,6 @@ class TorchEngine(Engine):
             )
         return out, CachedSequence(list(prompt.input_ids), spans), reuse
 
-    def decode(self, token_id: int) -> StepOutput:
-        torch = self.torch
-        ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
-        held, self._held = self._held, None  # the cache is updated in place: unusable if this fails
-        assert held is not None, "decode before prefill"
-        pos = torch.tensor([len(held.ids)] + [self._next_pos] * 3, device=self.device).view(4, 1, 1)
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, position_ids=pos, cache=self._cache, use_cache=True)
-        self._cache = out.cache
-        held.ids.append(token_id)
-        self._held = held
-        self._next_pos += 1
-        return StepOutput(logits=self._last(out))
-
     # -- slots: several sequences, one decode forward ------------------------------------
 
     def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
@@ -146,17 +119,15 @@ class TorchEngine(Engine):
         self._slots[slot] = _SlotKV(out.cache, held, prompt.next_position)
         return StepOutput(logits=self._last(out), cached_tokens=reuse)
 
-    def slot_tokens(self, slot: int) -> list[int]:
-        """Token ids whose KV `slot` holds (empty when none)."""
-        kv = self._slots.get(slot)
-        return list(kv.held.ids) if kv else []
-
     def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
         """One forward over the given slots.  Their caches are left-padded to a common length
         and masked; each row gets its own M-RoPE position, so a row computes what it would
         alone (up to float summation order)."""
         torch = self.torch
         order = tuple(sorted(tokens))
+        if len(order) == 1:  # one sequence (never merged: a batch of one needs no padding)
+            self._split()
+            return {order[0]: self._decode_one(order[0], tokens[order[0]])}
         if self._merged is None or self._merged.order != order:
             self._split()
             self._merge(order)
@@ -190,6 +161,25 @@ class TorchEngine(Engine):
             kv.next_pos += 1
             result[s] = StepOutput(logits=logits[row])
         return result
+
+    def _decode_one(self, slot: int, token_id: int) -> StepOutput:
+        """A batch of one on the slot's own cache: no merged copy, no padding mask."""
+        torch = self.torch
+        kv = self._slots.pop(slot)  # updated in place: unusable if this fails
+        ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
+        pos = torch.tensor([len(kv.held.ids)] + [kv.next_pos] * 3, device=self.device).view(4, 1, 1)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, position_ids=pos, cache=kv.cache, use_cache=True)
+        kv.cache = out.cache
+        kv.held.ids.append(token_id)
+        kv.next_pos += 1
+        self._slots[slot] = kv
+        return StepOutput(logits=self._last(out))
+
+    def release_slot(self, slot: int) -> None:
+        if self._merged is not None and slot in self._merged.order:
+            self._split()
+        self._slots.pop(slot, None)
 
     def _batch_logits(self, hidden) -> np.ndarray:
         """lm_head over [batch, hidden] as weight @ hidden^T: with a vocabulary of 152k rows
@@ -239,14 +229,7 @@ class TorchEngine(Engine):
                 ]
             )
 
-    def prefill_logits(self, prompt: Prompt) -> np.ndarray:
-        """Logits after the whole prompt (tests compare engines with it)."""
-        logits = self.prefill(prompt).logits
-        assert logits is not None  # this engine always returns logits
-        return logits
-
     def close(self) -> None:
-        self._cache = self._held = None
         self._slots.clear()
         self._merged = None
         self.model = None

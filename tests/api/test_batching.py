@@ -249,7 +249,7 @@ def test_ignore_eos_generates_max_tokens(server):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "ignore_eos"
 
 
-def test_max_batch_one_is_the_single_path(server):
+def test_max_batch_one_is_one_slot(server):
     h = server.get("/health").json()
     assert h["max_batch"] == 1 and h["slots_in_use"] == 0
 

@@ -269,13 +269,13 @@ def test_time_limit_ends_with_length(inproc_factory, tiny_tokenizer):
 def test_drain_deadline_ends_a_running_generation(inproc_factory, tiny_tokenizer):
     engine = FakeEngine(tiny_tokenizer)
     app = inproc_factory(engine=engine)
-    engine_step = engine.decode
+    engine_step = engine.decode_batch
 
-    def decode_then_drain(token_id):  # the worker is told to shut down while this generation runs
+    def decode_then_drain(tokens):  # the worker is told to shut down while this generation runs
         if engine.decode_steps == 3:
             app.state.runner.begin_drain(0)
-        return engine_step(token_id)
+        return engine_step(tokens)
 
-    engine.decode = decode_then_drain
+    engine.decode_batch = decode_then_drain
     body = app.chat(MSG, max_tokens=500).get_json()
     assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] < 10

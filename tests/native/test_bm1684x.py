@@ -66,11 +66,11 @@ def _video_prompt(folder) -> Prompt:
 
 
 def _greedy(engine, prompt: Prompt, n: int):
-    out = engine.prefill(prompt)
+    out = engine.prefill_slot(0, prompt)
     logits = [out.logits]
     tokens = [int(np.argmax(out.logits))]
     for _ in range(n):
-        out = engine.decode(tokens[-1])
+        out = engine.decode_batch({0: tokens[-1]})[0]
         logits.append(out.logits)
         tokens.append(int(np.argmax(out.logits)))
     return tokens, logits
@@ -89,7 +89,7 @@ def test_load_unload_twice_in_one_process(native_module, tiny_bmodel_dir):
         assert eng.rt.closed
         eng.close()  # idempotent
         with pytest.raises(RuntimeError, match="closed"):
-            eng.decode(1)
+            eng.prefill_slot(0, Prompt([1], np.zeros((3, 1), dtype=np.int64)))
     # two at once, too
     a, b = BM1684XEngine(tiny_bmodel_dir), BM1684XEngine(tiny_bmodel_dir)
     a.close()
@@ -121,7 +121,7 @@ def test_text_prompt_generates_a_few_tokens(bm_engine, tiny_bmodel_dir):
     for lg in logits:
         assert lg.shape == (151936,) and lg.dtype == np.float32 and np.isfinite(lg).all()
     # the KV cache is reset by prefill: the same prompt gives the same first logits
-    again = bm_engine.prefill(prompt).logits
+    again = bm_engine.prefill_slot(0, prompt).logits
     np.testing.assert_array_equal(again, logits[0])
 
 
@@ -132,13 +132,13 @@ def test_image_prompt_generates_and_the_image_matters(bm_engine, tiny_bmodel_dir
     assert all(np.isfinite(lg).all() for lg in logits)
     other = _image_prompt(tiny_bmodel_dir, bm_engine.limits.max_pixels, seed=1)
     assert other.input_ids == prompt.input_ids
-    assert not np.allclose(bm_engine.prefill(other).logits, logits[0])
+    assert not np.allclose(bm_engine.prefill_slot(0, other).logits, logits[0])
 
 
 def test_prompt_too_long_is_refused(bm_engine):
     n = bm_engine.limits.max_input_tokens + 1
     with pytest.raises(ValueError):
-        bm_engine.prefill(Prompt(list(range(n)), np.tile(np.arange(n), (3, 1))))
+        bm_engine.prefill_slot(0, Prompt(list(range(n)), np.tile(np.arange(n), (3, 1))))
 
 
 def test_native_calls_release_the_gil(bm_engine, tiny_bmodel_dir):
@@ -147,7 +147,7 @@ def test_native_calls_release_the_gil(bm_engine, tiny_bmodel_dir):
 
     def work():
         try:
-            bm_engine.prefill(prompt)
+            bm_engine.prefill_slot(0, prompt)
         finally:
             done.set()
 
@@ -226,11 +226,11 @@ def test_prefill_and_decode_match_transformers(bm_engine, tiny_bmodel_dir, torch
         assert prompt.vision[0].grid_thw == (2, 8, 8)
     ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, N_DECODE)
     logits = []
-    out = bm_engine.prefill(prompt)
+    out = bm_engine.prefill_slot(0, prompt)
     logits.append(out.logits)
     _assert_close(out.logits, ref_logits[0], f"{kind} prefill")
     for i in range(N_DECODE):
-        out = bm_engine.decode(ref_tokens[i])  # teacher-forced: compare step by step
+        out = bm_engine.decode_batch({0: ref_tokens[i]})[0]  # teacher-forced: compare step by step
         _assert_close(out.logits, ref_logits[i + 1], f"{kind} decode step {i}")
     assert int(logits[0].argmax()) == ref_tokens[0]
 
@@ -246,8 +246,8 @@ def test_dynamic_build_matches_transformers(native_module, tiny_bmodel_dynamic_d
             ("image", _image_prompt(tiny_bmodel_dynamic_dir, eng.limits.max_pixels, seed=3)),
         ]:
             ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, 1)
-            _assert_close(eng.prefill(prompt).logits, ref_logits[0], f"dynamic {kind} prefill")
-            _assert_close(eng.decode(ref_tokens[0]).logits, ref_logits[1], f"dynamic {kind} decode")
+            _assert_close(eng.prefill_slot(0, prompt).logits, ref_logits[0], f"dynamic {kind} prefill")
+            _assert_close(eng.decode_batch({0: ref_tokens[0]})[0].logits, ref_logits[1], f"dynamic {kind} decode")
     finally:
         eng.close()
 
@@ -262,7 +262,7 @@ def test_serving_path_never_imports_torch(native_module, tiny_bmodel_dir):
         "import tests.native.test_bm1684x as t\n"
         f"eng = BM1684XEngine({str(tiny_bmodel_dir)!r})\n"
         "p = t._text_prompt(eng.model_dir)\n"
-        "assert eng.prefill(p).logits is not None\n"
+        "assert eng.prefill_slot(0, p).logits is not None\n"
         "eng.close()\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -73,9 +73,9 @@ def test_slots_decode_together_as_alone_and_as_transformers(b4_engine, tiny_bmod
     alone = eng.decode_batch({3: ref_t[0]})[3].logits
     np.testing.assert_array_equal(alone, together[0])
 
-    # the single-sequence interface on a batch build runs slot 0
-    out = eng.prefill(text)
-    _assert_close(out.logits, ref_t_logits[0], "prefill() as slot 0")
+    # slot 0 prefilled again, alone
+    out = eng.prefill_slot(0, text)
+    _assert_close(out.logits, ref_t_logits[0], "prefill of slot 0")
     assert eng.rt.slot_lengths[0] == L_t
 
 

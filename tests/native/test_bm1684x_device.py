@@ -25,22 +25,22 @@ def test_nan_in_the_kv_cache_never_reaches_the_logits(bm_engine, tiny_bmodel_dir
         for which in (0, 1):
             assert not rt.test_read_kv_cache(layer, which).any(), "reset() leaves a zero KV cache"
     prompt = _text_prompt(tiny_bmodel_dir)
-    first = bm_engine.prefill(prompt).logits
+    first = bm_engine.prefill_slot(0, prompt).logits
     token = int(np.argmax(first))
-    clean = bm_engine.decode(token).logits
+    clean = bm_engine.decode_batch({0: token})[0].logits
 
     rt.test_fill_kv_cache(BF16_NAN)
     assert (rt.test_read_kv_cache(rt.num_layers - 1, 1) == BF16_NAN).all()
-    np.testing.assert_array_equal(bm_engine.prefill(prompt).logits, first)
+    np.testing.assert_array_equal(bm_engine.prefill_slot(0, prompt).logits, first)
     before = rt.counters()
-    again = bm_engine.decode(token).logits  # attends over every cache row, masked or not
+    again = bm_engine.decode_batch({0: token})[0].logits  # attends over every cache row, masked or not
     first_step = _delta(rt.counters(), before)
     np.testing.assert_array_equal(again, clean)
 
     # a decode token costs what the vendor's path costs: embedding + layers + lm_head
     # launches, no device-to-device copies, one wait for the logits
     before = rt.counters()
-    bm_engine.decode(int(np.argmax(again)))
+    bm_engine.decode_batch({0: int(np.argmax(again))})[0]
     step = _delta(rt.counters(), before)
     assert step["launches"] == rt.num_layers + 2, step
     assert step["d2d_copies"] == 0 and step["memsets"] == 0, step
@@ -56,9 +56,9 @@ def test_vision_stays_on_the_device(bm_engine, tiny_bmodel_dir):
     rt = bm_engine.rt
     assert rt.has_add and rt.vit_outputs == 3
     prompt = _image_prompt(tiny_bmodel_dir, bm_engine.limits.max_pixels, seed=4)
-    bm_engine.prefill(prompt)  # the mask of this shape is now on the device
+    bm_engine.prefill_slot(0, prompt)  # the mask of this shape is now on the device
     before = rt.counters()
-    bm_engine.prefill(_image_prompt(tiny_bmodel_dir, bm_engine.limits.max_pixels, seed=5))
+    bm_engine.prefill_slot(0, _image_prompt(tiny_bmodel_dir, bm_engine.limits.max_pixels, seed=5))
     d = _delta(rt.counters(), before)
     n_ds = rt.vit_outputs - 1
     # embedding, one vit call, the layers, `add` per deepstack feature, lm_head

@@ -47,7 +47,7 @@ def _launches(engine, net: str) -> int:
 def _forget(engine) -> None:
     """A one-token prompt that shares nothing with a chat (not <|im_start|>): the next
     prefill starts from an empty cache."""
-    engine.prefill(Prompt([0], np.zeros((3, 1), dtype=np.int64)))
+    engine.prefill_slot(0, Prompt([0], np.zeros((3, 1), dtype=np.int64)))
 
 
 def test_history_build_limits_and_capabilities(tiny_bmodel_history_dir, bm_engine):
@@ -80,10 +80,10 @@ def test_prompt_over_several_chunks_matches_transformers(tiny_bmodel_history_dir
         else:
             pytest.fail("no system prompt length puts the image across a chunk boundary")
         ref_tokens, ref_logits = _torch_greedy(torch_model, prompt, 1)
-        out = eng.prefill(prompt)
+        out = eng.prefill_slot(0, prompt)
         assert out.cached_tokens == 0
         _assert_close(out.logits, ref_logits[0], f"{len(prompt.input_ids)}-token prefill")
-        _assert_close(eng.decode(ref_tokens[0]).logits, ref_logits[1], "decode after a chunked prefill")
+        _assert_close(eng.decode_batch({0: ref_tokens[0]})[0].logits, ref_logits[1], "decode after a chunked prefill")
         assert _launches(eng, "block_kv_0") == len(prompt.input_ids) // 64  # every chunk after the first
     finally:
         eng.close()
@@ -99,36 +99,36 @@ def test_follow_up_turn_computes_only_the_new_tokens(tiny_bmodel_history_dir):
         max_pixels = eng.limits.max_pixels
         first = _messages(40)
         p1 = _prompt(tiny_bmodel_history_dir, first, [1], max_pixels)
-        out = eng.prefill(p1)
+        out = eng.prefill_slot(0, p1)
         reply = [int(np.argmax(out.logits))]
-        reply.append(int(np.argmax(eng.decode(reply[-1]).logits)))
+        reply.append(int(np.argmax(eng.decode_batch({0: reply[-1]})[0].logits)))
         follow = [*first, {"role": "assistant", "content": "It is a picture."}, {"role": "user", "content": "Why?"}]
         p2 = _prompt(tiny_bmodel_history_dir, follow, [1], max_pixels)
         assert p2.input_ids[: len(p1.input_ids)] == p1.input_ids
 
         vit, kv = _launches(eng, "vit"), _launches(eng, "block_kv_0")
-        reused = eng.prefill(p2)
+        reused = eng.prefill_slot(0, p2)
         assert reused.cached_tokens == len(p1.input_ids)  # the reply's tokens differ from the text re-sent
         assert _launches(eng, "vit") == vit and _launches(eng, "block_kv_0") == kv + 1
-        reused_next = eng.decode(int(np.argmax(reused.logits))).logits
+        reused_next = eng.decode_batch({0: int(np.argmax(reused.logits))})[0].logits
 
         # the same turn with another picture: recomputed from the image's first row
         other = _prompt(tiny_bmodel_history_dir, follow, [2], max_pixels)
         assert other.input_ids == p2.input_ids  # placeholders look alike: only the pixels differ
         (span,) = vision_spans(other.input_ids, other.vision)
-        swapped = eng.prefill(other)
+        swapped = eng.prefill_slot(0, other)
         assert swapped.cached_tokens == span.start and _launches(eng, "vit") == vit + 1
 
         _forget(eng)
-        fresh = eng.prefill(p2)
+        fresh = eng.prefill_slot(0, p2)
         assert fresh.cached_tokens == 0
         scale = float(np.abs(fresh.logits).max())
         np.testing.assert_allclose(reused.logits, fresh.logits, rtol=0, atol=1e-3 * scale)
         np.testing.assert_allclose(
-            reused_next, eng.decode(int(np.argmax(fresh.logits))).logits, rtol=0, atol=1e-3 * scale
+            reused_next, eng.decode_batch({0: int(np.argmax(fresh.logits))})[0].logits, rtol=0, atol=1e-3 * scale
         )
         _forget(eng)
-        np.testing.assert_allclose(swapped.logits, eng.prefill(other).logits, rtol=0, atol=1e-3 * scale)
+        np.testing.assert_allclose(swapped.logits, eng.prefill_slot(0, other).logits, rtol=0, atol=1e-3 * scale)
         assert float(np.abs(swapped.logits - fresh.logits).max()) > 1e-2 * scale  # the image matters
     finally:
         eng.close()
@@ -141,12 +141,12 @@ def test_a_kept_prefix_never_covers_a_different_prompt(tiny_bmodel_history_dir):
     try:
         max_pixels = eng.limits.max_pixels
         p1 = _prompt(tiny_bmodel_history_dir, _messages(20), [3], max_pixels)
-        eng.prefill(p1)
-        again = eng.prefill(dataclasses.replace(p1))
+        eng.prefill_slot(0, p1)
+        again = eng.prefill_slot(0, dataclasses.replace(p1))
         assert again.cached_tokens == len(p1.input_ids) - 1
         p2 = _prompt(tiny_bmodel_history_dir, _messages(20, "Something else entirely?"), [3], max_pixels)
         common = next(i for i, (a, b) in enumerate(zip(p1.input_ids, p2.input_ids, strict=False)) if a != b)
-        assert eng.prefill(p2).cached_tokens == common
+        assert eng.prefill_slot(0, p2).cached_tokens == common
     finally:
         eng.close()
 

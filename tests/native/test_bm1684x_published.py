@@ -31,10 +31,10 @@ def test_token_id_lm_head_matches_transformers_argmax(published_dir, torch_model
         assert rt.decode_stages == [64, 128, 256]
         prompt = _text_prompt(published_dir)
         ref_tokens, _ = _torch_greedy(torch_model, prompt, 1)
-        first = eng.prefill(prompt)
+        first = eng.prefill_slot(0, prompt)
         assert first.logits is None and first.token_id == ref_tokens[0]
         before = rt.counters()
-        second = eng.decode(first.token_id)
+        second = eng.decode_batch({0: first.token_id})[0]
         assert second.token_id == ref_tokens[1]
         assert rt.last_decode_kv_length == 64 and len(prompt.input_ids) < 64
         step = {k: v - before[k] for k, v in rt.counters().items()}

@@ -24,14 +24,14 @@ def test_repeated_image_skips_the_vit(native_module, tiny_bmodel_dir):
     eng = BM1684XEngine(tiny_bmodel_dir, vision_cache_mb=1)
     try:
         rt = eng.rt
-        first = eng.prefill(_image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=5))
+        first = eng.prefill_slot(0, _image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=5))
         launches = _vit_launches(eng)
         assert launches >= 1 and len(eng.vision_cache) == 1
         tokens = sum(v.num_tokens for v in _image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=5).vision)
         assert eng.vision_cache.bytes == rt.vit_outputs * tokens * rt.hidden_size * 2  # bf16 rows on the host
 
         # the same picture, preprocessed again (a new object: the key comes from the pixels)
-        again = eng.prefill(_image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=5))
+        again = eng.prefill_slot(0, _image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=5))
         assert _vit_launches(eng) == launches
         np.testing.assert_array_equal(again.logits, first.logits)
 
@@ -40,7 +40,7 @@ def test_repeated_image_skips_the_vit(native_module, tiny_bmodel_dir):
         pixels = near.vision[0].pixel_values.copy()
         pixels[0, 0] += 0.5
         near.vision[0] = dataclasses.replace(near.vision[0], pixel_values=pixels)
-        eng.prefill(near)
+        eng.prefill_slot(0, near)
         assert _vit_launches(eng) == launches + 1 and len(eng.vision_cache) == 2
     finally:
         eng.close()
@@ -51,7 +51,7 @@ def test_cache_off_keeps_nothing(native_module, tiny_bmodel_dir):
 
     eng = BM1684XEngine(tiny_bmodel_dir)  # --vision-cache-mb 0
     try:
-        eng.prefill(_image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=6))
+        eng.prefill_slot(0, _image_prompt(tiny_bmodel_dir, eng.limits.max_pixels, seed=6))
         assert len(eng.vision_cache) == 0 and eng.rt.last_vit_rows == [None]
     finally:
         eng.close()

@@ -1,8 +1,8 @@
 """FakeEngine: a FAKE model for the in-process HTTP-contract tests.
 
 It implements the real `Engine` interface (qwen3vl_app/engine/base.py), so everything
-around it is the real code -- the runner and its engine thread, the shared decode loop,
-sampling, stop strings, detokenisation, the serving layer and the HTTP layer.  Only the
+around it is the real code -- the runner and its engine thread, the scheduler's decode
+loop, sampling, stop strings, detokenisation, the serving layer and the HTTP layer.  Only the
 numbers are made up: no weights, no device.
 
 Its logits are deterministic.  Each step gives a fixed set of readable word tokens of the
@@ -49,6 +49,7 @@ class FakeEngineFailure(RuntimeError):
 class FakeEngine(Engine):
     name = "fake"
     device = "fake"
+    max_batch = 8
 
     def __init__(
         self,
@@ -71,22 +72,22 @@ class FakeEngine(Engine):
         self.step_delay = step_delay
         self.fail_next: str | None = None  # "prefill" or "decode": that step fails once
         self.prompts: list[Prompt] = []  # every prompt prefilled, for the tests to inspect
-        self.decode_steps = 0
+        self.decode_steps = 0  # decode_batch calls
         self.closed = False
-        self._produced = 0
+        self._produced: dict[int, int] = {}  # per slot
 
-    def prefill(self, prompt: Prompt) -> StepOutput:
+    def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:
         self._maybe_fail("prefill")
         self.prompts.append(prompt)
-        self._produced = 0
+        self._produced[slot] = 0
         time.sleep(self.prefill_delay)
-        return self._step(prompt.input_ids[-1] if prompt.input_ids else 0)
+        return self._step(slot, prompt.input_ids[-1] if prompt.input_ids else 0)
 
-    def decode(self, token_id: int) -> StepOutput:
+    def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
         self._maybe_fail("decode")
         self.decode_steps += 1
         time.sleep(self.step_delay)
-        return self._step(token_id)
+        return {slot: self._step(slot, token_id) for slot, token_id in tokens.items()}
 
     def close(self) -> None:
         self.closed = True
@@ -96,10 +97,10 @@ class FakeEngine(Engine):
             self.fail_next = None
             raise FakeEngineFailure(f"fake engine failure in {step}")
 
-    def _step(self, previous: int) -> StepOutput:
-        self._produced += 1
+    def _step(self, slot: int, previous: int) -> StepOutput:
+        self._produced[slot] += 1
         logits = np.full(self.vocab_size, FLOOR, dtype=np.float32)
-        if self.eos_after is not None and self._produced > self.eos_after:
+        if self.eos_after is not None and self._produced[slot] > self.eos_after:
             logits[self.eos_id] = 10.0
         else:
             logits[self.words] = np.random.default_rng(previous).standard_normal(len(self.words))

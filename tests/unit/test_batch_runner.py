@@ -18,11 +18,11 @@ class SingleSequenceEngine(Engine):
     name = "single"
     limits = Limits(max_context=16, max_input_tokens=16)
 
-    def prefill(self, prompt):
+    def prefill_slot(self, slot, prompt):
         return StepOutput(token_id=0)
 
-    def decode(self, token_id):
-        return StepOutput(token_id=0)
+    def decode_batch(self, tokens):
+        return {slot: StepOutput(token_id=0) for slot in tokens}
 
 
 def test_runner_lowers_max_batch_to_the_engine_and_admits_accordingly():
@@ -30,7 +30,7 @@ def test_runner_lowers_max_batch_to_the_engine_and_admits_accordingly():
     try:
         runner.wait_ready()
         gevent.sleep(0.01)  # the surplus permits are taken by a greenlet
-        assert runner.max_batch == 1 and runner.scheduler is None  # the single-sequence path
+        assert runner.max_batch == 1 and runner.scheduler is not None and len(runner.scheduler.slots) == 1
         with runner.turn():
             with pytest.raises(QueueFull):
                 with runner.turn():

@@ -48,8 +48,8 @@ def ref(model_dir):
 
 
 def fresh_prefill(ref, prompt):
-    ref._held = None  # forget what it holds: a full prefill
-    out = ref.prefill(prompt)
+    ref.release_slot(0)  # forget what it holds: a full prefill
+    out = ref.prefill_slot(0, prompt)
     assert out.cached_tokens == 0
     return out.logits
 
@@ -78,33 +78,33 @@ def turn1(tok, images):
 
 
 def generate(engine, prompt, steps=6):
-    out = engine.prefill(prompt)
+    out = engine.prefill_slot(0, prompt)
     ids = []
     for _ in range(steps):
         t = int(np.argmax(out.logits))
         ids.append(t)
-        out = engine.decode(t)
+        out = engine.decode_batch({0: t})[0]
     return out, ids
 
 
 def test_follow_up_turns_prefill_only_the_new_suffix(engine, ref, fresh, tok):
     imgs = [image(1), image(2)]
     msgs, p1 = turn1(tok, imgs)
-    out1 = engine.prefill(p1)
+    out1 = engine.prefill_slot(0, p1)
     assert out1.cached_tokens == 0
     np.testing.assert_allclose(out1.logits, fresh(p1), atol=ATOL)
     _, reply_ids = generate(engine, p1)
     reply = tok.decode(reply_ids)
     msgs2 = msgs + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And the colours?"}]
     p2 = build_prompt(tok, msgs2, imgs)
-    out2 = engine.prefill(p2)
+    out2 = engine.prefill_slot(0, p2)
     # The whole first prompt (images included) is reused; at most the re-tokenized reply differs.
     assert len(p1.input_ids) <= out2.cached_tokens < len(p2.input_ids)
     np.testing.assert_allclose(out2.logits, fresh(p2), atol=ATOL)
     # and decoding on top of a reused cache matches a fresh one step by step
     t = int(np.argmax(out2.logits))
     fresh_prefill(ref, p2)
-    np.testing.assert_allclose(engine.decode(t).logits, ref.decode(t).logits, atol=ATOL)
+    np.testing.assert_allclose(engine.decode_batch({0: t})[0].logits, ref.decode_batch({0: t})[0].logits, atol=ATOL)
 
 
 def test_a_near_identical_image_is_never_served_from_the_cache(engine, fresh, tok):
@@ -115,9 +115,9 @@ def test_a_near_identical_image_is_never_served_from_the_cache(engine, fresh, to
     assert not np.array_equal(a.pixel_values, b.pixel_values)
     second = image(4)
     _, pa = turn1(tok, [a, second])
-    engine.prefill(pa)
+    engine.prefill_slot(0, pa)
     _, pb = turn1(tok, [b, second])
-    out = engine.prefill(pb)
+    out = engine.prefill_slot(0, pb)
     first_image_start = vision_spans(pb.input_ids, pb.vision)[0].start
     assert out.cached_tokens == first_image_start  # the system prompt only
     reuse_error = np.abs(out.logits - fresh(pb)).max()
@@ -127,17 +127,17 @@ def test_a_near_identical_image_is_never_served_from_the_cache(engine, fresh, to
 
 
 def test_a_different_prompt_reuses_only_what_matches(engine, fresh, tok):
-    engine.prefill(build_prompt(tok, [{"role": "user", "content": "alpha beta gamma delta"}]))
+    engine.prefill_slot(0, build_prompt(tok, [{"role": "user", "content": "alpha beta gamma delta"}]))
     p = build_prompt(tok, [{"role": "user", "content": "alpha beta zeta"}])
-    out = engine.prefill(p)
+    out = engine.prefill_slot(0, p)
     assert 0 < out.cached_tokens < len(p.input_ids) - 1
     np.testing.assert_allclose(out.logits, fresh(p), atol=ATOL)
 
 
 def test_the_same_prompt_again_still_computes_its_last_token(engine, fresh, tok):
     p = build_prompt(tok, [{"role": "user", "content": "repeat me"}])
-    engine.prefill(p)
-    out = engine.prefill(p)
+    engine.prefill_slot(0, p)
+    out = engine.prefill_slot(0, p)
     assert out.cached_tokens == len(p.input_ids) - 1
     np.testing.assert_allclose(out.logits, fresh(p), atol=ATOL)
 
@@ -150,7 +150,7 @@ def test_the_vision_cache_skips_the_encoder_for_a_repeated_image(model_dir, tok)
     img = image(5)
     for text in ("first", "second"):  # different text: no prefix reuse past the system prompt
         p = build_prompt(tok, [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image"}]}], [img])
-        engine.prefill(p)
+        engine.prefill_slot(0, p)
     assert len(calls) == 1 and len(engine.vision_cache) == 1
 
 

@@ -44,7 +44,7 @@ def test_engine_logits_match_model_with_its_own_positions(engine, tmp_path):
         },
     ]
     prompt = build_prompt(tok, msgs, [img, vid])
-    ours = engine.prefill(prompt).logits
+    ours = engine.prefill_slot(0, prompt).logits
 
     ids = torch.tensor([prompt.input_ids])
     mm = (ids == IMAGE_PAD).int() + 2 * (ids == VIDEO_PAD).int()
@@ -61,7 +61,7 @@ def test_engine_logits_match_model_with_its_own_positions(engine, tmp_path):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
     # and a decode step continues from max(position) + 1 on all rows
     assert prompt.next_position == int(prompt.position_ids.max()) + 1
-    assert engine.decode(int(np.argmax(ours))).logits.shape == ours.shape
+    assert engine.decode_batch({0: int(np.argmax(ours))})[0].logits.shape == ours.shape
     # The check has teeth: plain 1-D positions change the logits far beyond the tolerance.
     prompt.position_ids = np.tile(np.arange(len(prompt.input_ids), dtype=np.int64), (3, 1))
-    assert np.abs(engine.prefill(prompt).logits - ref).max() > 1e-3
+    assert np.abs(engine.prefill_slot(0, prompt).logits - ref).max() > 1e-3
