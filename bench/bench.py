@@ -210,12 +210,12 @@ settings = Settings(model_dir=sys.argv[1], engine="torch" if torch_stack else "b
 app = create_app(settings)
 native = False
 if torch_stack:
-    from qwen3vl_app.engine.torch_engine import TorchEngine
+    from qwen3vl_app.engine.torch.engine import TorchEngine
     engine = TorchEngine(sys.argv[1], dtype="float32", threads=1)  # the tiny weights: the stack, not the model
 else:
-    import qwen3vl_app.engine.bm1684x
+    import qwen3vl_app.engine.bm1684x.engine
     try:
-        from qwen3vl_app.engine import qwen3vl_native  # noqa: F401
+        from qwen3vl_app.engine.bm1684x import qwen3vl_native  # noqa: F401
         native = True
     except ImportError:
         pass

@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     folder = args.model or tiny_bmodel()
 
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
     from tests.native.test_bm1684x import _image_prompt, _text_prompt
 
     engine = BM1684XEngine(folder)

@@ -34,7 +34,7 @@ def build(script: str, *args: str) -> Path:
 
 
 def measure(folder: Path, steps: int) -> dict:
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
     from tests.native.test_bm1684x import _text_prompt
 
     engine = BM1684XEngine(folder)

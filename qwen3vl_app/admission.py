@@ -36,9 +36,9 @@ class Admission:
     def __init__(self, limit: int, path: str | None = None):
         self.limit = max(0, int(limit))
         self.path = path
-        self._owner = None  # pid that opened the mapping (re-opened after a fork)
+        self._owner: int | None = None  # pid that opened the mapping (re-opened after a fork)
         self._fd = -1
-        self._map = None
+        self._map: mmap.mmap | None = None
         self._local = 0  # fallback counter when there is no shared file
 
     @classmethod
@@ -61,9 +61,10 @@ class Admission:
             f.write(b"\0" * (_SLOT.size * max(1, int(limit))))
         return path
 
-    def _mapping(self):
+    def _mapping(self) -> mmap.mmap:
         pid = os.getpid()
-        if self._owner != pid:  # each process opens its own descriptor: flock is per open file
+        if self._map is None or self._owner != pid:  # each process opens its own descriptor: flock is per open file
+            assert self.path is not None  # callers use the local counter without a shared file
             self._fd = os.open(self.path, os.O_RDWR)
             self._map = mmap.mmap(self._fd, _SLOT.size * max(1, self.limit))
             self._owner = pid

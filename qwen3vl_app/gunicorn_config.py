@@ -129,7 +129,7 @@ def when_ready(server) -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     from .auth import log_auth_config
-    from .engine.loader import is_demo
+    from .model_dir import is_demo
 
     log = logging.getLogger("qwen3vl")
     log.info(

@@ -8,15 +8,18 @@ loudly labelled as a demo.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .engine.loader import ModelFolderError, detect_engine
+from .engine import ModelFolderError, detect_engine
 from .media.sources import parse_networks
+from .model_constants import DEMO_MARKER
 from .settings import DEFAULT_MODEL_DIR, OPTIONS
+from .tokenizer import config_dir
 
 
 class StartupError(SystemExit):
@@ -58,3 +61,12 @@ def build_demo_model() -> Path:
         [sys.executable, "-m", "qwen3vl_app.tiny_model"], check=True, stdout=subprocess.PIPE, text=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def is_demo(model_dir: Path) -> bool:
+    """The folder is the tiny random-weight demo model (`tiny_model.py` marks it)."""
+    path = config_dir(Path(model_dir)) / DEMO_MARKER
+    try:
+        return bool(json.loads(path.read_text()).get("random_weights"))
+    except (OSError, ValueError):
+        return False

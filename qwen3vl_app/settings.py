@@ -1,5 +1,8 @@
 """Every setting of the server, in one typed, frozen dataclass: each field carries its
-flag(s), help and default; its environment variable is `QWEN3VL_<NAME>`.
+flag(s), help and default; its environment variable is `QWEN3VL_<NAME>`.  Settings that
+only one engine reads live in that engine's package (`engine/<name>/__init__.py`, its
+`SPEC.settings` class) and reach it as `settings.engine_settings(name)`; their flags and
+variables are gathered here with the rest.
 
 The CLI turns flags into `QWEN3VL_*` environment variables before it starts gunicorn, and
 each worker builds its `Settings` from the environment.  So `python -m qwen3vl_app ...`
@@ -13,45 +16,20 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, MutableMapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .engine import engine_specs
+from .options import Option, options_of
+from .options import opt as _opt
+
 DEFAULT_MODEL_DIR = "./models/qwen3vl_2b"
 OLD_DEFAULT_API_KEY = "abc@123"  # kept for compatibility with the old service; warned about
-ENV_PREFIX = "QWEN3VL_"
 
 
-def _opt(default: Any, flags: tuple[str, ...], help: str, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
-    return field(default=default, repr=not secret, metadata={"flags": flags, "help": help, "choices": choices})
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting as the CLI and the environment see it (derived from a Settings field)."""
-
-    name: str
-    flags: tuple[str, ...]
-    default: Any
-    help: str
-    kind: type  # str | int | float | bool | tuple
-    choices: tuple[str, ...] = ()
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-    def parse(self, raw: str) -> Any:
-        if self.kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if self.kind is tuple:
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        if self.choices and raw not in self.choices:
-            raise ValueError(f"{self.env}={raw!r}: choose one of {', '.join(self.choices)}")
-        try:
-            return self.kind(raw)
-        except ValueError:
-            raise ValueError(f"{self.env}={raw!r} is not a valid {self.kind.__name__}") from None
+def _default_engine_settings() -> tuple[tuple[str, Any], ...]:
+    return tuple((spec.name, spec.settings()) for spec in engine_specs())
 
 
 @dataclass(frozen=True)
@@ -66,7 +44,6 @@ class Settings:
     log_level: str = _opt(
         "INFO", ("-l", "--log_level"), "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
-    devid: int = _opt(0, ("-d", "--devid"), "TPU device id")
     video_ratio: float = _opt(
         0.5, ("-v", "--video_ratio"), "0-1: share of the image pixel budget one video frame may use"
     )
@@ -86,7 +63,7 @@ class Settings:
     )
     workers: int = _opt(1, ("--workers",), "gunicorn worker processes, each with its own engine")
     host: str = _opt("0.0.0.0", ("--host",), "listening address")
-    engine: str = _opt("auto", ("--engine",), "engine kind", choices=("auto", "bm1684x", "torch"))
+    engine: str = _opt("auto", ("--engine",), "engine kind", choices=("auto", *(spec.name for spec in engine_specs())))
     max_batch: int = _opt(
         1,
         ("--max-batch",),
@@ -114,12 +91,6 @@ class Settings:
     )
     max_body_bytes: int = _opt(
         64 * 1024 * 1024, ("--max-body-bytes",), "largest request body accepted (JSON or upload)"
-    )
-    torch_dtype: str = _opt(
-        "auto",
-        ("--torch-dtype",),
-        "torch engine weights: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16",
-        choices=("auto", "float32", "bfloat16"),
     )
     sse_keepalive: float = _opt(
         10.0, ("--sse-keepalive",), "seconds between ': ping' comments on a stream while the prompt is being processed"
@@ -198,16 +169,25 @@ class Settings:
         ("--vision-cache-mb",),
         "per worker: MiB of vision-encoder outputs kept so a repeated image skips the encoder (0: off)",
     )
-    torch_max_context: int = _opt(
-        0,
-        ("--torch-max-context",),
-        "torch engine: longest context (prompt + reply); 0 = the model's own, at most 32768",
-    )
+    # each engine's own settings (engine/<name>/__init__.py): (engine name, its settings object)
+    engines: tuple[tuple[str, Any], ...] = field(default_factory=_default_engine_settings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        return cls(**{o.name: o.parse(environ[o.env]) for o in OPTIONS if o.env in environ})
+
+        def given(options: tuple[Option, ...]) -> dict[str, Any]:
+            return {o.field: o.parse(environ[o.env]) for o in options if o.env in environ}
+
+        engines = tuple(
+            (spec.name, spec.settings(**given(options_of(spec.settings, spec.option_prefix))))
+            for spec in engine_specs()
+        )
+        return cls(**given(options_of(cls)), engines=engines)
+
+    def engine_settings(self, name: str) -> Any:
+        """The settings object of engine `name` (its package's `SPEC.settings` class)."""
+        return dict(self.engines)[name]
 
     def api_keys(self) -> tuple[str, ...]:
         keys = list(self.api_key)
@@ -219,12 +199,11 @@ class Settings:
         return tuple(dict.fromkeys(k for k in keys if k))
 
 
-def _option(f: Field) -> Option:
-    assert f.default is not MISSING
-    return Option(f.name, f.metadata["flags"], f.default, f.metadata["help"], type(f.default), f.metadata["choices"])
-
-
-OPTIONS: tuple[Option, ...] = tuple(_option(f) for f in fields(Settings))
+# Every option: the server's, then each engine's (the CLI shows those in their own group).
+ENGINE_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = tuple(
+    (spec.name, options_of(spec.settings, spec.option_prefix)) for spec in engine_specs()
+)
+OPTIONS: tuple[Option, ...] = options_of(Settings) + tuple(o for _, group in ENGINE_OPTIONS for o in group)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -233,6 +212,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible Qwen3-VL server (BM1684X TPU or torch). "
         "Every flag also reads an environment variable QWEN3VL_<NAME>.",
     )
+    groups: dict[str, Any] = {}
+    for name, group in ENGINE_OPTIONS:
+        section = p.add_argument_group(f"{name} engine")
+        groups.update((o.name, section) for o in group)
     for opt in OPTIONS:
         kw: dict[str, Any] = {
             "dest": opt.name,
@@ -247,7 +230,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
             kw["choices"] = opt.choices
         elif opt.kind in (int, float):
             kw["type"] = opt.kind
-        p.add_argument(*opt.flags, **kw)
+        groups.get(opt.name, p).add_argument(*opt.flags, **kw)
     return p
 
 

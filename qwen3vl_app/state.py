@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .admission import Admission
-from .engine.loader import detect_engine, is_demo, load_engine
+from .engine import detect_engine, load_engine
 from .engine.runner import EngineRunner
+from .model_dir import is_demo
 from .settings import Settings
 from .tokenizer import ChatTokenizer
 
@@ -49,7 +50,7 @@ class ServerState:
 
             return cls(settings, None, EngineRunner(settings, unusable), settings.engine, False, admission, keys)
         from .engine.constraints import warm_up  # constrained decoding's token trie, built while loading
-        from .engine.faults import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
+        from .fault_injection import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
 
         runner = EngineRunner(settings, lambda: warm_up(maybe_wrap(load_engine(settings, kind)), tokenizer))
         return cls(settings, tokenizer, runner, kind, is_demo(model_dir), admission, keys)

@@ -45,8 +45,8 @@ def chat_completions():
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
         encoder = ChatStreamEncoder(chunks, include_usage, plan.tool_names)
-        body = serving.stream(events, encoder)
-        return Response(stream_with_context(body), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
+        sse_text = serving.stream(events, encoder)
+        return Response(stream_with_context(sse_text), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
     out = serving.collect(events, request.environ)
     fin = out.finish
     content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])

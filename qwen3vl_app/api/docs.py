@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, send_from_directory, url_for
 
@@ -365,7 +366,7 @@ def _custom_fields(converter):
     from . import responses_schema as rs
 
     part_ref = {"$ref": "#/components/schemas/ContentPart"}
-    by_type = {
+    by_type: dict[type, dict[str, Any]] = {
         cs.MediaURL: {
             "oneOf": [{"$ref": "#/components/schemas/MediaURL"}, {"type": "string"}],
             "description": '`{"url": ...}` or the bare URL: http(s), data:, file:// or a local path '

@@ -11,7 +11,10 @@ logits.  Engines do no HTTP and never see a request.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,3 +114,28 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 -- optional hook: engines without resources need none
         """Release weights and device memory."""
+
+
+class ModelFolderError(Exception):
+    """A model folder that no engine can serve, or that its engine finds incomplete."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine package exports as `SPEC` (light: importing it loads no model code).
+
+    - `settings`: a frozen dataclass of the engine's own options, each field made with
+      `options.opt`; its flags and `QWEN3VL_<option_prefix><FIELD>` variables join the
+      server's, and `Settings.engine_settings(name)` hands the object to `load`.
+    - `claims(model_dir)`: True when the folder is this engine's kind (the registry asks
+      the engines in its order); raise `ModelFolderError` for a folder of its kind that
+      cannot work.
+    - `load(model_dir, engine_settings, settings)`: build the engine (imports its heavy
+      module here, so a worker imports only the engine it runs).
+    """
+
+    name: str
+    settings: type
+    claims: Callable[[Path], bool]
+    load: Callable[[Path, Any, Any], Engine]
+    option_prefix: str = ""

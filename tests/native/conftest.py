@@ -41,13 +41,13 @@ def _build_native() -> None:
 @pytest.fixture(scope="session")
 def native_module():
     try:
-        from qwen3vl_app.engine import qwen3vl_native
+        from qwen3vl_app.engine.bm1684x import qwen3vl_native
     except ImportError:
         _build_native()
         import importlib
 
         importlib.invalidate_caches()
-        from qwen3vl_app.engine import qwen3vl_native
+        from qwen3vl_app.engine.bm1684x import qwen3vl_native
     return qwen3vl_native
 
 
@@ -93,7 +93,7 @@ def tiny_bmodel_b4_dir(tiny_bmodel_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def bm_engine(native_module, tiny_bmodel_dir):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     eng = BM1684XEngine(tiny_bmodel_dir, devid=0)
     yield eng

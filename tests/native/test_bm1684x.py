@@ -80,7 +80,7 @@ def _greedy(engine, prompt: Prompt, n: int):
 
 
 def test_load_unload_twice_in_one_process(native_module, tiny_bmodel_dir):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     for _ in range(2):
         eng = BM1684XEngine(tiny_bmodel_dir)
@@ -236,7 +236,7 @@ def test_prefill_and_decode_match_transformers(bm_engine, tiny_bmodel_dir, torch
 
 
 def test_dynamic_build_matches_transformers(native_module, tiny_bmodel_dynamic_dir, torch_model):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     eng = BM1684XEngine(tiny_bmodel_dynamic_dir)
     try:
@@ -258,7 +258,7 @@ def test_serving_path_never_imports_torch(native_module, tiny_bmodel_dir):
 
     code = (
         "import sys\n"
-        "from qwen3vl_app.engine.bm1684x import BM1684XEngine\n"
+        "from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine\n"
         "import tests.native.test_bm1684x as t\n"
         f"eng = BM1684XEngine({str(tiny_bmodel_dir)!r})\n"
         "p = t._text_prompt(eng.model_dir)\n"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.bm1684x
 
 @pytest.fixture(scope="module")
 def b4_engine(native_module, tiny_bmodel_b4_dir):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     eng = BM1684XEngine(tiny_bmodel_b4_dir)
     yield eng

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.bm1684x
 
 
 def _engine(folder, **kw):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     return BM1684XEngine(folder, **kw)
 

@@ -50,7 +50,7 @@ def bmodel_without_embedding_cache(tiny_bmodel_dir, tmp_path_factory) -> Path:
 
 
 def test_missing_network_is_refused_with_what_was_found(native_module, bmodel_without_embedding_cache):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine, UnsupportedBmodel
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine, UnsupportedBmodel
 
     with pytest.raises(UnsupportedBmodel) as e:
         BM1684XEngine(bmodel_without_embedding_cache)
@@ -59,7 +59,7 @@ def test_missing_network_is_refused_with_what_was_found(native_module, bmodel_wi
 
 
 def test_multi_device_build_is_refused_by_its_name(native_module, tiny_bmodel_dir, tmp_path):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine, UnsupportedBmodel
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine, UnsupportedBmodel
 
     folder = _folder_with(
         tmp_path,

@@ -22,7 +22,7 @@ def published_dir(native_module) -> object:
 
 
 def test_token_id_lm_head_matches_transformers_argmax(published_dir, torch_model):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     eng = BM1684XEngine(published_dir)
     try:

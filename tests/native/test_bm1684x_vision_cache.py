@@ -19,7 +19,7 @@ def _vit_launches(engine) -> int:
 
 
 def test_repeated_image_skips_the_vit(native_module, tiny_bmodel_dir):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     eng = BM1684XEngine(tiny_bmodel_dir, vision_cache_mb=1)
     try:
@@ -47,7 +47,7 @@ def test_repeated_image_skips_the_vit(native_module, tiny_bmodel_dir):
 
 
 def test_cache_off_keeps_nothing(native_module, tiny_bmodel_dir):
-    from qwen3vl_app.engine.bm1684x import BM1684XEngine
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 
     eng = BM1684XEngine(tiny_bmodel_dir)  # --vision-cache-mb 0
     try:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qwen3vl_app.engine import vit_inputs as vi
+from qwen3vl_app.engine.bm1684x import vit_inputs as vi
 
 torch = pytest.importorskip("torch")
 vision_utils = pytest.importorskip("transformers.vision_utils")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen3vl_app.engine.loader import detect_engine
+from qwen3vl_app.engine import detect_engine
 from qwen3vl_app.model_fetch import BMODEL_MAGIC
 from qwen3vl_app.tokenizer import ChatTokenizer
 from tests.conftest import REPO

@@ -3,7 +3,7 @@ sees the connection end (no hang) and gunicorn replaces the worker; a model fold
 disappears does not stop the server from booting a replacement.  (A failing engine step
 answered with a 500 / an error event is tested in-process: tests/contract/test_errors.py.)
 
-The fault comes from the test-only hook in qwen3vl_app/engine/faults.py (QWEN3VL_FAULT_INJECT
+The fault comes from the test-only hook in qwen3vl_app/fault_injection.py (QWEN3VL_FAULT_INJECT
 names a trigger file; writing a step name into it makes that engine step fail once).
 """
 

@@ -31,7 +31,7 @@ def tok(model_dir):
 
 
 def make_engine(model_dir, vision_cache_mb=64):
-    from qwen3vl_app.engine.torch_engine import TorchEngine
+    from qwen3vl_app.engine.torch.engine import TorchEngine
 
     return TorchEngine(model_dir, dtype="float32", threads=2, vision_cache_mb=vision_cache_mb)
 

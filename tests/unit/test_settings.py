@@ -10,7 +10,7 @@ def test_old_flags_keep_names_and_defaults():
     args_to_env(ns, env)
     assert env == {}  # nothing given, nothing overridden
     s = Settings.from_env({})
-    assert (s.model_dir, s.max_concurrent, s.log_level, s.devid, s.video_ratio, s.port) == (
+    assert (s.model_dir, s.max_concurrent, s.log_level, s.engine_settings("bm1684x").devid, s.video_ratio, s.port) == (
         "./models/qwen3vl_2b",
         10,
         "INFO",
@@ -61,7 +61,7 @@ def test_short_flags_reach_workers_through_env():
     env = {}
     args_to_env(ns, env)
     s = Settings.from_env(env)
-    assert (s.model_dir, s.max_concurrent, s.log_level, s.devid, s.video_ratio, s.port) == (
+    assert (s.model_dir, s.max_concurrent, s.log_level, s.engine_settings("bm1684x").devid, s.video_ratio, s.port) == (
         "/m",
         3,
         "DEBUG",
@@ -112,3 +112,17 @@ def test_bad_allowed_media_network_is_a_startup_error(tiny_model_dir):
         timeout=60,
     )
     assert r.returncode != 0 and "192.168.7.0/33" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_engine_options_keep_their_flags_and_variables():
+    """Each engine's own options (engine/<name>/__init__.py) keep the old flags and
+    variables, and land in that engine's settings object only."""
+    ns = build_arg_parser().parse_args(["--torch-dtype", "bfloat16", "--torch-max-context", "512", "-d", "3"])
+    env = {}
+    args_to_env(ns, env)
+    assert env == {"QWEN3VL_TORCH_DTYPE": "bfloat16", "QWEN3VL_TORCH_MAX_CONTEXT": "512", "QWEN3VL_DEVID": "3"}
+    s = Settings.from_env(env)
+    torch, bm = s.engine_settings("torch"), s.engine_settings("bm1684x")
+    assert (torch.dtype, torch.max_context, bm.devid) == ("bfloat16", 512, 3)
+    assert not hasattr(s, "devid") and not hasattr(s, "torch_dtype")
+    assert Settings().engine_settings("torch").dtype == "auto"

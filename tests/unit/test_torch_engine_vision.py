@@ -16,7 +16,7 @@ from tests.support.media_samples import gradient_rgb, write_video
 
 @pytest.fixture(scope="module")
 def engine():
-    from qwen3vl_app.engine.torch_engine import TorchEngine
+    from qwen3vl_app.engine.torch.engine import TorchEngine
     from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
 
     return TorchEngine(ensure_tiny_checkpoint(), dtype="float32", threads=2)

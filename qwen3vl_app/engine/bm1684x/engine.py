@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model_constants import IMAGE_PAD, VIDEO_PAD
-from .base import Capabilities, Engine, Limits, Prompt, StepOutput
-from .reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, vision_key, vision_spans
+from ...model_constants import IMAGE_PAD, VIDEO_PAD
+from ..base import Capabilities, Engine, Limits, Prompt, StepOutput
+from ..reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, vision_key, vision_spans
 from .vit_inputs import VitCall, vit_calls
 
 log = logging.getLogger("qwen3vl.engine.bm1684x")
@@ -66,10 +66,10 @@ class UnsupportedBmodel(RuntimeError):
 
 def load_native():
     try:
-        from . import qwen3vl_native
+        from . import qwen3vl_native  # type: ignore[attr-defined]  # built by `make native`
     except ImportError as e:  # pragma: no cover - depends on the build
         raise RuntimeError(
-            "the native BM1684X module is not built (qwen3vl_app/engine/qwen3vl_native*.so): "
+            "the native BM1684X module is not built (qwen3vl_app/engine/bm1684x/qwen3vl_native*.so): "
             f"run `make native` (sim) or `make native BM_MODE=box` on the SE7 ({e})"
         ) from e
     return qwen3vl_native

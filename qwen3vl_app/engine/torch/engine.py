@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..model_constants import IMAGE_PAD, VIDEO_PAD
-from .base import Capabilities, Engine, Limits, Prompt, StepOutput, VisionInput
-from .reuse import CachedSequence, VisionCache, reusable_prefix, vision_key, vision_spans
+from ...model_constants import IMAGE_PAD, VIDEO_PAD
+from ..base import Capabilities, Engine, Limits, Prompt, StepOutput, VisionInput
+from ..reuse import CachedSequence, VisionCache, reusable_prefix, vision_key, vision_spans
 
 log = logging.getLogger("qwen3vl.engine.torch")
 
