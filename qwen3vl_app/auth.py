@@ -12,6 +12,7 @@ several apps with different settings can live in one process.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import unicodedata
@@ -80,6 +81,7 @@ def _verify(token: str) -> str | None:
     if matched is None:
         return None
     g.key_id = mask_key(matched.decode("utf-8", "replace"))
+    g.key_digest = hashlib.sha256(matched).digest()  # the key's cache scope (serving.cache_scope)
     return g.key_id
 
 

@@ -45,7 +45,8 @@ def install(app, state) -> None:
     @app.after_request
     def _stamp(resp):
         resp.headers["X-Request-Id"] = g.get("request_id", "-")
-        resp.headers["X-Worker-Pid"] = pid
+        if state.settings.worker_pid_header:
+            resp.headers["X-Worker-Pid"] = pid
         if state.demo:
             resp.headers["X-Qwen3VL-Demo"] = "random-weights"
         stats = g.get("job_stats")

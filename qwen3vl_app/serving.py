@@ -18,6 +18,7 @@ the generation before its next decode step and frees its slot; both `collect` an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import select
 import socket
@@ -129,7 +130,9 @@ SAMPLING_FIELDS = (
     "seed",
 )
 # Fields every generation endpoint honours (GenerationRequestSchema); each endpoint adds its own.
-GENERATION_FIELDS = frozenset({"model", *SAMPLING_FIELDS, "stop", "n", "stream", "stream_options", "logit_bias"})
+GENERATION_FIELDS = frozenset(
+    {"model", *SAMPLING_FIELDS, "stop", "n", "stream", "stream_options", "logit_bias", "cache_salt"}
+)
 
 
 def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: bool) -> SamplingParams:
@@ -160,6 +163,17 @@ def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: 
         top_logprobs=req.get("top_logprobs") or 0,
         logit_bias=tuple((req.get("logit_bias") or {}).items()),
     )
+
+
+def cache_scope(scope_setting: str, key_digest: bytes, salt: str | None) -> bytes:
+    """The prompt's cache scope (`Prompt.cache_scope`): its API key's digest unless the
+    operator shares the cache between keys (`--prompt-cache-scope shared`), and the
+    request's `cache_salt` (vLLM's extension) either way."""
+    h = hashlib.sha256(b"qwen3vl-cache-scope\0")
+    h.update(key_digest if scope_setting == "key" else b"")
+    if salt:
+        h.update(b"\0salt\0" + salt.encode("utf-8", "surrogatepass"))
+    return h.digest()[:16]
 
 
 def ignored_params(body: dict, greedy_only: bool, honoured: frozenset[str] | None = None) -> list[str]:
@@ -254,6 +268,7 @@ def start_prompt(
     settings = state.settings
     assert state.tokenizer is not None
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
+    prompt.cache_scope = cache_scope(settings.prompt_cache_scope, g.get("key_digest", b""), req.get("cache_salt"))
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
     job = GenerationJob(
         prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")), grammar=grammar

@@ -164,6 +164,19 @@ class Settings:
     )
     media_fetch_timeout: float = _opt(60.0, ("--media-fetch-timeout",), "seconds one media download may take in total")
 
+    prompt_cache_scope: str = _opt(
+        "key",
+        ("--prompt-cache-scope",),
+        "who may reuse a prompt's cached work (prefix KV, vision-encoder outputs): key = requests "
+        "with the same API key only; shared = every key (a request's cache_salt separates either way)",
+        choices=("key", "shared"),
+    )
+    worker_pid_header: bool = _opt(
+        False,
+        ("--worker-pid-header",),
+        "send X-Worker-Pid on every response (debugging, load-balancer checks); off: clients cannot "
+        "tell which worker served them",
+    )
     vision_cache_mb: int = _opt(
         256,
         ("--vision-cache-mb",),

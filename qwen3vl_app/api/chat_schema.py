@@ -203,6 +203,14 @@ class GenerationRequestSchema(_Loose):
     stream = fields.Boolean(load_default=False, allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     user = fields.String(allow_none=True)
+    cache_salt = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=1024),
+        metadata={
+            "description": "extension (vLLM's): cached work (prompt prefix, images) is reused only between "
+            "requests with the same salt, on top of the API-key scope"
+        },
+    )
     logit_bias = LogitBias(allow_none=True)
 
     @validates_schema

@@ -41,6 +41,9 @@ class Prompt:
     input_ids: list[int]
     position_ids: np.ndarray  # int64 [3, len(input_ids)]
     vision: list[VisionInput] = field(default_factory=list)  # in prompt order
+    # Who may reuse this prompt's cached work (prefix KV, vision-encoder outputs): only a
+    # prompt of the same scope (serving.cache_scope: the API key and cache_salt).
+    cache_scope: bytes = b""
 
     @property
     def next_position(self) -> int:

@@ -5,11 +5,15 @@ cheap, and both must never serve the wrong data:
 
 - `VisionCache`: encoder outputs per image/video, keyed by a SHA-256 of the preprocessed
   pixels, the grid and the kind (so two images that differ in one pixel never share an
-  entry), LRU-bounded in bytes.
+  entry) and by the prompt's cache scope (`scoped_vision_key`), LRU-bounded in bytes.
 - `reusable_prefix`: how many leading tokens of a new prompt have KV an engine still
   holds.  Token ids alone are not enough -- every image's placeholder tokens look the same
   -- so each vision block also carries its key; a block that differs, or that the
   boundary would cut, is recomputed from its start.
+
+Both are scoped (`Prompt.cache_scope`): work cached for one API key (and `cache_salt`) is
+never reused for another, so neither `cached_tokens` nor a faster answer tells one client
+what another sent.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ def vision_key(item: VisionInput) -> bytes:
         cached = h.digest()
         item._reuse_key = cached  # type: ignore[attr-defined]
     return cached
+
+
+def scoped_vision_key(item: VisionInput, scope: bytes) -> bytes:
+    """The vision cache's key: the item's identity within one cache scope."""
+    return vision_key(item) + scope
 
 
 class VisionCache:
@@ -113,16 +122,18 @@ class CachedSequence:
 
     ids: list[int]
     spans: list[VisionSpan]
+    scope: bytes = b""  # the cache scope of the prompt that filled it
 
     @classmethod
     def of(cls, prompt: Prompt) -> CachedSequence:
-        return cls(list(prompt.input_ids), vision_spans(prompt.input_ids, prompt.vision))
+        return cls(list(prompt.input_ids), vision_spans(prompt.input_ids, prompt.vision), prompt.cache_scope)
 
 
 def reusable_prefix(cached: CachedSequence | None, prompt: Prompt, spans: list[VisionSpan]) -> int:
     """How many leading prompt tokens can keep their cached KV.  At least one token is
-    always left to run, so the prefill yields the next-token logits."""
-    if cached is None:
+    always left to run, so the prefill yields the next-token logits.  Nothing is reused
+    across cache scopes."""
+    if cached is None or cached.scope != prompt.cache_scope:
         return 0
     limit = min(len(cached.ids), len(prompt.input_ids) - 1)
     p = 0

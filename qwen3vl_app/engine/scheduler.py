@@ -97,6 +97,7 @@ class Slot:
     next_token: int = 0  # the token the next decode step feeds
     cached: int = 0  # prompt tokens its prefill reused (reported with every token)
     tokens: list[int] = field(default_factory=list)  # ids whose KV this slot's cache holds
+    scope: bytes = b""  # their cache scope (Prompt.cache_scope)
     last_used: int = 0  # admission counter, for least-recently-used choice among free slots
 
 
@@ -149,7 +150,7 @@ class BatchScheduler:
                 continue
             finally:
                 req.engine_seconds += time.perf_counter() - t0
-            slot.tokens = list(req.prompt.input_ids)
+            slot.tokens, slot.scope = list(req.prompt.input_ids), req.prompt.cache_scope
             slot.cached = out.cached_tokens
             if req.constrain is not None and out.logits is not None:
                 try:
@@ -161,10 +162,13 @@ class BatchScheduler:
 
     def _pick(self, free: list[Slot], req: SlotRequest) -> Slot:
         """The free slot whose kept tokens share the longest prefix with the prompt (the
-        engine reuses that KV, checking vision blocks too), else the least recently used."""
+        engine reuses that KV, checking vision blocks too) in the prompt's cache scope, else
+        the least recently used."""
         ids = req.prompt.input_ids
 
         def shared(slot: Slot) -> int:
+            if slot.scope != req.prompt.cache_scope:
+                return 0
             n = 0
             for a, b in zip(slot.tokens, ids, strict=False):
                 if a != b:

@@ -108,6 +108,7 @@ def run_server(
         "127.0.0.1",
         "--workers",
         str(workers),
+        "--worker-pid-header",  # the tests tell workers apart by it (off by default)
         *args,
     ]
     if api_key:

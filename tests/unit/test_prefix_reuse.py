@@ -176,3 +176,35 @@ def test_reusable_prefix_never_cuts_a_vision_block(tok):
     assert reusable_prefix(None, p, spans) == 0
     empty = Prompt([1], np.zeros((3, 1), dtype=np.int64))
     assert reusable_prefix(held, empty, []) == 0
+
+
+def test_nothing_is_reused_across_cache_scopes(model_dir, tok):
+    """Prefix KV and vision-encoder outputs of one scope (an API key, a cache_salt) are
+    never served to another: a different scope computes everything and encodes again."""
+    engine = make_engine(model_dir)
+    calls = []
+    run = engine._run_encoder
+    engine._run_encoder = lambda item: calls.append(item) or run(item)
+    img = image(8)
+    msgs = [SYSTEM, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+
+    def prompt(scope):
+        p = build_prompt(tok, msgs, [img])
+        p.cache_scope = scope
+        return p
+
+    engine.prefill_slot(0, prompt(b"alice"))
+    assert engine.prefill_slot(0, prompt(b"alice")).cached_tokens == len(prompt(b"").input_ids) - 1
+    assert len(calls) == 1
+    assert engine.prefill_slot(0, prompt(b"bob")).cached_tokens == 0
+    assert len(calls) == 2 and len(engine.vision_cache) == 2  # bob's encoder ran; alice's entry is not his
+
+
+def test_cache_scope_follows_the_key_unless_shared_and_always_the_salt():
+    from qwen3vl_app.serving import cache_scope
+
+    a, b = cache_scope("key", b"A", None), cache_scope("key", b"B", None)
+    assert a != b and a == cache_scope("key", b"A", None)
+    assert cache_scope("shared", b"A", None) == cache_scope("shared", b"B", None)
+    assert cache_scope("shared", b"A", "s1") != cache_scope("shared", b"B", "s2")
+    assert cache_scope("key", b"A", "s1") not in (a, cache_scope("key", b"B", "s1"))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...model_constants import IMAGE_PAD, VIDEO_PAD
 from ..base import Capabilities, Engine, Limits, Prompt, StepOutput
-from ..reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, vision_key, vision_spans
+from ..reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, scoped_vision_key, vision_spans
 from .vit_inputs import VitCall, vit_calls
 
 log = logging.getLogger("qwen3vl.engine.bm1684x")
@@ -201,7 +201,7 @@ class BM1684XEngine(Engine):
         out = self.rt.prefill(*args, keep=keep)
         self._remember_vision(args[3], misses)
         if self.history_kv:
-            self._held = CachedSequence(list(prompt.input_ids), spans)
+            self._held = CachedSequence(list(prompt.input_ids), spans, prompt.cache_scope)
         self._slot_pos[0] = prompt.next_position
         return self._step(out, cached_tokens=keep)
 
@@ -302,7 +302,7 @@ class BM1684XEngine(Engine):
         calls: list[VitCall | CachedVitCall] = []
         misses: list[tuple[bytes, int, int]] = []
         for v in prompt.vision:
-            key = vision_key(v) if self.vision_cache.max_bytes else b""
+            key = scoped_vision_key(v, prompt.cache_scope) if self.vision_cache.max_bytes else b""
             hit = self.vision_cache.get(key) if key else None
             if hit is not None:
                 calls += [CachedVitCall(tokens=tokens, cached=rows) for tokens, rows in hit]

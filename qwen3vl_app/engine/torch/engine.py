@@ -16,7 +16,7 @@ import numpy as np
 
 from ...model_constants import IMAGE_PAD, VIDEO_PAD
 from ..base import Capabilities, Engine, Limits, Prompt, StepOutput, VisionInput
-from ..reuse import CachedSequence, VisionCache, reusable_prefix, vision_key, vision_spans
+from ..reuse import CachedSequence, VisionCache, reusable_prefix, scoped_vision_key, vision_spans
 
 log = logging.getLogger("qwen3vl.engine.torch")
 
@@ -94,7 +94,7 @@ class TorchEngine(Engine):
         kwargs = {}
         todo = [(item, span) for item, span in zip(prompt.vision, spans, strict=True) if span.start >= reuse]
         if todo:
-            kwargs["mm_encoder_outputs"] = self._encode([item for item, _ in todo])
+            kwargs["mm_encoder_outputs"] = self._encode([item for item, _ in todo], prompt.cache_scope)
             kwargs["mm_token_type_ids"] = (ids == IMAGE_PAD).int() + 2 * (ids == VIDEO_PAD).int()
         with torch.inference_mode():
             out = self.model(
@@ -105,7 +105,7 @@ class TorchEngine(Engine):
                 logits_to_keep=1,
                 **kwargs,
             )
-        return out, CachedSequence(list(prompt.input_ids), spans), reuse
+        return out, CachedSequence(list(prompt.input_ids), spans, prompt.cache_scope), reuse
 
     # -- slots: several sequences, one decode forward ------------------------------------
 
@@ -234,7 +234,7 @@ class TorchEngine(Engine):
         self._merged = None
         self.model = None
 
-    def _encode(self, items: list[VisionInput]) -> dict:
+    def _encode(self, items: list[VisionInput], scope: bytes) -> dict:
         """Encoder outputs for `items` in transformers' `mm_encoder_outputs` form (per kind:
         per-item embeddings and per-layer deepstack features), each item from the vision
         cache when it was seen before."""
@@ -242,7 +242,7 @@ class TorchEngine(Engine):
 
         per_kind: dict[str, tuple[list, list[list]]] = {}
         for item in items:
-            key = vision_key(item)
+            key = scoped_vision_key(item, scope)
             hit = self.vision_cache.get(key)
             if hit is None:
                 hit = self._run_encoder(item)
