@@ -399,6 +399,80 @@ def case_fetch(repo):
     return out
 
 
+def _probe_while(s: Server, fn):
+    """fn() while /health is polled every 20 ms on its own connection; (fn's result, the
+    longest /health answer in seconds, the seconds fn took)."""
+    lat: list[float] = []
+    done = threading.Event()
+
+    def probe():
+        with requests.Session() as http:
+            while not done.is_set():
+                t0 = time.monotonic()
+                http.get(s.url + "/health", timeout=120)
+                lat.append(time.monotonic() - t0)
+                done.wait(0.02)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    finally:
+        took = time.monotonic() - t0
+        done.set()
+        th.join()
+    return out, max(lat), took
+
+
+def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
+    out = {}
+    with server(repo) as s:
+        requests.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 1}, timeout=300)
+        for name, body in bodies.items():
+            s.reset_peak()
+            base = s.mem_mib()[0]
+
+            def post(body=body):
+                return requests.post(s.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=600)
+
+            r, stall, took = _probe_while(s, post)
+            hwm = s.mem_mib()[1]
+            out.update(
+                {
+                    f"{name}_mb": round(len(body) / 1e6, 1),
+                    f"{name}_answer": code_of(r),
+                    f"{name}_s": round(took, 2),
+                    f"{name}_peak_delta_mib": round(hwm - base, 1),
+                    f"{name}_health_max_s": round(stall, 3),
+                }
+            )
+    return out
+
+
+def case_r3_items(repo):
+    """Round 3, 5. /v1/responses with 200k and 1.9M empty input items (6.6 and 63 MB)."""
+    item = {"role": "user", "content": ""}
+    return _r3_body_case(
+        repo,
+        "/v1/responses",
+        {f"items_{n // 1000}k": json.dumps({"input": [item] * n}).encode() for n in (200_000, 1_900_000)},
+    )
+
+
+def case_r3_ids(repo):
+    """Round 3, 5. /v1/completions with 8M token ids (55 MB), and 50k (over the context)."""
+    return _r3_body_case(
+        repo,
+        "/v1/completions",
+        {
+            "ids_8m": json.dumps({"prompt": list(range(100_000)) * 80, "max_tokens": 1}).encode(),
+            "ids_50k": json.dumps({"prompt": list(range(50_000)), "max_tokens": 1}).encode(),
+        },
+    )
+
+
 CASES = {
     "stall": case_stall,
     "slow_body": case_slow_body,
@@ -408,6 +482,8 @@ CASES = {
     "text": case_text,
     "video": case_video,
     "fetch": case_fetch,
+    "r3_items": case_r3_items,
+    "r3_ids": case_r3_ids,
 }
 
 

@@ -60,15 +60,18 @@ def prompt_limit(limits, max_prompt_tokens: int = 0) -> int:
 
 def context_overflow(limit: int, tokens: int, what: str = "messages", lower_bound: str = "") -> PromptError:
     """A prompt longer than the model takes, worded as OpenAI and vLLM word it (code
-    `context_length_exceeded`, "This model's maximum context length is ..."): LiteLLM,
-    LangChain and pydantic-ai recognise an overflow by that code or that sentence, and a
-    router falls back to a model with a larger context only when it does.  `what` is
-    "messages" (chat, responses) or "prompt" (legacy completions); `lower_bound` says why
-    `tokens` is at least the count, when the prompt was refused before tokenizing."""
+    `context_length_exceeded`, "This model's maximum context length is ..."): clients
+    recognise an overflow only by such words, and a router falls back to a model with a
+    larger context only when it does.  LiteLLM matches "This model's maximum context
+    length is", pydantic-ai the code or "maximum context length"; langchain-openai looks
+    for the code in the exception's text, which the openai client (3.x) fills with the
+    message alone, so the message also says "prompt is too long", its other marker.
+    `what` is "messages" (chat, responses) or "prompt" (legacy completions); `lower_bound`
+    says why `tokens` is at least the count, when the prompt was refused before tokenizing."""
     count = f"at least {tokens} tokens ({lower_bound})" if lower_bound else f"{tokens} tokens"
     return PromptError(
         f"This model's maximum context length is {limit} tokens. However, your {what} resulted in {count}. "
-        f"Please reduce the length of the {what}.",
+        f"Please reduce the length of the {what} (prompt is too long).",
         what,
         "context_length_exceeded",
     )

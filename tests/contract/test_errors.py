@@ -88,7 +88,8 @@ def test_prompt_over_context_is_400(inproc):
     err = openai_error(inproc.chat([{"role": "user", "content": "word " * 3000}]), 400, "context_length_exceeded")
     assert err["param"] == "messages"
     assert err["message"].startswith("This model's maximum context length is 2047 tokens. However, your messages ")
-    assert err["message"].endswith("Please reduce the length of the messages.")  # 2047: one position left for the reply
+    # 2047: one position is left for the reply
+    assert err["message"].endswith("Please reduce the length of the messages (prompt is too long).")
     assert inproc.engine.prompts == []
 
 
