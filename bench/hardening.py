@@ -409,7 +409,10 @@ def _probe_while(s: Server, fn):
         with requests.Session() as http:
             while not done.is_set():
                 t0 = time.monotonic()
-                http.get(s.url + "/health", timeout=120)
+                try:
+                    http.get(s.url + "/health", timeout=300)
+                except requests.RequestException:
+                    pass  # the worker died: how long it kept /health waiting still counts
                 lat.append(time.monotonic() - t0)
                 done.wait(0.02)
 
@@ -427,7 +430,9 @@ def _probe_while(s: Server, fn):
 
 
 def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
-    out = {}
+    """Each body POSTed to `path` while /health is probed: answer, time, worker peak and the
+    longest /health answer.  A worker killed on the way (gunicorn's heartbeat) is reported."""
+    out: dict = {}
     with server(repo) as s:
         requests.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 1}, timeout=300)
         for name, body in bodies.items():
@@ -435,19 +440,31 @@ def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
             base = s.mem_mib()[0]
 
             def post(body=body):
-                return requests.post(s.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=600)
+                try:
+                    r = requests.post(
+                        s.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=900
+                    )
+                    return code_of(r)
+                except requests.RequestException as e:
+                    return f"connection lost ({type(e).__name__})"
 
-            r, stall, took = _probe_while(s, post)
-            hwm = s.mem_mib()[1]
+            answer, stall, took = _probe_while(s, post)
+            try:
+                peak = round(s.mem_mib()[1] - base, 1)
+            except OSError:
+                peak = "worker gone (killed)"
+                out[f"{name}_log_tail"] = s.log()[-600:]
             out.update(
                 {
                     f"{name}_mb": round(len(body) / 1e6, 1),
-                    f"{name}_answer": code_of(r),
+                    f"{name}_answer": answer,
                     f"{name}_s": round(took, 2),
-                    f"{name}_peak_delta_mib": round(hwm - base, 1),
+                    f"{name}_peak_delta_mib": peak,
                     f"{name}_health_max_s": round(stall, 3),
                 }
             )
+            if isinstance(peak, str):
+                break  # the server has a new worker: the next figures would not be comparable
     return out
 
 

@@ -54,12 +54,18 @@ def tokenize(
     entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
     many tokens -- 3 MB of digits is refused at once instead of after seconds of
     tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
-    it is large."""
+    it is large; a long conversation is measured off the hub too."""
+    if len(messages) > OFFLOAD_MESSAGES:
+        return off_hub(_tokenize, tokenizer, messages, vision, limits, max_prompt_tokens, tools, True)
+    return _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, False)
+
+
+def _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, in_thread: bool) -> Prompt:
     size = text_bytes(messages) + (
         len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass")) if tools else 0
     )
-    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "messages")
-    if size <= OFFLOAD_TEXT_BYTES and len(messages) <= OFFLOAD_MESSAGES:
+    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "messages", in_thread)
+    if in_thread or size <= OFFLOAD_TEXT_BYTES:
         return build_prompt(tokenizer, messages, vision, tools)
     return off_hub(build_prompt, tokenizer, messages, vision, tools)
 
@@ -77,9 +83,13 @@ def tokenize_text(tokenizer: ChatTokenizer, prompt: str | list[int], limits, max
     return out
 
 
-def _check_bytes(tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str) -> None:
+def _check_bytes(
+    tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str, in_thread: bool = False
+) -> None:
     limit = prompt_limit(limits, max_prompt_tokens)
-    longest = _MAX_TOKEN_BYTES.get(tokenizer) or off_hub(max_token_bytes, tokenizer)
+    longest = _MAX_TOKEN_BYTES.get(tokenizer) or (
+        max_token_bytes(tokenizer) if in_thread else off_hub(max_token_bytes, tokenizer)
+    )
     at_least = size // longest
     if at_least > limit:
         raise context_overflow(limit, at_least, what, f"{size} bytes of text")

@@ -94,6 +94,12 @@ def test_a_large_valid_body_is_still_served_off_the_hub(srv):
     assert r.status_code in (200, 400), r.text[:300]
     if r.status_code == 400:
         assert r.json()["error"]["code"] == "context_length_exceeded"
+    # Checked in the other thread, the request's context is still there: the model is checked.
+    body = json.dumps({"messages": messages, "max_tokens": 1, "model": "gpt-4o"}).encode()
+    openai_error(_post_json(srv, "/v1/chat/completions", body), 404, "model_not_found")
+    items = [{"role": "user", "content": "x" * 1000}] * 100
+    body = json.dumps({"input": items, "max_output_tokens": 1, "model": "gpt-4o"}).encode()
+    openai_error(_post_json(srv, "/v1/responses", body), 404, "model_not_found")
     assert srv.get("/health").status_code == 200
 
 
