@@ -465,6 +465,12 @@ def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
             )
             if isinstance(peak, str):
                 break  # the server has a new worker: the next figures would not be comparable
+            # The same bytes as text/plain: read (@admitted), then 415 -- the part of the stall
+            # that is the body's reading, before any endpoint code runs.
+            _, stall, _ = _probe_while(
+                s, lambda body=body: requests.post(s.url + path, data=body, headers={"Content-Type": "text/plain"})
+            )
+            out[f"{name}_read_only_health_max_s"] = round(stall, 3)
     return out
 
 

@@ -1,9 +1,10 @@
 """Small pieces the blueprints share: strict JSON bodies, the early bounds of a request's
 size, and the error body's schema.
 
-A body is parsed, checked and translated on the gevent hub only while that is cheap.  A
-JSON body over 1 MiB is parsed off the hub by the standard library's pure-Python scanner
-(short steps, so the hub keeps running) with a budget of values: a body with more values
+A body is parsed, checked and translated in one go only while that is cheap.  A JSON
+body over 1 MiB is parsed by the standard library's pure-Python scanner in short steps,
+yielding to the other greenlets every few thousand values (in the request's greenlet: a
+thread would fight the hub for the GIL), with a budget of values: a body with more values
 than any prompt this server takes could need is refused as soon as the budget runs out,
 before the rest is parsed.  Bodies over 64 KiB are validated (marshmallow) and translated
 off the hub too (`prepare`).  What a prompt's length alone decides -- more messages, input
@@ -28,6 +29,8 @@ from ..prompting import off_hub
 # A body this small is parsed on the hub: 25 ms at most, even for the densest JSON
 # (a million-value body takes a second of C parsing, which no thread can interleave).
 INLINE_JSON_BYTES = 1 << 20
+# Values the counted parse handles between two yields to the hub (a few milliseconds).
+YIELD_EVERY = 2048
 # Bodies larger than this are validated and translated off the hub (`prepare`).
 INLINE_CHECK_BYTES = 64 * 1024
 # Prompt limit assumed while the engine (which knows its own) is still loading: Qwen3-VL's
@@ -40,15 +43,16 @@ VALUES_SLACK = 65_536
 
 
 def json_body(max_values: int | None = None) -> dict:
-    """The request's JSON object.  Bodies over INLINE_JSON_BYTES are parsed off the hub
-    and, with `max_values`, refused (413 too_many_values) once they hold more values."""
+    """The request's JSON object.  Bodies over INLINE_JSON_BYTES are parsed in steps that
+    let the hub run and, with `max_values`, refused (413 too_many_values) once they hold
+    more values."""
     if not request.is_json:
         raise APIError(
             "Send the request body as JSON with 'Content-Type: application/json'.", 415, None, "unsupported_media_type"
         )
     data = request.get_data(cache=True)
     if len(data) > INLINE_JSON_BYTES:
-        body = off_hub(_parse_counted, data, max_values, pool="request")
+        body = _parse_counted(data, max_values, _yield_to_hub())
     else:
         try:
             body = request.get_json(silent=True)
@@ -86,14 +90,18 @@ class _OutOfValues(Exception):
 
 class _CountingDecoder(json.JSONDecoder):
     """json.loads's own rules, by the pure-Python scanner, counting every array element
-    and object value against a budget."""
+    and object value against a budget, and calling `pause` every YIELD_EVERY values."""
 
-    def __init__(self, budget: int | None):
+    def __init__(self, budget: int | None, pause=None):
         super().__init__()
         self.left = budget
+        self.seen = 0
 
         def counted(scan_once):
             def scan(s, idx):
+                self.seen += 1
+                if pause is not None and self.seen % YIELD_EVERY == 0:
+                    pause()
                 if self.left is not None:
                     self.left -= 1
                     if self.left < 0:
@@ -110,15 +118,25 @@ class _CountingDecoder(json.JSONDecoder):
         self.scan_once = json.scanner.py_make_scanner(self)  # type: ignore[attr-defined]
 
 
-def _parse_counted(data: bytes, max_values: int | None):
+def _parse_counted(data: bytes, max_values: int | None, pause=None):
     """The parsed body, None when it is not JSON, or _TOO_MANY."""
     try:
         text = data.decode(json.detect_encoding(data), "surrogatepass")
-        return _CountingDecoder(max_values).decode(text)
+        return _CountingDecoder(max_values, pause).decode(text)
     except _OutOfValues:
         return _TOO_MANY
     except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         return None
+
+
+def _yield_to_hub():
+    """A pause in a gevent worker (None elsewhere).  A timed one: sleep(0) runs the ready
+    greenlets but need not let the loop poll for I/O, so /health kept waiting."""
+    try:
+        from gevent import monkey, sleep
+    except ImportError:
+        return None
+    return (lambda: sleep(0.001)) if monkey.is_module_patched("socket") else None
 
 
 def request_limit(state) -> int | None:
