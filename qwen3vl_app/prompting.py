@@ -12,10 +12,10 @@ request of the worker for about a second.  Two defences, both here:
   takes time) is tokenized in one dedicated thread, one prompt at a time (the tokenizer
   object is not shared across threads).
 
-`off_hub` runs any such work in a thread of its own; the API layer uses it for large
-request bodies too (parsing, validation, translation: see api/common.py).  Pure-Python
-work there lets the hub run between bytecodes (the GIL changes hands every 5 ms); a single
-long C call would not, so work handed over must be made of short steps.
+`off_hub` runs any such work in a thread of its own; the API layer uses it to validate
+and translate large request bodies too (api/common.py).  Pure-Python work there lets the
+hub run between bytecodes (the GIL changes hands every 5 ms, at some cost to the hub's
+latency); a single long C call would not, so work handed over must be made of short steps.
 
 The prompt itself (chat template, vision pads, positions) is `processing/prompt.py`.
 """
