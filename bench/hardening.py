@@ -399,6 +399,103 @@ def case_fetch(repo):
     return out
 
 
+def _probe_while(s: Server, fn):
+    """fn() while /health is polled every 20 ms on its own connection; (fn's result, the
+    longest /health answer in seconds, the seconds fn took)."""
+    lat: list[float] = []
+    done = threading.Event()
+
+    def probe():
+        with requests.Session() as http:
+            while not done.is_set():
+                t0 = time.monotonic()
+                try:
+                    http.get(s.url + "/health", timeout=300)
+                except requests.RequestException:
+                    pass  # the worker died: how long it kept /health waiting still counts
+                lat.append(time.monotonic() - t0)
+                done.wait(0.02)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    finally:
+        took = time.monotonic() - t0
+        done.set()
+        th.join()
+    return out, max(lat), took
+
+
+def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
+    """Each body POSTed to `path` while /health is probed: answer, time, worker peak and the
+    longest /health answer.  A worker killed on the way (gunicorn's heartbeat) is reported."""
+    out: dict = {}
+    with server(repo) as s:
+        requests.post(s.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 1}, timeout=300)
+        for name, body in bodies.items():
+            s.reset_peak()
+            base = s.mem_mib()[0]
+
+            def post(body=body):
+                try:
+                    r = requests.post(
+                        s.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=900
+                    )
+                    return code_of(r)
+                except requests.RequestException as e:
+                    return f"connection lost ({type(e).__name__})"
+
+            answer, stall, took = _probe_while(s, post)
+            try:
+                peak = round(s.mem_mib()[1] - base, 1)
+            except OSError:
+                peak = "worker gone (killed)"
+                out[f"{name}_log_tail"] = s.log()[-600:]
+            out.update(
+                {
+                    f"{name}_mb": round(len(body) / 1e6, 1),
+                    f"{name}_answer": answer,
+                    f"{name}_s": round(took, 2),
+                    f"{name}_peak_delta_mib": peak,
+                    f"{name}_health_max_s": round(stall, 3),
+                }
+            )
+            if isinstance(peak, str):
+                break  # the server has a new worker: the next figures would not be comparable
+            # The same bytes as text/plain: read (@admitted), then 415 -- the part of the stall
+            # that is the body's reading, before any endpoint code runs.
+            _, stall, _ = _probe_while(
+                s, lambda body=body: requests.post(s.url + path, data=body, headers={"Content-Type": "text/plain"})
+            )
+            out[f"{name}_read_only_health_max_s"] = round(stall, 3)
+    return out
+
+
+def case_r3_items(repo):
+    """Round 3, 5. /v1/responses with 200k and 1.9M empty input items (6.6 and 63 MB)."""
+    item = {"role": "user", "content": ""}
+    return _r3_body_case(
+        repo,
+        "/v1/responses",
+        {f"items_{n // 1000}k": json.dumps({"input": [item] * n}).encode() for n in (200_000, 1_900_000)},
+    )
+
+
+def case_r3_ids(repo):
+    """Round 3, 5. /v1/completions with 8M token ids (55 MB), and 50k (over the context)."""
+    return _r3_body_case(
+        repo,
+        "/v1/completions",
+        {
+            "ids_8m": json.dumps({"prompt": list(range(100_000)) * 80, "max_tokens": 1}).encode(),
+            "ids_50k": json.dumps({"prompt": list(range(50_000)), "max_tokens": 1}).encode(),
+        },
+    )
+
+
 CASES = {
     "stall": case_stall,
     "slow_body": case_slow_body,
@@ -408,6 +505,8 @@ CASES = {
     "text": case_text,
     "video": case_video,
     "fetch": case_fetch,
+    "r3_items": case_r3_items,
+    "r3_ids": case_r3_ids,
 }
 
 

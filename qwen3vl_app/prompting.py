@@ -1,5 +1,5 @@
 """A request's prompt built without stalling the worker: a free byte bound first, then
-tokenization off the gevent hub when the text is large.
+tokenization off the gevent hub when the text is large or the conversation long.
 
 Tokenizing is pure CPU in the calling thread.  A gevent worker runs every connection on
 one hub, so a 300 KB prompt tokenized there would freeze /health, streams and every other
@@ -8,20 +8,26 @@ request of the worker for about a second.  Two defences, both here:
 - a bound that costs nothing: no token is longer than the longest vocabulary entry, so
   text of n bytes is at least n / that many tokens; a prompt that is certainly too long
   is refused before any tokenizing (`tokenize`, `tokenize_text`);
-- what passes and is large is tokenized in one dedicated thread, one prompt at a time
-  (the tokenizer object is not shared across threads).
+- what passes and is large (text, or so many messages that rendering the chat template
+  takes time) is tokenized in one dedicated thread, one prompt at a time (the tokenizer
+  object is not shared across threads).
+
+`off_hub` runs any such work in a thread of its own; the API layer uses it to validate
+and translate large request bodies too (api/common.py).  Pure-Python work there lets the
+hub run between bytecodes (the GIL changes hands every 5 ms, at some cost to the hub's
+latency); a single long C call would not, so work handed over must be made of short steps.
 
 The prompt itself (chat template, vision pads, positions) is `processing/prompt.py`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import PromptError
-from .processing.prompt import build_prompt, text_prompt
+from .processing.prompt import build_prompt, check_length, context_overflow, prompt_limit, text_prompt
 
 if TYPE_CHECKING:
     from .engine.base import Prompt, VisionInput
@@ -30,7 +36,10 @@ if TYPE_CHECKING:
 # Prompts with more text than this are tokenized off the gevent hub (a 300 KB prompt takes
 # about a second), one at a time (the tokenizer object is not shared across threads).
 OFFLOAD_TEXT_BYTES = 32 * 1024
-_tokenizer_thread = None
+# ... and so are conversations of more messages than this (200k empty messages took
+# seconds of template rendering on the hub, with no text to count).
+OFFLOAD_MESSAGES = 256
+_pools: dict[str, Any] = {}
 
 
 def tokenize(
@@ -45,45 +54,53 @@ def tokenize(
     entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
     many tokens -- 3 MB of digits is refused at once instead of after seconds of
     tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
-    it is large."""
+    it is large; a long conversation is measured off the hub too."""
+    if len(messages) > OFFLOAD_MESSAGES:
+        return off_hub(_tokenize, tokenizer, messages, vision, limits, max_prompt_tokens, tools, True)
+    return _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, False)
+
+
+def _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, in_thread: bool) -> Prompt:
     size = text_bytes(messages) + (
         len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass")) if tools else 0
     )
-    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The messages hold")
-    if size <= OFFLOAD_TEXT_BYTES:
+    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "messages", in_thread)
+    if in_thread or size <= OFFLOAD_TEXT_BYTES:
         return build_prompt(tokenizer, messages, vision, tools)
-    return _off_hub(build_prompt, tokenizer, messages, vision, tools)
+    return off_hub(build_prompt, tokenizer, messages, vision, tools)
 
 
 def tokenize_text(tokenizer: ChatTokenizer, prompt: str | list[int], limits, max_prompt_tokens: int = 0) -> Prompt:
     """`tokenize` for a raw prompt (legacy completions): the same byte bound, then
-    text_prompt (off the hub when large)."""
-    if not isinstance(prompt, str):
-        return text_prompt(tokenizer, prompt)
-    size = len(prompt.encode("utf-8", "surrogatepass"))
-    _check_bytes(tokenizer, size, limits, max_prompt_tokens, "The prompt holds", "prompt")
-    if size <= OFFLOAD_TEXT_BYTES:
-        return text_prompt(tokenizer, prompt)
-    return _off_hub(text_prompt, tokenizer, prompt)
+    text_prompt (off the hub when large), then its length (worded for a prompt)."""
+    if isinstance(prompt, str):
+        size = len(prompt.encode("utf-8", "surrogatepass"))
+        _check_bytes(tokenizer, size, limits, max_prompt_tokens, "prompt")
+        out = text_prompt(tokenizer, prompt) if size <= OFFLOAD_TEXT_BYTES else off_hub(text_prompt, tokenizer, prompt)
+    else:
+        out = text_prompt(tokenizer, prompt)
+    check_length(out, limits, max_prompt_tokens, "prompt")
+    return out
 
 
 def _check_bytes(
-    tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str, param: str = "messages"
+    tokenizer: ChatTokenizer, size: int, limits, max_prompt_tokens: int, what: str, in_thread: bool = False
 ) -> None:
-    limit = min(limits.max_input_tokens, limits.max_context - 1)
-    if max_prompt_tokens:
-        limit = min(limit, max_prompt_tokens)
-    longest = _MAX_TOKEN_BYTES.get(tokenizer) or _off_hub(max_token_bytes, tokenizer)
+    limit = prompt_limit(limits, max_prompt_tokens)
+    longest = _MAX_TOKEN_BYTES.get(tokenizer) or (
+        max_token_bytes(tokenizer) if in_thread else off_hub(max_token_bytes, tokenizer)
+    )
     at_least = size // longest
     if at_least > limit:
-        raise PromptError(
-            f"{what} {size} bytes of text, at least {at_least} tokens; this model accepts at most {limit}.", param
-        )
+        raise context_overflow(limit, at_least, what, f"{size} bytes of text")
 
 
-def _off_hub(fn, *args):
-    """fn(*args) in the one tokenizer thread (plain call outside a gevent worker)."""
-    global _tokenizer_thread
+def off_hub(fn, *args, pool: str = "tokenizer"):
+    """fn(*args) in a thread of its own, the calling greenlet waiting (a plain call
+    outside a gevent worker).  Each pool is one thread: "tokenizer" for everything that
+    touches the tokenizer (not shared across threads), "request" for parsing and checking
+    large request bodies.  fn runs in a copy of the caller's context, so Flask's
+    application context is there as it is in the request."""
     try:
         from gevent import monkey
         from gevent.threadpool import ThreadPool
@@ -91,9 +108,9 @@ def _off_hub(fn, *args):
         return fn(*args)
     if not monkey.is_module_patched("threading"):
         return fn(*args)
-    if _tokenizer_thread is None:
-        _tokenizer_thread = ThreadPool(1)
-    ok, value = _tokenizer_thread.apply(_capture, (fn, *args))
+    if pool not in _pools:
+        _pools[pool] = ThreadPool(1)
+    ok, value = _pools[pool].apply(_capture, (contextvars.copy_context().run, fn, *args))
     if ok:
         return value
     raise value

@@ -10,7 +10,7 @@ from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..streaming import SSE_HEADERS, ChunkEncoder, completion, new_completion_id
 from .chat_schema import ChatCompletionRequestSchema
-from .common import json_body
+from .common import check_message_count, json_body, prepare, request_limit, value_budget
 
 bp = Blueprint("chat", __name__)
 
@@ -34,8 +34,11 @@ HONOURED = serving.GENERATION_FIELDS | {
 @admitted  # a --max_concurrent slot for the whole response, or 503 at once
 def chat_completions():
     state = current_app.extensions["qwen3vl"]
-    body = json_body()
-    req = ChatCompletionRequestSchema().load(body)
+    limit = request_limit(state)
+    body = json_body(value_budget(limit))
+    if isinstance(body.get("messages"), list):  # counted before anything walks them
+        check_message_count(len(body["messages"]), limit)
+    req = prepare(ChatCompletionRequestSchema().load, body)
     stream = bool(req.get("stream"))
     gen = serving.start_chat(state, req, stream)
     events, plan = gen.events, gen.plan

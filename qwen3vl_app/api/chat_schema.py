@@ -6,6 +6,8 @@ that names the parameter.
 
 from __future__ import annotations
 
+import re
+
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..model_constants import VOCAB_ROWS
@@ -105,13 +107,46 @@ class MessageSchema(_Loose):
             raise ValidationError("Missing data for required field.", "content")
 
 
-FUNCTION_NAME = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="must be 1-64 letters, digits, '_' or '-'")
+class FullMatch(validate.Regexp):
+    """validate.Regexp matched against the whole value: marshmallow's uses re.match, and
+    `$` also matches before a final newline, which let "get_weather\n" through.  The
+    pattern stays one the OpenAPI document can carry."""
+
+    def __call__(self, value):
+        if not isinstance(value, str) or self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+FUNCTION_NAME = FullMatch(r"^[A-Za-z0-9_-]{1,64}$", error="must be 1-64 letters, digits, '_' or '-'")
+MAX_SCHEMA_DEPTH = 64  # nesting of a tool's parameters (objects and arrays)
+
+
+def depth_at_most(limit: int):
+    """A validator: the value nests objects and arrays at most `limit` deep (checked
+    without recursion).  The chat template writes tools with a recursive JSON encoder,
+    which failed (500) on parameters nested some 950 levels deep."""
+
+    def check(value) -> None:
+        stack = [(value, 1)]
+        while stack:
+            v, depth = stack.pop()
+            if isinstance(v, (dict, list)):
+                if depth > limit:
+                    raise ValidationError(f"nested more than {limit} levels deep")
+                stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+
+    return check
 
 
 class FunctionSchema(_Loose):
     name = fields.String(required=True, validate=FUNCTION_NAME)
     description = fields.String(allow_none=True)
-    parameters = fields.Dict(allow_none=True, metadata={"description": "JSON Schema of the arguments"})
+    parameters = fields.Dict(
+        allow_none=True,
+        validate=depth_at_most(MAX_SCHEMA_DEPTH),
+        metadata={"description": f"JSON Schema of the arguments (nested at most {MAX_SCHEMA_DEPTH} levels)"},
+    )
     strict = fields.Boolean(allow_none=True)
 
 
@@ -151,21 +186,25 @@ class ResponseFormatSchema(_Loose):
             raise ValidationError("a json_schema response format needs 'json_schema'", "json_schema")
 
 
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")  # ASCII only, and short enough for int()
+
+
 class LogitBias(fields.Field):
-    """`{"<token id>": bias}` with bias in -100..100 -> `{id: bias}`."""
+    """`{"<token id>": bias}` with bias in -100..100 -> `{id: bias}`.  Ids are ASCII digits
+    ("١٢" and "²" are digits to str.isdigit, not token ids), at most 300 of them."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, dict):
             raise ValidationError("must be an object mapping token ids to a bias")
+        if len(value) > 300:  # before walking them
+            raise ValidationError("at most 300 tokens")
         out = {}
         for key, bias in value.items():
-            if not (isinstance(key, str) and key.isdigit() and int(key) < VOCAB_ROWS):
-                raise ValidationError(f"invalid token id {key!r} (0..{VOCAB_ROWS - 1})")
+            if not (_TOKEN_ID.fullmatch(key) and int(key) < VOCAB_ROWS):
+                raise ValidationError(f"invalid token id {key[:20]!r} (0..{VOCAB_ROWS - 1})")
             if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
                 raise ValidationError(f"the bias of token {key} must be a number in -100..100")
             out[int(key)] = float(bias)
-        if len(out) > 300:
-            raise ValidationError("at most 300 tokens")
         return out
 
 

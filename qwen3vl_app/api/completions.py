@@ -13,10 +13,11 @@ from .. import prompting, serving
 from ..admission import admitted
 from ..auth import auth
 from ..errors import PromptError
+from ..processing.prompt import context_overflow
 from ..streaming import SSE_HEADERS, sse, usage
 from ..structured import plan_output
-from .common import json_body
-from .completions_schema import CompletionRequestSchema
+from .common import json_body, prepare, request_limit, value_budget
+from .completions_schema import MAX_PROMPTS, CompletionRequestSchema
 
 bp = Blueprint("completions", __name__)
 
@@ -28,8 +29,10 @@ HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo
 @admitted
 def completions():
     state = current_app.extensions["qwen3vl"]
-    body = json_body()
-    req = CompletionRequestSchema().load(body)
+    limit = request_limit(state)
+    body = json_body(value_budget(limit))
+    check_id_counts(body.get("prompt"), limit)
+    req = prepare(CompletionRequestSchema().load, body)
     engine = state.runner.wait_ready()
     plan_output(req, engine.capabilities.logits)  # logit_bias needs host logits: a 400 otherwise
     if req.get("logprobs") is not None:  # the legacy integer becomes the chat API's pair
@@ -87,6 +90,21 @@ def completions():
         200,
         ignored,
     )
+
+
+def check_id_counts(prompt, limit: int | None) -> None:
+    """A token-id prompt longer than the limit is an overflow known from its length alone:
+    refused before the schema walks millions of ids."""
+    if limit is None or not isinstance(prompt, list) or not prompt:
+        return
+    lists = prompt if isinstance(prompt[0], list) else [prompt]
+    if len(lists) > MAX_PROMPTS or isinstance(prompt[0], str):
+        return  # the schema's to refuse
+    for i, ids in enumerate(lists):
+        if isinstance(ids, list) and len(ids) > limit:
+            e = context_overflow(limit, len(ids), "prompt")
+            e.param = "prompt" if lists is not prompt or len(prompt) == 1 else f"prompt[{i}]"
+            raise e
 
 
 def _one_after_another(first, rest):

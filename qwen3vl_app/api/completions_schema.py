@@ -22,20 +22,18 @@ class PromptField(fields.Field):
         if isinstance(value, str):
             return [value]
         if isinstance(value, list) and value:
-            if all(isinstance(v, str) for v in value):
-                prompts = value
-            elif all(_is_id(v) for v in value):
-                prompts = [value]
-            elif all(isinstance(v, list) and all(_is_id(t) for t in v) for v in value):
-                prompts = value
-            else:
-                raise ValidationError(
-                    "must be a string, a list of strings, a list of token ids or a list of lists "
-                    f"of token ids (0..{VOCAB_ROWS - 1})"
-                )
-            if len(prompts) > MAX_PROMPTS:
+            if isinstance(value[0], (str, list)) and len(value) > MAX_PROMPTS:  # before walking them
                 raise ValidationError(f"at most {MAX_PROMPTS} prompts per request")
-            return prompts
+            if all(isinstance(v, str) for v in value):
+                return value
+            if all(_is_id(v) for v in value):
+                return [value]
+            if all(isinstance(v, list) and all(_is_id(t) for t in v) for v in value):
+                return value
+            raise ValidationError(
+                "must be a string, a list of strings, a list of token ids or a list of lists "
+                f"of token ids (0..{VOCAB_ROWS - 1})"
+            )
         raise ValidationError("must be a non-empty string or list")
 
 

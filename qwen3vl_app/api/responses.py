@@ -26,7 +26,7 @@ from ..errors import APIError
 from ..processing.tools import ToolCall, ToolCallStream
 from ..streaming import SSE_HEADERS
 from .chat_schema import ChatCompletionRequestSchema
-from .common import json_body
+from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .errors import first_validation_error
 from .models import check_served
 from .responses_schema import ResponseRequestSchema, to_chat_request
@@ -57,13 +57,18 @@ HONOURED = frozenset(
 @admitted
 def create_response():
     state = current_app.extensions["qwen3vl"]
-    body = json_body()
-    rreq = ResponseRequestSchema().load(body)
+    limit = request_limit(state)
+    body = json_body(value_budget(limit))
+    items = body.get("input")
+    if limit is not None and isinstance(items, list) and len(items) > limit:  # counted before anything walks them
+        with _responses_names([]):
+            check_message_count(sum(1 for i in items if not _is_reasoning(i)), limit, "input items")
+    rreq = prepare(ResponseRequestSchema().load, body)
     model = check_served(state, rreq.get("model"))  # 404 for a model not served here
-    chat_body, origins = to_chat_request(rreq)
+    chat_body, origins = prepare(to_chat_request, rreq)
     stream = bool(rreq.get("stream"))
     with _responses_names(origins):
-        req = ChatCompletionRequestSchema().load(chat_body)
+        req = prepare(ChatCompletionRequestSchema().load, chat_body)
         gen = serving.start_chat(state, req, stream)
     events, plan = gen.events, gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
@@ -81,8 +86,13 @@ def create_response():
     return jsonify(final), 200, ignored
 
 
+def _is_reasoning(item) -> bool:
+    """A reasoning item: dropped from the prompt, so it makes no token."""
+    return isinstance(item, dict) and item.get("type") == "reasoning"
+
+
 # Chat field -> the Responses field it came from, for error messages.
-_PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "response_format": "text.format"}
+_PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
 _MESSAGE = re.compile(r"^messages(?:\[(\d+)\]|\.(\d+))")  # media errors use [i], validation errors .i
 
 

@@ -23,6 +23,25 @@ class InputField(fields.Field):
         raise ValidationError("must be a string or a non-empty list of input items")
 
 
+class Metadata(fields.Field):
+    """OpenAI's limits: at most 16 pairs, keys of at most 64 characters, string values of at
+    most 512.  The reply repeats it in every stream event, so it must stay small."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("must be an object of string values")
+        if len(value) > 16:
+            raise ValidationError("at most 16 key-value pairs")
+        for key, v in value.items():
+            if len(key) > 64:
+                raise ValidationError(f"key {key[:20]!r}... is longer than 64 characters")
+            if not isinstance(v, str):
+                raise ValidationError(f"the value of {key!r} must be a string")
+            if len(v) > 512:
+                raise ValidationError(f"the value of {key!r} is longer than 512 characters")
+        return value
+
+
 class TextFormatSchema(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -63,7 +82,10 @@ class ResponseRequestSchema(Schema):
             "description": "not supported (400): the server keeps no responses; send the whole conversation in `input`"
         },
     )
-    metadata = fields.Dict(allow_none=True)
+    metadata = Metadata(
+        allow_none=True,
+        metadata={"description": "at most 16 pairs; keys of at most 64 characters, string values of at most 512"},
+    )
     user = fields.String(allow_none=True)
 
 

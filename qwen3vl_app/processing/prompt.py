@@ -51,13 +51,37 @@ def _refuse_typed_vision_tokens(messages: list[dict]) -> None:
                     )
 
 
-def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0) -> None:
-    n = len(prompt.input_ids)
+def prompt_limit(limits, max_prompt_tokens: int = 0) -> int:
+    """The most tokens a prompt may have: what one prefill takes, one token left for the
+    reply, and --max-prompt-tokens when set."""
     limit = min(limits.max_input_tokens, limits.max_context - 1)
-    if max_prompt_tokens:
-        limit = min(limit, max_prompt_tokens)
+    return min(limit, max_prompt_tokens) if max_prompt_tokens else limit
+
+
+def context_overflow(limit: int, tokens: int, what: str = "messages", lower_bound: str = "") -> PromptError:
+    """A prompt longer than the model takes, worded as OpenAI and vLLM word it (code
+    `context_length_exceeded`, "This model's maximum context length is ..."): clients
+    recognise an overflow only by such words, and a router falls back to a model with a
+    larger context only when it does.  LiteLLM matches "This model's maximum context
+    length is", pydantic-ai the code or "maximum context length"; langchain-openai looks
+    for the code in the exception's text, which the openai client (3.x) fills with the
+    message alone, so the message also says "prompt is too long", its other marker.
+    `what` is "messages" (chat, responses) or "prompt" (legacy completions); `lower_bound`
+    says why `tokens` is at least the count, when the prompt was refused before tokenizing."""
+    count = f"at least {tokens} tokens ({lower_bound})" if lower_bound else f"{tokens} tokens"
+    return PromptError(
+        f"This model's maximum context length is {limit} tokens. However, your {what} resulted in {count}. "
+        f"Please reduce the length of the {what} (prompt is too long).",
+        what,
+        "context_length_exceeded",
+    )
+
+
+def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0, what: str = "messages") -> None:
+    n = len(prompt.input_ids)
+    limit = prompt_limit(limits, max_prompt_tokens)
     if n > limit:
-        raise PromptError(f"The prompt is {n} tokens; this model accepts at most {limit}.")
+        raise context_overflow(limit, n, what)
 
 
 def text_prompt(tokenizer: ChatTokenizer, prompt: str | list[int]) -> Prompt:

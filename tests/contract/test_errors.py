@@ -84,15 +84,20 @@ def test_unknown_fields_ignored(inproc):
 
 
 def test_prompt_over_context_is_400(inproc):
-    err = openai_error(inproc.chat([{"role": "user", "content": "word " * 3000}]), 400, "invalid_prompt")
-    assert "at most 2047" in err["message"]  # one position is left for the reply
+    """Worded as OpenAI and vLLM word it, so clients recognise a context overflow."""
+    err = openai_error(inproc.chat([{"role": "user", "content": "word " * 3000}]), 400, "context_length_exceeded")
+    assert err["param"] == "messages"
+    assert err["message"].startswith("This model's maximum context length is 2047 tokens. However, your messages ")
+    # 2047: one position is left for the reply
+    assert err["message"].endswith("Please reduce the length of the messages (prompt is too long).")
     assert inproc.engine.prompts == []
 
 
 def test_max_prompt_tokens_setting(inproc_factory):
     app = inproc_factory(max_prompt_tokens=20)
     assert app.chat([{"role": "user", "content": "hi"}], max_tokens=1).status_code == 200
-    openai_error(app.chat([{"role": "user", "content": "word " * 30}]), 400, "invalid_prompt")
+    err = openai_error(app.chat([{"role": "user", "content": "word " * 30}]), 400, "context_length_exceeded")
+    assert "maximum context length is 20 tokens" in err["message"]
 
 
 def test_server_full_is_a_503_with_retry_after(inproc_factory):

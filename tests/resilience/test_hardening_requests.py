@@ -81,10 +81,10 @@ def test_four_huge_black_pngs_are_refused_from_their_headers(srv):
 def test_megabytes_of_digits_are_refused_by_the_byte_bound(srv):
     r = _chat(srv, "1" * 3_000_000)
     err = openai_error(r, 400)
-    assert err["code"] == "invalid_prompt" and "bytes of text" in err["message"]
+    assert err["code"] == "context_length_exceeded" and "bytes of text" in err["message"]
     # Under the byte bound but over the context: tokenized (off the hub), then refused.
     err = openai_error(_chat(srv, "1" * 100_000), 400)
-    assert err["code"] == "invalid_prompt" and "tokens" in err["message"]
+    assert err["code"] == "context_length_exceeded" and "tokens" in err["message"]
     assert srv.get("/health").status_code == 200
 
 
