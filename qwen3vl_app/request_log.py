@@ -73,7 +73,7 @@ def install(app, state) -> None:
             done.sock = sock
         if sock is not None:
             # A client that does not take the answer within --write-timeout is dropped (the
-            # send raises); streams narrow this per chunk (serving.stream).  Undone when the
+            # send raises); streams narrow this per chunk (api/transport.py).  Undone when the
             # response is closed: a kept-alive connection waits for its next request as before.
             _set_timeout(sock, state.settings.write_timeout)
             done.restore = sock

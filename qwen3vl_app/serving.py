@@ -1,10 +1,11 @@
 """Serving logic of every generation endpoint: a parsed request becomes a running
 generation, and its events become one JSON body or an SSE stream.
 
-Blueprints parse the request and pick an encoder; everything in between lives here, in
-the order a request meets it:
+Plain Python: no Flask, no sockets (`api/transport.py` turns what this hands over into a
+response).  Blueprints parse the request and pick an encoder; everything in between
+lives here, in the order a request meets it:
 
-  resolve_media -> start (prompt, length check, sampling, engine turn) -> collect | stream
+  resolve_media -> start (prompt, length check, sampling, engine turn) -> collect_events | sse_events
 
 The prompt itself is built by `prompting.py` (byte bound, tokenized off the hub).
 
@@ -12,24 +13,20 @@ It runs in the request greenlet.  The generation itself runs in the worker's eng
 thread (`engine.scheduler`, the one decode loop) and its tokens arrive here through a
 `TokenChannel`, so this greenlet -- and every other connection of the worker -- stays
 responsive.  Closing the event iterator (client gone, stream closed, an error) cancels
-the generation before its next decode step and frees its slot; both `collect` and
-`stream` guarantee it.
+the generation before its next decode step and frees its slot; both `collect_events`
+and `sse_events` guarantee it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import select
-import socket
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
-
-from flask import g
 
 from .conversation import split_messages
 from .engine.base import Engine, Prompt, VisionInput
@@ -212,16 +209,31 @@ def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, mes
     return vision
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, as far as serving needs to know (the api layer fills it in)."""
+
+    request_id: str = "-"
+    key_digest: bytes = b""  # the API key's digest, the default cache scope (b"": no key)
+
+
 @dataclass
-class ChatGeneration:
-    """A chat request under way: its events, and what its encoder needs to know."""
+class Generation:
+    """A generation under way: its events (already past admission) and its stats."""
 
     events: Iterator[Event]
+    stats: JobStats
+
+
+@dataclass
+class ChatGeneration(Generation):
+    """A chat generation, with what its encoder needs to know."""
+
     plan: OutputPlan  # tools to parse from the output, grammar, forced tool calls
     engine: Engine
 
 
-def start_chat(state: ServerState, req: dict, stream: bool) -> ChatGeneration:
+def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> ChatGeneration:
     """A validated chat request (Chat Completions, or a Responses request translated to one)
     becomes a running generation: its media fetched and preprocessed, its output plan
     (tools, response_format, logit_bias) applied, this worker's engine taken."""
@@ -232,8 +244,8 @@ def start_chat(state: ServerState, req: dict, stream: bool) -> ChatGeneration:
         req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
     vision = resolve_media(state, media, engine, messages)
     stops = req.get("stop") or []
-    events = start(state, engine, messages, vision, req, stops, stream, tools=plan.tools, grammar=plan.grammar)
-    return ChatGeneration(events, plan, engine)
+    gen = start(state, engine, messages, vision, req, stops, stream, caller, tools=plan.tools, grammar=plan.grammar)
+    return ChatGeneration(gen.events, gen.stats, plan, engine)
 
 
 def start(
@@ -244,15 +256,15 @@ def start(
     req: dict,
     stops: list[str],
     stream: bool,
+    caller: Caller,
     tools: list[dict] | None = None,
     grammar: Grammar | None = None,
-) -> Iterator[Event]:
+) -> Generation:
     """Build and check the prompt (`tools` rendered by the chat template), then take this
-    worker's engine (503 at once when its queue is full).  Returns the event iterator,
-    already past ADMITTED."""
+    worker's engine (503 at once when its queue is full)."""
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
     prompt = tokenize(state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, tools)
-    return start_prompt(state, engine, prompt, req, stops, stream, grammar)
+    return start_prompt(state, engine, prompt, req, stops, stream, caller, grammar)
 
 
 def start_prompt(
@@ -262,21 +274,21 @@ def start_prompt(
     req: dict,
     stops: list[str],
     stream: bool,
+    caller: Caller,
     grammar: Grammar | None = None,
-) -> Iterator[Event]:
+) -> Generation:
     """`start` for a prompt already built (the legacy completions endpoint: raw text)."""
     settings = state.settings
     assert state.tokenizer is not None
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
-    prompt.cache_scope = cache_scope(settings.prompt_cache_scope, g.get("key_digest", b""), req.get("cache_salt"))
+    prompt.cache_scope = cache_scope(settings.prompt_cache_scope, caller.key_digest, req.get("cache_salt"))
     params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
     job = GenerationJob(
         prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")), grammar=grammar
     )
-    g.job_stats = job.stats  # TTFT, tokens, engine time: request log + metrics
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
-    return it
+    return Generation(it, job.stats)
 
 
 def _run(
@@ -382,9 +394,10 @@ class Collected:
     finish: Finish
 
 
-def collect(events: Iterator[Event], environ: dict) -> Collected:
+def collect_events(events: Iterator[Event], client_gone: Callable[[], bool], request_id: str = "-") -> Collected:
     """Run a generation to its end for a non-stream response.  A client that hangs up
-    cancels it (checked after every token), so it never holds the engine to max_tokens."""
+    (`client_gone`, asked after every token) cancels it, so it never holds the engine to
+    max_tokens."""
     text: list[str] = []
     logprobs: list[dict] = []
     try:
@@ -392,8 +405,8 @@ def collect(events: Iterator[Event], environ: dict) -> Collected:
             if isinstance(ev, Delta):
                 text.append(ev.text)
                 logprobs.extend(ev.logprobs)
-                if client_gone(environ):
-                    log.info("client disconnected; cancelling request %s", g.get("request_id", "-"))
+                if client_gone():
+                    log.info("client disconnected; cancelling request %s", request_id)
                     break
             elif isinstance(ev, Finish):
                 return Collected("".join(text), logprobs, ev)
@@ -412,57 +425,14 @@ class StreamEncoder(Protocol):
     def finish(self, ev: Finish) -> Iterable[str]: ...
 
 
-def stream(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE) -> Iterator[str]:
+def sse_events(
+    events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE, request_id: str = "-"
+) -> Generator[str, None, None]:
     """SSE text of a generation: the encoder's events, keep-alive pings while the prompt is
-    processed, then `[DONE]`.  A failure after the stream started becomes one OpenAI-format
-    error event (status and headers are already sent) and the stream ends without `[DONE]`,
-    which the openai client raises as an APIError.
-
-    A client that stops reading blocks the server's send of the chunk just yielded, and a
-    suspended generator checks no deadline: so every send is bounded on the socket, by
-    --write-timeout and by what is left of --request-timeout.  A send that runs out raises
-    in the WSGI server, which closes this generator: the generation is cancelled and the
-    engine freed."""
-    from flask import current_app, request
-
-    settings = current_app.extensions["qwen3vl"].settings
-    bound = _SendBound(request.environ.get("gunicorn.socket"), settings.write_timeout, settings.request_timeout)
-    body = _sse(events, encoder, done)
-    try:
-        for chunk in body:
-            bound.arm()
-            yield chunk
-    finally:
-        body.close()
-
-
-STREAM_SEND_BUFFER = 64 * 1024  # kernel bytes queued for one stream's client (SSE is a few KiB/s)
-
-
-class _SendBound:
-    """Socket timeout for the next send: the write timeout, capped by the request's deadline.
-    A small send buffer, so a stalled reader is noticed after kilobytes, not megabytes."""
-
-    def __init__(self, sock, write_timeout: float, request_timeout: float):
-        self.sock, self.write_timeout = sock, write_timeout
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
-            except OSError:
-                pass
-        # One second past the request timeout for the last chunks (finish, usage, [DONE]),
-        # which a reading client takes at once.
-        self.deadline = time.monotonic() + request_timeout + 1.0
-
-    def arm(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.settimeout(max(0.01, min(self.write_timeout, self.deadline - time.monotonic())))
-            except OSError:
-                pass
-
-
-def _sse(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE) -> Generator[str, None, None]:
+    processed, then `done` (`[DONE]`).  A failure after the stream started becomes one
+    OpenAI-format error event (status and headers are already sent) and the stream ends
+    without `[DONE]`, which the openai client raises as an APIError.  Closing it cancels
+    the generation."""
     try:
         yield from encoder.start()
         for ev in events:
@@ -475,20 +445,7 @@ def _sse(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE) 
         if done:  # the Responses API's streams end with their last event instead
             yield done
     except Exception:
-        rid = g.get("request_id", "-")
-        log.exception("generation failed in request %s", rid)
-        yield sse(error_body(f"Internal server error (request id {rid}).", 500, None, "internal_error"))
+        log.exception("generation failed in request %s", request_id)
+        yield sse(error_body(f"Internal server error (request id {request_id}).", 500, None, "internal_error"))
     finally:
         events.close()  # type: ignore[attr-defined]  # client gone or done: cancel, free the engine
-
-
-def client_gone(environ: dict) -> bool:
-    """True when the peer has closed its side (readable with zero bytes pending)."""
-    sock = environ.get("gunicorn.socket")
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
-        return True

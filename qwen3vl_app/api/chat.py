@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, jsonify
 
 from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
-from ..streaming import SSE_HEADERS, ChunkEncoder, completion, new_completion_id
+from ..streaming import ChunkEncoder, completion, new_completion_id
+from . import transport
 from .chat_schema import ChatCompletionRequestSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 
@@ -40,17 +41,16 @@ def chat_completions():
         check_message_count(len(body["messages"]), limit)
     req = prepare(ChatCompletionRequestSchema().load, body)
     stream = bool(req.get("stream"))
-    gen = serving.start_chat(state, req, stream)
-    events, plan = gen.events, gen.plan
+    gen = serving.start_chat(state, req, stream, transport.caller())
+    plan = gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
         encoder = ChatStreamEncoder(chunks, include_usage, plan.tool_names)
-        sse_text = serving.stream(events, encoder)
-        return Response(stream_with_context(sse_text), mimetype="text/event-stream", headers={**SSE_HEADERS, **ignored})
-    out = serving.collect(events, request.environ)
+        return transport.sse_response(gen, encoder, ignored)
+    out = transport.collect(gen)
     fin = out.finish
     content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
     reason = "tool_calls" if calls and fin.reason == "stop" else fin.reason

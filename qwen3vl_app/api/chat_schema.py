@@ -7,6 +7,7 @@ that names the parameter.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -113,7 +114,8 @@ class FullMatch(validate.Regexp):
     pattern stays one the OpenAPI document can carry."""
 
     def __call__(self, value):
-        if not isinstance(value, str) or self.regex.fullmatch(value) is None:
+        regex = cast("re.Pattern[str]", self.regex)  # compiled from a str pattern
+        if not isinstance(value, str) or regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
 

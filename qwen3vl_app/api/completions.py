@@ -7,15 +7,16 @@ from __future__ import annotations
 import time
 import uuid
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, jsonify
 
 from .. import prompting, serving
 from ..admission import admitted
 from ..auth import auth
 from ..errors import PromptError
 from ..processing.prompt import context_overflow
-from ..streaming import SSE_HEADERS, sse, usage
+from ..streaming import sse, usage
 from ..structured import plan_output
+from . import transport
 from .common import json_body, prepare, request_limit, value_budget
 from .completions_schema import MAX_PROMPTS, CompletionRequestSchema
 
@@ -45,7 +46,7 @@ def completions():
             prompt = prompting.tokenize_text(
                 state.tokenizer, req["prompt"][i], engine.limits, state.settings.max_prompt_tokens
             )
-            return serving.start_prompt(state, engine, prompt, req, req["stop"] or [], stream)
+            return serving.start_prompt(state, engine, prompt, req, req["stop"] or [], stream, transport.caller())
         except PromptError as e:
             e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
             raise
@@ -56,15 +57,14 @@ def completions():
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         encoder = CompletionStreamEncoder(cid, created, model, len(texts), texts if echo else None, include_usage)
-        events = _one_after_another(launch(0), [lambda i=i: launch(i) for i in range(1, len(texts))])
-        return Response(
-            stream_with_context(serving.stream(events, encoder)),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **ignored},
+        first = launch(0)
+        rest = [lambda i=i: launch(i).events for i in range(1, len(texts))]
+        return transport.sse_response(
+            serving.Generation(_one_after_another(first.events, rest), first.stats), encoder, ignored
         )
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for i in range(len(texts)):
-        out = serving.collect(launch(i), request.environ)
+        out = transport.collect(launch(i))
         text = (texts[i] if echo else "") + out.text
         choices.append(
             {

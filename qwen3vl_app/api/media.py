@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, jsonify, request
 
 from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
-from ..streaming import SSE_HEADERS, sse, usage
+from ..streaming import sse, usage
+from . import transport
 from .models import check_served
 
 bp = Blueprint("media", __name__)
@@ -80,7 +81,7 @@ def describe():
     del data
     prompt_text = (request.form.get("prompt") or "").strip() or DEFAULT_PROMPT.format(kind=vision.kind)
     messages = [{"role": "user", "content": [{"type": vision.kind}, {"type": "text", "text": prompt_text}]}]
-    events = serving.start(state, engine, messages, [vision], req, [], stream)
+    gen = serving.start(state, engine, messages, [vision], req, [], stream, transport.caller())
 
     def metadata():
         return {
@@ -93,12 +94,8 @@ def describe():
         }
 
     if stream:
-        return Response(
-            stream_with_context(serving.stream(events, DescribeStreamEncoder(metadata))),
-            mimetype="text/event-stream",
-            headers=SSE_HEADERS,
-        )
-    out = serving.collect(events, request.environ)
+        return transport.sse_response(gen, DescribeStreamEncoder(metadata))
+    out = transport.collect(gen)
     return jsonify(
         {
             "status": "success",

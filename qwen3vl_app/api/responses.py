@@ -16,7 +16,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, jsonify
 from marshmallow import ValidationError
 
 from .. import serving
@@ -24,7 +24,7 @@ from ..admission import admitted
 from ..auth import auth
 from ..errors import APIError
 from ..processing.tools import ToolCall, ToolCallStream
-from ..streaming import SSE_HEADERS
+from . import transport
 from .chat_schema import ChatCompletionRequestSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .errors import first_validation_error
@@ -69,17 +69,13 @@ def create_response():
     stream = bool(rreq.get("stream"))
     with _responses_names(origins):
         req = prepare(ChatCompletionRequestSchema().load, chat_body)
-        gen = serving.start_chat(state, req, stream)
-    events, plan = gen.events, gen.plan
+        gen = serving.start_chat(state, req, stream, transport.caller())
+    plan = gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
     writer = ResponseWriter(_base(rreq, model), plan.tool_names)
     if stream:
-        return Response(
-            stream_with_context(serving.stream(events, ResponsesStreamEncoder(writer), done="")),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **ignored},
-        )
-    out = serving.collect(events, request.environ)
+        return transport.sse_response(gen, ResponsesStreamEncoder(writer), ignored, done="")
+    out = transport.collect(gen)
     writer.start()
     writer.text(out.text)
     final = writer.finish(out.finish)[-1]["response"]
