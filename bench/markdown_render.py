@@ -4,7 +4,8 @@
     .venv/bin/python bench/markdown_render.py --repo /tmp/old  # another checkout (before/after)
 
 Hostile answers of about 220 KB (patterns that made the old inline regexes backtrack over
-the rest of the line at every opener) are rendered once each, and a long ordinary answer
+the rest of the line at every opener, and single lines that made the old block patterns
+backtrack quadratically) are rendered (best of --reps), and a long ordinary answer
 is "streamed" in 1000 growing prefixes the way app.js redraws it (the incremental renderer
 when the checkout has one, a full re-render per frame otherwise).  Prints one JSON line
 per case: milliseconds measured inside the page with performance.now().  Debian's
@@ -31,6 +32,12 @@ HOSTILE = {
     "code": "``a",
     "brackets": "[",
     "italic": "*a *",
+}
+# One line each: the old block patterns traded characters between two parts of the line.
+HOSTILE_LINES = {
+    "fence_line": "```" + " " * SIZE + "!",
+    "heading_line": "#" + " " * SIZE + "a\u2028b",
+    "list_line": "-" + " " * SIZE + "a\u2028b",
 }
 ORDINARY = (
     "## Step {i}\n\nSome **bold** text, `code`, a [link](https://example.org/{i}) and _italic_ words "
@@ -84,8 +91,8 @@ def main() -> None:
         page.set_default_timeout(600_000)
         page.set_content("<!doctype html><body></body>")
         page.add_script_tag(content=script)
-        for name, unit in HOSTILE.items():
-            text = unit * (SIZE // len(unit))
+        texts = {name: unit * (SIZE // len(unit)) for name, unit in HOSTILE.items()}
+        for name, text in {**texts, **HOSTILE_LINES}.items():
             ms = page.evaluate(TIME_ONE, [text, args.reps])
             print(json.dumps({"case": f"hostile_{name}", "bytes": len(text), "render_ms": round(ms, 1)}), flush=True)
         doc = "".join(ORDINARY.format(i=i) for i in range(SIZE // len(ORDINARY)))

@@ -167,11 +167,14 @@
 
   // ------------------------------------------------------------------ blocks
 
-  const FENCE = /^\s*(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
-  const HEADING = /^(#{1,6})\s+(.*)$/;
-  const QUOTE = /^>\s?(.*)$/;
-  const UL = /^\s*[-*+]\s+(.*)$/;
-  const OL = /^\s*(\d{1,9})[.)]\s+(.*)$/;
+  // Each matches a line in one pass: no two adjacent parts can trade characters, and the
+  // rest of a line is [\s\S]* (a line may hold U+2028, which "." does not match).
+  const FENCE = /^(`{3,}|~{3,})\s*([\w+#.-]*)$/; // on the trimmed line
+  const HEADING = /^(#{1,6})\s+([\s\S]*)$/;
+  const QUOTE = /^>\s?([\s\S]*)$/;
+  const UL = /^\s*[-*+]\s+([\s\S]*)$/;
+  const OL = /^\s*(\d{1,9})[.)]\s+([\s\S]*)$/;
+  const isFence = (line) => FENCE.test(line.trim());
 
   function normalize(text) {
     return String(text).replace(/\r\n?/g, "\n");
@@ -182,7 +185,7 @@
   function block(lines, i) {
     const line = lines[i];
     let m;
-    if ((m = line.match(FENCE))) {
+    if ((m = line.trim().match(FENCE))) {
       const fence = m[1], body = [];
       i++;
       while (i < lines.length && !(lines[i].trim().startsWith(fence[0].repeat(fence.length)) &&
@@ -219,7 +222,7 @@
       return [list, i];
     }
     const para = el("p"), body = [];
-    while (i < lines.length && lines[i].trim() !== "" && !FENCE.test(lines[i]) && !HEADING.test(lines[i]) &&
+    while (i < lines.length && lines[i].trim() !== "" && !isFence(lines[i]) && !HEADING.test(lines[i]) &&
            !QUOTE.test(lines[i]) && !UL.test(lines[i]) && !OL.test(lines[i])) {
       body.push(lines[i++]);
     }
