@@ -14,6 +14,11 @@ The folder it makes is what the server loads with `--engine auto`: one `*.bmodel
   does not publish (a bmodel's size and checksum) is recorded on first download in
   `.fetched.json` and checked on every later run, so a re-run of a complete folder reads no
   network and, when size and mtime are unchanged, hashes nothing.
+- Names from the manifest become paths, so each is checked first: a model name, a bmodel's
+  file name (the last component of its URL's path) and a config file name must each be
+  one plain file name (`safe_name`: no `/`, no `..`, not hidden), and a bmodel's must end
+  in `.bmodel`.  A malformed manifest, an unsafe name or a failing disk is a one-line
+  `model fetch: error: ...` and exit status 1, with nothing written.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -59,9 +66,12 @@ class FileSpec:
 def load_manifest(path: str | Path | None = None) -> dict:
     path = Path(path or os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST)
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise FetchError(f"cannot read the model manifest {path}: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+        raise FetchError(f"the model manifest {path} has no 'models' object")
+    return manifest
 
 
 def canonical_name(manifest: dict, name: str) -> str:
@@ -74,29 +84,68 @@ def canonical_name(manifest: dict, name: str) -> str:
 
 
 def files_for(manifest: dict, name: str) -> list[FileSpec]:
-    model = manifest["models"][name]
-    bm = model["bmodel"]
-    url = bm["url"]
+    """The files of model `name` (a key of the manifest's models), every name checked to be
+    a plain file name and every field its type; FetchError otherwise."""
+    where = f"models.{name}"
+    model = _entry(manifest.get("models"), name, "models")
+    bm = _entry(model, "bmodel", where)
+    url = _entry(bm, "url", f"{where}.bmodel", str)
+    bmodel_name = safe_name(basename(url), "bmodel file name")
+    if not bmodel_name.endswith(".bmodel"):
+        raise FetchError(f"{where}.bmodel.url names {bmodel_name!r}, not a .bmodel file")
     mirror = os.environ.get(MIRROR_ENV)
     if mirror and url.startswith("dfss://"):
-        url = mirror.rstrip("/") + "/" + basename(url)
-    specs = [FileSpec(basename(bm["url"]), url, bm.get("size"), bm.get("sha256"))]
-    config = manifest["config_sets"][model["config"]]
-    for f in config["files"]:
-        specs.append(
-            FileSpec(
-                f"config/{f['name']}",
-                f.get("url") or config["base_url"] + f["name"],
-                f.get("size"),
-                f.get("sha256"),
-                f.get("git_blob_sha1"),
-            )
-        )
+        url = mirror.rstrip("/") + "/" + bmodel_name
+    specs = [_spec(bmodel_name, url, bm, f"{where}.bmodel")]
+    config_name = _entry(model, "config", where, str)
+    config = _entry(manifest.get("config_sets"), config_name, "config_sets")
+    for i, f in enumerate(_entry(config, "files", f"config_sets.{config_name}", list)):
+        at = f"config_sets.{config_name}.files[{i}]"
+        file_name = safe_name(_entry(f, "name", at, str), "config file name")
+        file_url = _entry(f, "url", at, str, required=False)
+        if file_url is None:
+            file_url = _entry(config, "base_url", f"config_sets.{config_name}", str) + file_name
+        specs.append(_spec(f"config/{file_name}", file_url, f, at))
     return specs
 
 
 def basename(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1]
+    """The last component of the URL's path (no query, no fragment)."""
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# A plain file name: no separator, no `.`/`..`, not hidden, nothing a shell or a
+# filesystem treats specially.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
+
+
+def safe_name(name: str, what: str) -> str:
+    """`name` if it is one plain file name, else FetchError (it becomes a path under models/)."""
+    if not _SAFE_NAME.fullmatch(name):
+        raise FetchError(
+            f"{what} {name!r} is not a plain file name (letters, digits and _ . + -, not starting with a dot)"
+        )
+    return name
+
+
+def _entry(obj, key: str, where: str, kind: type = dict, required: bool = True):
+    """obj[key], which must be a `kind`; FetchError naming the manifest path otherwise."""
+    if not isinstance(obj, dict):
+        raise FetchError(f"the model manifest is malformed: {where} is not an object")
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        found = "missing" if value is None else f"a {type(value).__name__}"
+        raise FetchError(f"the model manifest is malformed: {where}.{key} should be a {kind.__name__}, is {found}")
+    return value
+
+
+def _spec(dest: str, url: str, entry: dict, where: str) -> FileSpec:
+    size = _entry(entry, "size", where, int, required=False)
+    sha256 = _entry(entry, "sha256", where, str, required=False)
+    blob = _entry(entry, "git_blob_sha1", where, str, required=False)
+    return FileSpec(dest, url, size, sha256, blob)
 
 
 # ---- checks ----
@@ -218,7 +267,8 @@ def dfss_download(url: str, part: Path, log) -> None:
 
 def fetch_model(name: str, models_dir: Path, manifest: dict | None = None, log=print) -> Path:
     manifest = manifest if manifest is not None else load_manifest()
-    name = canonical_name(manifest, name)
+    name = safe_name(canonical_name(manifest, name), "model name")
+    specs = files_for(manifest, name)  # every name checked before anything is written
     folder = Path(models_dir) / name
     (folder / "config").mkdir(parents=True, exist_ok=True)
     with open(folder / ".fetch.lock", "w") as lock:
@@ -226,11 +276,10 @@ def fetch_model(name: str, models_dir: Path, manifest: dict | None = None, log=p
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FetchError(f"another `make model` is fetching into {folder}; wait for it") from None
-        return _fetch_into(folder, name, manifest, log)
+        return _fetch_into(folder, specs, log)
 
 
-def _fetch_into(folder: Path, name: str, manifest: dict, log) -> Path:
-    specs = files_for(manifest, name)
+def _fetch_into(folder: Path, specs: list[FileSpec], log) -> Path:
     stale = [p for p in folder.glob("*.bmodel") if p.name != specs[0].dest]
     if stale:
         raise FetchError(
@@ -287,10 +336,10 @@ def main(argv=None) -> int:
         manifest = load_manifest()
         if ns.list or not ns.model:
             for key, model in manifest["models"].items():
-                print(f"{key:16} {model.get('description', '')}")
+                print(f"{key:16} {model.get('description', '') if isinstance(model, dict) else ''}")
             return 0 if ns.list else 2
         folder = fetch_model(ns.model, Path(ns.models_dir), manifest)
-    except FetchError as e:
+    except (FetchError, OSError) as e:  # a full disk or an unwritable folder too: a message, not a traceback
         print(f"model fetch: error: {e}", file=sys.stderr)
         return 1
     unpublished = [s.dest for s in files_for(manifest, folder.name) if not s.checksum_known]

@@ -3,6 +3,14 @@
 Uses the `tokenizers` library and Jinja2 directly (no transformers, no torch), so a
 bm1684x worker stays small.  Works for both folder layouts: files at the top of a
 Hugging Face folder, or under `config/` beside a `*.bmodel`.
+
+Trust rule: only the chat template's own text may produce the vocabulary's added tokens
+(the control tokens `<|im_start|>`..., and the non-special ones the template builds its
+structure from: `<tool_call>`, `<tool_response>`, `<think>` and their closing tags).
+Client text -- every message text of every role, tool call names and arguments, tool
+results -- is tokenized as plain text (`encode_untrusted`), and client text the template
+writes itself (tool signatures through `tojson`) has the first character of any added
+token's text JSON-escaped.  So no message can forge a turn, a tool call or a tool result.
 """
 
 from __future__ import annotations
@@ -36,12 +44,20 @@ class ChatTokenizer:
         self.generation_config = _read_json(folder / "generation_config.json")
         eos = self.generation_config.get("eos_token_id", [IM_END, END_OF_TEXT])
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) | {IM_END, END_OF_TEXT}
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.filters["tojson"] = template_tojson  # as transformers renders templates: no key sorting, no HTML escapes
-        self._template = env.from_string(_find_chat_template(folder))
+        added = self.tok.get_added_tokens_decoder()
         # Control tokens are not text; added tokens the tokenizer marks non-special
         # (`<tool_call>`, `<think>`, ...) are, as the model folder's own decoder renders them.
-        self.special_ids = frozenset(tid for tid, added in self.tok.get_added_tokens_decoder().items() if added.special)
+        self.special_ids = frozenset(tid for tid, token in added.items() if token.special)
+        # The same model, normalizer and pre-tokenizer (shared, not copied) without any added
+        # token: byte-level BPE of the text and nothing else.
+        self._plain = Tokenizer(self.tok.model)
+        self._plain.normalizer = self.tok.normalizer
+        self._plain.pre_tokenizer = self.tok.pre_tokenizer
+        added_text = sorted({t.content for t in added.values() if t.content}, key=len, reverse=True)
+        self._added_text = re.compile("|".join(map(re.escape, added_text))) if added_text else None
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = self._tojson  # as transformers renders templates: no key sorting, no HTML escapes
+        self._template = env.from_string(_find_chat_template(folder))
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
         return self._template.render(
@@ -53,13 +69,11 @@ class ChatTokenizer:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_untrusted(self, text: str) -> list[int]:
-        """Client text: `<|im_start|>` and friends stay plain text, so a message cannot
-        forge a role turn or a control token."""
-        self.tok.encode_special_tokens = True
-        try:
-            return self.tok.encode(text, add_special_tokens=False).ids
-        finally:
-            self.tok.encode_special_tokens = False
+        """Client text: every added token's text (`<|im_start|>`, `<tool_call>`,
+        `</tool_response>`, `<think>`, ...) stays plain text, so a message cannot forge a
+        role turn, a tool call or a tool result.  (The added tokens marked non-special match
+        in text even with `encode_special_tokens`, hence the tokenizer without them.)"""
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_chat(
         self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
@@ -68,7 +82,7 @@ class ChatTokenizer:
         every client text as untrusted.  Each message text (and each tool call's name and
         arguments) is swapped for a marker before rendering; the rendered string is split
         on the markers afterwards.  Tool signatures are rendered by the template's
-        `tojson`, which escapes control-token text (`template_tojson`)."""
+        `tojson`, which escapes added-token text (`template_tojson`)."""
         texts: list[str] = []
         nonce = secrets.token_hex(4)
 
@@ -86,10 +100,13 @@ class ChatTokenizer:
             else:
                 content = [{**p, "text": mark(p["text"])} if p.get("type") == "text" else p for p in content]
             out = {**msg, "content": content}
+            if msg.get("tool_call_id"):
+                out["tool_call_id"] = mark(msg["tool_call_id"])
             if msg.get("tool_calls"):
                 out["tool_calls"] = [
                     {
                         **call,
+                        "id": mark(call.get("id") or ""),
                         "function": {
                             "name": mark(call["function"]["name"]),
                             "arguments": mark(call["function"]["arguments"]),
@@ -108,6 +125,9 @@ class ChatTokenizer:
                 ids += self.encode_untrusted(texts[int(piece)])
         return ids
 
+    def _tojson(self, value, indent=None, separators=None, sort_keys=False, ensure_ascii=False) -> str:
+        return template_tojson(value, indent, separators, sort_keys, ensure_ascii, self._added_text)
+
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special)
 
@@ -120,15 +140,23 @@ class ChatTokenizer:
         )
 
 
-_CONTROL_TEXT = re.compile(r"<(?=\|[a-z_]+\||/?tool_call>|/?tool_response>|/?think>)")
-
-
-def template_tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False) -> str:
+def template_tojson(
+    value, indent=None, separators=None, sort_keys=False, ensure_ascii=False, added_text: re.Pattern | None = None
+) -> str:
     """The `tojson` chat templates are written for (transformers' own: keys in the client's
-    order, non-ASCII kept).  A `<` that would start control-token text is written as the
-    JSON escape \\u003c (same JSON value), so a tool description cannot forge a turn."""
+    order, non-ASCII kept).  The first character of any text matching `added_text` (the
+    vocabulary's added tokens) is written as its JSON escape (`<` as \\u003c: the same JSON
+    value), so a tool description cannot forge a turn or a tool call."""
     text = json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
-    return _CONTROL_TEXT.sub(r"\\u003c", text)
+    if added_text is None:
+        return text
+    return added_text.sub(lambda m: _json_escape(m[0][0]) + m[0][1:], text)
+
+
+def _json_escape(char: str) -> str:
+    """One character as JSON \\u escapes (a surrogate pair past the BMP)."""
+    units = char.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
 
 
 def _find_chat_template(folder: Path) -> str:

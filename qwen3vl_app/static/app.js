@@ -4,7 +4,7 @@
  * prefix).  Conversations, settings and the API key stay in this browser's localStorage.
  * Streams with fetch + SSE parsing; Stop aborts the fetch, and the server stops the
  * generation when the connection closes.  Model text is rendered by markdown.js as DOM
- * nodes, never as HTML.
+ * nodes, never as HTML; while an answer streams, only its unsettled tail is redrawn.
  */
 (function () {
   "use strict";
@@ -145,13 +145,23 @@
       content.replaceChildren(document.createTextNode(m.text));
       content.style.whiteSpace = "pre-wrap";
     } else {
-      content.replaceChildren(window.renderMarkdown(m.text || ""));
-      if (m.error) {
-        const p = document.createElement("p");
-        p.className = "error-text";
-        p.textContent = m.error;
-        content.appendChild(p);
+      // The answer's Markdown in its own box, so that a streamed answer redraws only its tail
+      // (markdown.js keeps the blocks that are settled); an error line goes after it.
+      let md = content.querySelector(":scope > .markdown");
+      if (!md) {
+        md = document.createElement("div");
+        md.className = "markdown";
+        content.replaceChildren(md);
       }
+      window.renderMarkdownInto(md, m.text || "");
+      let error = content.querySelector(":scope > .error-text");
+      if (m.error && !error) {
+        error = document.createElement("p");
+        error.className = "error-text";
+        content.appendChild(error);
+      }
+      if (error && !m.error) error.remove();
+      else if (error) error.textContent = m.error;
     }
     content.classList.toggle("cursor", m.state === "streaming");
     box.classList.toggle("error", Boolean(m.error));
@@ -360,11 +370,20 @@
     setBusy(true);
     controller = new AbortController();
     const t0 = performance.now();
-    let tFirst = null, chunks = 0, usage = null, finish = null, drawn = false;
+    let tFirst = null, chunks = 0, usage = null, finish = null, drawn = false, drawnAt = 0, drawCost = 0;
+    // At most one redraw per frame, and no sooner than 4x the last one's cost after it: a
+    // long unsettled tail (one huge paragraph) takes at most a fifth of the time.
     const redraw = () => {
       if (drawn) return;
       drawn = true;
-      requestAnimationFrame(() => { drawn = false; fillMessage(box, answer); ui.messages.scrollTop = ui.messages.scrollHeight; });
+      setTimeout(() => requestAnimationFrame(() => {
+        drawn = false;
+        const t = performance.now();
+        fillMessage(box, answer);
+        ui.messages.scrollTop = ui.messages.scrollHeight;
+        drawnAt = performance.now();
+        drawCost = drawnAt - t;
+      }), Math.max(0, drawnAt + 4 * drawCost - performance.now()));
     };
     try {
       // One session id per conversation: a proxy keeps its turns on one box (deploy/nginx-affinity.conf),

@@ -301,3 +301,72 @@ def test_without_dfss_a_mirror_serves_the_bmodel(stand_in, tmp_path):
     assert out.returncode == 0, out.stderr
     assert (BMODEL, None) in stand_in.requests
     assert (tmp_path / "qwen3vl_2b" / BMODEL).read_bytes() == stand_in.files[BMODEL]
+
+
+def _edit_manifest(path: Path, edit) -> Path:
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _rename_model(manifest: dict, name: str) -> None:
+    manifest["models"][name] = manifest["models"].pop("qwen3vl_2b")
+
+
+def _set_bmodel_url(manifest: dict, url: str) -> None:
+    manifest["models"]["qwen3vl_2b"]["bmodel"]["url"] = url
+
+
+def _set_config_name(manifest: dict, name: str) -> None:
+    manifest["config_sets"]["stand-in"]["files"][0]["name"] = name
+
+
+@pytest.mark.parametrize(
+    "edit, asked, message",
+    [
+        (lambda m, root: _rename_model(m, "../outside"), "../outside", "model name '../outside'"),
+        (lambda m, root: _rename_model(m, f"{root}/abs"), "{root}/abs", "model name '{root}/abs'"),
+        (lambda m, root: _set_bmodel_url(m, m["models"]["qwen3vl_2b"]["bmodel"]["url"] + "/.."), "2b", "name '..'"),
+        (lambda m, root: _set_bmodel_url(m, "http://127.0.0.1:9/."), "2b", "name '.'"),
+        (lambda m, root: _set_bmodel_url(m, "http://127.0.0.1:9/model.bin"), "2b", "not a .bmodel"),
+        (lambda m, root: _set_config_name(m, "../../../escaped.json"), "2b", "name '../../../escaped.json'"),
+        (lambda m, root: _set_config_name(m, "sub/dir.json"), "2b", "name 'sub/dir.json'"),
+        (lambda m, root: m.pop("config_sets"), "2b", "manifest"),
+        (lambda m, root: m["models"]["qwen3vl_2b"].update(config="nowhere"), "2b", "manifest"),
+        (lambda m, root: m["models"]["qwen3vl_2b"]["bmodel"].update(sha256=5), "2b", "manifest"),
+    ],
+    ids=[
+        "model-dotdot",
+        "model-absolute",
+        "url-dotdot",
+        "url-dot",
+        "url-not-bmodel",
+        "config-dotdot",
+        "config-subdir",
+        "no-config-sets",
+        "unknown-config-set",
+        "checksum-not-a-string",
+    ],
+)
+def test_unsafe_or_malformed_manifest_is_a_clean_error(stand_in, tmp_path, edit, asked, message):
+    """Names from the manifest become paths: each must be one plain path component (no
+    `..`, no `/`), and a malformed manifest is a message, never a traceback or a file
+    written outside models/<name>/."""
+    body = stand_in.files[BMODEL]
+    manifest = write_manifest(tmp_path / "m.json", stand_in, hashlib.sha256(body).hexdigest())
+    _edit_manifest(manifest, lambda m: edit(m, tmp_path))
+    out = run_fetch(manifest, tmp_path / "deep" / "models", asked.format(root=tmp_path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.startswith("model fetch: error: "), out.stderr
+    assert message.format(root=tmp_path) in out.stderr
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - {manifest}
+    assert not written, written  # nothing fetched, nothing written anywhere
+
+
+def test_an_unwritable_models_dir_is_a_clean_error(stand_in, tmp_path):
+    manifest = write_manifest(tmp_path / "m.json", stand_in, hashlib.sha256(stand_in.files[BMODEL]).hexdigest())
+    (tmp_path / "models").write_text("a file, not a folder")
+    out = run_fetch(manifest, tmp_path / "models", "2b")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("model fetch: error: ") and "models" in out.stderr
