@@ -291,25 +291,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
             return d;
           },
           "What the host asked of the device since load / reset_counters(): launches, copies, bytes, syncs.")
-      .def("reset_counters", &Runtime::reset_counters)
-      .def(
-          "test_fill_kv_cache",
-          [](Runtime& r, int pattern) {
-            py::gil_scoped_release nogil;
-            qwen3vl::testing::fill_kv_cache(r, static_cast<uint16_t>(pattern));
-          },
-          py::arg("pattern"), "TEST HOOK: as qwen3vl_native.testing.fill_kv_cache.")
-      .def(
-          "test_read_kv_cache",
-          [](Runtime& r, int layer, int which) {
-            std::vector<uint16_t> bits;
-            {
-              py::gil_scoped_release nogil;
-              bits = qwen3vl::testing::read_kv_cache(r, layer, which);
-            }
-            return to_array(bits);
-          },
-          py::arg("layer"), py::arg("which"), "TEST HOOK: as qwen3vl_native.testing.read_kv_cache.");
+      .def("reset_counters", &Runtime::reset_counters);
 
   // Test hooks (testing.h), outside the Runtime class.
   py::module_ testing = m.def_submodule("testing", "Test hooks: make the simulator's device memory look like a box's.");
