@@ -11,8 +11,10 @@
 
 #include "half.h"
 #include "runtime.h"
+#include "testing.h"
 
 namespace py = pybind11;
+using qwen3vl::ModelInfo;
 using qwen3vl::Runtime;
 
 namespace {
@@ -50,9 +52,15 @@ py::array_t<T> to_array(const std::vector<T>& v) {
 }
 
 // A step's result: the token id lm_head chose, or the logits.
-py::object step_result(int token, const std::vector<float>& logits) {
-  if (token >= 0) return py::int_(token);
-  return to_array(logits);
+py::object step_result(const qwen3vl::StepResult& r) {
+  if (r.token) return py::int_(*r.token);
+  return to_array(r.logits);
+}
+
+// A ModelInfo field as a read-only property.
+template <auto Field>
+auto info_field() {
+  return [](const Runtime& r) { return r.info().*Field; };
 }
 
 // Element-wise conversion over a numpy array (for the exhaustive conversion tests).
@@ -94,13 +102,12 @@ py::object run_prefill(py::handle input_ids, py::handle position_ids, py::handle
                        py::sequence vit_calls, Call call) {
   Pinned pin;
   const qwen3vl::PrefillInputs in = prefill_inputs(pin, input_ids, position_ids, visual_positions, vit_calls);
-  std::vector<float> logits;
-  int tok;
+  qwen3vl::StepResult r;
   {
     py::gil_scoped_release nogil;
-    tok = call(in, logits);
+    r = call(in);
   }
-  return step_result(tok, logits);
+  return step_result(r);
 }
 
 }  // namespace
@@ -140,39 +147,37 @@ PYBIND11_MODULE(qwen3vl_native, m) {
              r.close();
            })
       .def_property_readonly("closed", &Runtime::closed)
-      .def_readonly("path", &Runtime::path_)
-      .def_readonly("devid", &Runtime::devid_)
-      .def_readonly("seq_len", &Runtime::seq_len)
-      .def_readonly("max_input_length", &Runtime::max_input_length)
-      .def_readonly("hidden_size", &Runtime::hidden_size)
-      .def_readonly("num_layers", &Runtime::num_layers)
-      .def_readonly("kv_heads", &Runtime::kv_heads)
-      .def_readonly("head_dim", &Runtime::head_dim)
-      .def_readonly("vocab_size", &Runtime::vocab_size)
-      .def_readonly("lm_head_logits", &Runtime::lm_head_logits)
-      .def_readonly("vit_patches", &Runtime::vit_patches)
-      .def_readonly("vit_outputs", &Runtime::vit_outputs)
-      .def_readonly("vit_patch_dim", &Runtime::vit_patch_dim)
-      .def_readonly("vit_inputs", &Runtime::vit_inputs)
-      .def_readonly("vit_dynamic", &Runtime::vit_dynamic)
-      .def_readonly("prefill_dynamic", &Runtime::prefill_dynamic)
-      .def_readonly("history_kv", &Runtime::history_kv)
-      .def_readonly("token_length", &Runtime::token_length)
-      .def_readonly("networks", &Runtime::networks)
-      .def_readonly("has_greedy_head", &Runtime::has_greedy_head)
-      .def_readonly("has_sample_head", &Runtime::has_sample_head)
-      .def_readonly("sample_candidates", &Runtime::sample_candidates)
-      .def_readonly("has_add", &Runtime::has_add)
-      .def_readonly("decode_stages", &Runtime::decode_stages)
-      .def_readonly("last_decode_kv_length", &Runtime::last_decode_kv_length)
+      .def_property_readonly("path", &Runtime::path)
+      .def_property_readonly("devid", &Runtime::devid)
+      .def_property_readonly("seq_len", info_field<&ModelInfo::seq_len>())
+      .def_property_readonly("max_input_length", info_field<&ModelInfo::max_input_length>())
+      .def_property_readonly("hidden_size", info_field<&ModelInfo::hidden_size>())
+      .def_property_readonly("num_layers", info_field<&ModelInfo::num_layers>())
+      .def_property_readonly("kv_heads", info_field<&ModelInfo::kv_heads>())
+      .def_property_readonly("head_dim", info_field<&ModelInfo::head_dim>())
+      .def_property_readonly("vocab_size", info_field<&ModelInfo::vocab_size>())
+      .def_property_readonly("lm_head_logits", info_field<&ModelInfo::lm_head_logits>())
+      .def_property_readonly("vit_patches", info_field<&ModelInfo::vit_patches>())
+      .def_property_readonly("vit_outputs", info_field<&ModelInfo::vit_outputs>())
+      .def_property_readonly("vit_patch_dim", info_field<&ModelInfo::vit_patch_dim>())
+      .def_property_readonly("vit_inputs", info_field<&ModelInfo::vit_inputs>())
+      .def_property_readonly("vit_dynamic", info_field<&ModelInfo::vit_dynamic>())
+      .def_property_readonly("prefill_dynamic", info_field<&ModelInfo::prefill_dynamic>())
+      .def_property_readonly("history_kv", info_field<&ModelInfo::history_kv>())
+      .def_property_readonly("token_length", &Runtime::token_length)
+      .def_property_readonly("networks", info_field<&ModelInfo::networks>())
+      .def_property_readonly("has_greedy_head", info_field<&ModelInfo::has_greedy_head>())
+      .def_property_readonly("has_sample_head", info_field<&ModelInfo::has_sample_head>())
+      .def_property_readonly("sample_candidates", info_field<&ModelInfo::sample_candidates>())
+      .def_property_readonly("has_add", info_field<&ModelInfo::has_add>())
+      .def_property_readonly("decode_stages", info_field<&ModelInfo::decode_stages>())
+      .def_property_readonly("last_decode_kv_length", &Runtime::last_decode_kv_length)
       .def(
           "prefill",
           [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
              py::sequence vit_calls, int keep) {
             return run_prefill(input_ids, position_ids, visual_positions, vit_calls,
-                               [&](const qwen3vl::PrefillInputs& in, std::vector<float>& logits) {
-                                 return r.prefill(in, logits, keep);
-                               });
+                               [&](const qwen3vl::PrefillInputs& in) { return r.prefill(in, keep); });
           },
           py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
           py::arg("vit_calls") = py::tuple(), py::arg("keep") = 0,
@@ -184,21 +189,20 @@ PYBIND11_MODULE(qwen3vl_native, m) {
       .def(
           "decode",
           [](Runtime& r, int token, int position) {
-            std::vector<float> logits;
-            int tok;
+            qwen3vl::StepResult out;
             {
               py::gil_scoped_release nogil;
-              tok = r.decode(token, position, logits);
+              out = r.decode(token, position);
             }
-            return step_result(tok, logits);
+            return step_result(out);
           },
           py::arg("token_id"), py::arg("position"))
-      .def_readonly("batch", &Runtime::batch)
+      .def_property_readonly("batch", info_field<&ModelInfo::batch>())
       .def_property_readonly(
           "last_vit_rows",
           [](Runtime& r) {
             py::list out;
-            for (const auto& rows : r.last_vit_rows) out.append(rows.empty() ? py::object(py::none()) : to_array(rows));
+            for (const auto& rows : r.last_vit_rows()) out.append(rows.empty() ? py::object(py::none()) : to_array(rows));
             return out;
           },
           "Per vit call of the last prefill: its output rows (uint16 [outputs*tokens*hidden]) when it was made "
@@ -209,9 +213,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           [](Runtime& r, int slot, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
              py::sequence vit_calls) {
             return run_prefill(input_ids, position_ids, visual_positions, vit_calls,
-                               [&](const qwen3vl::PrefillInputs& in, std::vector<float>& logits) {
-                                 return r.prefill_slot(slot, in, logits);
-                               });
+                               [&](const qwen3vl::PrefillInputs& in) { return r.prefill_slot(slot, in); });
           },
           py::arg("slot"), py::arg("input_ids"), py::arg("position_ids"), py::arg("visual_positions") = py::none(),
           py::arg("vit_calls") = py::tuple(),
@@ -220,14 +222,17 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           "decode_batch",
           [](Runtime& r, const std::vector<int>& slots, const std::vector<int32_t>& tokens,
              const std::vector<int32_t>& positions) {
-            std::vector<std::vector<float>> logits;
-            std::vector<int> toks;
+            if (slots.size() != tokens.size() || slots.size() != positions.size())
+              throw std::invalid_argument("decode_batch needs one token and one position per slot");
+            std::vector<qwen3vl::SlotStep> steps;
+            for (size_t i = 0; i < slots.size(); i++) steps.push_back({slots[i], tokens[i], positions[i]});
+            std::vector<qwen3vl::StepResult> results;
             {
               py::gil_scoped_release nogil;
-              toks = r.decode_batch(slots, tokens, positions, logits);
+              results = r.decode_batch(steps);
             }
             py::list out;
-            for (size_t i = 0; i < toks.size(); i++) out.append(step_result(toks[i], logits[i]));
+            for (const auto& res : results) out.append(step_result(res));
             return out;
           },
           py::arg("slots"), py::arg("token_ids"), py::arg("positions"),
@@ -286,25 +291,28 @@ PYBIND11_MODULE(qwen3vl_native, m) {
             return d;
           },
           "What the host asked of the device since load / reset_counters(): launches, copies, bytes, syncs.")
-      .def("reset_counters", &Runtime::reset_counters)
-      .def(
-          "test_fill_kv_cache",
-          [](Runtime& r, int pattern) {
-            py::gil_scoped_release nogil;
-            r.test_fill_kv_cache(static_cast<uint16_t>(pattern));
-          },
-          py::arg("pattern"),
-          "TEST HOOK: fill every KV cache buffer with a 16-bit pattern (e.g. bf16 NaN 0x7FC0), as unzeroed "
-          "device memory on a real box may hold.")
-      .def(
-          "test_read_kv_cache",
-          [](Runtime& r, int layer, int which) {
-            std::vector<uint16_t> bits;
-            {
-              py::gil_scoped_release nogil;
-              bits = r.test_read_kv_cache(layer, which);
-            }
-            return to_array(bits);
-          },
-          py::arg("layer"), py::arg("which"), "TEST HOOK: raw uint16 contents of a layer's K (0) or V (1) cache.");
+      .def("reset_counters", &Runtime::reset_counters);
+
+  // Test hooks (testing.h), outside the Runtime class.
+  py::module_ testing = m.def_submodule("testing", "Test hooks: make the simulator's device memory look like a box's.");
+  testing.def(
+      "fill_kv_cache",
+      [](Runtime& r, int pattern) {
+        py::gil_scoped_release nogil;
+        qwen3vl::testing::fill_kv_cache(r, static_cast<uint16_t>(pattern));
+      },
+      py::arg("runtime"), py::arg("pattern"),
+      "Fill every KV cache buffer with a 16-bit pattern (e.g. bf16 NaN 0x7FC0), as unzeroed device memory on a "
+      "real box may hold.");
+  testing.def(
+      "read_kv_cache",
+      [](Runtime& r, int layer, int which) {
+        std::vector<uint16_t> bits;
+        {
+          py::gil_scoped_release nogil;
+          bits = qwen3vl::testing::read_kv_cache(r, layer, which);
+        }
+        return to_array(bits);
+      },
+      py::arg("runtime"), py::arg("layer"), py::arg("which"), "Raw uint16 contents of a layer's K (0) or V (1) cache.");
 }

@@ -18,19 +18,20 @@ def _delta(after: dict, before: dict) -> dict:
     return {k: after[k] - before[k] for k in after}
 
 
-def test_nan_in_the_kv_cache_never_reaches_the_logits(bm_engine, tiny_bmodel_dir):
+def test_nan_in_the_kv_cache_never_reaches_the_logits(native_module, bm_engine, tiny_bmodel_dir):
     rt = bm_engine.rt
+    hooks = native_module.testing
     rt.reset()
     for layer in range(rt.num_layers):
         for which in (0, 1):
-            assert not rt.test_read_kv_cache(layer, which).any(), "reset() leaves a zero KV cache"
+            assert not hooks.read_kv_cache(rt, layer, which).any(), "reset() leaves a zero KV cache"
     prompt = _text_prompt(tiny_bmodel_dir)
     first = bm_engine.prefill_slot(0, prompt).logits
     token = int(np.argmax(first))
     clean = bm_engine.decode_batch({0: token})[0].logits
 
-    rt.test_fill_kv_cache(BF16_NAN)
-    assert (rt.test_read_kv_cache(rt.num_layers - 1, 1) == BF16_NAN).all()
+    hooks.fill_kv_cache(rt, BF16_NAN)
+    assert (hooks.read_kv_cache(rt, rt.num_layers - 1, 1) == BF16_NAN).all()
     np.testing.assert_array_equal(bm_engine.prefill_slot(0, prompt).logits, first)
     before = rt.counters()
     again = bm_engine.decode_batch({0: token})[0].logits  # attends over every cache row, masked or not

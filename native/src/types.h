@@ -1,0 +1,93 @@
+// The plain values the runtime's calls take and give: what the bmodel's shapes say
+// (ModelInfo), a prefill's inputs, a step's result.  No device code here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qwen3vl {
+
+// What the bmodel's networks say, read once at load (model.cpp); never changes after.
+struct ModelInfo {
+  int seq_len = 0;           // KV cache length (max context)
+  int max_input_length = 0;  // prefill length
+  int hidden_size = 0;
+  int num_layers = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int vocab_size = 0;  // 0 when lm_head returns a token id
+  bool lm_head_logits = false;
+  int vit_patches = 0;  // 0 when there is no vision encoder
+  int vit_outputs = 0;  // 1 + number of deepstack features
+  int vit_patch_dim = 0;
+  int vit_inputs = 0;
+  bool vit_dynamic = false;
+  bool has_add = false;          // deepstack added on the device by the `add` net
+  bool has_greedy_head = false;  // device-side heads over the last logits (--do_sample builds)
+  bool has_sample_head = false;
+  int sample_candidates = 0;  // sample_head's top-k width
+  bool prefill_dynamic = false;
+  // The layout (layouts.h): batch-N (llm_convert -b N: block_cache_i runs N slots, prefill
+  // fills one), history-KV (block_kv_i present: chunked prefill that can keep cached rows),
+  // or neither: single-sequence.
+  int batch = 1;
+  bool history_kv = false;
+  std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
+  std::vector<std::string> networks;
+};
+
+// A read-only view of caller-owned memory (a numpy buffer kept alive by the bindings).
+template <typename T>
+struct View {
+  const T* data = nullptr;
+  size_t size = 0;
+  bool empty() const { return size == 0; }
+};
+
+// One call of the vision encoder (arrays already padded for static builds).
+struct VitCall {
+  View<float> pixels;       // [P, patch_dim]
+  View<int32_t> pos_ids;    // [P, 2]
+  View<int32_t> pos_idx;    // [P, 4]
+  View<float> pos_weight;   // [P, 4]
+  View<float> mask;         // [P, P], or empty (dynamic builds)
+  std::string mask_key;     // equal keys mean equal masks: the device copy is reused
+  int tokens = 0;           // output rows that belong to the prompt
+  // Rows [tokens, hidden] of every vit output (16-bit, output after output) kept from an
+  // earlier call of the same input: placed without launching the vit.
+  View<uint16_t> cached;
+  bool capture = false;  // keep this call's output rows (Runtime::last_vit_rows)
+};
+
+// The inputs of one prefill.
+struct PrefillInputs {
+  View<int32_t> ids;
+  View<int32_t> pos3;     // [3, L]
+  View<int32_t> vis_pos;  // prompt rows of the vision tokens, in vit output order
+  std::vector<VitCall> vit_calls;
+};
+
+// One slot's part of a batch decode step.
+struct SlotStep {
+  int slot = 0;
+  int32_t token = 0;
+  int32_t position = 0;
+};
+
+// What lm_head gave for one sequence: the token id it chose (builds without logits), or
+// float32 logits [vocab].
+struct StepResult {
+  std::optional<int32_t> token;
+  std::vector<float> logits;
+};
+
+// Tokens chosen by a device head (sample_head): probabilities and ids of the candidates.
+struct Candidates {
+  std::vector<float> probs;
+  std::vector<int32_t> ids;
+};
+
+}  // namespace qwen3vl
