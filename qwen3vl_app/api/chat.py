@@ -10,8 +10,9 @@ from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..streaming import ChunkEncoder, completion, new_completion_id
 from . import transport
-from .chat_schema import ChatCompletionRequestSchema
+from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
+from .routedoc import route_doc
 
 bp = Blueprint("chat", __name__)
 
@@ -31,6 +32,27 @@ HONOURED = serving.GENERATION_FIELDS | {
 
 
 @bp.post("/v1/chat/completions")
+@route_doc(
+    tag="chat",
+    summary="OpenAI Chat Completions (text, images, videos; stream or not)",
+    operation_id="createChatCompletion",
+    request=ChatCompletionRequestSchema,
+    request_example={
+        "model": "qwen3-vl-instruct",
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": "Hello!"}],
+    },
+    responses={
+        200: (
+            "a chat.completion, or with `stream: true` an SSE stream of ChatCompletionChunk events",
+            ChatCompletionSchema,
+        )
+    },
+    stream="a ChatCompletionChunk as JSON (an ErrorResponse if the engine fails mid-stream), "
+    "then `[DONE]`; `: ping` comments keep the stream alive",
+    events=(ChatCompletionChunkSchema,),
+    errors=(400, 404, 408, 413, 415, 500, 503),
+)
 @auth.login_required
 @admitted  # a --max_concurrent slot for the whole response, or 503 at once
 def chat_completions():

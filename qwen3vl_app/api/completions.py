@@ -18,7 +18,8 @@ from ..streaming import sse, usage
 from ..structured import plan_output
 from . import transport
 from .common import json_body, prepare, request_limit, value_budget
-from .completions_schema import MAX_PROMPTS, CompletionRequestSchema
+from .completions_schema import MAX_PROMPTS, CompletionRequestSchema, CompletionSchema
+from .routedoc import route_doc
 
 bp = Blueprint("completions", __name__)
 
@@ -26,6 +27,21 @@ HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo
 
 
 @bp.post("/v1/completions")
+@route_doc(
+    tag="completions",
+    summary="OpenAI legacy text completions (raw prompt, no chat template)",
+    operation_id="createCompletion",
+    request=CompletionRequestSchema,
+    request_example={"model": "qwen3-vl-instruct", "prompt": "Once upon a time", "max_tokens": 16},
+    responses={
+        200: (
+            "a text_completion (one choice per prompt), or with `stream: true` an SSE stream of text_completion events",
+            CompletionSchema,
+        )
+    },
+    stream="a Completion as JSON (an ErrorResponse if the engine fails mid-stream), then `[DONE]`",
+    errors=(400, 404, 408, 413, 415, 500, 503),
+)
 @auth.login_required
 @admitted
 def completions():

@@ -1,10 +1,16 @@
-"""GET /openapi.json and GET /docs: the API contract, generated from the marshmallow schemas.
+"""GET /openapi.json and GET /docs: the API contract, generated from the routes.
 
-The document is built (once per worker, on first use) with apispec's marshmallow plugin
-from the same schemas that validate requests, plus the response schemas beside each
-blueprint.  Every route of the app must be described here: tests/resilience/test_openapi.py
-fails on a route that is not.  Swagger UI's files come from the `swagger-ui-bundle` PyPI
-package and are served by this module; nothing is fetched from a CDN.
+The document is built (once per worker, on first use) from `app.url_map`: each route
+carries its own description (`@route_doc`, api/routedoc.py) naming the marshmallow schemas
+that validate its requests and describe its replies, and apispec's marshmallow plugin turns
+those into JSON Schema.  A route without a description stops the build
+(`UndocumentedRoute`), so /openapi.json cannot leave an endpoint out;
+tests/contract/test_docs.py holds the document to the served routes and validates it.
+This module keeps only what every operation shares: the security scheme, the error body
+and its per-status texts, the X-Request-Id header, the JSON Schema of the hand-written
+marshmallow fields apispec cannot convert, and Swagger UI.  Swagger UI's files come from
+the `swagger-ui-bundle` PyPI package and are served by this module; nothing is fetched
+from a CDN.
 
 Auth: `/docs`, its assets and `/openapi.json` are open, as the old service's `/docs` was.
 The document holds no secret (only the header name and prefix the key goes in), and a
@@ -21,8 +27,14 @@ import threading
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, send_from_directory, url_for
+from marshmallow import validate
 
 from .. import __version__
+from . import chat_schema as cs
+from . import completions_schema as ps
+from . import responses_schema as rs
+from .common import ErrorResponseSchema
+from .routedoc import Body, RouteDoc, UndocumentedRoute, doc_of, route_doc
 
 OPENAPI_VERSION = "3.0.3"  # the bundled Swagger UI (4.x) renders 3.0 documents
 ERROR = "ErrorResponse"
@@ -62,284 +74,14 @@ def security_scheme(settings) -> dict | None:
     return {"type": "apiKey", "in": "header", "name": header, "description": f"`{header}: <key>`{extra}"}
 
 
-# ----------------------------------------------------------------------------- operations
+# ----------------------------------------------------------------------------- routes
 
-
-def _json(schema: str, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*statuses: int) -> dict:
-    text = {
-        400: "invalid request (the error names the parameter)",
-        401: "missing or invalid API key",
-        404: "not found (a `model` this server does not serve: `model_not_found`)",
-        408: "the request body did not arrive within --body-timeout",
-        405: "method not allowed",
-        413: "body or media too large",
-        415: "wrong Content-Type",
-        500: "internal error (the message carries the request id)",
-        503: "engine busy, loading or failed (see Retry-After)",
-    }
-    return {str(s): _json(ERROR, text[s]) for s in statuses}
-
-
-def _static_files(tag: str, summary: str, operation_id: str, example: str, description: str) -> dict:
-    """GET of an open folder of static files (no key), one path parameter."""
-    return {
-        "get": {
-            "tags": [tag],
-            "summary": summary,
-            "operationId": operation_id,
-            "security": [],
-            "parameters": [
-                {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}, "example": example}
-            ],
-            "responses": {"200": {"description": description}, **_errors(404)},
-        }
-    }
-
-
-def _sse_event(data: str) -> dict:
-    """One Server-Sent Event (OpenAPI before 3.2: the media type's schema describes each event)."""
-    return {
-        "schema": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {"data": {"type": "string", "description": data}, "event": {"type": "string"}},
-        }
-    }
-
-
-_REQUEST_ID = {
-    "name": "X-Request-Id",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "maxLength": 128},
-    "description": "echoed back; one is made up when absent",
-}
-
-
-def _operations(settings) -> dict[str, dict[str, dict]]:
-    """path (OpenAPI form) -> method -> operation."""
-    auth = () if settings.disable_api_auth else (401,)
-    sse_chunk = _sse_event(
-        "a ChatCompletionChunk as JSON (an ErrorResponse if the engine fails mid-stream), "
-        "then `[DONE]`; `: ping` comments keep the stream alive"
-    )
-    return {
-        "/health": {
-            "get": {
-                "tags": ["service"],
-                "summary": "Engine state and server facts (the old service's fields)",
-                "operationId": "health",
-                "responses": {
-                    "200": _json("Health", "ready or still loading"),
-                    "503": _json("Health", "the engine failed to load"),
-                    **_errors(*auth),
-                },
-            }
-        },
-        "/v1/models": {
-            "get": {
-                "tags": ["models"],
-                "summary": "List models (one)",
-                "operationId": "listModels",
-                "responses": {"200": _json("ModelList", "the served model"), **_errors(*auth)},
-            }
-        },
-        "/v1/models/{model_id}": {
-            "get": {
-                "tags": ["models"],
-                "summary": "Retrieve a model",
-                "operationId": "retrieveModel",
-                "parameters": [
-                    {
-                        "name": "model_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "example": "qwen3-vl-instruct",
-                    }
-                ],
-                "responses": {"200": _json("Model", "the model"), **_errors(*auth, 404)},
-            }
-        },
-        "/v1/chat/completions": {
-            "post": {
-                "tags": ["chat"],
-                "summary": "OpenAI Chat Completions (text, images, videos; stream or not)",
-                "operationId": "createChatCompletion",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": "ChatCompletionRequest",
-                            "example": {
-                                "model": "qwen3-vl-instruct",
-                                "max_tokens": 32,
-                                "messages": [{"role": "user", "content": "Hello!"}],
-                            },
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "a chat.completion, or with `stream: true` an SSE stream of "
-                        "ChatCompletionChunk events",
-                        "content": {"application/json": {"schema": "ChatCompletion"}, "text/event-stream": sse_chunk},
-                    },
-                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-                },
-            }
-        },
-        "/v1/completions": {
-            "post": {
-                "tags": ["completions"],
-                "summary": "OpenAI legacy text completions (raw prompt, no chat template)",
-                "operationId": "createCompletion",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": "CompletionRequest",
-                            "example": {"model": "qwen3-vl-instruct", "prompt": "Once upon a time", "max_tokens": 16},
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "a text_completion (one choice per prompt), or with `stream: true` an SSE "
-                        "stream of text_completion events",
-                        "content": {
-                            "application/json": {"schema": "Completion"},
-                            "text/event-stream": _sse_event(
-                                "a Completion as JSON (an ErrorResponse if the engine fails mid-stream), then `[DONE]`"
-                            ),
-                        },
-                    },
-                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-                },
-            }
-        },
-        "/v1/responses": {
-            "post": {
-                "tags": ["responses"],
-                "summary": "OpenAI Responses API (stateless: previous_response_id is a 400, store has no effect)",
-                "operationId": "createResponse",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": "ResponseRequest",
-                            "example": {"model": "qwen3-vl-instruct", "input": "Hello!", "max_output_tokens": 32},
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "a response, or with `stream: true` its events (`event: <type>`): "
-                        "response.created, response.in_progress, response.output_item.added, "
-                        "response.content_part.added, response.output_text.delta..., "
-                        "response.function_call_arguments.delta/done, ...done events, then "
-                        "response.completed or response.incomplete (no `[DONE]`)",
-                        "content": {
-                            "application/json": {"schema": "Response"},
-                            "text/event-stream": _sse_event(
-                                "a Responses stream event as JSON with `type` and `sequence_number`; "
-                                "lifecycle events carry a Response"
-                            ),
-                        },
-                    },
-                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-                },
-            }
-        },
-        "/v1/media/describe": {
-            "post": {
-                "tags": ["media"],
-                "summary": "Describe an uploaded image or video (the old service's endpoint)",
-                "operationId": "describeMedia",
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": "MediaDescribeForm"}}},
-                "responses": {
-                    "200": {
-                        "description": "the description, or with `stream` an SSE stream of MediaStreamDelta "
-                        "events, a final MediaDescription event and `data: [DONE]`",
-                        "content": {
-                            "application/json": {"schema": "MediaDescription"},
-                            "text/event-stream": _sse_event(
-                                "a MediaStreamDelta or, last, a MediaDescription as JSON (an ErrorResponse "
-                                "if the engine fails mid-stream), then `[DONE]`"
-                            ),
-                        },
-                    },
-                    **_errors(400, *auth, 404, 408, 413, 415, 500, 503),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "tags": ["service"],
-                "summary": "Prometheus metrics (open unless --metrics-auth)",
-                "operationId": "metrics",
-                **({} if settings.metrics_auth else {"security": []}),
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **_errors(*(auth if settings.metrics_auth else ())),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "tags": ["docs"],
-                "summary": "This document",
-                "operationId": "openapi",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3 document",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-        },
-        "/docs": {
-            "get": {
-                "tags": ["docs"],
-                "summary": "Swagger UI",
-                "operationId": "docs",
-                "security": [],
-                "responses": {
-                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
-                },
-            }
-        },
-        "/": {
-            "get": {
-                "tags": ["playground"],
-                "summary": "The browser playground (open; its API calls carry the key)",
-                "operationId": "playground",
-                "security": [],
-                "responses": {
-                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
-                },
-            }
-        },
-        "/playground/{filename}": _static_files(
-            "playground", "The playground's static files", "playgroundAsset", "app.js", "a file of the playground"
-        ),
-        "/docs/{filename}": _static_files(
-            "docs", "Swagger UI's static files", "docsAsset", "swagger-ui.css", "a file of the Swagger UI bundle"
-        ),
-    }
+_PATH_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
 def openapi_path(rule: str) -> str:
     """Flask's `/v1/models/<path:model_id>` -> OpenAPI's `/v1/models/{model_id}`."""
-    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+    return _PATH_ARGUMENT.sub(r"{\1}", rule)
 
 
 def app_routes(app) -> set[tuple[str, str]]:
@@ -353,18 +95,94 @@ def app_routes(app) -> set[tuple[str, str]]:
     return out
 
 
+# ----------------------------------------------------------------------------- operations
+
+_ERROR_TEXT = {
+    400: "invalid request (the error names the parameter)",
+    401: "missing or invalid API key",
+    404: "not found (a `model` this server does not serve: `model_not_found`)",
+    405: "method not allowed",
+    408: "the request body did not arrive within --body-timeout",
+    413: "body or media too large",
+    415: "wrong Content-Type",
+    500: "internal error (the message carries the request id)",
+    503: "engine busy, loading or failed (see Retry-After)",
+}
+
+_REQUEST_ID = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 128},
+    "description": "echoed back; one is made up when absent",
+}
+
+
+def _sse_event(data: str) -> dict:
+    """One Server-Sent Event (OpenAPI before 3.2: the media type's schema describes each event)."""
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string", "description": data}, "event": {"type": "string"}},
+        }
+    }
+
+
+def _content(body: Body) -> dict:
+    if body is None:
+        return {}
+    if isinstance(body, type):  # a marshmallow Schema: JSON, a component
+        return {"application/json": {"schema": body}}
+    return {media_type: {"schema": dict(schema)} for media_type, schema in body.items()}
+
+
+def _operation(doc: RouteDoc, rule: str, settings) -> dict:
+    """The OpenAPI operation of one (rule, method) from the route's own description."""
+    needs_key = doc.needs_key(settings)
+    op: dict[str, Any] = {"tags": [doc.tag], "summary": doc.summary, "operationId": doc.operation_id}
+    if not needs_key:
+        op["security"] = []
+    op["parameters"] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            **({"example": doc.path_examples[name]} if name in doc.path_examples else {}),
+        }
+        for name in _PATH_ARGUMENT.findall(rule)
+    ] + [dict(_REQUEST_ID)]
+    if doc.request is not None:
+        media: dict[str, Any] = {"schema": doc.request}
+        if doc.request_example is not None:
+            media["example"] = doc.request_example
+        op["requestBody"] = {"required": True, "content": {doc.request_type: media}}
+    responses: dict[str, dict] = {}
+    for status, (description, body) in doc.responses.items():
+        content = _content(body)
+        if status == 200 and doc.stream:
+            content["text/event-stream"] = _sse_event(doc.stream)
+        responses[str(status)] = {"description": description, **({"content": content} if content else {})}
+    errors = set(doc.errors) | ({401} if needs_key and not settings.disable_api_auth else set())
+    unknown = errors - set(_ERROR_TEXT)
+    if unknown:
+        raise ValueError(f"{doc.operation_id}: no description for error statuses {sorted(unknown)}")
+    for status in sorted(errors):
+        responses[str(status)] = {
+            "description": _ERROR_TEXT[status],
+            "content": {"application/json": {"schema": ERROR}},
+        }
+    op["responses"] = responses
+    return op
+
+
 # ----------------------------------------------------------------------------- document
 
 
 def _custom_fields(converter):
     """JSON Schema for the request schema's hand-written fields (apispec maps those to {}),
     and exclusive bounds."""
-    from marshmallow import validate
-
-    from . import chat_schema as cs
-    from . import completions_schema as ps
-    from . import responses_schema as rs
-
     part_ref = {"$ref": "#/components/schemas/ContentPart"}
     by_type: dict[type, dict[str, Any]] = {
         cs.MediaURL: {
@@ -450,16 +268,10 @@ def _split_content_part(schemas: dict) -> None:
 
 
 def build_spec(app, settings) -> dict:
+    """The document of `app`'s routes under `settings` (auth flags decide the security parts);
+    UndocumentedRoute when a route has no `@route_doc`."""
     from apispec import APISpec
     from apispec.ext.marshmallow import MarshmallowPlugin
-
-    from . import chat_schema as cs
-    from . import completions_schema as ps
-    from . import media_schema as ms
-    from . import responses_schema as rs
-    from .common import ErrorResponseSchema
-    from .health import HealthSchema
-    from .models import ModelListSchema, ModelSchema
 
     plugin = MarshmallowPlugin()
     spec = APISpec(
@@ -473,45 +285,36 @@ def build_spec(app, settings) -> dict:
             'is an OpenAI error object `{"error": {message, type, param, code}}`.'
         },
     )
-    _custom_fields(plugin.converter)
-    for name, schema in [
-        ("MediaURL", cs.MediaURLSchema),
-        ("ContentPart", cs.ContentPartSchema),
-        ("Message", cs.MessageSchema),
-        ("StreamOptions", cs.StreamOptionsSchema),
-        ("ChatCompletionRequest", cs.ChatCompletionRequestSchema),
-        ("Usage", cs.UsageSchema),
-        ("ChatCompletion", cs.ChatCompletionSchema),
-        ("ChatCompletionChunk", cs.ChatCompletionChunkSchema),
-        ("CompletionRequest", ps.CompletionRequestSchema),
-        ("Completion", ps.CompletionSchema),
-        ("ResponseRequest", rs.ResponseRequestSchema),
-        ("Response", rs.ResponseSchema),
-        (ERROR, ErrorResponseSchema),
-        ("Health", HealthSchema),
-        ("Model", ModelSchema),
-        ("ModelList", ModelListSchema),
-        ("MediaDescribeForm", ms.MediaDescribeFormSchema),
-        ("MediaDescription", ms.MediaDescriptionSchema),
-        ("MediaStreamDelta", ms.MediaStreamDeltaSchema),
-    ]:
-        spec.components.schema(name, schema=schema)
+    converter = plugin.converter
+    assert converter is not None  # made when APISpec took the plugin
+    _custom_fields(converter)
+    # Named here: the hand-written fields refer to these two, every operation to the error body.
+    spec.components.schema("MediaURL", schema=cs.MediaURLSchema)
+    spec.components.schema("ContentPart", schema=cs.ContentPartSchema)
+    spec.components.schema(ERROR, schema=ErrorResponseSchema)
     scheme = security_scheme(settings)
     if scheme:
         spec.components.security_scheme(SECURITY_NAME, scheme)
-    served = app_routes(app)
-    for path, ops in _operations(settings).items():
-        ops = {m: op for m, op in ops.items() if (path, m) in served}
-        if not ops:
-            continue  # e.g. /metrics when that blueprint is not installed
-        for op in ops.values():
-            op.setdefault("parameters", []).append(dict(_REQUEST_ID))
-        spec.path(path=path, operations=ops)
-    doc = spec.to_dict()
-    _split_content_part(doc["components"]["schemas"])
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        doc = doc_of(app.view_functions[rule.endpoint])
+        if doc is None:
+            raise UndocumentedRoute(
+                f"{rule.rule} (endpoint {rule.endpoint!r}) has no @route_doc: describe it beside its view "
+                "(api/routedoc.py)"
+            )
+        for events in doc.events:  # components, though only words refer to them
+            converter.resolve_nested_schema(events)
+        methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
+        spec.path(
+            path=openapi_path(rule.rule), operations={m.lower(): _operation(doc, rule.rule, settings) for m in methods}
+        )
+    document = spec.to_dict()
+    _split_content_part(document["components"]["schemas"])
     if scheme:
-        doc["security"] = [{SECURITY_NAME: []}]
-    return doc
+        document["security"] = [{SECURITY_NAME: []}]
+    return document
 
 
 def _document() -> dict:
@@ -546,12 +349,26 @@ def _docs_enabled():
 
 
 @bp.get("/openapi.json")
+@route_doc(
+    tag="docs",
+    summary="This document",
+    operation_id="openapi",
+    auth=False,
+    responses={200: ("OpenAPI 3 document", {"application/json": {"type": "object"}})},
+)
 def openapi():
     body = json.dumps(_document(), ensure_ascii=False, indent=1)
     return Response(body, mimetype="application/json")
 
 
 @bp.get("/docs")
+@route_doc(
+    tag="docs",
+    summary="Swagger UI",
+    operation_id="docs",
+    auth=False,
+    responses={200: ("HTML page", {"text/html": {"type": "string"}})},
+)
 def docs():
     def asset(name):
         return url_for("docs.asset", filename=name)
@@ -567,5 +384,14 @@ def docs():
 
 
 @bp.get("/docs/<path:filename>")
+@route_doc(
+    tag="docs",
+    summary="Swagger UI's static files",
+    operation_id="docsAsset",
+    auth=False,
+    path_examples={"filename": "swagger-ui.css"},
+    responses={200: ("a file of the Swagger UI bundle", None)},
+    errors=(404,),
+)
 def asset(filename):
     return send_from_directory(_swagger_dir(), filename, max_age=86400)

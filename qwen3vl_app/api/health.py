@@ -10,6 +10,7 @@ from marshmallow import Schema, fields, validate
 
 from .. import __version__
 from ..auth import auth
+from .routedoc import route_doc
 
 bp = Blueprint("health", __name__)
 
@@ -37,6 +38,12 @@ class HealthSchema(Schema):
 
 
 @bp.get("/health")
+@route_doc(
+    tag="service",
+    summary="Engine state and server facts (the old service's fields)",
+    operation_id="health",
+    responses={200: ("ready or still loading", HealthSchema), 503: ("the engine failed to load", HealthSchema)},
+)
 @auth.login_required
 def health():
     state = current_app.extensions["qwen3vl"]

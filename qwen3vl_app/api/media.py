@@ -29,7 +29,9 @@ from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
 from ..streaming import sse, usage
 from . import transport
+from .media_schema import MediaDescribeFormSchema, MediaDescriptionSchema, MediaStreamDeltaSchema
 from .models import check_served
+from .routedoc import route_doc
 
 bp = Blueprint("media", __name__)
 DEFAULT_PROMPT = "Describe this {kind} in detail."
@@ -50,6 +52,24 @@ def _form_number(name: str, kind, low, high):
 
 
 @bp.post("/v1/media/describe")
+@route_doc(
+    tag="media",
+    summary="Describe an uploaded image or video (the old service's endpoint)",
+    operation_id="describeMedia",
+    request=MediaDescribeFormSchema,
+    request_type="multipart/form-data",
+    responses={
+        200: (
+            "the description, or with `stream` an SSE stream of MediaStreamDelta "
+            "events, a final MediaDescription event and `data: [DONE]`",
+            MediaDescriptionSchema,
+        )
+    },
+    stream="a MediaStreamDelta or, last, a MediaDescription as JSON (an ErrorResponse "
+    "if the engine fails mid-stream), then `[DONE]`",
+    events=(MediaStreamDeltaSchema,),
+    errors=(400, 404, 408, 413, 415, 500, 503),
+)
 @auth.login_required
 @admitted  # a --max_concurrent slot for the whole response, or 503 at once
 def describe():

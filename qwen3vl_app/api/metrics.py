@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app
 
 from .. import metrics
 from ..auth import auth
+from .routedoc import route_doc
 
 bp = Blueprint("metrics", __name__)
 
@@ -21,6 +22,13 @@ def _render() -> Response:
 
 
 @bp.get("/metrics")
+@route_doc(
+    tag="service",
+    summary="Prometheus metrics (open unless --metrics-auth)",
+    operation_id="metrics",
+    auth=lambda settings: settings.metrics_auth,
+    responses={200: ("Prometheus text format", {"text/plain": {"type": "string"}})},
+)
 def prometheus_metrics():
     if current_app.extensions["qwen3vl"].settings.metrics_auth:
         return auth.login_required(_render)()

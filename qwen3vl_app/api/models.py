@@ -8,6 +8,7 @@ from marshmallow import Schema, fields, validate
 from ..auth import auth
 from ..errors import APIError
 from ..serving import SAMPLING_FIELDS
+from .routedoc import route_doc
 
 bp = Blueprint("models", __name__)
 
@@ -103,6 +104,12 @@ def model_card(state, name: str | None = None) -> dict:
 
 
 @bp.get("/v1/models")
+@route_doc(
+    tag="models",
+    summary="List models (one)",
+    operation_id="listModels",
+    responses={200: ("the served model", ModelListSchema)},
+)
 @auth.login_required
 def list_models():
     state = current_app.extensions["qwen3vl"]
@@ -110,6 +117,14 @@ def list_models():
 
 
 @bp.get("/v1/models/<path:model_id>")
+@route_doc(
+    tag="models",
+    summary="Retrieve a model",
+    operation_id="retrieveModel",
+    path_examples={"model_id": "qwen3-vl-instruct"},
+    responses={200: ("the model", ModelSchema)},
+    errors=(404,),
+)
 @auth.login_required
 def get_model(model_id):
     state = current_app.extensions["qwen3vl"]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from flask import Blueprint, send_from_directory
 
+from .routedoc import route_doc
+
 STATIC = Path(__file__).resolve().parents[1] / "static"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -32,10 +34,26 @@ def _secured(response):
 
 
 @bp.get("/")
+@route_doc(
+    tag="playground",
+    summary="The browser playground (open; its API calls carry the key)",
+    operation_id="playground",
+    auth=False,
+    responses={200: ("HTML page", {"text/html": {"type": "string"}})},
+)
 def page():
     return _secured(send_from_directory(STATIC, "index.html", max_age=0))
 
 
 @bp.get("/playground/<path:filename>")
+@route_doc(
+    tag="playground",
+    summary="The playground's static files",
+    operation_id="playgroundAsset",
+    auth=False,
+    path_examples={"filename": "app.js"},
+    responses={200: ("a file of the playground", None)},
+    errors=(404,),
+)
 def asset(filename):
     return _secured(send_from_directory(STATIC, filename, max_age=300))

@@ -29,7 +29,8 @@ from .chat_schema import ChatCompletionRequestSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .errors import first_validation_error
 from .models import check_served
-from .responses_schema import ResponseRequestSchema, to_chat_request
+from .responses_schema import ResponseRequestSchema, ResponseSchema, to_chat_request
+from .routedoc import route_doc
 
 bp = Blueprint("responses", __name__)
 
@@ -53,6 +54,25 @@ HONOURED = frozenset(
 
 
 @bp.post("/v1/responses")
+@route_doc(
+    tag="responses",
+    summary="OpenAI Responses API (stateless: previous_response_id is a 400, store has no effect)",
+    operation_id="createResponse",
+    request=ResponseRequestSchema,
+    request_example={"model": "qwen3-vl-instruct", "input": "Hello!", "max_output_tokens": 32},
+    responses={
+        200: (
+            "a response, or with `stream: true` its events (`event: <type>`): "
+            "response.created, response.in_progress, response.output_item.added, "
+            "response.content_part.added, response.output_text.delta..., "
+            "response.function_call_arguments.delta/done, ...done events, then "
+            "response.completed or response.incomplete (no `[DONE]`)",
+            ResponseSchema,
+        )
+    },
+    stream="a Responses stream event as JSON with `type` and `sequence_number`; lifecycle events carry a Response",
+    errors=(400, 404, 408, 413, 415, 500, 503),
+)
 @auth.login_required
 @admitted
 def create_response():

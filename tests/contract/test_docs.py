@@ -1,5 +1,7 @@
 """The API contract: /openapi.json covers every route, validates, matches the auth settings;
-/docs serves Swagger UI from the PyPI bundle (no CDN).  In-process: one app per settings."""
+a route without `@route_doc` stops the document's build; what each route declares about
+its key is what it does; /docs serves Swagger UI from the PyPI bundle (no CDN).
+In-process: one app per settings."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from qwen3vl_app.api.docs import app_routes, build_spec
+from qwen3vl_app.api.routedoc import UndocumentedRoute, route_doc
 from tests.support.checks import openai_error
 
 VARIANTS = {
@@ -37,11 +40,50 @@ def test_every_route_is_documented_and_the_document_validates(default_doc):
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert routes, "no routes found"
     missing = routes - documented
-    assert not missing, f"routes missing from /openapi.json (describe them in api/docs.py): {sorted(missing)}"
+    assert not missing, f"routes missing from /openapi.json (give them a @route_doc): {sorted(missing)}"
     assert documented <= routes, f"documented but not served: {sorted(documented - routes)}"
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert op.get("operationId") and op.get("responses"), (path, method)
+
+
+def test_a_route_without_a_description_stops_the_build(inproc_factory):
+    app = inproc_factory()
+    app.app.add_url_rule("/v1/undocumented", "undocumented", lambda: "hi")  # before the first request
+    with pytest.raises(UndocumentedRoute, match="/v1/undocumented"):
+        build_spec(app.app, app.settings)
+    openai_error(app.get("/openapi.json", headers={}), 500)  # served: a loud failure, not a silent gap
+
+    documented = inproc_factory()
+    documented.app.add_url_rule(
+        "/v1/documented",
+        "documented",
+        route_doc(tag="t", summary="s", operation_id="documented", responses={200: ("hi", None)})(lambda: "hi"),
+    )
+    doc = documented.get("/openapi.json", headers={}).get_json()
+    validate(doc)
+    assert doc["paths"]["/v1/documented"]["get"]["operationId"] == "documented"
+    assert "401" in doc["paths"]["/v1/documented"]["get"]["responses"]  # needs the key unless it says auth=False
+
+
+@pytest.mark.parametrize("metrics_auth", [False, True])
+def test_what_a_route_declares_about_its_key_is_what_it_does(inproc_factory, metrics_auth):
+    """Every documented operation, called without the key: a 401 exactly where the document
+    requires the key (path parameters take their documented examples)."""
+    app = inproc_factory(metrics_auth=metrics_auth)
+    doc = app.get("/openapi.json", headers={}).get_json()
+    checked = 0
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            url = path
+            for p in op.get("parameters", []):
+                if p["in"] == "path":
+                    url = url.replace("{" + p["name"] + "}", p["example"])
+            r = app.request(method.upper(), url, headers={})
+            open_ = op.get("security") == []
+            assert (r.status_code == 401) is not open_, (method, path, r.status_code)
+            checked += 1
+    assert checked == len(app_routes(app.app))
 
 
 def test_schemas_come_from_marshmallow(default_doc):
