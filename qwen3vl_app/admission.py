@@ -226,7 +226,7 @@ def read_body_in_time(seconds: float) -> None:
             request.get_data(cache=True)
         else:
             with timer:
-                request.get_data(cache=True)
+                _read_in_steps(request)
     except (_BodyTimeout, TimeoutError):
         g.close_connection = True
         raise APIError(
@@ -242,6 +242,22 @@ def read_body_in_time(seconds: float) -> None:
             None,
             "invalid_body",
         ) from None
+
+
+BODY_STEP = 1 << 20  # bytes read between two turns of the event loop
+
+
+def _read_in_steps(request) -> None:
+    """The body in steps of BODY_STEP with a turn of the event loop between them (a 64 MB
+    body already in the kernel's buffers takes ~0.5 s to read, which in one call would
+    stall every other connection of the worker), kept where werkzeug's parsers look for it."""
+    import gevent
+
+    parts = []
+    while chunk := request.stream.read(BODY_STEP):
+        parts.append(chunk)
+        gevent.sleep(0.001)  # sleep(0) would not let the loop poll for I/O
+    request._cached_data = b"".join(parts)
 
 
 def _is_http_parse_error(e: Exception) -> bool:
