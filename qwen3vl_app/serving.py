@@ -132,14 +132,15 @@ GENERATION_FIELDS = frozenset(
 )
 
 
-def sampling_params(req: dict, defaults: dict, settings: Settings, greedy_only: bool) -> SamplingParams:
-    """Request values win over the model folder's generation_config.json."""
+def sampling_params(req: dict, defaults: dict, settings: Settings, logits: bool) -> SamplingParams:
+    """Request values win over the model folder's generation_config.json.  `logits`: the
+    engine's `Capabilities.logits` (without them there are no logprobs)."""
 
     def pick(name, fallback):
         value = req.get(name)
         return fallback if value is None else value
 
-    if req.get("logprobs") and greedy_only:
+    if req.get("logprobs") and not logits:
         raise APIError(
             "This engine picks tokens on the device and returns no logits, so logprobs are unavailable.",
             400,
@@ -173,12 +174,12 @@ def cache_scope(scope_setting: str, key_digest: bytes, salt: str | None) -> byte
     return h.digest()[:16]
 
 
-def ignored_params(body: dict, greedy_only: bool, honoured: frozenset[str] | None = None) -> list[str]:
+def ignored_params(body: dict, logits: bool, honoured: frozenset[str] | None = None) -> list[str]:
     """Fields the response names in `X-Ignored-Params` instead of hiding that they had no
     effect: the sampling fields a device-greedy engine cannot honour and, given the
     endpoint's `honoured` fields, every other field set in the body (outside the spec
     or not implemented).  /v1/models lists the capabilities."""
-    out = [f for f in SAMPLING_FIELDS if greedy_only and body.get(f) is not None]
+    out = [f for f in SAMPLING_FIELDS if not logits and body.get(f) is not None]
     if honoured is not None:
         out += [k for k, v in body.items() if v is not None and k not in honoured and k not in out]
     return out
@@ -282,7 +283,7 @@ def start_prompt(
     assert state.tokenizer is not None
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     prompt.cache_scope = cache_scope(settings.prompt_cache_scope, caller.key_digest, req.get("cache_salt"))
-    params = sampling_params(req, state.tokenizer.generation_config, settings, not engine.capabilities.sampling)
+    params = sampling_params(req, state.tokenizer.generation_config, settings, engine.capabilities.logits)
     job = GenerationJob(
         prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")), grammar=grammar
     )

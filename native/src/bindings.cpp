@@ -82,15 +82,19 @@ qwen3vl::PrefillInputs prefill_inputs(Pinned& pin, py::handle input_ids, py::han
   in.vis_pos = pin.view<int32_t>(visual_positions, "visual_positions");
   for (auto c : vit_calls) {
     qwen3vl::VitCall call;
+    call.tokens = c.attr("tokens").cast<int>();
+    if (py::hasattr(c, "cached")) {  // a vision-cache hit: its output rows, no vit launch
+      call.cached = pin.view<uint16_t>(c.attr("cached"), "cached");
+      in.vit_calls.push_back(std::move(call));
+      continue;
+    }
     call.pixels = pin.view<float>(c.attr("pixel_values"), "pixel_values");
     call.pos_ids = pin.view<int32_t>(c.attr("position_ids"), "position_ids");
     call.pos_idx = pin.view<int32_t>(c.attr("pos_idx"), "pos_idx");
     call.pos_weight = pin.view<float>(c.attr("pos_weight"), "pos_weight");
     call.mask = pin.view<float>(c.attr("attention_mask"), "attention_mask");
     call.mask_key = py::str(c.attr("mask_key"));
-    call.tokens = c.attr("tokens").cast<int>();
-    if (py::hasattr(c, "cached")) call.cached = pin.view<uint16_t>(c.attr("cached"), "cached");
-    if (py::hasattr(c, "capture")) call.capture = c.attr("capture").cast<bool>();
+    call.capture = c.attr("capture").cast<bool>();
     in.vit_calls.push_back(std::move(call));
   }
   return in;

@@ -65,7 +65,7 @@ def chat_completions():
     stream = bool(req.get("stream"))
     gen = serving.start_chat(state, req, stream, transport.caller())
     plan = gen.plan
-    ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
+    ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
     cid = new_completion_id()
     if stream:
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))

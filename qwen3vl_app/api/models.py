@@ -88,13 +88,13 @@ def model_card(state, name: str | None = None) -> dict:
         caps = engine.capabilities
         card["max_context"] = engine.limits.max_context
         card["capabilities"] = {
-            "sampling": caps.sampling,
+            "sampling": caps.logits,
             "logprobs": caps.logits,
             "prefix_cache": caps.prefix_cache,
             "structured_outputs": caps.logits,
             "tool_choice": ["none", "auto"] + (["required", "function"] if caps.logits else []),
             "parameters": (
-                ([*SAMPLING_FIELDS, "logprobs", "top_logprobs"] if caps.sampling else [])
+                ([*SAMPLING_FIELDS, "logprobs", "top_logprobs"] if caps.logits else [])
                 + (["response_format", "logit_bias"] if caps.logits else [])
                 + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"]
                 + ["tools", "tool_choice", "parallel_tool_calls"]

@@ -91,7 +91,7 @@ def create_response():
         req = prepare(ChatCompletionRequestSchema().load, chat_body)
         gen = serving.start_chat(state, req, stream, transport.caller())
     plan = gen.plan
-    ignored = serving.ignored_header(serving.ignored_params(body, not gen.engine.capabilities.sampling, HONOURED))
+    ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
     writer = ResponseWriter(_base(rreq, model), plan.tool_names)
     if stream:
         return transport.sse_response(gen, ResponsesStreamEncoder(writer), ignored, done="")

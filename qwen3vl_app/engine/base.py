@@ -62,15 +62,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What the engine can honour.  `logits` False means the device picks tokens itself
-    (greedy), so sampling parameters cannot be applied and the API says so."""
+    """What the engine can honour.  `logits`: its steps return full-vocabulary logits, so
+    the host samples (temperature, penalties, logprobs, grammars); False means the device
+    picks each token itself (greedy) and the API names the sampling fields it ignored."""
 
     logits: bool = True
     prefix_cache: bool = False  # reuses the KV of a previous prompt's leading tokens
-
-    @property
-    def sampling(self) -> bool:
-        return self.logits
 
 
 @dataclass

@@ -243,7 +243,7 @@ def test_unique_ids(client):
 def test_device_greedy_engine_names_what_it_ignores(inproc_factory, tiny_tokenizer):
     """An engine that picks tokens on the device cannot sample: the response says which
     parameters it ignored, logprobs are refused, /v1/models lists no sampling."""
-    app = inproc_factory(engine=FakeEngine(tiny_tokenizer, greedy_only=True))
+    app = inproc_factory(engine=FakeEngine(tiny_tokenizer, logits=False))
     r = app.chat(MSG, max_tokens=3, temperature=0.7, seed=3)
     assert r.status_code == 200 and r.headers["X-Ignored-Params"] == "temperature,seed"
     assert app.chat(MSG, max_tokens=3).headers["X-Ignored-Params"] == ""

@@ -57,12 +57,12 @@ class FakeEngine(Engine):
         max_context: int = 2048,
         *,
         eos_after: int | None = None,
-        greedy_only: bool = False,
+        logits: bool = True,
         prefill_delay: float = 0.0,
         step_delay: float = 0.0,
     ):
         self.limits = Limits(max_context=max_context, max_input_tokens=max_context)
-        self.capabilities = Capabilities(logits=not greedy_only)
+        self.capabilities = Capabilities(logits=logits)
         self.vocab_size = tokenizer.vocab_size
         self.words = readable_tokens(tokenizer)
         self._word_set = frozenset(self.words.tolist())

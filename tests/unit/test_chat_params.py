@@ -10,23 +10,23 @@ DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "r
 
 
 def test_generation_config_defaults_and_request_overrides():
-    p = sampling_params({}, DEFAULTS, Settings(), greedy_only=False)
+    p = sampling_params({}, DEFAULTS, Settings(), logits=True)
     assert (p.temperature, p.top_p, p.top_k, p.max_tokens) == (0.7, 0.8, 20, Settings().max_tokens_default)
     p = sampling_params(
         {"temperature": 0, "top_k": 5, "max_tokens": 9, "max_completion_tokens": 4},
         DEFAULTS,
         Settings(),
-        greedy_only=False,
+        logits=True,
     )
     assert (p.temperature, p.top_k, p.max_tokens, p.greedy) == (0, 5, 4, True)
 
 
 def test_greedy_only_engine_names_ignored_params_and_refuses_logprobs():
     req = {"temperature": 0.9, "seed": 1, "top_p": None}
-    assert ignored_params(req, greedy_only=True) == ["temperature", "seed"]
-    assert ignored_params(req, greedy_only=False) == []
+    assert ignored_params(req, logits=False) == ["temperature", "seed"]
+    assert ignored_params(req, logits=True) == []
     with pytest.raises(APIError) as e:
-        sampling_params({"logprobs": True}, DEFAULTS, Settings(), greedy_only=True)
+        sampling_params({"logprobs": True}, DEFAULTS, Settings(), logits=False)
     assert e.value.param == "logprobs" and e.value.status == 400
 
 
@@ -34,9 +34,9 @@ def test_ignored_params_name_every_unhonoured_field_header_safe():
     from qwen3vl_app.serving import ignored_header
 
     body = {"messages": [], "store": True, "z\u00b3\x0e": 1, "temperature": 0.5, "user": None}
-    names = ignored_params(body, greedy_only=False, honoured=frozenset({"messages", "temperature"}))
+    names = ignored_params(body, logits=True, honoured=frozenset({"messages", "temperature"}))
     assert names == ["store", "z\u00b3\x0e"]  # null fields count as not set
-    assert ignored_params(body, greedy_only=True, honoured=frozenset({"messages", "temperature"}))[0] == "temperature"
+    assert ignored_params(body, logits=False, honoured=frozenset({"messages", "temperature"}))[0] == "temperature"
     assert ignored_header(names) == {"X-Ignored-Params": "store,z%C2%B3%0E"}
     long = ignored_header([f"field{i}" for i in range(1000)])["X-Ignored-Params"]
     assert len(long) <= 2010 and long.endswith(",...")

@@ -42,12 +42,6 @@ class CachedVitCall:
 
     tokens: int
     cached: np.ndarray
-    pixel_values: None = None
-    position_ids: None = None
-    pos_idx: None = None
-    pos_weight: None = None
-    attention_mask: None = None
-    mask_key: str = ""
 
 
 def _after(prompt: Prompt, spans: list[VisionSpan], keep: int) -> Prompt:
