@@ -1,12 +1,12 @@
 """Server-wide admission: at most `--max_concurrent` generation requests at once, across
 every gunicorn worker.
 
-The gunicorn master creates a small file of `max_concurrent` int32 slots before it forks
+The gunicorn master creates a small file of `max_concurrent` int32 tickets before it forks
 (`gunicorn_config.on_starting`) and names it in the environment; each worker maps it.  A
-slot holds the pid of the worker whose request owns it, 0 when free.  Taking a slot scans
+ticket holds the pid of the worker whose request owns it, 0 when free.  Taking a ticket scans
 for a 0 under an `flock` (a few microseconds; the kernel drops the lock if a process
 dies); giving it back is a single aligned store.  When a worker dies without giving its
-slots back (SIGKILL, crash), the master frees them in `child_exit`.
+tickets back (SIGKILL, crash), the master frees them in `child_exit`.
 
 Requests beyond the limit are refused at once (503 + Retry-After); nothing here ever
 waits.  Without the master's file (the app built outside our gunicorn config), each
@@ -119,8 +119,8 @@ class Ticket:
             self._admission._release(self._index)
 
 
-def free_slots_of(path: str, pid: int) -> int:
-    """Master side: give back every slot a dead worker still held.  Returns how many."""
+def free_tickets_of(path: str, pid: int) -> int:
+    """Master side: give back every ticket a dead worker still held.  Returns how many."""
     freed = 0
     try:
         with open(path, "r+b") as f:
@@ -174,10 +174,10 @@ def _remove_stale(base: str) -> None:
 
 
 def admitted(view):
-    """Hold a server-wide slot for the whole response (a stream included); 503 at once when
+    """Hold a server-wide admission ticket for the whole response (a stream included); 503 at once when
     the server is full or this worker is shutting down.  Put it under `login_required`.
     The body is read first, within --body-timeout: a client dripping its body holds its
-    own connection for that long at most, and never a slot."""
+    own connection for that long at most, and never a ticket."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
@@ -268,7 +268,7 @@ def _is_http_parse_error(e: Exception) -> bool:
     return isinstance(e, (ParseException, NoMoreData))
 
 
-def release_request_slot(g) -> None:
+def release_request_ticket(g) -> None:
     """When the response is closed (request_log): after the last byte of a stream too."""
     ticket = g.__dict__.pop("admission_ticket", None)
     if ticket is not None:

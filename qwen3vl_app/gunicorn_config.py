@@ -73,7 +73,7 @@ def configure_logging(level: str) -> None:
 
 
 def on_starting(server) -> None:
-    """Master, before any fork: the shared admission slots and a fresh Prometheus
+    """Master, before any fork: the shared admission tickets and a fresh Prometheus
     multiprocess folder, both named in the environment the workers inherit.  Nothing here
     imports prometheus_client: it must see the variable when it is first imported."""
     import shutil
@@ -101,15 +101,15 @@ def on_starting(server) -> None:
 
 def child_exit(server, worker) -> None:
     """Master: a worker is gone (finished, killed or crashed): drop its live gauges and give
-    back any admission slot it still held."""
-    from .admission import ENV_FILE, free_slots_of
+    back any admission ticket it still held."""
+    from .admission import ENV_FILE, free_tickets_of
 
     path = os.environ.get(ENV_FILE)
     if path:
-        freed = free_slots_of(path, worker.pid)
+        freed = free_tickets_of(path, worker.pid)
         if freed:
             logging.getLogger("qwen3vl").warning(
-                "worker %d died holding %d admission slot(s); freed", worker.pid, freed
+                "worker %d died holding %d admission ticket(s); freed", worker.pid, freed
             )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -230,7 +230,7 @@ def worker_exit(server, worker) -> None:
     the threads that libraries started (a concurrent.futures pool, as gevent greenlets)
     and that can no longer run once the worker's hub is stopping: that wait cost 4-5 s on
     SIGTERM and, on Ctrl-C, hung until the master's SIGKILL.  Nothing else is left to do
-    at that point: the master frees the admission slots and metrics of a dead worker.
+    at that point: the master frees the admission tickets and metrics of a dead worker.
     A worker that failed to boot keeps its exit code (the master reads it)."""
     import sys
 

@@ -81,7 +81,7 @@ MEDIA_FETCH_FAILURES = Counter(
 )
 IN_FLIGHT = Gauge(
     "qwen3vl_requests_in_flight",
-    "generation requests admitted (holding a --max_concurrent slot)",
+    "generation requests admitted (holding a --max_concurrent ticket)",
     multiprocess_mode="livesum",
 )
 RUNNING = Gauge(

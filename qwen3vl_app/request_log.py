@@ -24,7 +24,7 @@ import uuid
 from flask import g, request
 
 from . import metrics
-from .admission import release_request_slot
+from .admission import release_request_ticket
 
 log = logging.getLogger("qwen3vl.request")
 QUIET_PATHS = ("/health", "/metrics")
@@ -107,7 +107,7 @@ class _Finisher:
         if self.restore is not None:
             _set_timeout(self.restore, None)
         try:
-            release_request_slot(self.g)
+            release_request_ticket(self.g)
         finally:
             _log_and_count(self)
             if self.sock is not None:  # the answer is fully written (gunicorn closes the body after)

@@ -7,7 +7,7 @@ lives here, in the order a request meets it:
 
   resolve_media -> start (prompt, length check, sampling, engine turn) -> collect_events | sse_events
 
-The prompt itself is built by `prompting.py` (byte bound, tokenized off the hub).
+The prompt itself is built by `prompt/build.py` (byte bound, tokenized off the hub).
 
 It runs in the request greenlet.  The generation itself runs in the worker's engine
 thread (`engine.scheduler`, the one decode loop) and its tokens arrive here through a
@@ -28,21 +28,21 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from .conversation import split_messages
 from .engine.base import Engine, Prompt, VisionInput
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Cancel
 from .errors import APIError, error_body
 from .processing.detok import Detokenizer, StopMatcher
-from .processing.prompt import check_length
-from .prompting import tokenize
-from .streaming import SSE_DONE, SSE_PING, sse
+from .prompt.build import tokenize
+from .prompt.messages import split_messages
+from .prompt.template import check_length
+from .replies import SSE_DONE, SSE_PING, sse
 from .structured import OutputPlan, plan_output
 
 if TYPE_CHECKING:
-    from .conversation import MediaRef
     from .engine.constraints import Grammar
     from .engine.runner import EngineRunner
+    from .prompt.messages import MediaRef
     from .settings import Settings
     from .state import ServerState
     from .tokenizer import ChatTokenizer

@@ -8,7 +8,7 @@ from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
-from ..streaming import ChunkEncoder, completion, new_completion_id
+from ..replies import ChunkEncoder, completion, new_completion_id
 from . import transport
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
@@ -54,7 +54,7 @@ HONOURED = serving.GENERATION_FIELDS | {
     errors=(400, 404, 408, 413, 415, 500, 503),
 )
 @auth.login_required
-@admitted  # a --max_concurrent slot for the whole response, or 503 at once
+@admitted  # a --max_concurrent admission ticket for the whole response, or 503 at once
 def chat_completions():
     state = current_app.extensions["qwen3vl"]
     limit = request_limit(state)

@@ -295,7 +295,7 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
             raise ValidationError(f"no tool named {choice[9:]!r} in 'tools'", "tool_choice")
 
 
-# --- responses (documentation and contract tests; the server builds them in streaming.py) ---
+# --- responses (documentation and contract tests; the server builds them in replies.py) ---
 
 FINISH_REASONS = ("stop", "length", "tool_calls")
 

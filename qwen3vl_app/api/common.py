@@ -23,8 +23,8 @@ from flask import request
 from marshmallow import Schema, fields
 
 from ..errors import APIError
-from ..processing.prompt import context_overflow, prompt_limit
-from ..prompting import off_hub
+from ..prompt.build import off_hub
+from ..prompt.template import context_overflow, prompt_limit
 
 # A body this small is parsed on the hub: 25 ms at most, even for the densest JSON
 # (a million-value body takes a second of C parsing, which no thread can interleave).

@@ -9,12 +9,13 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify
 
-from .. import prompting, serving
+from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..errors import PromptError
-from ..processing.prompt import context_overflow
-from ..streaming import sse, usage
+from ..prompt import build as prompting
+from ..prompt.template import context_overflow
+from ..replies import sse, usage
 from ..structured import plan_output
 from . import transport
 from .common import json_body, prepare, request_limit, value_budget

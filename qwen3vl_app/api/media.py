@@ -27,7 +27,7 @@ from ..admission import admitted
 from ..auth import auth
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
-from ..streaming import sse, usage
+from ..replies import sse, usage
 from . import transport
 from .media_schema import MediaDescribeFormSchema, MediaDescriptionSchema, MediaStreamDeltaSchema
 from .models import check_served
@@ -71,7 +71,7 @@ def _form_number(name: str, kind, low, high):
     errors=(400, 404, 408, 413, 415, 500, 503),
 )
 @auth.login_required
-@admitted  # a --max_concurrent slot for the whole response, or 503 at once
+@admitted  # a --max_concurrent admission ticket for the whole response, or 503 at once
 def describe():
     started = time.monotonic()
     state = current_app.extensions["qwen3vl"]

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 from flask import Response, current_app, g, request, stream_with_context
 
+from ..replies import SSE_DONE, SSE_HEADERS
 from ..serving import Caller, Collected, Generation, StreamEncoder, collect_events, sse_events
-from ..streaming import SSE_DONE, SSE_HEADERS
 
 STREAM_SEND_BUFFER = 64 * 1024  # kernel bytes queued for one stream's client (SSE is a few KiB/s)
 

@@ -207,7 +207,7 @@ def test_media_describe_engine_failure(inproc):
 
 def test_unexpected_errors_are_logged_not_shown(inproc, caplog, monkeypatch):
     """A bug outside the engine (here: building the prompt) is a generic 500 with the request id."""
-    from qwen3vl_app import prompting
+    from qwen3vl_app.prompt import build as prompting
 
     def broken(*a, **kw):
         raise ZeroDivisionError("secret detail")

@@ -100,7 +100,7 @@ def test_prompt_tokens_match_local_preprocessing(media_app, media_dir, tiny_toke
     from qwen3vl_app.engine.base import Limits
     from qwen3vl_app.media.pipeline import MediaConfig, preprocess_blob
     from qwen3vl_app.media.sources import load_media
-    from qwen3vl_app.processing.prompt import build_prompt
+    from qwen3vl_app.prompt.template import build_prompt
     from qwen3vl_app.settings import Settings
 
     path = str(media_dir / "allowed" / "clip.mp4")

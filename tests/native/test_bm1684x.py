@@ -24,7 +24,7 @@ def _tokenizer(folder):
 
 
 def _text_prompt(folder) -> Prompt:
-    from qwen3vl_app.processing.prompt import build_prompt
+    from qwen3vl_app.prompt.template import build_prompt
 
     return build_prompt(_tokenizer(folder), [{"role": "user", "content": "Hello! Who are you?"}])
 
@@ -41,8 +41,8 @@ def _image(seed: int, size=(128, 128)):
 
 
 def _image_prompt(folder, max_pixels: int, seed: int = 0) -> Prompt:
-    from qwen3vl_app.processing.prompt import build_prompt
     from qwen3vl_app.processing.vision import preprocess_image
+    from qwen3vl_app.prompt.template import build_prompt
 
     vis = preprocess_image(_image(seed), min_pixels=32 * 32, max_pixels=max_pixels)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
@@ -54,7 +54,7 @@ def _video_prompt(folder) -> Prompt:
     call on the 64-patch static encoder."""
     from qwen3vl_app.engine.base import VisionInput
     from qwen3vl_app.processing.vision import patchify
-    from qwen3vl_app.processing.vision_prompt import expand_vision, mrope_positions
+    from qwen3vl_app.prompt.vision import expand_vision, mrope_positions
 
     frames = np.stack([np.asarray(_image(10 + k)) for k in range(4)])
     pixel_values, grid = patchify(frames)

@@ -33,8 +33,8 @@ def _messages(words: int, question: str = "What is this?") -> list[dict]:
 
 
 def _prompt(folder, messages, seeds, max_pixels) -> Prompt:
-    from qwen3vl_app.processing.prompt import build_prompt
     from qwen3vl_app.processing.vision import preprocess_image
+    from qwen3vl_app.prompt.template import build_prompt
 
     images = [preprocess_image(_image(s), min_pixels=32 * 32, max_pixels=max_pixels) for s in seeds]
     return build_prompt(_tokenizer(folder), messages, images)

@@ -172,7 +172,7 @@ def test_large_jpeg_is_decoded_at_reduced_size():
 
 @pytest.mark.parametrize("seconds", [0.4, 9.9, 99.0, 1234.0])
 def test_block_marker_tokens_match_the_tokenizer(seconds, tiny_model_dir):
-    from qwen3vl_app.processing.vision_prompt import timestamp_text
+    from qwen3vl_app.prompt.vision import timestamp_text
     from qwen3vl_app.tokenizer import ChatTokenizer
 
     tok = ChatTokenizer(tiny_model_dir)

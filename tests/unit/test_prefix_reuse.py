@@ -8,8 +8,8 @@ from PIL import Image
 
 from qwen3vl_app.engine.base import Prompt
 from qwen3vl_app.engine.reuse import CachedSequence, VisionCache, reusable_prefix, vision_spans
-from qwen3vl_app.processing.prompt import build_prompt
 from qwen3vl_app.processing.vision import preprocess_image
+from qwen3vl_app.prompt.template import build_prompt
 from qwen3vl_app.tokenizer import ChatTokenizer
 from tests.support.media_samples import gradient_rgb
 

@@ -1,4 +1,4 @@
-"""OpenAI response objects and the SSE encoding of chat completion chunks."""
+"""OpenAI reply objects (chat completions, chunks, usage) and their SSE lines."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from qwen3vl_app.errors import MediaError
 from qwen3vl_app.model_constants import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
 from qwen3vl_app.processing import video as VID
 from qwen3vl_app.processing.vision import preprocess_image
-from qwen3vl_app.processing.vision_prompt import expand_vision, mrope_positions
+from qwen3vl_app.prompt.vision import expand_vision, mrope_positions
 from qwen3vl_app.tokenizer import ChatTokenizer
 from tests.support.media_samples import gradient_rgb, write_video
 from tests.support.oracle import decode_all_frames, processor, rope_index

@@ -17,7 +17,7 @@ and translate large request bodies too (api/common.py).  Pure-Python work there 
 hub run between bytecodes (the GIL changes hands every 5 ms, at some cost to the hub's
 latency); a single long C call would not, so work handed over must be made of short steps.
 
-The prompt itself (chat template, vision pads, positions) is `processing/prompt.py`.
+The prompt itself (chat template, vision pads, positions) is `template.py` and `vision.py` beside this file.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .processing.prompt import build_prompt, check_length, context_overflow, prompt_limit, text_prompt
+from .template import build_prompt, check_length, context_overflow, prompt_limit, text_prompt
 
 if TYPE_CHECKING:
-    from .engine.base import Prompt, VisionInput
-    from .tokenizer import ChatTokenizer
+    from ..engine.base import Prompt, VisionInput
+    from ..tokenizer import ChatTokenizer
 
 # Prompts with more text than this are tokenized off the gevent hub (a 300 KB prompt takes
 # about a second), one at a time (the tokenizer object is not shared across threads).
@@ -142,7 +142,7 @@ def max_token_bytes(tokenizer: ChatTokenizer) -> int:
     """Bytes of the longest vocabulary entry (special tokens included); computed once."""
     cached = _MAX_TOKEN_BYTES.get(tokenizer)
     if cached is None:
-        from .tokenizer import _unbyte
+        from ..tokenizer import _unbyte
 
         special = {t.content for t in tokenizer.tok.get_added_tokens_decoder().values()}
 

@@ -1,7 +1,7 @@
 """OpenAI messages -> `Prompt`: chat template, tokens, vision placeholders, positions.
 
 Media parts arrive here already resolved and preprocessed (`VisionInput`, in message
-order); the template renders one placeholder block per part, and `vision_prompt` expands
+order); the template renders one placeholder block per part, and `vision` expands
 each block to the right number of pad tokens and computes the M-RoPE rows.
 """
 
@@ -27,7 +27,7 @@ def build_prompt(
     _refuse_typed_vision_tokens(messages)
     ids = tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
     if vision:
-        from .vision_prompt import expand_vision, mrope_positions
+        from .vision import expand_vision, mrope_positions
 
         ids = expand_vision(ids, list(vision), tokenizer.encode)
         return Prompt(ids, mrope_positions(ids, list(vision)), list(vision))

@@ -3,7 +3,7 @@ process, and the per-process fallback."""
 
 import os
 
-from qwen3vl_app.admission import ENV_FILE, Admission, free_slots_of, make_runtime_dir
+from qwen3vl_app.admission import ENV_FILE, Admission, free_tickets_of, make_runtime_dir
 
 
 def test_slots_are_shared_across_fork_and_freed_for_the_dead(tmp_path):
@@ -23,7 +23,7 @@ def test_slots_are_shared_across_fork_and_freed_for_the_dead(tmp_path):
     assert os.read(r, 1) == b"1"
     os.waitpid(pid, 0)
     assert adm.try_acquire() is None and adm.in_use() == 3
-    assert free_slots_of(path, pid) == 1  # what the master does in child_exit
+    assert free_tickets_of(path, pid) == 1  # what the master does in child_exit
     c = adm.try_acquire()
     assert c is not None
     for t in (a, b, c):
