@@ -29,8 +29,10 @@ from urllib.parse import quote
 
 from flask import g
 
+from .api.errors import grammar_failed_body
 from .conversation import split_messages
 from .engine.base import Engine, Prompt, VisionInput
+from .engine.constraints import GrammarFailed
 from .engine.decode import Cancel, generate
 from .engine.sampling import SamplingParams
 from .errors import APIError, error_body
@@ -212,7 +214,7 @@ def start_chat(state: ServerState, req: dict, stream: bool) -> ChatGeneration:
     (tools, response_format, logit_bias) applied, this worker's engine taken."""
     messages, media = split_messages(req["messages"])
     engine = state.runner.wait_ready()
-    plan = plan_output(req, engine.capabilities.logits)
+    plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
     if plan.logit_bias:
         req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
     vision = resolve_media(state, media, engine, messages)
@@ -503,6 +505,8 @@ def _sse(events: Iterator[Event], encoder: StreamEncoder, done: str = SSE_DONE) 
                 yield from encoder.finish(ev)
         if done:  # the Responses API's streams end with their last event instead
             yield done
+    except GrammarFailed as e:
+        yield sse(grammar_failed_body(e))
     except Exception:
         rid = g.get("request_id", "-")
         log.exception("generation failed in request %s", rid)

@@ -203,6 +203,18 @@ class Settings:
         ("--torch-max-context",),
         "torch engine: longest context (prompt + reply); 0 = the model's own, at most 32768",
     )
+    max_schema_bytes: int = _opt(
+        256 * 1024,
+        ("--max-schema-bytes",),
+        "largest JSON schema (response_format, or all tool parameters together) compiled into a grammar "
+        "for constrained decoding; larger: 400 invalid_schema",
+    )
+    grammar_timeout: float = _opt(
+        10.0,
+        ("--grammar-timeout",),
+        "seconds a request waits for its grammar (response_format, forced tool calls) to compile off the "
+        "event loop; slower: 400 invalid_schema (compile thread too busy to start it: 503)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
