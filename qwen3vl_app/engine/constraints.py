@@ -238,7 +238,7 @@ def _build(lark: str, what: str, tokenizer: ChatTokenizer | None) -> tuple | Gra
     except BaseException as e:  # llguidance panics surface as pyo3's PanicException (a BaseException)
         if type(e).__name__ != "PanicException":
             raise
-        error = "panic"
+        error = f"panic: {e}"
     if error is not None:
         return GrammarRejected(f"Invalid {what}: {clean_reason(error)}.")
     return source, matcher
@@ -289,25 +289,34 @@ _REASONS = (
     ("too many expressions constructed", "a pattern or string constraint needs too large an automaton"),
     ("initial lexer configuration", "its patterns, enums and constants are too large for the grammar engine"),
     ("grammar size", "it is too large for the grammar engine"),
-    ("lexer states", "its patterns need too many automaton states"),
+    ("too many states", "its patterns need too many automaton states"),
     ("NoExtension", "no JSON value satisfies it (a $ref cycle, or contradicting constraints)"),
     ("recursion limit", f"it is nested too deeply (at most {MAX_DEPTH} levels)"),
     ("schema too large", "it is too large for the grammar engine"),
+    ("Regex is empty", "no string satisfies its pattern, format and length constraints together"),
 )
 
 
 def clean_reason(message: str) -> str:
-    """llguidance's message, fit for the caller: its first line, without the position in
-    our generated Lark, the library's prefixes, state dumps or panic text."""
-    lines = (message or "").strip().splitlines()
-    text = re.sub(r"^at \d+\(\d+\): ", "", lines[0].strip()) if lines else ""
-    text = re.sub(r"^(failed to compile JSON schema|Parser Error|lexer error): ", "", text)
-    if not text or "panic" in text.lower() or "backtrace" in text.lower() or "%json" in text:
-        return "the grammar engine cannot compile it"
+    """llguidance's message, fit for the caller: a limit it hit in the caller's terms, else
+    its own words without our generated Lark (listed after them) and the library's
+    prefixes; never panic text, backtraces or state dumps."""
+    lines = []
+    for line in (message or "").strip().splitlines():
+        if re.match(r"^\s*(\d+ \| |<)", line):  # the Lark listing, or a state dump, follows
+            break
+        lines.append(line.strip())
+    text = " ".join(lines)
     for needle, reason in _REASONS:
         if needle in text:
             return reason
-    return text[:300]
+    if not text or any(w in text.lower() for w in ("panic", "backtrace", "unwrap", "%json")):
+        return "the grammar engine cannot compile it"
+    first = re.sub(r"^at \d+\(\d+\): ", "", lines[0])
+    first = re.sub(r"^(failed to compile JSON schema|Parser Error|lexer error): ", "", first)
+    if first.endswith(":"):  # e.g. "regex parse error:" -- its last line says what
+        first += " " + lines[-1].removeprefix("error: ")
+    return first[:300]
 
 
 def check_schemas(schemas: list, budget: GrammarBudget, what: str) -> None:

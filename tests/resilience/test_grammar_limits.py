@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.polling import wait_for
+
 MSG = [{"role": "user", "content": "Answer in JSON."}]
 STALL = 1.0  # seconds of /health latency that only a blocked event loop explains
 
@@ -117,6 +119,22 @@ def test_a_slow_schema_compiles_off_the_event_loop(roomy):
     assert err["code"] == "invalid_schema" and err["param"] == "response_format"
     _clean(err["message"])
     assert stall < STALL
+
+
+def test_the_compile_time_budget_and_the_compile_cache(server_factory):
+    """--grammar-timeout 0.05: a schema that takes longer is a 400 at the deadline; the
+    compile runs on in its thread and lands in the cache, so the same schema is served
+    next time without compiling."""
+    schema = {
+        "type": "object",
+        "properties": {f"k{i}": {"type": "integer", "minimum": i} for i in range(1500)},
+        "required": [f"k{i}" for i in range(1500)],
+    }
+    with server_factory(env={"QWEN3VL_GRAMMAR_TIMEOUT": "0.05"}) as srv:
+        r = _chat(srv, schema, max_tokens=2)
+        assert r.status_code == 400, r.text[:300]
+        assert "did not compile within" in r.json()["error"]["message"]
+        wait_for(lambda: _chat(srv, schema, max_tokens=2).status_code == 200, timeout=120, every=1, what="cached")
 
 
 # ----------------------------------------------------------------------------- 3. failures
