@@ -461,14 +461,14 @@ def _grammar_probe(s: Server, schema, **kw) -> dict:
     return out
 
 
-def _grammar_cases(repo, cases: dict, fresh: bool = False) -> dict:
+def _grammar_cases(repo, cases: dict, fresh: bool = False, env: dict | None = None) -> dict:
     """The requests in turn on one server (`fresh`: a server each -- a request may kill its worker)."""
     out = {}
     if fresh:
         for name, case in cases.items():
-            out.update(_grammar_cases(repo, {name: case}))
+            out.update(_grammar_cases(repo, {name: case}, env=env))
         return out
-    with server(repo) as s:
+    with server(repo, env) as s:
         chat(s, "hi")  # a first generation warms the worker up; not measured
         for name, (schema, kw) in cases.items():
             out.update({f"{name}_{k}": v for k, v in _grammar_probe(s, schema, **kw).items()})
@@ -509,6 +509,13 @@ def case_r3_grammar_compile(repo):
     )
 
 
+def case_r3_grammar_offhub(repo):
+    """R3-2b. The 5 MB schema again with --max-schema-bytes 8000000, so it reaches the
+    compiler: compiled (and refused) in the compile thread, off the event loop."""
+    big = {"type": "string", "pattern": "^" + "ab" * 2_500_000 + "$"}
+    return _grammar_cases(repo, {"schema_5mb_allowed": (big, {})}, env={"QWEN3VL_MAX_SCHEMA_BYTES": "8000000"})
+
+
 def case_r3_grammar_fail(repo):
     """R3-3. A $ref cycle; pattern ^(a{1000}){1000}$; a pattern whose automaton outgrows
     the grammar engine a few hundred tokens in (max_tokens 800); the same request without
@@ -526,6 +533,7 @@ def case_r3_grammar_fail(repo):
 
 CASES["r3_grammar_size"] = case_r3_grammar_size
 CASES["r3_grammar_compile"] = case_r3_grammar_compile
+CASES["r3_grammar_offhub"] = case_r3_grammar_offhub
 CASES["r3_grammar_fail"] = case_r3_grammar_fail
 
 
