@@ -510,6 +510,132 @@ CASES = {
 }
 
 
+# ----------------------------------------------------------------------------- round 3: grammars
+
+
+def _grammar_probe(s: Server, schema, **kw) -> dict:
+    """One request (response_format `schema`) while /health is asked every 50 ms: answer,
+    seconds, worker peak over the request, longest /health latency (the event loop's
+    stall).  A worker that dies on the way is reported, not raised."""
+    s.reset_peak()
+    base = s.mem_mib()[0]
+    lat: list[float] = []
+    done = threading.Event()
+
+    def probe():
+        while not done.is_set():
+            t0 = time.monotonic()
+            try:
+                requests.get(s.url + "/health", timeout=120)
+            except requests.RequestException:
+                pass
+            lat.append(time.monotonic() - t0)
+            time.sleep(0.05)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    if schema is not None:  # None: the same request unconstrained, for comparison
+        kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    t0 = time.monotonic()
+    try:
+        r, took = chat(s, "Answer in JSON.", temperature=1.0, seed=1, **kw)
+    except requests.RequestException as e:
+        r, took = None, time.monotonic() - t0
+        error = f"{type(e).__name__}"
+    done.set()
+    th.join()
+    out: dict = {"s": round(took, 2), "health_max_s": round(max(lat), 3) if lat else None}
+    try:
+        out["peak_delta_mib"] = round(s.mem_mib()[1] - base, 1)
+    except OSError:
+        out["peak_delta_mib"] = "worker gone"
+    if r is None:
+        out["answer"] = f"no answer ({error}); worker alive: {Path(f'/proc/{s.worker}').exists()}"
+    elif r.status_code == 200:
+        out["answer"] = "200"
+        out["content"] = r.json()["choices"][0]["message"]["content"][:40]
+    else:
+        out["answer"] = code_of(r)
+        out["message"] = r.json()["error"]["message"][:120]
+    return out
+
+
+def _grammar_cases(repo, cases: dict, fresh: bool = False, env: dict | None = None) -> dict:
+    """The requests in turn on one server (`fresh`: a server each -- a request may kill its worker)."""
+    out = {}
+    if fresh:
+        for name, case in cases.items():
+            out.update(_grammar_cases(repo, {name: case}, env=env))
+        return out
+    with server(repo, env) as s:
+        chat(s, "hi")  # a first generation warms the worker up; not measured
+        for name, (schema, kw) in cases.items():
+            out.update({f"{name}_{k}": v for k, v in _grammar_probe(s, schema, **kw).items()})
+    return out
+
+
+def case_r3_grammar_size(repo):
+    """R3-1. A 60-byte schema asking for 3e7 array items (minItems), 1e7 (maxItems)."""
+    items = {"type": "integer"}
+    return _grammar_cases(
+        repo,
+        {
+            "min_items_3e7": ({"type": "array", "items": items, "minItems": 30_000_000}, {}),
+            "max_items_1e7": ({"type": "array", "items": items, "maxItems": 10_000_000}, {}),
+        },
+        fresh=True,
+    )
+
+
+def case_r3_grammar_compile(repo):
+    """R3-2. 10k optional properties (300 KB); a 5 MB schema (a pattern); 1500 required
+    properties, twice (the second is a cache hit)."""
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(10_000)}}
+    big = {"type": "string", "pattern": "^" + "ab" * 2_500_000 + "$"}
+    legit = {
+        "type": "object",
+        "properties": {f"k{i}": {"type": "integer", "minimum": i} for i in range(1500)},
+        "required": [f"k{i}" for i in range(1500)],
+    }
+    return _grammar_cases(
+        repo,
+        {
+            "props_10k": (wide, {}),
+            "schema_5mb": (big, {}),
+            "required_1500_first": (legit, {}),
+            "required_1500_again": (legit, {}),
+        },
+    )
+
+
+def case_r3_grammar_offhub(repo):
+    """R3-2b. The 5 MB schema again with --max-schema-bytes 8000000, so it reaches the
+    compiler: compiled (and refused) in the compile thread, off the event loop."""
+    big = {"type": "string", "pattern": "^" + "ab" * 2_500_000 + "$"}
+    return _grammar_cases(repo, {"schema_5mb_allowed": (big, {})}, env={"QWEN3VL_MAX_SCHEMA_BYTES": "8000000"})
+
+
+def case_r3_grammar_fail(repo):
+    """R3-3. A $ref cycle; pattern ^(a{1000}){1000}$; a pattern whose automaton outgrows
+    the grammar engine a few hundred tokens in (max_tokens 800); the same request without
+    a schema (what /health latency a generation alone costs on this machine)."""
+    return _grammar_cases(
+        repo,
+        {
+            "ref_cycle": ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, {"max_tokens": 50}),
+            "pattern_1e6": ({"type": "string", "pattern": "^(a{1000}){1000}$"}, {"max_tokens": 50}),
+            "late_failure": ({"type": "string", "pattern": "^[a-z]*a[a-z]{40}$"}, {"max_tokens": 800}),
+            "unconstrained_800": (None, {"max_tokens": 800}),
+        },
+    )
+
+
+CASES["r3_grammar_size"] = case_r3_grammar_size
+CASES["r3_grammar_compile"] = case_r3_grammar_compile
+CASES["r3_grammar_offhub"] = case_r3_grammar_offhub
+CASES["r3_grammar_fail"] = case_r3_grammar_fail
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", default=str(HERE), help="checkout whose server is measured")

@@ -41,6 +41,17 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
     }
 
 
+def grammar_failed_body(failure: Exception, request_id: str) -> dict:
+    """OpenAI's error body for a generation whose grammar failed part-way
+    (`engine.constraints.GrammarFailed`, whose text is written for the caller and whose
+    `param` names the field)."""
+    message = (
+        f"Constrained decoding failed: {failure}; no answer matching the requested format can be given "
+        f"(request id {request_id})."
+    )
+    return error_body(message, 500, getattr(failure, "param", None), "grammar_failed")
+
+
 class APIError(Exception):
     """Base of every error answered with a status other than 500."""
 

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from .engine.base import Engine, Prompt, VisionInput
+from .engine.constraints import GrammarFailed
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Cancel
-from .errors import APIError, error_body
+from .errors import APIError, error_body, grammar_failed_body
 from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import tokenize
 from .prompt.messages import split_messages
@@ -240,7 +241,7 @@ def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> C
     (tools, response_format, logit_bias) applied, this worker's engine taken."""
     messages, media = split_messages(req["messages"])
     engine = state.runner.wait_ready()
-    plan = plan_output(req, engine.capabilities.logits)
+    plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
     if plan.logit_bias:
         req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
     vision = resolve_media(state, media, engine, messages)
@@ -445,6 +446,9 @@ def sse_events(
                 yield from encoder.finish(ev)
         if done:  # the Responses API's streams end with their last event instead
             yield done
+    except GrammarFailed as e:
+        log.warning("request %s: %s", request_id, e)
+        yield sse(grammar_failed_body(e, request_id))
     except Exception:
         log.exception("generation failed in request %s", request_id)
         yield sse(error_body(f"Internal server error (request id {request_id}).", 500, None, "internal_error"))

@@ -182,6 +182,18 @@ class Settings:
         ("--vision-cache-mb",),
         "per worker: MiB of vision-encoder outputs kept so a repeated image skips the encoder (0: off)",
     )
+    max_schema_bytes: int = _opt(
+        256 * 1024,
+        ("--max-schema-bytes",),
+        "largest JSON schema (response_format, or all tool parameters together) compiled into a grammar "
+        "for constrained decoding; larger: 400 invalid_schema",
+    )
+    grammar_timeout: float = _opt(
+        10.0,
+        ("--grammar-timeout",),
+        "seconds a request waits for its grammar (response_format, forced tool calls) to compile off the "
+        "event loop; slower: 400 invalid_schema (compile thread too busy to start it: 503)",
+    )
     # each engine's own settings (engine/<name>/__init__.py): (engine name, its settings object)
     engines: tuple[tuple[str, Any], ...] = field(default_factory=_default_engine_settings)
 

@@ -11,6 +11,11 @@ and the grammar (if any) that constrained decoding must hold the output to.
 
 A grammar (and logit_bias) needs logits on the host: on an engine that picks tokens on
 the device it is a 400 naming the parameter, never silently ignored.
+
+Grammars are compiled here, before the request takes the engine: off the event loop,
+once per schema, within the --max-schema-bytes / --grammar-timeout budget
+(engine/constraints.py).  A schema the grammar engine cannot hold to is a 400
+`invalid_schema` naming the field; a compile thread too busy to start it in time, a 503.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import APIError
+from .errors import APIError, ServerBusy
 from .model_constants import TOOL_CALL_START
 
 if TYPE_CHECKING:
     from .engine.constraints import Grammar
+    from .settings import Settings
+    from .tokenizer import ChatTokenizer
 
 
 @dataclass
@@ -37,7 +44,12 @@ class OutputPlan:
         return bool(self.tool_names)
 
 
-def plan_output(req: dict, host_logits: bool) -> OutputPlan:
+def plan_output(
+    req: dict, host_logits: bool, tokenizer: ChatTokenizer | None = None, settings: Settings | None = None
+) -> OutputPlan:
+    """`tokenizer`: compile the grammar for it (what generation uses; without it the grammar
+    is only validated and compiled again in the engine thread).  `settings`: the budget."""
+    compile_for = {"tokenizer": tokenizer, "settings": settings}
     tools = req.get("tools") or []
     choice = req.get("tool_choice") or ("auto" if tools else "none")
     fmt = req.get("response_format") or {"type": "text"}
@@ -55,18 +67,18 @@ def plan_output(req: dict, host_logits: bool) -> OutputPlan:
         if tools and host_logits:
             plan.logit_bias[TOOL_CALL_START] = float("-inf")
         if schema is not None:
-            plan.grammar = _compile(json_schema=schema)
+            plan.grammar = _compile(compile_for, json_schema=schema)
         return plan
     functions = [t["function"] for t in tools]
     plan.tool_names = {f["name"] for f in functions}
     parallel = req.get("parallel_tool_calls") is not False
     if choice == "required":
-        plan.grammar = _compile(tools=functions, parallel=parallel, param="tools")
+        plan.grammar = _compile(compile_for, tools=functions, parallel=parallel, param="tools")
     elif choice.startswith("function:"):
         named = [f for f in functions if f["name"] == choice[9:]]
-        plan.grammar = _compile(tools=named, parallel=False, param="tools")
+        plan.grammar = _compile(compile_for, tools=named, parallel=False, param="tools")
     elif schema is not None:  # auto + a JSON format: that JSON, or tool calls
-        plan.grammar = _compile(json_schema=schema, tools=functions, parallel=parallel)
+        plan.grammar = _compile(compile_for, json_schema=schema, tools=functions, parallel=parallel)
     return plan
 
 
@@ -78,10 +90,17 @@ def _format_schema(fmt: dict) -> dict | None:
     return None
 
 
-def _compile(**kw):
-    from .engine.constraints import compile_grammar
+def _compile(compile_for: dict, **kw):
+    from .engine.constraints import GrammarBudget, GrammarBusy, GrammarRejected, compile_grammar
 
-    return compile_grammar(**kw)
+    settings = compile_for["settings"]
+    budget = GrammarBudget(settings.max_schema_bytes, settings.grammar_timeout) if settings else GrammarBudget()
+    try:
+        return compile_grammar(tokenizer=compile_for["tokenizer"], budget=budget, **kw)
+    except GrammarRejected as e:
+        raise APIError(str(e), 400, kw.get("param", "response_format"), "invalid_schema") from None
+    except GrammarBusy as e:
+        raise ServerBusy(str(e)) from None
 
 
 def _unsupported(param: str, what: str) -> None:

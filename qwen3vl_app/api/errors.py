@@ -2,8 +2,11 @@
 
 `APIError` and its subclasses (qwen3vl_app/errors.py) carry their own status, param and
 code; marshmallow validation errors name the first bad field; werkzeug's HTTP errors (404,
-405, 413, malformed bodies) keep their status.  Anything else is a bug: logged with its
-traceback, answered with a generic message and the request id, never exception text.
+405, 413, malformed bodies) keep their status.  A grammar that failed part-way through a
+generation (`GrammarFailed`, raised by the engine side) is a 500 `grammar_failed` that says
+so -- in a response, or as a stream's error event (`grammar_failed_body`).  Anything else
+is a bug: logged with its traceback, answered with a generic message and the request id,
+never exception text.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from flask import Flask, Response, g, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from ..errors import APIError, error_body
+from ..engine.constraints import GrammarFailed
+from ..errors import APIError, error_body, grammar_failed_body
 
 log = logging.getLogger("qwen3vl.errors")
 
@@ -59,6 +63,14 @@ def register_error_handlers(app: Flask) -> None:
     def _validation(e: ValidationError):
         param, msg = first_validation_error(e.messages)
         return error_response(f"{param}: {msg}", 400, param, "invalid_value")
+
+    @app.errorhandler(GrammarFailed)
+    def _grammar_failed(e: GrammarFailed):
+        rid = g.get("request_id", "-")
+        log.warning("request %s: %s", rid, e)
+        resp = jsonify(grammar_failed_body(e, rid))
+        resp.status_code = 500
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
