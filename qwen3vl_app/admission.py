@@ -24,6 +24,8 @@ import struct
 import tempfile
 from functools import wraps
 
+from .errors import APIError, ServerBusy
+
 log = logging.getLogger("qwen3vl.admission")
 
 ENV_FILE = "_QWEN3VL_ADMISSION_FILE"  # set by the master, read by workers (not a user setting)
@@ -183,8 +185,7 @@ def admitted(view):
     def wrapper(*args, **kwargs):
         from flask import current_app, g
 
-        from . import metrics
-        from .errors import ServerBusy
+        from . import metrics  # not at import: the master imports this module before it names the metrics folder
 
         state = current_app.extensions["qwen3vl"]
         read_body_in_time(state.settings.body_timeout)
@@ -212,8 +213,6 @@ def read_body_in_time(seconds: float) -> None:
     (a bad chunk size, a connection cut short) is a 400.  Either way the connection is
     closed after the answer: the rest of the body is never read."""
     from flask import g, request
-
-    from .errors import APIError
 
     try:
         from gevent import Timeout, monkey

@@ -33,6 +33,8 @@ from .engine.constraints import GrammarFailed
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Cancel
 from .errors import APIError, error_body, grammar_failed_body
+from .media.pipeline import MediaConfig, retag_parts
+from .media.pipeline import resolve_media as resolve
 from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import tokenize
 from .prompt.messages import split_messages
@@ -203,9 +205,6 @@ def resolve_media(state: ServerState, media: list[MediaRef], engine: Engine, mes
     out to be (a video sent through image_url becomes a video placeholder)."""
     if not media:
         return []
-    from .media.pipeline import MediaConfig, retag_parts
-    from .media.pipeline import resolve_media as resolve
-
     vision = resolve(media, MediaConfig.from_settings(state.settings, engine.limits))
     retag_parts(messages, vision)
     return vision

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from .admission import Admission
 from .engine import detect_engine, load_engine
+from .engine.constraints import warm_up
 from .engine.runner import EngineRunner
+from .fault_injection import maybe_wrap
 from .model_dir import is_demo
 from .settings import Settings
 from .tokenizer import ChatTokenizer
@@ -49,9 +51,8 @@ class ServerState:
                 raise RuntimeError(error)
 
             return cls(settings, None, EngineRunner(settings, unusable), settings.engine, False, admission, keys)
-        from .engine.constraints import warm_up  # constrained decoding's token trie, built while loading
-        from .fault_injection import maybe_wrap  # test-only hook, inert unless QWEN3VL_FAULT_INJECT is set
-
+        # warm_up: constrained decoding's token trie, built while loading; maybe_wrap: the
+        # test-only fault hook, inert unless QWEN3VL_FAULT_INJECT is set
         runner = EngineRunner(settings, lambda: warm_up(maybe_wrap(load_engine(settings, kind)), tokenizer))
         return cls(settings, tokenizer, runner, kind, is_demo(model_dir), admission, keys)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .engine.constraints import GrammarBudget, GrammarBusy, GrammarRejected, compile_grammar
 from .errors import APIError, ServerBusy
 from .model_constants import TOOL_CALL_START
 
@@ -91,7 +92,6 @@ def _format_schema(fmt: dict) -> dict | None:
 
 
 def _compile(compile_for: dict, **kw):
-    from .engine.constraints import GrammarBudget, GrammarBusy, GrammarRejected, compile_grammar
 
     settings = compile_for["settings"]
     budget = GrammarBudget(settings.max_schema_bytes, settings.grammar_timeout) if settings else GrammarBudget()

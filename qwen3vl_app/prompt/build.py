@@ -27,6 +27,7 @@ import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ..tokenizer import _unbyte
 from .template import build_prompt, check_length, context_overflow, prompt_limit, text_prompt
 
 if TYPE_CHECKING:
@@ -142,8 +143,6 @@ def max_token_bytes(tokenizer: ChatTokenizer) -> int:
     """Bytes of the longest vocabulary entry (special tokens included); computed once."""
     cached = _MAX_TOKEN_BYTES.get(tokenizer)
     if cached is None:
-        from ..tokenizer import _unbyte
-
         special = {t.content for t in tokenizer.tok.get_added_tokens_decoder().values()}
 
         def length(piece: str) -> int:

@@ -15,6 +15,7 @@ from ..engine.base import Prompt, VisionInput
 from ..errors import PromptError
 from ..model_constants import END_OF_TEXT, IMAGE_PAD, VIDEO_PAD
 from ..tokenizer import ChatTokenizer
+from .vision import expand_vision, mrope_positions
 
 # Typed into a message these would only confuse the placeholder expansion; refuse them
 # clearly (other control tokens in client text are tokenized as plain text).
@@ -27,8 +28,6 @@ def build_prompt(
     _refuse_typed_vision_tokens(messages)
     ids = tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
     if vision:
-        from .vision import expand_vision, mrope_positions
-
         ids = expand_vision(ids, list(vision), tokenizer.encode)
         return Prompt(ids, mrope_positions(ids, list(vision)), list(vision))
     if IMAGE_PAD in ids or VIDEO_PAD in ids:
