@@ -5,7 +5,7 @@ carries its own description (`@route_doc`, api/routedoc.py) naming the marshmall
 that validate its requests and describe its replies, and apispec's marshmallow plugin turns
 those into JSON Schema.  A route without a description stops the build
 (`UndocumentedRoute`), so /openapi.json cannot leave an endpoint out;
-tests/contract/test_docs.py holds the document to the served routes and validates it.
+tests/inprocess/test_docs.py holds the document to the served routes and validates it.
 This module keeps only what every operation shares: the security scheme, the error body
 and its per-status texts, the X-Request-Id header, the JSON Schema of the hand-written
 marshmallow fields apispec cannot convert, and Swagger UI.  Swagger UI's files come from

@@ -1,5 +1,5 @@
 """GET /metrics after known traffic, across two workers and a worker restart; the request
-log line.  (--metrics-auth: tests/contract/test_auth.py; -l: tests/api/test_core.py.)"""
+log line.  (--metrics-auth: tests/inprocess/test_auth.py; -l: tests/live/test_core.py.)"""
 
 import json
 import os

@@ -1,7 +1,7 @@
 """Engine failures that take a worker process with them, inside a real server: the client
 sees the connection end (no hang) and gunicorn replaces the worker; a model folder that
 disappears does not stop the server from booting a replacement.  (A failing engine step
-answered with a 500 / an error event is tested in-process: tests/contract/test_errors.py.)
+answered with a 500 / an error event is tested in-process: tests/inprocess/test_errors.py.)
 
 The fault comes from the test-only hook in qwen3vl_app/fault_injection.py (QWEN3VL_FAULT_INJECT
 names a trigger file; writing a step name into it makes that engine step fail once).

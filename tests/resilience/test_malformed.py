@@ -2,7 +2,7 @@
 answers; gunicorn's own reply for what never reaches the app) or a closed connection, and
 the one worker stays up: the same pid answers /health afterwards.  Bad bodies the app
 parses itself (invalid JSON, wrong content types, size limits) are tested in-process:
-tests/contract/test_errors.py."""
+tests/inprocess/test_errors.py."""
 
 from __future__ import annotations
 

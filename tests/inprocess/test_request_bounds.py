@@ -1,7 +1,7 @@
 """Hardening round 3, request parsing (in-process, FakeEngine): client input that was a 500
 or silently accepted, the context overflow in OpenAI's words, and the counts refused
 before the schema walks them.  The live-server side (large bodies, the event loop) is
-tests/resilience/test_hardening_round3_requests.py."""
+tests/resilience/test_huge_requests.py."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_logit_bias_ascii_ids_still_work(inproc):
 def test_deeply_nested_tool_parameters_are_a_400(inproc):
     """Over 64 levels: a 400 naming the field.  (945 levels, which passed the JSON parser
     and broke the template's tojson with a 500, need a live server's shallower stack:
-    tests/resilience/test_hardening_round3_requests.py.)"""
+    tests/resilience/test_huge_requests.py.)"""
     for depth in (65, 301):
         body = '{"messages":[{"role":"user","content":"hi"}],"max_tokens":1,"tools":[{"type":"function",'
         body += f'"function":{{"name":"f","parameters":{_nested(depth)}}}}}]}}'

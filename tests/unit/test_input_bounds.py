@@ -1,5 +1,5 @@
-"""Hardening round 2, the parts that need no server: address table, local paths, log
-escaping, JPEG draft decoding, video budgets with their markers, key checks."""
+"""Bounds on untrusted input that need no server: the address table, local paths, log
+escaping, JPEG draft decoding, video budgets with their markers, API-key checks."""
 
 from __future__ import annotations
 

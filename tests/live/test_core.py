@@ -1,7 +1,7 @@
 """The serving core through a real gunicorn (gevent workers, tiny torch model): the official
 openai client end to end, streaming through real sockets, the CLI's auth and logging flags,
 and concurrency within and across workers.  The HTTP contract itself (validation, auth
-variants, error shapes) is tested in-process: tests/contract."""
+variants, error shapes) is tested in-process: tests/inprocess."""
 
 import threading
 import time

@@ -1,6 +1,6 @@
 """Media through a real gunicorn server (gevent workers, tiny torch model): concurrent
 uploads and videos, good and bad, in real workers must leave no temp file behind.  Every
-source, the limits and each refusal are tested in-process, once: tests/contract/test_media.py
+source, the limits and each refusal are tested in-process, once: tests/inprocess/test_media.py
 (including the same requests one at a time)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generation through a real server: sampling with the real model's logits, end to end with
 the openai client, and a client that hangs up mid-generation freeing the worker.  The
-sampling/stop/limit semantics themselves are tested in-process: tests/contract/test_chat.py."""
+sampling/stop/limit semantics themselves are tested in-process: tests/inprocess/test_chat.py."""
 
 import json
 import socket
