@@ -56,15 +56,15 @@ class ChunkEncoder:
 def completion(
     completion_id: str,
     model: str,
-    text: str | None,
+    *,
+    content: str | None,
     finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    logprobs=None,
+    usage: dict,
+    logprobs: dict | None = None,
     tool_calls: list[dict] | None = None,
-    cached_tokens: int = 0,
 ) -> dict:
-    message: dict = {"role": "assistant", "content": text}
+    """A `chat.completion` object (`usage`: from `usage()`)."""
+    message: dict = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {
@@ -80,5 +80,5 @@ def completion(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
+        "usage": usage,
     }

@@ -242,7 +242,7 @@ def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> C
     engine = state.runner.wait_ready()
     plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
     if plan.logit_bias:
-        req["logit_bias"] = {**(req.get("logit_bias") or {}), **plan.logit_bias}
+        req = {**req, "logit_bias": {**(req.get("logit_bias") or {}), **plan.logit_bias}}  # the caller's stays as sent
     vision = resolve_media(state, media, engine, messages)
     stops = req.get("stop") or []
     gen = start(state, engine, messages, vision, req, stops, stream, caller, tools=plan.tools, grammar=plan.grammar)

@@ -45,6 +45,18 @@ class OutputPlan:
         return bool(self.tool_names)
 
 
+@dataclass(frozen=True)
+class ToolChoice:
+    """A request's `tool_choice`: "none", "auto", "required", or "function" with `name`."""
+
+    mode: str
+    name: str | None = None
+
+    @property
+    def forced(self) -> bool:
+        return self.mode in ("required", "function")
+
+
 def plan_output(
     req: dict, host_logits: bool, tokenizer: ChatTokenizer | None = None, settings: Settings | None = None
 ) -> OutputPlan:
@@ -52,19 +64,19 @@ def plan_output(
     is only validated and compiled again in the engine thread).  `settings`: the budget."""
     compile_for = {"tokenizer": tokenizer, "settings": settings}
     tools = req.get("tools") or []
-    choice = req.get("tool_choice") or ("auto" if tools else "none")
+    choice: ToolChoice = req.get("tool_choice") or ToolChoice("auto" if tools else "none")
     fmt = req.get("response_format") or {"type": "text"}
-    forced = choice == "required" or choice.startswith("function:")
+    forced = choice.forced
     schema = _format_schema(fmt)
     if not host_logits:
         if schema is not None:
             _unsupported("response_format", "structured output")
         if forced:
-            _unsupported("tool_choice", f"tool_choice {choice.split(':')[0]!r}")
+            _unsupported("tool_choice", f"tool_choice {choice.mode!r}")
         if req.get("logit_bias"):
             _unsupported("logit_bias", "logit_bias")
     plan = OutputPlan(tools=tools or None)
-    if choice == "none" or not tools:
+    if choice.mode == "none" or not tools:
         if tools and host_logits:
             plan.logit_bias[TOOL_CALL_START] = float("-inf")
         if schema is not None:
@@ -73,10 +85,10 @@ def plan_output(
     functions = [t["function"] for t in tools]
     plan.tool_names = {f["name"] for f in functions}
     parallel = req.get("parallel_tool_calls") is not False
-    if choice == "required":
+    if choice.mode == "required":
         plan.grammar = _compile(compile_for, tools=functions, parallel=parallel, param="tools")
-    elif choice.startswith("function:"):
-        named = [f for f in functions if f["name"] == choice[9:]]
+    elif choice.mode == "function":
+        named = [f for f in functions if f["name"] == choice.name]
         plan.grammar = _compile(compile_for, tools=named, parallel=False, param="tools")
     elif schema is not None:  # auto + a JSON format: that JSON, or tool calls
         plan.grammar = _compile(compile_for, json_schema=schema, tools=functions, parallel=parallel)

@@ -8,7 +8,7 @@ from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
-from ..replies import ChunkEncoder, completion, new_completion_id
+from ..replies import ChunkEncoder, completion, new_completion_id, usage
 from . import transport
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
@@ -79,13 +79,11 @@ def chat_completions():
     body = completion(
         cid,
         req.get("model") or state.model_id,
-        content,
-        reason,
-        fin.prompt_tokens,
-        fin.completion_tokens,
-        {"content": out.logprobs} if out.logprobs else None,
-        [c.to_openai() for c in calls],
-        fin.cached_tokens,
+        content=content,
+        finish_reason=reason,
+        usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens),
+        logprobs={"content": out.logprobs} if out.logprobs else None,
+        tool_calls=[c.to_openai() for c in calls],
     )
     return jsonify(body), 200, ignored
 

@@ -12,6 +12,7 @@ from typing import cast
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..model_constants import VOCAB_ROWS
+from ..structured import ToolChoice
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
@@ -157,17 +158,17 @@ class ToolSchema(_Loose):
     function = fields.Nested(FunctionSchema, required=True)
 
 
-class ToolChoice(fields.Field):
-    """`none` | `auto` | `required` | `{"type": "function", "function": {"name": ...}}`;
-    loaded as the string or the function's name prefixed by `function:`."""
+class ToolChoiceField(fields.Field):
+    """`none` | `auto` | `required` | `{"type": "function", "function": {"name": ...}}`,
+    loaded as a `structured.ToolChoice`."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if value in ("none", "auto", "required"):
-            return value
+            return ToolChoice(value)
         if isinstance(value, dict) and value.get("type") == "function":
             name = (value.get("function") or {}).get("name") if isinstance(value.get("function"), dict) else None
             if isinstance(name, str) and name:
-                return "function:" + name
+                return ToolChoice("function", name)
         raise ValidationError("must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}")
 
 
@@ -280,7 +281,7 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
     # vLLM's extension: keep generating past end tokens until max_tokens (benchmarks fix output lengths)
     ignore_eos = fields.Boolean(load_default=False, allow_none=True)
     tools = fields.List(fields.Nested(ToolSchema), allow_none=True, validate=validate.Length(max=128))
-    tool_choice = ToolChoice(allow_none=True)
+    tool_choice = ToolChoiceField(allow_none=True)
     parallel_tool_calls = fields.Boolean(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
 
@@ -289,10 +290,10 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
         if data.get("top_logprobs") and not data.get("logprobs"):
             raise ValidationError("top_logprobs requires logprobs: true", "top_logprobs")
         choice, tools = data.get("tool_choice"), data.get("tools") or []
-        if choice and choice != "none" and not tools:
+        if choice and choice.mode != "none" and not tools:
             raise ValidationError("tool_choice needs 'tools'", "tool_choice")
-        if choice and choice.startswith("function:") and choice[9:] not in {t["function"]["name"] for t in tools}:
-            raise ValidationError(f"no tool named {choice[9:]!r} in 'tools'", "tool_choice")
+        if choice and choice.mode == "function" and choice.name not in {t["function"]["name"] for t in tools}:
+            raise ValidationError(f"no tool named {choice.name!r} in 'tools'", "tool_choice")
 
 
 # --- responses (documentation and contract tests; the server builds them in replies.py) ---

@@ -54,7 +54,7 @@ def completions():
     engine = state.runner.wait_ready()
     plan_output(req, engine.capabilities.logits)  # logit_bias needs host logits: a 400 otherwise
     if req.get("logprobs") is not None:  # the legacy integer becomes the chat API's pair
-        req["top_logprobs"], req["logprobs"] = req["logprobs"], True
+        req = {**req, "top_logprobs": req["logprobs"], "logprobs": True}
     stream = bool(req.get("stream"))
     texts = [p if isinstance(p, str) else state.tokenizer.decode(p, skip_special=False) for p in req["prompt"]]
 

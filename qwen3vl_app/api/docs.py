@@ -198,7 +198,7 @@ def _custom_fields(converter):
             "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
             "description": "up to 4 sequences that end the generation",
         },
-        cs.ToolChoice: {
+        cs.ToolChoiceField: {
             "oneOf": [
                 {"type": "string", "enum": ["none", "auto", "required"]},
                 {

@@ -7,7 +7,7 @@ import pytest
 
 from qwen3vl_app.errors import APIError
 from qwen3vl_app.model_constants import TOOL_CALL_START
-from qwen3vl_app.structured import plan_output
+from qwen3vl_app.structured import ToolChoice, plan_output
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 SCHEMA_FMT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
@@ -24,15 +24,15 @@ def test_auto_renders_and_parses_without_grammar():
 
 
 def test_none_keeps_tools_in_prompt_but_bans_the_call_token():
-    plan = plan_output({"tools": [TOOL], "tool_choice": "none"}, host_logits=True)
+    plan = plan_output({"tools": [TOOL], "tool_choice": ToolChoice("none")}, host_logits=True)
     assert plan.tools == [TOOL] and not plan.parses_tools and plan.logit_bias == {TOOL_CALL_START: float("-inf")}
 
 
 @pytest.mark.parametrize(
     "req",
     [
-        {"tools": [TOOL], "tool_choice": "required"},
-        {"tools": [TOOL], "tool_choice": "function:f"},
+        {"tools": [TOOL], "tool_choice": ToolChoice("required")},
+        {"tools": [TOOL], "tool_choice": ToolChoice("function", "f")},
         {"response_format": {"type": "json_object"}},
         {"response_format": SCHEMA_FMT},
         {"tools": [TOOL], "response_format": SCHEMA_FMT},
@@ -52,7 +52,7 @@ def test_logit_bias_without_host_logits_is_a_400_and_auto_tools_still_work():
     assert e.value.param == "logit_bias"
     plan = plan_output({"tools": [TOOL]}, host_logits=False)
     assert plan.parses_tools and plan.grammar is None
-    assert not plan_output({"tools": [TOOL], "tool_choice": "none"}, host_logits=False).logit_bias
+    assert not plan_output({"tools": [TOOL], "tool_choice": ToolChoice("none")}, host_logits=False).logit_bias
 
 
 def test_objects_with_declared_properties_are_closed_others_stay_open():
