@@ -42,7 +42,7 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
         for r, _, _ in busy:
             _assert_busy(r)
         # Refused at once: every refusal came back before either admitted request was done
-        # (a refusal that waited for a slot would come after one).
+        # (a refusal that waited for a ticket would come after one).
         last_refusal, first_success = max(t1 for _, _, t1 in busy), min(t1 for _, _, t1 in ok)
         assert last_refusal < first_success
         print(
@@ -88,7 +88,7 @@ def test_worker_queue_bound_still_applies(server_factory):
         assert value(m, "qwen3vl_requests_rejected_total", reason="worker_queue_full") == 1
 
 
-def test_slots_of_a_killed_worker_are_given_back(server_factory):
+def test_tickets_of_a_killed_worker_are_given_back(server_factory):
     with server_factory("-c", "1", workers=1) as s:
         pid = s.worker_pids()[0]
         stream = s.chat(max_tokens=1900, stream=True, timeout=60)
@@ -106,4 +106,4 @@ def test_slots_of_a_killed_worker_are_given_back(server_factory):
 
         wait_for(new_worker_ready, timeout=120, every=0.2)
         assert s.chat().status_code == 200  # without the master freeing the slot: 503 forever
-        assert "died holding 1 admission slot" in s.log()
+        assert "died holding 1 admission ticket" in s.log()

@@ -1,4 +1,4 @@
-"""The shared admission slots without a server: across forked processes, freed for a dead
+"""The shared admission tickets without a server: across forked processes, freed for a dead
 process, and the per-process fallback."""
 
 import os
