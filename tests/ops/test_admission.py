@@ -1,5 +1,5 @@
 """--max_concurrent across workers: a burst beyond capacity gets fast 503s with Retry-After,
-then the server recovers; slots held by a worker that dies are given back."""
+then the server recovers; tickets held by a worker that dies are given back."""
 
 import os
 import signal
@@ -38,7 +38,7 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
             t.join()
         ok = [(r, t0, t1) for r, t0, t1 in results if r.status_code == 200]
         busy = [(r, t0, t1) for r, t0, t1 in results if r.status_code != 200]
-        assert len(ok) == 2, [r.status_code for r, _, _ in results]  # two slots server-wide, not per worker
+        assert len(ok) == 2, [r.status_code for r, _, _ in results]  # two tickets server-wide, not per worker
         for r, _, _ in busy:
             _assert_busy(r)
         # Refused at once: every refusal came back before either admitted request was done
@@ -50,7 +50,7 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
             f"admitted requests took >= {min(t1 - t0 for _, t0, t1 in ok):.2f} s"
         )
 
-        # Recovery: the slots are free again, and clients that honour Retry-After all get through.
+        # Recovery: the tickets are free again, and clients that honour Retry-After all get through.
         assert s.chat().status_code == 200
         client = s.openai(max_retries=30)
         done = []
@@ -77,7 +77,7 @@ def test_burst_beyond_capacity_fast_503_then_recovery(server_factory):
 
 
 def test_worker_queue_bound_still_applies(server_factory):
-    # Plenty of server-wide slots, one worker without a queue: the second request is refused.
+    # Plenty of server-wide tickets, one worker without a queue: the second request is refused.
     with server_factory("-c", "10", "--max-queue", "0", workers=1) as s:
         holder = threading.Thread(target=lambda: s.chat(max_tokens=600))
         holder.start()
@@ -94,7 +94,7 @@ def test_tickets_of_a_killed_worker_are_given_back(server_factory):
         stream = s.chat(max_tokens=1900, stream=True, timeout=60)
         wait_running(s)
         _assert_busy(s.chat())
-        os.kill(pid, signal.SIGKILL)  # dies holding the only slot
+        os.kill(pid, signal.SIGKILL)  # dies holding the only ticket
         stream.close()
 
         def new_worker_ready():
@@ -105,5 +105,5 @@ def test_tickets_of_a_killed_worker_are_given_back(server_factory):
             return h["status"] == "healthy" and h["worker_pid"] != pid
 
         wait_for(new_worker_ready, timeout=120, every=0.2)
-        assert s.chat().status_code == 200  # without the master freeing the slot: 503 forever
+        assert s.chat().status_code == 200  # without the master freeing the ticket: 503 forever
         assert "died holding 1 admission ticket" in s.log()

@@ -6,7 +6,7 @@ import os
 from qwen3vl_app.admission import ENV_FILE, Admission, free_tickets_of, make_runtime_dir
 
 
-def test_slots_are_shared_across_fork_and_freed_for_the_dead(tmp_path):
+def test_tickets_are_shared_across_fork_and_freed_for_the_dead(tmp_path):
     path = Admission.create_file(str(tmp_path), 3)
     adm = Admission.from_env(3, {ENV_FILE: path})
     a, b = adm.try_acquire(), adm.try_acquire()
@@ -14,7 +14,7 @@ def test_slots_are_shared_across_fork_and_freed_for_the_dead(tmp_path):
 
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # a "worker": sees the parent's two slots, takes the last one, dies holding it
+    if pid == 0:  # a "worker": sees the parent's two tickets, takes the last one, dies holding it
         child = Admission.from_env(3, {ENV_FILE: path})
         got = child.try_acquire() is not None and child.try_acquire() is None
         os.write(w, b"1" if got else b"0")
