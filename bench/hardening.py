@@ -31,7 +31,9 @@ from pathlib import Path
 import requests
 
 HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE))  # tests.support: the sample media and the slow media host
+sys.path.insert(0, str(HERE))  # tests.support: the sample media, the slow media host, the /health probe
+from tests.support.health_probe import while_probing  # noqa: E402
+
 MSG = [{"role": "user", "content": "Tell me a long story."}]
 
 
@@ -399,36 +401,6 @@ def case_fetch(repo):
     return out
 
 
-def _probe_while(s: Server, fn):
-    """fn() while /health is polled every 20 ms on its own connection; (fn's result, the
-    longest /health answer in seconds, the seconds fn took)."""
-    lat: list[float] = []
-    done = threading.Event()
-
-    def probe():
-        with requests.Session() as http:
-            while not done.is_set():
-                t0 = time.monotonic()
-                try:
-                    http.get(s.url + "/health", timeout=300)
-                except requests.RequestException:
-                    pass  # the worker died: how long it kept /health waiting still counts
-                lat.append(time.monotonic() - t0)
-                done.wait(0.02)
-
-    th = threading.Thread(target=probe)
-    th.start()
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    try:
-        out = fn()
-    finally:
-        took = time.monotonic() - t0
-        done.set()
-        th.join()
-    return out, max(lat), took
-
-
 def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
     """Each body POSTed to `path` while /health is probed: answer, time, worker peak and the
     longest /health answer.  A worker killed on the way (gunicorn's heartbeat) is reported."""
@@ -448,7 +420,7 @@ def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
                 except requests.RequestException as e:
                     return f"connection lost ({type(e).__name__})"
 
-            answer, stall, took = _probe_while(s, post)
+            answer, stall, took = while_probing(s.url, post)
             try:
                 peak = round(s.mem_mib()[1] - base, 1)
             except OSError:
@@ -467,8 +439,8 @@ def _r3_body_case(repo, path: str, bodies: dict[str, bytes]) -> dict:
                 break  # the server has a new worker: the next figures would not be comparable
             # The same bytes as text/plain: read (@admitted), then 415 -- the part of the stall
             # that is the body's reading, before any endpoint code runs.
-            _, stall, _ = _probe_while(
-                s, lambda body=body: requests.post(s.url + path, data=body, headers={"Content-Type": "text/plain"})
+            _, stall, _ = while_probing(
+                s.url, lambda body=body: requests.post(s.url + path, data=body, headers={"Content-Type": "text/plain"})
             )
             out[f"{name}_read_only_health_max_s"] = round(stall, 3)
     return out
@@ -519,32 +491,17 @@ def _grammar_probe(s: Server, schema, **kw) -> dict:
     stall).  A worker that dies on the way is reported, not raised."""
     s.reset_peak()
     base = s.mem_mib()[0]
-    lat: list[float] = []
-    done = threading.Event()
-
-    def probe():
-        while not done.is_set():
-            t0 = time.monotonic()
-            try:
-                requests.get(s.url + "/health", timeout=120)
-            except requests.RequestException:
-                pass
-            lat.append(time.monotonic() - t0)
-            time.sleep(0.05)
-
-    th = threading.Thread(target=probe)
-    th.start()
     if schema is not None:  # None: the same request unconstrained, for comparison
         kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    t0 = time.monotonic()
-    try:
-        r, took = chat(s, "Answer in JSON.", temperature=1.0, seed=1, **kw)
-    except requests.RequestException as e:
-        r, took = None, time.monotonic() - t0
-        error = f"{type(e).__name__}"
-    done.set()
-    th.join()
-    out: dict = {"s": round(took, 2), "health_max_s": round(max(lat), 3) if lat else None}
+
+    def ask():
+        try:
+            return chat(s, "Answer in JSON.", temperature=1.0, seed=1, **kw)[0], None
+        except requests.RequestException as e:
+            return None, type(e).__name__
+
+    (r, error), stall, took = while_probing(s.url, ask, every=0.05)
+    out: dict = {"s": round(took, 2), "health_max_s": round(stall, 3)}
     try:
         out["peak_delta_mib"] = round(s.mem_mib()[1] - base, 1)
     except OSError:

@@ -12,13 +12,11 @@ are measured by bench/hardening.py).
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
+from tests.support.health_probe import while_probing
 from tests.support.polling import wait_for
 
 MSG = [{"role": "user", "content": "Answer in JSON."}]
@@ -37,18 +35,9 @@ def _peak_kib(pid: int) -> int:
 
 
 def _while_probing(server, fn):
-    """fn() in a thread while /health is asked every 50 ms: (fn's result, longest /health latency)."""
-    out: dict = {}
-    t = threading.Thread(target=lambda: out.update(result=fn()))
-    latencies = []
-    t.start()
-    while t.is_alive():
-        t0 = time.monotonic()
-        requests.get(server.url + "/health", headers=server.headers, timeout=60)
-        latencies.append(time.monotonic() - t0)
-        time.sleep(0.05)
-    t.join()
-    return out["result"], max(latencies)
+    """fn() while /health is asked every 50 ms: (fn's result, longest /health latency)."""
+    out, stall, _ = while_probing(server.url, fn, every=0.05, headers=server.headers)
+    return out, stall
 
 
 def _chat(server, schema, **kw):
