@@ -20,7 +20,7 @@ from qwen3vl_app.engine.constraints import (
 )
 from qwen3vl_app.errors import APIError
 from qwen3vl_app.model_constants import IM_END
-from qwen3vl_app.structured import plan_output
+from qwen3vl_app.structured import ToolChoice, plan_output
 
 
 def _fmt(schema) -> dict:
@@ -61,12 +61,12 @@ def test_the_budget_refuses_before_the_library_compiles(schema, words):
 def test_tool_parameters_share_the_budget_and_name_tools():
     tool = {"type": "function", "function": {"name": "f", "parameters": _nested(200)}}
     with pytest.raises(APIError) as e:
-        plan_output({"tools": [tool], "tool_choice": "required"}, host_logits=True)
+        plan_output({"tools": [tool], "tool_choice": ToolChoice("required")}, host_logits=True)
     assert e.value.param == "tools" and "tool parameter schema" in e.value.message
     big = {"type": "array", "maxItems": MAX_ARRAY_ITEMS // 2 + 1}
     tools = [{"type": "function", "function": {"name": n, "parameters": big}} for n in "ab"]
     with pytest.raises(APIError):
-        plan_output({"tools": tools, "tool_choice": "required"}, host_logits=True)
+        plan_output({"tools": tools, "tool_choice": ToolChoice("required")}, host_logits=True)
 
 
 def test_a_larger_budget_lets_a_larger_schema_through():
