@@ -255,7 +255,8 @@ def _read_in_steps(request) -> None:
     parts = []
     while chunk := request.stream.read(BODY_STEP):
         parts.append(chunk)
-        gevent.sleep(0.001)  # sleep(0) would not let the loop poll for I/O
+        if len(chunk) == BODY_STEP:  # more may follow: let the loop run first
+            gevent.sleep(0.001)  # sleep(0) would not let the loop poll for I/O
     request._cached_data = b"".join(parts)
 
 
