@@ -13,11 +13,11 @@ from tests.support.polling import wait_for
 from tests.support.sse import timed_sse_events
 
 
-def _stream_in_background(s, max_tokens):
+def _stream_in_background(s, max_tokens, **body):
     out = {}
 
     def run():
-        r = s.chat(max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+        r = s.chat(max_tokens=max_tokens, stream=True, stream_options={"include_usage": True}, **body)
         out["pid"] = int(r.headers["X-Worker-Pid"])
         out["events"] = timed_sse_events(r)
 
@@ -58,7 +58,9 @@ def test_graceful_timeout_bounds_the_drain(server_factory):
     # 6 s: the drain ends 1.5 s before the master's kill (a 3 s timeout left 0.75 s, which a
     # loaded machine came close to using up)
     with server_factory("--graceful-timeout", "6", workers=1) as s:
-        t, out = _stream_in_background(s, 1900)
+        # 1900 tokens must outlast the 4.5 s drain: plain greedy tokens on the tiny model take
+        # ~2.6 ms each (the whole stream fit in the drain once), with 20 top logprobs ~3x that
+        t, out = _stream_in_background(s, 1900, logprobs=True, top_logprobs=20)
         t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
         t.join(60)
