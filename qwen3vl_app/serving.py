@@ -20,6 +20,7 @@ and `sse_events` guarantee it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -39,7 +40,7 @@ from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import tokenize
 from .prompt.messages import split_messages
 from .prompt.template import check_length
-from .replies import SSE_DONE, SSE_PING, sse
+from .protocol import SAMPLING_FIELDS, ChatRequest, GenerationRequest
 from .structured import OutputPlan, plan_output
 
 if TYPE_CHECKING:
@@ -51,6 +52,14 @@ if TYPE_CHECKING:
     from .tokenizer import ChatTokenizer
 
 log = logging.getLogger("qwen3vl.serving")
+
+SSE_DONE = "data: [DONE]\n\n"
+SSE_PING = ": ping\n\n"
+
+
+def sse(obj) -> str:
+    """One Server-Sent Event carrying `obj` as compact JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 # ----------------------------------------------------------------------------- events
@@ -120,49 +129,47 @@ Event = Any  # PING | ADMITTED | Delta | Finish
 # ----------------------------------------------------------------------------- request -> generation
 
 
-SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-)
 # Fields every generation endpoint honours (GenerationRequestSchema); each endpoint adds its own.
 GENERATION_FIELDS = frozenset(
     {"model", *SAMPLING_FIELDS, "stop", "n", "stream", "stream_options", "logit_bias", "cache_salt"}
 )
 
 
-def sampling_params(req: dict, defaults: dict, settings: Settings, logits: bool) -> SamplingParams:
+def sampling_params(
+    req: GenerationRequest,
+    defaults: dict,
+    settings: Settings,
+    logits: bool,
+    extra_bias: dict[int, float] | None = None,
+) -> SamplingParams:
     """Request values win over the model folder's generation_config.json.  `logits`: the
-    engine's `Capabilities.logits` (without them there are no logprobs)."""
+    engine's `Capabilities.logits` (without them there are no logprobs).  `extra_bias`:
+    the output plan's, on top of the request's logit_bias."""
 
     def pick(name, fallback):
-        value = req.get(name)
+        value = getattr(req, name)
         return fallback if value is None else value
 
-    if req.get("logprobs") and not logits:
+    if req.logprobs and not logits:
         raise APIError(
             "This engine picks tokens on the device and returns no logits, so logprobs are unavailable.",
             400,
             "logprobs",
             "unsupported_parameter",
         )
-    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or settings.max_tokens_default
+    bias = {**dict(req.logit_bias), **(extra_bias or {})}
     return SamplingParams(
-        max_tokens=max_tokens,
+        max_tokens=req.max_tokens or settings.max_tokens_default,
         temperature=pick("temperature", defaults.get("temperature", 1.0) if defaults.get("do_sample", True) else 0.0),
         top_p=pick("top_p", defaults.get("top_p", 1.0)),
         top_k=pick("top_k", defaults.get("top_k", 0)),
         repetition_penalty=pick("repetition_penalty", defaults.get("repetition_penalty", 1.0)),
         presence_penalty=pick("presence_penalty", 0.0),
         frequency_penalty=pick("frequency_penalty", 0.0),
-        seed=req.get("seed"),
-        logprobs=bool(req.get("logprobs")),
-        top_logprobs=req.get("top_logprobs") or 0,
-        logit_bias=tuple((req.get("logit_bias") or {}).items()),
+        seed=req.seed,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        logit_bias=tuple(bias.items()),
     )
 
 
@@ -234,18 +241,16 @@ class ChatGeneration(Generation):
     engine: Engine
 
 
-def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> ChatGeneration:
-    """A validated chat request (Chat Completions, or a Responses request translated to one)
-    becomes a running generation: its media fetched and preprocessed, its output plan
-    (tools, response_format, logit_bias) applied, this worker's engine taken."""
-    messages, media = split_messages(req["messages"])
+def start_chat(state: ServerState, req: ChatRequest, caller: Caller) -> ChatGeneration:
+    """A chat request (Chat Completions, or a Responses request translated to one) becomes
+    a running generation: its media fetched and preprocessed, its output plan (tools,
+    response_format, logit_bias) applied, the prompt built and checked by the chat template,
+    this worker's engine taken (503 at once when its queue is full)."""
+    messages, media = split_messages(req.messages)
     engine = state.runner.wait_ready()
     plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
-    if plan.logit_bias:
-        req = {**req, "logit_bias": {**(req.get("logit_bias") or {}), **plan.logit_bias}}  # the caller's stays as sent
     vision = resolve_media(state, media, engine, messages)
-    stops = req.get("stop") or []
-    gen = start(state, engine, messages, vision, req, stops, stream, caller, tools=plan.tools, grammar=plan.grammar)
+    gen = start(state, engine, messages, vision, req, caller, plan)
     return ChatGeneration(gen.events, gen.stats, plan, engine)
 
 
@@ -254,40 +259,37 @@ def start(
     engine: Engine,
     messages: list[dict],
     vision: list[VisionInput],
-    req: dict,
-    stops: list[str],
-    stream: bool,
+    req: GenerationRequest,
     caller: Caller,
-    tools: list[dict] | None = None,
-    grammar: Grammar | None = None,
+    plan: OutputPlan | None = None,
 ) -> Generation:
-    """Build and check the prompt (`tools` rendered by the chat template), then take this
-    worker's engine (503 at once when its queue is full)."""
+    """The chat template's messages (media already resolved into `vision`) -> a generation;
+    `plan`: the tools the template renders, the grammar and logit_bias to apply."""
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
-    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, tools)
-    return start_prompt(state, engine, prompt, req, stops, stream, caller, grammar)
+    plan = plan or OutputPlan()
+    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, plan.tools)
+    return start_prompt(state, engine, prompt, req, caller, plan.grammar, plan.logit_bias)
 
 
 def start_prompt(
     state: ServerState,
     engine: Engine,
     prompt: Prompt,
-    req: dict,
-    stops: list[str],
-    stream: bool,
+    req: GenerationRequest,
     caller: Caller,
     grammar: Grammar | None = None,
+    extra_bias: dict[int, float] | None = None,
 ) -> Generation:
-    """`start` for a prompt already built (the legacy completions endpoint: raw text)."""
+    """A generation of a prompt already built (the legacy completions endpoint: raw text)."""
     settings = state.settings
     assert state.tokenizer is not None
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
-    prompt.cache_scope = cache_scope(settings.prompt_cache_scope, caller.key_digest, req.get("cache_salt"))
-    params = sampling_params(req, state.tokenizer.generation_config, settings, engine.capabilities.logits)
+    prompt.cache_scope = cache_scope(settings.prompt_cache_scope, caller.key_digest, req.cache_salt)
+    params = sampling_params(req, state.tokenizer.generation_config, settings, engine.capabilities.logits, extra_bias)
     job = GenerationJob(
-        prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")), grammar=grammar
+        prompt, params, list(req.stop), settings.request_timeout, ignore_eos=req.ignore_eos, grammar=grammar
     )
-    it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
+    it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if req.stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
     return Generation(it, job.stats)
 

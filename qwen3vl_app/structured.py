@@ -20,12 +20,14 @@ once per schema, within the --max-schema-bytes / --grammar-timeout budget
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .engine.constraints import GrammarBudget, GrammarBusy, GrammarRejected, compile_grammar
 from .errors import APIError, ServerBusy
 from .model_constants import TOOL_CALL_START
+from .protocol import ChatRequest, GenerationRequest, ToolChoice
 
 if TYPE_CHECKING:
     from .engine.constraints import Grammar
@@ -45,36 +47,21 @@ class OutputPlan:
         return bool(self.tool_names)
 
 
-@dataclass(frozen=True)
-class ToolChoice:
-    """A request's `tool_choice`: "none", "auto", "required", or "function" with `name`."""
-
-    mode: str
-    name: str | None = None
-
-    @property
-    def forced(self) -> bool:
-        return self.mode in ("required", "function")
-
-
 def plan_output(
-    req: dict, host_logits: bool, tokenizer: ChatTokenizer | None = None, settings: Settings | None = None
+    req: ChatRequest, host_logits: bool, tokenizer: ChatTokenizer | None = None, settings: Settings | None = None
 ) -> OutputPlan:
     """`tokenizer`: compile the grammar for it (what generation uses; without it the grammar
     is only validated and compiled again in the engine thread).  `settings`: the budget."""
     compile_for = {"tokenizer": tokenizer, "settings": settings}
-    tools = req.get("tools") or []
-    choice: ToolChoice = req.get("tool_choice") or ToolChoice("auto" if tools else "none")
-    fmt = req.get("response_format") or {"type": "text"}
-    forced = choice.forced
-    schema = _format_schema(fmt)
+    tools = [dict(t) for t in req.tools]
+    choice = req.tool_choice or ToolChoice("auto" if tools else "none")
+    schema = _format_schema(req.response_format or {"type": "text"})
     if not host_logits:
         if schema is not None:
             _unsupported("response_format", "structured output")
-        if forced:
+        if choice.forced:
             _unsupported("tool_choice", f"tool_choice {choice.mode!r}")
-        if req.get("logit_bias"):
-            _unsupported("logit_bias", "logit_bias")
+    check_logit_bias(req, host_logits)
     plan = OutputPlan(tools=tools or None)
     if choice.mode == "none" or not tools:
         if tools and host_logits:
@@ -84,7 +71,7 @@ def plan_output(
         return plan
     functions = [t["function"] for t in tools]
     plan.tool_names = {f["name"] for f in functions}
-    parallel = req.get("parallel_tool_calls") is not False
+    parallel = req.parallel_tool_calls
     if choice.mode == "required":
         plan.grammar = _compile(compile_for, tools=functions, parallel=parallel, param="tools")
     elif choice.mode == "function":
@@ -95,7 +82,13 @@ def plan_output(
     return plan
 
 
-def _format_schema(fmt: dict) -> dict | None:
+def check_logit_bias(req: GenerationRequest, host_logits: bool) -> None:
+    """logit_bias needs logits on the host: a 400 on an engine that picks tokens on the device."""
+    if req.logit_bias and not host_logits:
+        _unsupported("logit_bias", "logit_bias")
+
+
+def _format_schema(fmt: Mapping) -> dict | None:
     if fmt["type"] == "json_object":
         return {"type": "object"}
     if fmt["type"] == "json_schema":

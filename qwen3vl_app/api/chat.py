@@ -8,10 +8,11 @@ from .. import serving
 from ..admission import admitted
 from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
-from ..replies import ChunkEncoder, completion, new_completion_id, usage
+from ..protocol import ChatRequest
 from . import transport
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
+from .replies import ChunkEncoder, completion, new_completion_id, usage
 from .routedoc import route_doc
 
 bp = Blueprint("chat", __name__)
@@ -61,31 +62,29 @@ def chat_completions():
     body = json_body(value_budget(limit))
     if isinstance(body.get("messages"), list):  # counted before anything walks them
         check_message_count(len(body["messages"]), limit)
-    req = prepare(ChatCompletionRequestSchema().load, body)
-    stream = bool(req.get("stream"))
-    gen = serving.start_chat(state, req, stream, transport.caller())
+    req: ChatRequest = prepare(ChatCompletionRequestSchema().load, body)
+    gen = serving.start_chat(state, req, transport.caller())
     plan = gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
     cid = new_completion_id()
-    if stream:
-        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
-        encoder = ChatStreamEncoder(chunks, include_usage, plan.tool_names)
+    model = req.model or state.model_id
+    if req.stream:
+        encoder = ChatStreamEncoder(ChunkEncoder(cid, model), req.include_usage, plan.tool_names)
         return transport.sse_response(gen, encoder, ignored)
     out = transport.collect(gen)
     fin = out.finish
     content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
     reason = "tool_calls" if calls and fin.reason == "stop" else fin.reason
-    body = completion(
+    reply = completion(
         cid,
-        req.get("model") or state.model_id,
+        model,
         content=content,
         finish_reason=reason,
         usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens),
         logprobs={"content": out.logprobs} if out.logprobs else None,
         tool_calls=[c.to_openai() for c in calls],
     )
-    return jsonify(body), 200, ignored
+    return jsonify(reply), 200, ignored
 
 
 class ChatStreamEncoder:

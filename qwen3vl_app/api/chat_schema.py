@@ -1,7 +1,10 @@
-"""Request schema of POST /v1/chat/completions (OpenAI Chat Completions).
+"""Request and reply schemas of POST /v1/chat/completions (OpenAI Chat Completions).
 
-Unknown fields are ignored, as OpenAI does; wrong types and out-of-range values are a 400
-that names the parameter.
+Requests: unknown fields are ignored, as OpenAI does; wrong types and out-of-range values
+are a 400 that names the parameter; a loaded request is a frozen `protocol.ChatRequest`.
+Replies: `replies.py` builds every reply object by dumping it through these schemas, the
+same ones the OpenAPI document shows, so a field the contract does not name never leaves
+the server.
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from __future__ import annotations
 import re
 from typing import cast
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from ..model_constants import VOCAB_ROWS
-from ..structured import ToolChoice
+from ..protocol import SAMPLING_FIELDS, ChatRequest, ToolChoice
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
@@ -265,6 +268,20 @@ class GenerationRequestSchema(_Loose):
             data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
 
 
+def generation_fields(data: dict) -> dict:
+    """A loaded GenerationRequestSchema's fields as `protocol.GenerationRequest` spells them."""
+    return {
+        "model": data.get("model"),
+        "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
+        **{k: data.get(k) for k in SAMPLING_FIELDS},
+        "stop": tuple(data.get("stop") or ()),
+        "stream": bool(data.get("stream")),
+        "include_usage": bool((data.get("stream_options") or {}).get("include_usage")),
+        "logit_bias": tuple((data.get("logit_bias") or {}).items()),
+        "cache_salt": data.get("cache_salt"),
+    }
+
+
 class ChatCompletionRequestSchema(GenerationRequestSchema):
     messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
     max_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
@@ -295,8 +312,22 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
         if choice and choice.mode == "function" and choice.name not in {t["function"]["name"] for t in tools}:
             raise ValidationError(f"no tool named {choice.name!r} in 'tools'", "tool_choice")
 
+    @post_load
+    def _typed(self, data, **kwargs) -> ChatRequest:
+        return ChatRequest(
+            **generation_fields(data),
+            logprobs=bool(data.get("logprobs")),
+            top_logprobs=data.get("top_logprobs") or 0,
+            ignore_eos=bool(data.get("ignore_eos")),
+            messages=tuple(data["messages"]),
+            tools=tuple(data.get("tools") or ()),
+            tool_choice=data.get("tool_choice"),
+            parallel_tool_calls=data.get("parallel_tool_calls") is not False,
+            response_format=data.get("response_format"),
+        )
 
-# --- responses (documentation and contract tests; the server builds them in replies.py) ---
+
+# --- replies (replies.py dumps every reply object through these) ---
 
 FINISH_REASONS = ("stop", "length", "tool_calls")
 

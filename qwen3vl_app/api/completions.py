@@ -15,11 +15,13 @@ from ..auth import auth
 from ..errors import PromptError
 from ..prompt import build as prompting
 from ..prompt.template import context_overflow
-from ..replies import sse, usage
-from ..structured import plan_output
+from ..protocol import CompletionRequest
+from ..serving import sse
+from ..structured import check_logit_bias
 from . import transport
 from .common import json_body, prepare, request_limit, value_budget
 from .completions_schema import MAX_PROMPTS, CompletionRequestSchema, CompletionSchema
+from .replies import text_choice, text_completion, usage
 from .routedoc import route_doc
 
 bp = Blueprint("completions", __name__)
@@ -50,30 +52,30 @@ def completions():
     limit = request_limit(state)
     body = json_body(value_budget(limit))
     check_id_counts(body.get("prompt"), limit)
-    req = prepare(CompletionRequestSchema().load, body)
+    req: CompletionRequest = prepare(CompletionRequestSchema().load, body)
     engine = state.runner.wait_ready()
-    plan_output(req, engine.capabilities.logits)  # logit_bias needs host logits: a 400 otherwise
-    if req.get("logprobs") is not None:  # the legacy integer becomes the chat API's pair
-        req = {**req, "top_logprobs": req["logprobs"], "logprobs": True}
-    stream = bool(req.get("stream"))
-    texts = [p if isinstance(p, str) else state.tokenizer.decode(p, skip_special=False) for p in req["prompt"]]
+    check_logit_bias(req, engine.capabilities.logits)
+    texts = [p if isinstance(p, str) else state.tokenizer.decode(list(p), skip_special=False) for p in req.prompts]
 
     def launch(i: int):
         try:
             prompt = prompting.tokenize_text(
-                state.tokenizer, req["prompt"][i], engine.limits, state.settings.max_prompt_tokens
+                state.tokenizer, req.prompts[i], engine.limits, state.settings.max_prompt_tokens
             )
-            return serving.start_prompt(state, engine, prompt, req, req["stop"] or [], stream, transport.caller())
+            return serving.start_prompt(state, engine, prompt, req, transport.caller())
         except PromptError as e:
             e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
             raise
 
     ignored = serving.ignored_header(serving.ignored_params(body, engine.capabilities.logits, HONOURED))
-    cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), req.get("model") or state.model_id
-    echo = bool(req.get("echo"))
-    if stream:
-        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        encoder = CompletionStreamEncoder(cid, created, model, len(texts), texts if echo else None, include_usage)
+    base = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model or state.model_id,
+    }
+    if req.stream:
+        encoder = CompletionStreamEncoder(base, len(texts), texts if req.echo else None, req.include_usage)
         first = launch(0)
         rest = [lambda i=i: launch(i).events for i in range(1, len(texts))]
         return transport.sse_response(
@@ -82,31 +84,12 @@ def completions():
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for i in range(len(texts)):
         out = transport.collect(launch(i))
-        text = (texts[i] if echo else "") + out.text
-        choices.append(
-            {
-                "text": text,
-                "index": i,
-                "logprobs": legacy_logprobs(out.logprobs) if out.logprobs else None,
-                "finish_reason": out.finish.reason,
-            }
-        )
+        text = (texts[i] if req.echo else "") + out.text
+        logprobs = legacy_logprobs(out.logprobs) if out.logprobs else None
+        choices.append(text_choice(i, text, logprobs, out.finish.reason))
         prompt_tokens += out.finish.prompt_tokens
         completion_tokens += out.finish.completion_tokens
-    return (
-        jsonify(
-            {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": choices,
-                "usage": usage(prompt_tokens, completion_tokens),
-            }
-        ),
-        200,
-        ignored,
-    )
+    return jsonify(text_completion(base, choices, usage(prompt_tokens, completion_tokens))), 200, ignored
 
 
 def check_id_counts(prompt, limit: int | None) -> None:
@@ -148,20 +131,15 @@ class CompletionStreamEncoder:
     """`text_completion` events: text deltas per prompt (`index`), a finish event per
     prompt, then a usage event when asked for."""
 
-    def __init__(self, cid: str, created: int, model: str, count: int, echo: list[str] | None, include_usage: bool):
-        self.base = {"id": cid, "object": "text_completion", "created": created, "model": model}
+    def __init__(self, base: dict, count: int, echo: list[str] | None, include_usage: bool):
+        self.base = base
         self.count, self.echo, self.include_usage = count, echo, include_usage
         self.index = 0
         self.offset = 0
         self.prompt_tokens = self.completion_tokens = 0
 
     def _event(self, text: str, logprobs=None, finish_reason=None) -> str:
-        return sse(
-            {
-                **self.base,
-                "choices": [{"text": text, "index": self.index, "logprobs": logprobs, "finish_reason": finish_reason}],
-            }
-        )
+        return sse(text_completion(self.base, [text_choice(self.index, text, logprobs, finish_reason)]))
 
     def start(self):
         if self.echo:
@@ -181,4 +159,4 @@ class CompletionStreamEncoder:
         if self.echo and self.index < self.count:
             yield self._event(self.echo[self.index])
         if self.include_usage and self.index == self.count:
-            yield sse({**self.base, "choices": [], "usage": usage(self.prompt_tokens, self.completion_tokens)})
+            yield sse(text_completion(self.base, [], usage(self.prompt_tokens, self.completion_tokens)))

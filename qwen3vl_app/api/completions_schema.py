@@ -1,15 +1,17 @@
 """Request and response schemas of POST /v1/completions (OpenAI's legacy text completions).
 
 Unknown fields are ignored and named in X-Ignored-Params; wrong types and out-of-range
-values are a 400 that names the parameter.
+values are a 400 that names the parameter; a loaded request is a frozen
+`protocol.CompletionRequest`.
 """
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from ..model_constants import VOCAB_ROWS
-from .chat_schema import GenerationRequestSchema, UsageSchema
+from ..protocol import CompletionRequest
+from .chat_schema import GenerationRequestSchema, UsageSchema, generation_fields
 
 MAX_PROMPTS = 16
 
@@ -63,6 +65,17 @@ class CompletionRequestSchema(GenerationRequestSchema):
             raise ValidationError(
                 "echo with logprobs is not supported (the prompt's log-probabilities are not computed)", "echo"
             )
+
+    @post_load
+    def _typed(self, data, **kwargs) -> CompletionRequest:
+        top = data.get("logprobs")  # the legacy integer is the chat API's pair
+        return CompletionRequest(
+            **generation_fields(data),
+            logprobs=top is not None,
+            top_logprobs=top or 0,
+            prompts=tuple(p if isinstance(p, str) else tuple(p) for p in data["prompt"]),
+            echo=bool(data.get("echo")),
+        )
 
 
 class TextCompletionLogprobsSchema(Schema):

@@ -27,10 +27,12 @@ from ..admission import admitted
 from ..auth import auth
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
-from ..replies import sse, usage
+from ..protocol import GenerationRequest
+from ..serving import sse
 from . import transport
 from .media_schema import MediaDescribeFormSchema, MediaDescriptionSchema, MediaStreamDeltaSchema
 from .models import check_served
+from .replies import media_delta, media_description, usage
 from .routedoc import route_doc
 
 bp = Blueprint("media", __name__)
@@ -90,10 +92,11 @@ def describe():
         raise MediaError(f"upload is larger than the {cap / 1048576:g} MiB limit", "file", 413, "media_too_large")
     filename = upload.filename or "upload"
     stream = (request.form.get("stream") or "").strip().lower() in _TRUE
-    req = {
-        "max_tokens": _form_number("max_tokens", int, 1, 1 << 20),
-        "temperature": _form_number("temperature", float, 0.0, 2.0),
-    }
+    req = GenerationRequest(
+        max_tokens=_form_number("max_tokens", int, 1, 1 << 20),
+        temperature=_form_number("temperature", float, 0.0, 2.0),
+        stream=stream,
+    )
 
     engine = state.runner.wait_ready()
     config = MediaConfig.from_settings(settings, engine.limits)
@@ -101,7 +104,7 @@ def describe():
     del data
     prompt_text = (request.form.get("prompt") or "").strip() or DEFAULT_PROMPT.format(kind=vision.kind)
     messages = [{"role": "user", "content": [{"type": vision.kind}, {"type": "text", "text": prompt_text}]}]
-    gen = serving.start(state, engine, messages, [vision], req, [], stream, transport.caller())
+    gen = serving.start(state, engine, messages, [vision], req, transport.caller())
 
     def metadata():
         return {
@@ -116,13 +119,9 @@ def describe():
     if stream:
         return transport.sse_response(gen, DescribeStreamEncoder(metadata))
     out = transport.collect(gen)
+    fin = out.finish
     return jsonify(
-        {
-            "status": "success",
-            "description": out.text,
-            "metadata": metadata(),
-            "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens, out.finish.cached_tokens),
-        }
+        media_description(out.text, metadata(), usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens))
     )
 
 
@@ -140,15 +139,8 @@ class DescribeStreamEncoder:
     def delta(self, ev: serving.Delta):
         self.text.append(ev.text)
         if ev.text:
-            yield sse({"status": "streaming", "delta": ev.text})
+            yield sse(media_delta(ev.text))
 
     def finish(self, ev: serving.Finish):
-        yield sse(
-            {
-                "status": "success",
-                "description": "".join(self.text),
-                "finish_reason": ev.reason,
-                "metadata": self.metadata(),
-                "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
-            }
-        )
+        used = usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
+        yield sse(media_description("".join(self.text), self.metadata(), used, ev.reason))

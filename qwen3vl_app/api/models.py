@@ -7,7 +7,7 @@ from marshmallow import Schema, fields, validate
 
 from ..auth import auth
 from ..errors import APIError
-from ..serving import SAMPLING_FIELDS
+from ..protocol import SAMPLING_FIELDS
 from .routedoc import route_doc
 
 bp = Blueprint("models", __name__)

@@ -24,11 +24,13 @@ from ..admission import admitted
 from ..auth import auth
 from ..errors import APIError
 from ..processing.tools import ToolCall, ToolCallStream
+from ..protocol import ChatRequest
 from . import transport
 from .chat_schema import ChatCompletionRequestSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .errors import first_validation_error
 from .models import check_served
+from .replies import response
 from .responses_schema import ResponseRequestSchema, ResponseSchema, to_chat_request
 from .routedoc import route_doc
 
@@ -86,20 +88,19 @@ def create_response():
     rreq = prepare(ResponseRequestSchema().load, body)
     model = check_served(state, rreq.get("model"))  # 404 for a model not served here
     chat_body, origins = prepare(to_chat_request, rreq)
-    stream = bool(rreq.get("stream"))
     with _responses_names(origins):
-        req = prepare(ChatCompletionRequestSchema().load, chat_body)
-        gen = serving.start_chat(state, req, stream, transport.caller())
+        req: ChatRequest = prepare(ChatCompletionRequestSchema().load, chat_body)
+        gen = serving.start_chat(state, req, transport.caller())
     plan = gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
     writer = ResponseWriter(_base(rreq, model), plan.tool_names)
-    if stream:
+    if req.stream:
         return transport.sse_response(gen, ResponsesStreamEncoder(writer), ignored, done="")
     out = transport.collect(gen)
     writer.start()
     writer.text(out.text)
     final = writer.finish(out.finish)[-1]["response"]
-    return jsonify(final), 200, ignored
+    return jsonify(response(final)), 200, ignored
 
 
 def _is_reasoning(item) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import json
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..tokenizer import _unbyte
@@ -71,7 +72,7 @@ def _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, in_
     return off_hub(build_prompt, tokenizer, messages, vision, tools)
 
 
-def tokenize_text(tokenizer: ChatTokenizer, prompt: str | list[int], limits, max_prompt_tokens: int = 0) -> Prompt:
+def tokenize_text(tokenizer: ChatTokenizer, prompt: str | Sequence[int], limits, max_prompt_tokens: int = 0) -> Prompt:
     """`tokenize` for a raw prompt (legacy completions): the same byte bound, then
     text_prompt (off the hub when large), then its length (worded for a prompt)."""
     if isinstance(prompt, str):

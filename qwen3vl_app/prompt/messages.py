@@ -8,6 +8,7 @@ and `role: "tool"` results pass through in the shape chat templates expect.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # Image `detail` (OpenAI): "low" caps the image at 512x512 pixels (at most 256 vision
@@ -25,7 +26,8 @@ class MediaRef:
     options: dict  # min_pixels / max_pixels / fps / max_frames from the part
 
 
-def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
+def split_messages(messages: Sequence[Mapping]) -> tuple[list[dict], list[MediaRef]]:
+    """The template's messages (new objects: `messages` is read, never written) and the media."""
     out, media = [], []
     for i, msg in enumerate(messages):
         role = "system" if msg["role"] == "developer" else msg["role"]
@@ -53,7 +55,7 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
     return out, media
 
 
-def _tool_fields(msg: dict) -> dict:
+def _tool_fields(msg: Mapping) -> dict:
     if msg.get("tool_calls"):
         return {
             "tool_calls": [

@@ -83,11 +83,11 @@ def check_length(prompt: Prompt, limits, max_prompt_tokens: int = 0, what: str =
         raise context_overflow(limit, n, what)
 
 
-def text_prompt(tokenizer: ChatTokenizer, prompt: str | list[int]) -> Prompt:
+def text_prompt(tokenizer: ChatTokenizer, prompt: str | Sequence[int]) -> Prompt:
     """A raw prompt (legacy completions): no chat template.  The client writes the whole
     prompt, so control-token text in it is tokenized as those tokens, as raw-completion
     servers do; vision placeholders are refused (there is no media to put there)."""
-    ids = list(prompt) if isinstance(prompt, list) else tokenizer.encode(prompt)
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         ids = [END_OF_TEXT]  # an empty prompt starts from a document boundary
     if IMAGE_PAD in ids or VIDEO_PAD in ids:

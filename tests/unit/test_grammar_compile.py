@@ -20,7 +20,8 @@ from qwen3vl_app.engine.constraints import (
 )
 from qwen3vl_app.errors import APIError
 from qwen3vl_app.model_constants import IM_END
-from qwen3vl_app.structured import ToolChoice, plan_output
+from qwen3vl_app.protocol import ChatRequest, ToolChoice
+from qwen3vl_app.structured import plan_output as _plan
 
 
 def _fmt(schema) -> dict:
@@ -171,3 +172,9 @@ def test_library_messages_are_cleaned(raw, clean):
     else:
         assert clean in out
     assert "%json" not in out and "<" not in out
+
+
+def plan_output(fields: dict, **kw):
+    """structured.plan_output over the typed request these fields make."""
+    typed = {k: tuple(v.items()) if k == "logit_bias" else tuple(v) if k == "tools" else v for k, v in fields.items()}
+    return _plan(ChatRequest(messages=(), **typed), **kw)

@@ -7,7 +7,8 @@ import pytest
 
 from qwen3vl_app.errors import APIError
 from qwen3vl_app.model_constants import TOOL_CALL_START
-from qwen3vl_app.structured import ToolChoice, plan_output
+from qwen3vl_app.protocol import ChatRequest, ToolChoice
+from qwen3vl_app.structured import plan_output as _plan
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 SCHEMA_FMT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
@@ -71,3 +72,9 @@ def test_objects_with_declared_properties_are_closed_others_stay_open():
     assert closed["$defs"]["X"]["additionalProperties"] is False
     assert closed["anyOf"][0]["additionalProperties"] is False and closed["anyOf"][1]["additionalProperties"] is True
     assert "additionalProperties" not in schema  # the request's schema is not modified
+
+
+def plan_output(fields: dict, **kw):
+    """structured.plan_output over the typed request these fields make."""
+    typed = {k: tuple(v.items()) if k == "logit_bias" else tuple(v) if k == "tools" else v for k, v in fields.items()}
+    return _plan(ChatRequest(messages=(), **typed), **kw)
