@@ -16,7 +16,7 @@ from ..serving import sse
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionSchema
 from .completions_schema import CompletionSchema
 from .media_schema import MediaDescriptionSchema, MediaStreamDeltaSchema
-from .responses_schema import ResponseSchema
+from .responses_schema import ResponseOutputItemSchema, ResponseSchema
 
 _CHAT_COMPLETION = ChatCompletionSchema()
 _CHUNK = ChatCompletionChunkSchema()
@@ -24,6 +24,7 @@ _TEXT_COMPLETION = CompletionSchema()
 _MEDIA_DESCRIPTION = MediaDescriptionSchema()
 _MEDIA_DELTA = MediaStreamDeltaSchema()
 _RESPONSE = ResponseSchema()
+_OUTPUT_ITEM = ResponseOutputItemSchema()
 
 
 def new_completion_id() -> str:
@@ -116,3 +117,8 @@ def media_delta(text: str) -> dict:
 def response(snapshot: dict) -> dict:
     """A Responses API `response` object (the non-stream reply)."""
     return _RESPONSE.dump(snapshot)
+
+
+def output_item(item: dict) -> dict:
+    """A Responses output item (a message or a function call), as a copy."""
+    return _OUTPUT_ITEM.dump(item)

@@ -9,7 +9,6 @@ stream sends its events as they happen (response.created ... response.completed,
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import time
@@ -30,7 +29,7 @@ from .chat_schema import ChatCompletionRequestSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .errors import first_validation_error
 from .models import check_served
-from .replies import response
+from .replies import output_item, response
 from .responses_schema import ResponseRequestSchema, ResponseSchema, to_chat_request
 from .routedoc import route_doc
 
@@ -100,7 +99,7 @@ def create_response():
     writer.start()
     writer.text(out.text)
     final = writer.finish(out.finish)[-1]["response"]
-    return jsonify(response(final)), 200, ignored
+    return jsonify(final), 200, ignored
 
 
 def _is_reasoning(item) -> bool:
@@ -183,7 +182,8 @@ class ResponseWriter:
         return ev
 
     def snapshot(self, status: str, **extra) -> dict:
-        return {**self.base, "status": status, "output": copy.deepcopy(self.output), **extra}
+        """The `response` object now, dumped through ResponseSchema (a copy: later events change the output)."""
+        return response({**self.base, "status": status, "output": self.output, **extra})
 
     def start(self) -> list[dict]:
         return [
@@ -234,7 +234,7 @@ class ResponseWriter:
             self.output.append(self.message)
             index = len(self.output) - 1
             events.append(
-                self._event("response.output_item.added", output_index=index, item=copy.deepcopy(self.message))
+                self._event("response.output_item.added", output_index=index, item=output_item(self.message))
             )
             part = {"type": "output_text", "text": "", "annotations": []}
             self.message["content"].append(part)
@@ -279,7 +279,7 @@ class ResponseWriter:
             self._event(
                 "response.content_part.done", item_id=msg["id"], output_index=index, content_index=0, part=dict(part)
             ),
-            self._event("response.output_item.done", output_index=index, item=copy.deepcopy(msg)),
+            self._event("response.output_item.done", output_index=index, item=output_item(msg)),
         ]
 
     def _add_call(self, call: ToolCall) -> list[dict]:
