@@ -53,7 +53,7 @@ unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 ## Fetch a published BM1684X build into models/<MODEL>/ (bmodel + config/), checked; re-running resumes
-## or does nothing.  `make model MODEL=qwen3vl_4b`; list: `python -m qwen3vl_app.model_fetch --list`.
+## or does nothing.  `make model MODEL=qwen3vl_4b`; list: `python -m qwen3vl_app.devtools.model_fetch --list`.
 ## The vendor serves bmodels through its `dfss` client (installed here on first use) unless
 ## QWEN3VL_MODEL_MIRROR names an http(s) folder holding the same files.
 MODEL ?= qwen3vl_2b
@@ -61,11 +61,11 @@ MODELS_DIR ?= models
 model: install
 	@test -n "$$QWEN3VL_MODEL_MIRROR$$QWEN3VL_MODEL_MANIFEST" || $(BIN)/python -c "import dfss" 2>/dev/null \
 		|| $(BIN)/pip install -q dfss
-	$(BIN)/python -m qwen3vl_app.model_fetch $(MODEL) --models-dir $(MODELS_DIR)
+	$(BIN)/python -m qwen3vl_app.devtools.model_fetch $(MODEL) --models-dir $(MODELS_DIR)
 
 ## Build (or reuse) the tiny random-weight checkpoint; its folder is the last line printed.
 tiny-model: install
-	@$(BIN)/python -m qwen3vl_app.tiny_model
+	@$(BIN)/python -m qwen3vl_app.devtools.tiny_model
 
 ## The BM1684X module: BM_MODE=sim (default; runtime + cmodel from the tpu-mlir wheel on PyPI)
 ## or BM_MODE=box (libsophon at /opt/sophon/libsophon-current, on the SE7 / a PCIe host).

@@ -304,7 +304,7 @@ def main() -> None:
     args = ap.parse_args()
     per_client = 1 if args.quick else args.requests
 
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
     model_dir = args.model_dir or str(ensure_tiny_checkpoint())
     if args.mode == "batching":

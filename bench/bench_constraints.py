@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args, _ = ap.parse_known_args()  # `make bench ARGS=...` passes the other benches' flags too
     if args.model is None:
-        from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+        from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
         args.model = ensure_tiny_checkpoint()
     tok = ChatTokenizer(args.model)

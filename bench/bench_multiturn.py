@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--sim", action="store_true", help="bm1684x on the simulator, tiny history-KV bmodel")
     args, _ = ap.parse_known_args()  # `make bench ARGS=...` passes bench.py's flags too
     sys.path.insert(0, str(REPO))
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
     from tests.conftest import run_server
 
     if args.sim:

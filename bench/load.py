@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("-m", "--model-dir", default=None, help="default: the tiny random-weight model")
     args = ap.parse_args()
 
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
     from tests.conftest import run_server
 
     model_dir = args.model_dir or ensure_tiny_checkpoint()

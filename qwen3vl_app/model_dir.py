@@ -58,13 +58,13 @@ def build_demo_model() -> Path:
         file=sys.stderr,
     )
     out = subprocess.run(
-        [sys.executable, "-m", "qwen3vl_app.tiny_model"], check=True, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "qwen3vl_app.devtools.tiny_model"], check=True, stdout=subprocess.PIPE, text=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
 def is_demo(model_dir: Path) -> bool:
-    """The folder is the tiny random-weight demo model (`tiny_model.py` marks it)."""
+    """The folder is the tiny random-weight demo model (`devtools/tiny_model.py` marks it)."""
     path = config_dir(Path(model_dir)) / DEMO_MARKER
     try:
         return bool(json.loads(path.read_text()).get("random_weights"))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from qwen3vl_app.tiny_model import cache_root  # noqa: E402  (one cache root for every builder)
+from qwen3vl_app.devtools.tiny_model import cache_root  # noqa: E402  (one cache root for every builder)
 
 TPU_MLIR_VERSION = "1.30.2"
 TORCH_FOR_CONVERTER = "torch==2.11.0"  # what tpu_mlir 1.30.2's [torch] extra pins

@@ -12,7 +12,7 @@ keep the cmodel simulator fast: SEQLEN 256, MAX_INPUT_LENGTH 128, bf16, a 128x12
 vision encoder, and `--do_sample` unless --published (the simulator's device-side sampling
 heads take minutes per call, so tokens are picked on the host from the logits).
 
-The checkpoint is `qwen3vl_app.tiny_model` (built with this Python; it needs torch and
+The checkpoint is `qwen3vl_app.devtools.tiny_model` (built with this Python; it needs torch and
 transformers).  Folders are cached as `<cache>/tiny-bmodel[-variant]-<hash>/`, keyed by the
 checkpoint, the compile arguments and the compiler version, so repeated runs are instant.
 """
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from build_bmodel import TPU_MLIR_VERSION, compile_folder, say  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from qwen3vl_app.tiny_model import cache_root  # noqa: E402
+from qwen3vl_app.devtools.tiny_model import cache_root  # noqa: E402
 
 TINY_ARGS = [
     "-s",
@@ -53,7 +53,11 @@ KEY_VERSION = "2"  # bump when the folder layout written changes
 
 def build_checkpoint() -> Path:
     out = subprocess.run(
-        [sys.executable, "-m", "qwen3vl_app.tiny_model"], cwd=REPO, check=True, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "qwen3vl_app.devtools.tiny_model"],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])
 

@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint()
 

@@ -233,9 +233,7 @@ class ResponseWriter:
             }
             self.output.append(self.message)
             index = len(self.output) - 1
-            events.append(
-                self._event("response.output_item.added", output_index=index, item=output_item(self.message))
-            )
+            events.append(self._event("response.output_item.added", output_index=index, item=output_item(self.message)))
             part = {"type": "output_text", "text": "", "annotations": []}
             self.message["content"].append(part)
             events.append(

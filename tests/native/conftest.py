@@ -106,7 +106,7 @@ def torch_model():
     torch = pytest.importorskip("torch")
     from transformers import Qwen3VLForConditionalGeneration
 
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(str(ensure_tiny_checkpoint()), dtype=torch.float32)
     return model.eval()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from qwen3vl_app.devtools.model_fetch import BMODEL_MAGIC
 from qwen3vl_app.engine import detect_engine
-from qwen3vl_app.model_fetch import BMODEL_MAGIC
 from qwen3vl_app.tokenizer import ChatTokenizer
 from tests.conftest import REPO
 
@@ -134,12 +134,12 @@ def write_manifest(path: Path, stand_in: StandIn, bmodel_sha256: str | None) -> 
 
 
 def run_fetch(manifest: Path, models_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m qwen3vl_app.model_fetch` with `manifest`, no mirror unless `env` names one."""
+    """`python -m qwen3vl_app.devtools.model_fetch` with `manifest`, no mirror unless `env` names one."""
     full_env = {**os.environ, "QWEN3VL_MODEL_MANIFEST": str(manifest)}
     full_env.pop("QWEN3VL_MODEL_MIRROR", None)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "qwen3vl_app.model_fetch", *args, "--models-dir", str(models_dir)],
+        [sys.executable, "-m", "qwen3vl_app.devtools.model_fetch", *args, "--models-dir", str(models_dir)],
         env=full_env,
         capture_output=True,
         text=True,
@@ -236,9 +236,9 @@ def test_a_file_that_is_not_a_bmodel_is_refused(stand_in, tmp_path):
 
 
 def test_published_manifest_names_2b_and_4b():
-    from qwen3vl_app.model_fetch import canonical_name, files_for, load_manifest
+    from qwen3vl_app.devtools.model_fetch import canonical_name, files_for, load_manifest
 
-    manifest = load_manifest(REPO / "qwen3vl_app" / "published_models.json")
+    manifest = load_manifest(REPO / "qwen3vl_app" / "devtools" / "published_models.json")
     for name in ("2b", "4b"):
         specs = files_for(manifest, canonical_name(manifest, name))
         assert specs[0].dest.endswith("_bm1684x_1dev.bmodel") or "_bm1684x_1dev_" in specs[0].dest

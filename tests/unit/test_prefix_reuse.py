@@ -20,7 +20,7 @@ ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def model_dir():
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint()
 

@@ -17,7 +17,7 @@ from tests.support.oracle import decode_all_frames, processor, rope_index
 
 @pytest.fixture(scope="module")
 def tok():
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
     return ChatTokenizer(ensure_tiny_checkpoint())
 

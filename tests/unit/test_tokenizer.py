@@ -8,7 +8,7 @@ import pytest
 import tiktoken
 from tokenizers import AddedToken, Tokenizer
 
-from qwen3vl_app.tiny_model import ADDED_TOKENS, PAT_STR, load_ranks, tiktoken_file
+from qwen3vl_app.devtools.tiny_model import ADDED_TOKENS, PAT_STR, load_ranks, tiktoken_file
 from qwen3vl_app.tokenizer import ChatTokenizer
 
 SAMPLES = [

@@ -16,8 +16,8 @@ from tests.support.media_samples import gradient_rgb, write_video
 
 @pytest.fixture(scope="module")
 def engine():
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
     from qwen3vl_app.engine.torch.engine import TorchEngine
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
 
     return TorchEngine(ensure_tiny_checkpoint(), dtype="float32", threads=2)
 
@@ -25,7 +25,7 @@ def engine():
 def test_engine_logits_match_model_with_its_own_positions(engine, tmp_path):
     import torch
 
-    from qwen3vl_app.tiny_model import ensure_tiny_checkpoint
+    from qwen3vl_app.devtools.tiny_model import ensure_tiny_checkpoint
 
     tok = ChatTokenizer(ensure_tiny_checkpoint())
     img = preprocess_image(Image.fromarray(gradient_rgb(200, 300)), 4096, 128 * 128)

