@@ -12,6 +12,7 @@ from ..protocol import ChatRequest
 from . import transport
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
+from .models import check_served
 from .replies import ChunkEncoder, completion, new_completion_id, usage
 from .routedoc import route_doc
 
@@ -63,11 +64,11 @@ def chat_completions():
     if isinstance(body.get("messages"), list):  # counted before anything walks them
         check_message_count(len(body["messages"]), limit)
     req: ChatRequest = prepare(ChatCompletionRequestSchema().load, body)
+    model = check_served(state, req.model)  # 404 for a model not served here
     gen = serving.start_chat(state, req, transport.caller())
     plan = gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
     cid = new_completion_id()
-    model = req.model or state.model_id
     if req.stream:
         encoder = ChatStreamEncoder(ChunkEncoder(cid, model), req.include_usage, plan.tool_names)
         return transport.sse_response(gen, encoder, ignored)

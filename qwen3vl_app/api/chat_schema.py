@@ -258,15 +258,6 @@ class GenerationRequestSchema(_Loose):
     )
     logit_bias = LogitBias(allow_none=True)
 
-    @validates_schema
-    def _served_model(self, data, **kwargs):
-        from flask import current_app, has_app_context
-
-        from .models import check_served
-
-        if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
-            data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
-
 
 def generation_fields(data: dict) -> dict:
     """A loaded GenerationRequestSchema's fields as `protocol.GenerationRequest` spells them."""

@@ -21,6 +21,7 @@ from ..structured import check_logit_bias
 from . import transport
 from .common import json_body, prepare, request_limit, value_budget
 from .completions_schema import MAX_PROMPTS, CompletionRequestSchema, CompletionSchema
+from .models import check_served
 from .replies import text_choice, text_completion, usage
 from .routedoc import route_doc
 
@@ -53,6 +54,7 @@ def completions():
     body = json_body(value_budget(limit))
     check_id_counts(body.get("prompt"), limit)
     req: CompletionRequest = prepare(CompletionRequestSchema().load, body)
+    model = check_served(state, req.model)  # 404 for a model not served here
     engine = state.runner.wait_ready()
     check_logit_bias(req, engine.capabilities.logits)
     texts = [p if isinstance(p, str) else state.tokenizer.decode(list(p), skip_special=False) for p in req.prompts]
@@ -72,7 +74,7 @@ def completions():
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
         "created": int(time.time()),
-        "model": req.model or state.model_id,
+        "model": model,
     }
     if req.stream:
         encoder = CompletionStreamEncoder(base, len(texts), texts if req.echo else None, req.include_usage)

@@ -1,6 +1,6 @@
 """The layers of docs/architecture.md, read from the source's import statements: serving
-knows no Flask and no api module, engines know no HTTP, typed requests know neither
-marshmallow nor Flask, and no serving code imports the command-line dev tools."""
+knows no Flask and no api module, engines know no HTTP, schemas query no app, typed
+requests know neither marshmallow nor Flask, and no serving code imports the command-line dev tools."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def test_the_import_reader_sees_relative_and_absolute_imports():
         (("serving.py", "structured.py", "protocol.py"), ("flask", "gevent", "socket", "qwen3vl_app.api")),
         # engines, prompts, media, processing: no HTTP
         (("engine/**/*.py", "prompt/*.py", "processing/*.py", "media/*.py"), ("flask", "qwen3vl_app.api")),
+        # schemas validate what they are given: no app to query
+        (("api/*_schema.py",), ("flask",)),
         # typed requests: no wire library either
         (("protocol.py",), ("marshmallow", "qwen3vl_app.serving", "qwen3vl_app.engine")),
     ],
