@@ -24,7 +24,8 @@ def create_app(settings: Settings | None = None, state: ServerState | None = Non
     (a fake engine, say)."""
     from flask import Flask
 
-    from . import api, metrics, request_log
+    from . import api, metrics
+    from .api import request_log
     from .api.errors import register_error_handlers
     from .settings import Settings
     from .state import ServerState

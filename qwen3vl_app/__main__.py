@@ -6,7 +6,7 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 
-from .auth import check_api_keys
+from .api.auth import check_api_keys
 from .gunicorn_config import options
 from .model_dir import resolve_model_dir
 from .settings import Settings, args_to_env, build_arg_parser

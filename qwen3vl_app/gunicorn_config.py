@@ -128,7 +128,7 @@ def on_exit(server) -> None:
 def when_ready(server) -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    from .auth import log_auth_config
+    from .api.auth import log_auth_config
     from .model_dir import is_demo
 
     log = logging.getLogger("qwen3vl")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from .. import serving
-from ..admission import admitted
-from ..auth import auth
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..protocol import ChatRequest
 from . import transport
+from .admission import admitted
+from .auth import auth
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .models import check_served

@@ -10,8 +10,6 @@ import uuid
 from flask import Blueprint, current_app, jsonify
 
 from .. import serving
-from ..admission import admitted
-from ..auth import auth
 from ..errors import PromptError
 from ..prompt import build as prompting
 from ..prompt.template import context_overflow
@@ -19,6 +17,8 @@ from ..protocol import CompletionRequest
 from ..serving import sse
 from ..structured import check_logit_bias
 from . import transport
+from .admission import admitted
+from .auth import auth
 from .common import json_body, prepare, request_limit, value_budget
 from .completions_schema import MAX_PROMPTS, CompletionRequestSchema, CompletionSchema
 from .models import check_served

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
 from .. import __version__
-from ..auth import auth
+from .auth import auth
 from .routedoc import route_doc
 
 bp = Blueprint("health", __name__)

@@ -23,13 +23,13 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 
 from .. import serving
-from ..admission import admitted
-from ..auth import auth
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
 from ..protocol import GenerationRequest
 from ..serving import sse
 from . import transport
+from .admission import admitted
+from .auth import auth
 from .media_schema import MediaDescribeFormSchema, MediaDescriptionSchema, MediaStreamDeltaSchema
 from .models import check_served
 from .replies import media_delta, media_description, usage

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 
 from .. import metrics
-from ..auth import auth
+from .auth import auth
 from .routedoc import route_doc
 
 bp = Blueprint("metrics", __name__)

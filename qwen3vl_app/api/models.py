@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
-from ..auth import auth
 from ..errors import APIError
 from ..protocol import SAMPLING_FIELDS
+from .auth import auth
 from .routedoc import route_doc
 
 bp = Blueprint("models", __name__)

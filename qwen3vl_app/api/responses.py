@@ -19,12 +19,12 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import ValidationError
 
 from .. import serving
-from ..admission import admitted
-from ..auth import auth
 from ..errors import APIError
 from ..processing.tools import ToolCall, ToolCallStream
 from ..protocol import ChatRequest
 from . import transport
+from .admission import admitted
+from .auth import auth
 from .chat_schema import ChatCompletionRequestSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .errors import first_validation_error

@@ -100,7 +100,7 @@ def test_metrics_auth_toggle(inproc_factory):
 
 
 def test_only_masked_keys_reach_the_log(inproc_factory, caplog):
-    from qwen3vl_app.auth import log_auth_config
+    from qwen3vl_app.api.auth import log_auth_config
 
     app = inproc_factory(api_key="first-key-123456")
     caplog.set_level(logging.DEBUG, logger="qwen3vl")
@@ -115,7 +115,7 @@ def test_only_masked_keys_reach_the_log(inproc_factory, caplog):
 
 
 def test_old_default_key_and_auth_off_are_warned_about(tiny_model_dir, caplog):
-    from qwen3vl_app.auth import log_auth_config
+    from qwen3vl_app.api.auth import log_auth_config
     from qwen3vl_app.settings import Settings
 
     caplog.set_level(logging.INFO, logger="qwen3vl")

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from qwen3vl_app.api.request_log import _v
 from qwen3vl_app.errors import MediaError, PromptError
 from qwen3vl_app.media.pipeline import MediaConfig, resolve_media
 from qwen3vl_app.media.sources import SourcePolicy, is_public_ip, load_media
 from qwen3vl_app.processing import video as VID
 from qwen3vl_app.processing import vision as V
-from qwen3vl_app.request_log import _v
 from qwen3vl_app.settings import Settings
 from tests.support.media_samples import png_header_only, write_video
 
@@ -252,14 +252,14 @@ def test_pixels_decoded_per_request_are_bounded():
     ],
 )
 def test_keys_that_cannot_match_are_refused(key, cli, problem):
-    from qwen3vl_app.auth import check_api_keys
+    from qwen3vl_app.api.auth import check_api_keys
 
     with pytest.raises(ValueError, match=problem):
         check_api_keys(Settings(api_key=(key,)), [key] if cli else None)
 
 
 def test_keys_that_can_match_are_accepted(tmp_path: Path):
-    from qwen3vl_app.auth import check_api_keys
+    from qwen3vl_app.api.auth import check_api_keys
 
     f = tmp_path / "keys"
     f.write_text("sk=abc=def\nключ-доступа-1\n")

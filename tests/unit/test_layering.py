@@ -68,6 +68,12 @@ def test_layers_import_only_what_is_below_them(patterns, forbidden):
     assert offenders(files, forbidden) == {}
 
 
+def test_flask_stays_in_the_api_package():
+    """Outside api/, only the app factory (`create_app`) knows Flask."""
+    files = [p for p in sources("**/*.py") if p.relative_to(PACKAGE).parts[0] != "api" and p != PACKAGE / "__init__.py"]
+    assert offenders(files, ("flask", "flask_httpauth")) == {}
+
+
 def test_no_serving_module_imports_the_dev_tools():
     files = [p for p in sources("**/*.py") if "devtools" not in p.parts]
     assert offenders(files, ("qwen3vl_app.devtools",)) == {}

@@ -21,8 +21,8 @@ from flask import current_app, g, request
 from flask_httpauth import HTTPTokenAuth
 from werkzeug.datastructures import Authorization
 
-from .api.errors import error_response
-from .settings import OLD_DEFAULT_API_KEY, Settings, mask_key
+from ..settings import OLD_DEFAULT_API_KEY, Settings, mask_key
+from .errors import error_response
 
 log = logging.getLogger("qwen3vl.auth")
 ANONYMOUS = "anonymous"

@@ -23,7 +23,7 @@ import uuid
 
 from flask import g, request
 
-from . import metrics
+from .. import metrics
 from .admission import release_request_ticket
 
 log = logging.getLogger("qwen3vl.request")
