@@ -68,7 +68,9 @@ def completions():
             e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
             raise
 
-    ignored = serving.ignored_header(serving.ignored_params(body, engine.capabilities.logits, HONOURED))
+    ignored = serving.ignored_header(
+        serving.ignored_params(body, engine.capabilities.logits, HONOURED, engine.capabilities.verify)
+    )
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), req.get("model") or state.model_id
     echo = bool(req.get("echo"))
     if stream:

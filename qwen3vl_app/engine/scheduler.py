@@ -96,6 +96,7 @@ class SlotRequest:
     constrain: Callable[[], TokenMask] | None = None  # builds its grammar's token mask (constrained decoding)
     speculative: int = 0  # draft tokens per step (0: none; used only on engines that can verify)
     prediction: tuple[int, ...] = ()  # the client's expected output (OpenAI `prediction`), drafted from first
+    speculating: bool = False  # it got a drafter (speculative > 0 on an engine that can verify)
     steps: int = 0  # engine steps it was part of (its prefill included)
     drafted: int = 0  # draft tokens proposed for it
     accepted: int = 0  # of those, the ones kept
@@ -162,6 +163,7 @@ class BatchScheduler:
             slot.drafter = None
             if req.speculative > 0 and self.engine.capabilities.verify and self.engine.capabilities.logits:
                 slot.drafter = Drafter(req.prompt.input_ids, req.prediction)
+                req.speculating = True
             t0 = time.perf_counter()
             try:
                 out = self.engine.prefill_slot(slot.index, req.prompt)
