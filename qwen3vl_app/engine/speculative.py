@@ -23,30 +23,38 @@ the sequence (O(1) per token), a lookup is O(max_n).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 
 MAX_DRAFT = 32  # the largest K a request or the server may ask for
 
 
 class _NgramIndex:
-    """For every n-gram (min_n..max_n) of a growing sequence, where its latest occurrence
-    that has a continuation ends: `find(suffix)` gives the index after that occurrence."""
+    """For every n-gram (min_n..max_n) of a growing sequence, where its occurrences that
+    have a continuation end: `find(suffix)` gives the index after the latest one, or after
+    the first one at or past `after`."""
 
     def __init__(self, min_n: int, max_n: int):
         self.min_n, self.max_n = min_n, max_n
         self.ids: list[int] = []
-        self._at: dict[tuple[int, ...], int] = {}
+        self._at: dict[tuple[int, ...], list[int]] = {}
 
     def extend(self, tokens: Iterable[int]) -> None:
         ids, at = self.ids, self._at
         for t in tokens:
             end = len(ids)  # every n-gram ending just before `t` now has a continuation: t
             for n in range(self.min_n, min(self.max_n, end) + 1):
-                at[tuple(ids[end - n : end])] = end
+                at.setdefault(tuple(ids[end - n : end]), []).append(end)
             ids.append(int(t))
 
-    def find(self, suffix: Sequence[int]) -> int | None:
-        return self._at.get(tuple(suffix))
+    def find(self, suffix: Sequence[int], after: int | None = None) -> int | None:
+        ends = self._at.get(tuple(suffix))
+        if not ends:
+            return None
+        if after is None:
+            return ends[-1]
+        i = bisect.bisect_left(ends, after)
+        return ends[i] if i < len(ends) else None
 
 
 class Drafter:
@@ -63,6 +71,7 @@ class Drafter:
         self._pred_index.extend(self._prediction)
         # the prediction index of the next generated token while the output follows it
         self._aligned: int | None = 0 if self._prediction else None
+        self._cursor = 0  # where in the prediction the output was when it last left it
         self.generated = 0
 
     def extend(self, tokens: Iterable[int]) -> None:
@@ -70,7 +79,10 @@ class Drafter:
         pred = self._prediction
         for t in tokens:
             a = self._aligned
-            self._aligned = a + 1 if a is not None and a < len(pred) and pred[a] == t else None
+            if a is not None and a < len(pred) and pred[a] == t:
+                self._aligned = a + 1
+            elif a is not None:
+                self._aligned, self._cursor = None, a + 1  # left it: maybe one token replaced
         self.generated += len(tokens)
         self._history.extend(tokens)
 
@@ -79,9 +91,13 @@ class Drafter:
             return []
         pred = self._prediction
         if pred:
-            if self._aligned is None or self._aligned >= len(pred):
-                self._aligned = self._match(self._pred_index, 1, len(pred))
-            if self._aligned is not None and self._aligned < len(pred):
+            if self._aligned is None:
+                # back on the prediction: the first place past where the output left it that
+                # the last tokens match, else the very next place (one token was replaced)
+                found = self._match(self._pred_index, 2, len(pred), after=self._cursor)
+                self._aligned = found if found is not None else self._cursor
+                self._cursor += 1  # a guess that fails moves on
+            if self._aligned < len(pred):
                 return pred[self._aligned : self._aligned + k]
         ids = self._history.ids
         start = self._match(self._history, self._history.min_n, len(ids))
@@ -95,12 +111,12 @@ class Drafter:
             draft.append(ids[j] if j < end else draft[j - end])
         return draft
 
-    def _match(self, index: _NgramIndex, min_n: int, limit: int) -> int | None:
+    def _match(self, index: _NgramIndex, min_n: int, limit: int, after: int | None = None) -> int | None:
         """Where the longest suffix of the sequence (max_n down to min_n tokens) was last
-        followed by something in `index`, if anywhere."""
+        (or first at or past `after`) followed by something in `index`, if anywhere."""
         ids = self._history.ids
         for n in range(min(self.max_n, len(ids)), min_n - 1, -1):
-            start = index.find(ids[len(ids) - n :])
+            start = index.find(ids[len(ids) - n :], after)
             if start is not None and start < limit:
                 return start
         return None

@@ -41,6 +41,12 @@ def test_drafter_without_a_match_proposes_nothing():
     assert Drafter([1, 2, 1, 2]).propose(0) == []
 
 
+def test_drafter_steps_over_a_replaced_token_of_the_prediction():
+    d = Drafter([100, 101], prediction=[5, 5, 5, 5, 9, 5, 5, 5, 5, 5])
+    d.extend([5, 5, 5, 5, 7])  # the answer has 7 where the prediction has 9
+    assert d.propose(3) == [5, 5, 5]  # from just past the 9, not from the last run of 5s
+
+
 def test_drafter_follows_the_prediction_and_finds_its_place_again():
     d = Drafter([100, 101], prediction=[1, 2, 3, 4, 5, 6, 7, 8])
     assert d.propose(3) == [1, 2, 3]  # nothing generated: the prediction's start
