@@ -112,7 +112,11 @@ DRAFT_ACCEPTANCE = Gauge(
     "speculative decoding: share of this worker's verified draft tokens that were kept (since it started)",
     multiprocess_mode="liveall",
 )
-ENGINE_STEPS = Counter("qwen3vl_engine_steps", "engine steps (prefill or decode) that produced generated tokens")
+ENGINE_STEPS = Counter(
+    "qwen3vl_engine_steps",
+    "engine steps (prefill, decode or verify) that produced generated tokens, counted per request "
+    "(a step shared by a batch counts once for each of its requests); completion tokens / this = tokens per step",
+)
 ADMISSION_LIMIT = Gauge("qwen3vl_max_concurrent", "the --max_concurrent limit", multiprocess_mode="livemax")
 
 

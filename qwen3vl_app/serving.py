@@ -37,7 +37,7 @@ from .errors import APIError, error_body, grammar_failed_body
 from .media.pipeline import MediaConfig, retag_parts
 from .media.pipeline import resolve_media as resolve
 from .processing.detok import Detokenizer, StopMatcher
-from .prompt.build import tokenize
+from .prompt.build import OFFLOAD_TEXT_BYTES, off_hub, tokenize
 from .prompt.messages import split_messages
 from .prompt.template import check_length
 from .replies import SSE_DONE, SSE_PING, sse
@@ -190,7 +190,13 @@ def speculation(req: dict, settings: Settings, tokenizer: ChatTokenizer) -> tupl
     """Draft tokens per step and the tokenized `prediction`: the request's
     `speculative_tokens`, else the server's --speculative-tokens, else 8 with a prediction."""
     prediction = req.get("prediction")
-    ids = tuple(tokenizer.encode_untrusted(prediction["content"])) if prediction else ()
+    ids: tuple[int, ...] = ()
+    if prediction:
+        text = prediction["content"]
+        if len(text) > OFFLOAD_TEXT_BYTES // 4:  # up to 4 bytes a character: tokenized off the hub when large
+            ids = tuple(off_hub(tokenizer.encode_untrusted, text))
+        else:
+            ids = tuple(tokenizer.encode_untrusted(text))
     k = req.get("speculative_tokens")
     if k is None:
         k = settings.speculative_tokens or (PREDICTION_DRAFT if ids else 0)

@@ -199,9 +199,9 @@ def chat(tok, text):
     return build_prompt(tok, [{"role": "user", "content": text}])
 
 
-GREEDY = SamplingParams(max_tokens=24, temperature=0.0, logprobs=True, top_logprobs=3)
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0, logprobs=True, top_logprobs=3)
 # A penalty makes the random model's greedy output vary instead of one repeated token.
-VARIED = SamplingParams(max_tokens=24, temperature=0.0, frequency_penalty=1.5, logprobs=True, top_logprobs=2)
+VARIED = SamplingParams(max_tokens=16, temperature=0.0, frequency_penalty=1.5, logprobs=True, top_logprobs=2)
 
 
 def corrupt(ids, every=4):
