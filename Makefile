@@ -105,12 +105,14 @@ load: install
 	$(BIN)/python bench/load.py --time $(LOAD_TIME) --users $(LOAD_USERS) $(ARGS)
 
 ## Benchmark (< 5 min): TTFT/TPOT/req/s/tok/s at 1,2,4 clients x 1,2 workers, server overhead,
-## worker RSS (torch-free vs torch), preprocessing vs transformers, constrained-decoding cost per token.
+## worker RSS (torch-free vs torch), preprocessing vs transformers, constrained-decoding cost per token,
+## speculative decoding (tokens per engine step, draft acceptance) vs K=0.
 ## JSON, then a table.
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)
 	$(BIN)/python bench/bench_multiturn.py $(ARGS)
 	$(BIN)/python bench/bench_constraints.py $(ARGS)
+	$(BIN)/python bench/bench_speculative.py
 
 ## Soak (~1 min, also part of `make test`): SOAK_REQUESTS mixed requests against 2 workers, then
 ## leaked temp files, fds and RSS growth per worker, printed.  Longer: make soak SOAK_REQUESTS=10000

@@ -104,6 +104,19 @@ VISION_CACHE_BYTES = Gauge(
 CACHED_PROMPT_TOKENS = Counter(
     "qwen3vl_cached_prompt_tokens", "prompt tokens whose KV was reused from an earlier request (not prefilled again)"
 )
+DRAFT_TOKENS = Counter(
+    "qwen3vl_draft_tokens", "speculative decoding: draft tokens verified, by result (accepted/rejected)", ["result"]
+)
+DRAFT_ACCEPTANCE = Gauge(
+    "qwen3vl_draft_acceptance_ratio",
+    "speculative decoding: share of this worker's verified draft tokens that were kept (since it started)",
+    multiprocess_mode="liveall",
+)
+ENGINE_STEPS = Counter(
+    "qwen3vl_engine_steps",
+    "engine steps (prefill, decode or verify) that produced generated tokens, counted per request "
+    "(a step shared by a batch counts once for each of its requests); completion tokens / this = tokens per step",
+)
 ADMISSION_LIMIT = Gauge("qwen3vl_max_concurrent", "the --max_concurrent limit", multiprocess_mode="livemax")
 
 
@@ -139,6 +152,17 @@ def rejected(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
 
+_drafts = [0, 0]  # this process: accepted, rejected
+
+
+def _observe_drafts(accepted: int, rejected: int) -> None:
+    DRAFT_TOKENS.labels("accepted").inc(accepted)
+    DRAFT_TOKENS.labels("rejected").inc(rejected)
+    _drafts[0] += accepted
+    _drafts[1] += rejected
+    DRAFT_ACCEPTANCE.set(_drafts[0] / max(1, sum(_drafts)))
+
+
 def engine_loaded(seconds: float, slots: int = 1) -> None:
     ENGINE_LOAD_SECONDS.set(seconds)
     ENGINES_READY.inc()
@@ -167,6 +191,10 @@ def observe_request(endpoint: str, status: int, seconds: float, stats=None, star
         COMPLETION_TOKENS.labels(endpoint).inc(stats.completion_tokens)
     if stats.finish_reason:
         GENERATIONS.labels(stats.finish_reason).inc()
+    if stats.steps:
+        ENGINE_STEPS.inc(stats.steps)
+    if stats.drafted:
+        _observe_drafts(stats.accepted, stats.drafted - stats.accepted)
     ttft = stats.ttft(started) if started is not None else None
     if ttft is not None:
         TTFT.labels(endpoint).observe(ttft)

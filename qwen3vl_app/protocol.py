@@ -63,6 +63,8 @@ class GenerationRequest:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     cache_salt: str | None = None  # vLLM's extension: scopes cached work further than the API key
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    speculative_tokens: int | None = None  # extension: draft tokens per step (None: the server's)
+    prediction: str | None = None  # OpenAI's predicted output (chat): drafted first
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,11 +33,12 @@ from .engine.base import Engine, Prompt, VisionInput
 from .engine.constraints import GrammarFailed
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Cancel
+from .engine.speculative import MAX_DRAFT
 from .errors import APIError, error_body, grammar_failed_body
 from .media.pipeline import MediaConfig, retag_parts
 from .media.pipeline import resolve_media as resolve
 from .processing.detok import Detokenizer, StopMatcher
-from .prompt.build import tokenize
+from .prompt.build import OFFLOAD_TEXT_BYTES, off_hub, tokenize
 from .prompt.messages import split_messages
 from .prompt.template import check_length
 from .protocol import SAMPLING_FIELDS, ChatRequest, GenerationRequest
@@ -77,6 +78,10 @@ class JobStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV the engine reused
     completion_tokens: int = 0
+    steps: int = 0  # engine steps that produced its tokens (prefill included)
+    speculative: bool = False  # drafted tokens (engine.speculative) were verified for it
+    drafted: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens kept
     finish_reason: str | None = None  # stop | length | cancelled
 
     def ttft(self, started: float) -> float | None:
@@ -104,6 +109,8 @@ class GenerationJob:
     stats: JobStats = field(default_factory=JobStats)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
     grammar: Grammar | None = None  # constrained decoding (response_format, forced tool calls)
+    speculative: int = 0  # draft tokens per step (engine.speculative; 0: off)
+    prediction: tuple[int, ...] = ()  # OpenAI `prediction`, tokenized: drafted first
 
 
 @dataclass
@@ -118,6 +125,7 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    draft: tuple[int, int] | None = None  # speculative: (accepted, rejected) draft tokens
 
 
 PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
@@ -131,8 +139,20 @@ Event = Any  # PING | ADMITTED | Delta | Finish
 
 # Fields every generation endpoint honours (GenerationRequestSchema); each endpoint adds its own.
 GENERATION_FIELDS = frozenset(
-    {"model", *SAMPLING_FIELDS, "stop", "n", "stream", "stream_options", "logit_bias", "cache_salt"}
+    {
+        "model",
+        *SAMPLING_FIELDS,
+        "stop",
+        "n",
+        "stream",
+        "stream_options",
+        "logit_bias",
+        "cache_salt",
+        "speculative_tokens",
+    }
 )
+SPECULATIVE_FIELDS = ("speculative_tokens", "prediction")  # no effect on an engine that cannot verify
+PREDICTION_DRAFT = 8  # draft tokens per step for a request with `prediction` when nothing else sets K
 
 
 def sampling_params(
@@ -173,6 +193,21 @@ def sampling_params(
     )
 
 
+def speculation(req: GenerationRequest, settings: Settings, tokenizer: ChatTokenizer) -> tuple[int, tuple[int, ...]]:
+    """Draft tokens per step and the tokenized `prediction`: the request's
+    `speculative_tokens`, else the server's --speculative-tokens, else 8 with a prediction."""
+    ids: tuple[int, ...] = ()
+    if text := req.prediction:
+        if len(text) > OFFLOAD_TEXT_BYTES // 4:  # up to 4 bytes a character: tokenized off the hub when large
+            ids = tuple(off_hub(tokenizer.encode_untrusted, text))
+        else:
+            ids = tuple(tokenizer.encode_untrusted(text))
+    k = req.speculative_tokens
+    if k is None:
+        k = settings.speculative_tokens or (PREDICTION_DRAFT if ids else 0)
+    return max(0, min(int(k), MAX_DRAFT)), ids
+
+
 def cache_scope(scope_setting: str, key_digest: bytes, salt: str | None) -> bytes:
     """The prompt's cache scope (`Prompt.cache_scope`): its API key's digest unless the
     operator shares the cache between keys (`--prompt-cache-scope shared`), and the
@@ -184,12 +219,14 @@ def cache_scope(scope_setting: str, key_digest: bytes, salt: str | None) -> byte
     return h.digest()[:16]
 
 
-def ignored_params(body: dict, logits: bool, honoured: frozenset[str] | None = None) -> list[str]:
+def ignored_params(body: dict, logits: bool, honoured: frozenset[str] | None = None, verify: bool = True) -> list[str]:
     """Fields the response names in `X-Ignored-Params` instead of hiding that they had no
-    effect: the sampling fields a device-greedy engine cannot honour and, given the
-    endpoint's `honoured` fields, every other field set in the body (outside the spec
-    or not implemented).  /v1/models lists the capabilities."""
+    effect: the sampling fields a device-greedy engine cannot honour, the speculative ones
+    an engine without `verify` cannot, and, given the endpoint's `honoured` fields, every
+    other field set in the body (outside the spec or not implemented).  /v1/models lists
+    the capabilities."""
     out = [f for f in SAMPLING_FIELDS if not logits and body.get(f) is not None]
+    out += [f for f in SPECULATIVE_FIELDS if not (logits and verify) and body.get(f) is not None]
     if honoured is not None:
         out += [k for k, v in body.items() if v is not None and k not in honoured and k not in out]
     return out
@@ -286,8 +323,16 @@ def start_prompt(
     check_length(prompt, engine.limits, settings.max_prompt_tokens)
     prompt.cache_scope = cache_scope(settings.prompt_cache_scope, caller.key_digest, req.cache_salt)
     params = sampling_params(req, state.tokenizer.generation_config, settings, engine.capabilities.logits, extra_bias)
+    k, prediction = speculation(req, settings, state.tokenizer)
     job = GenerationJob(
-        prompt, params, list(req.stop), settings.request_timeout, ignore_eos=req.ignore_eos, grammar=grammar
+        prompt,
+        params,
+        list(req.stop),
+        settings.request_timeout,
+        ignore_eos=req.ignore_eos,
+        grammar=grammar,
+        speculative=k,
+        prediction=prediction,
     )
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if req.stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
@@ -348,7 +393,8 @@ def _run(
             stats.prompt_tokens = len(job.prompt.input_ids)
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
-    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
+    draft = (stats.accepted, stats.drafted - stats.accepted) if stats.speculative else None
+    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, draft)
 
 
 def _tokens(
@@ -359,7 +405,9 @@ def _tokens(
     decode steps).  `constrain` builds the grammar's token mask, in the engine thread.
     Closing sets nothing itself: the caller's `cancel` frees the slot before the next
     decode step."""
-    channel = runner.join(job.prompt, job.params, eos_ids, cancel, constrain)
+    channel = runner.join(
+        job.prompt, job.params, eos_ids, cancel, constrain, speculative=job.speculative, prediction=job.prediction
+    )
     request = channel.request
     assert request is not None
     try:
@@ -374,7 +422,10 @@ def _tokens(
                 raise item
             yield item
     finally:
-        job.stats.engine_seconds = request.engine_seconds
+        stats = job.stats
+        stats.engine_seconds = request.engine_seconds
+        stats.steps, stats.drafted, stats.accepted = request.steps, request.drafted, request.accepted
+        stats.speculative = request.speculating
 
 
 def _logprob_entry(tokenizer: ChatTokenizer, choice) -> dict:

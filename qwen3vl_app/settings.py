@@ -194,6 +194,13 @@ class Settings:
         "seconds a request waits for its grammar (response_format, forced tool calls) to compile off the "
         "event loop; slower: 400 invalid_schema (compile thread too busy to start it: 503)",
     )
+    speculative_tokens: int = _opt(
+        0,
+        ("--speculative-tokens",),
+        "speculative decoding: tokens drafted per step from n-gram matches in the prompt and the text so "
+        "far, verified in one engine step (0: off; at most 32; engines that cannot verify ignore it). "
+        "Requests may override it (speculative_tokens); a request with `prediction` drafts 8 when this is 0",
+    )
     # each engine's own settings (engine/<name>/__init__.py): (engine name, its settings object)
     engines: tuple[tuple[str, Any], ...] = field(default_factory=_default_engine_settings)
 

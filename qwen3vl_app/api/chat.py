@@ -30,6 +30,7 @@ HONOURED = serving.GENERATION_FIELDS | {
     "parallel_tool_calls",
     "response_format",
     "ignore_eos",
+    "prediction",
 }
 
 
@@ -67,7 +68,9 @@ def chat_completions():
     model = check_served(state, req.model)  # 404 for a model not served here
     gen = serving.start_chat(state, req, transport.caller())
     plan = gen.plan
-    ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
+    ignored = serving.ignored_header(
+        serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED, gen.engine.capabilities.verify)
+    )
     cid = new_completion_id()
     if req.stream:
         encoder = ChatStreamEncoder(ChunkEncoder(cid, model), req.include_usage, plan.tool_names)
@@ -81,7 +84,7 @@ def chat_completions():
         model,
         content=content,
         finish_reason=reason,
-        usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens),
+        usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.draft),
         logprobs={"content": out.logprobs} if out.logprobs else None,
         tool_calls=[c.to_openai() for c in calls],
     )
@@ -118,7 +121,7 @@ class ChatStreamEncoder:
                 reason = "tool_calls"
         yield self.chunks.chunk({}, finish_reason=reason)
         if self.include_usage:
-            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
+            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.draft)
 
     def _tool_events(self, events, logprobs):
         sent = False

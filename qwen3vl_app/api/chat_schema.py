@@ -14,6 +14,7 @@ from typing import cast
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from ..engine.speculative import MAX_DRAFT
 from ..model_constants import VOCAB_ROWS
 from ..protocol import SAMPLING_FIELDS, ChatRequest, ToolChoice
 
@@ -257,6 +258,15 @@ class GenerationRequestSchema(_Loose):
         },
     )
     logit_bias = LogitBias(allow_none=True)
+    speculative_tokens = fields.Integer(
+        allow_none=True,
+        validate=validate.Range(min=0, max=MAX_DRAFT),
+        metadata={
+            "description": "extension: speculative decoding for this request, tokens drafted per step from the "
+            "prompt and the text so far (0: off; default: the server's --speculative-tokens). Never changes "
+            "the output, only how many tokens one engine step yields"
+        },
+    )
 
 
 def generation_fields(data: dict) -> dict:
@@ -270,7 +280,32 @@ def generation_fields(data: dict) -> dict:
         "include_usage": bool((data.get("stream_options") or {}).get("include_usage")),
         "logit_bias": tuple((data.get("logit_bias") or {}).items()),
         "cache_salt": data.get("cache_salt"),
+        "speculative_tokens": data.get("speculative_tokens"),
     }
+
+
+class PredictionContent(fields.Field):
+    """A prediction's `content`: a string or a list of text parts; loaded as one string."""
+
+    MAX_CHARS = 1 << 17
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+            ):
+                raise ValidationError('content parts of a prediction must be {"type": "text", "text": ...}')
+            value = "".join(p["text"] for p in value)
+        if not isinstance(value, str):
+            raise ValidationError("must be a string or a list of text parts")
+        if len(value) > self.MAX_CHARS:
+            raise ValidationError(f"longer than {self.MAX_CHARS} characters")
+        return value
+
+
+class PredictionSchema(_Loose):
+    type = fields.String(required=True, validate=validate.Equal("content"))
+    content = PredictionContent(required=True)
 
 
 class ChatCompletionRequestSchema(GenerationRequestSchema):
@@ -292,6 +327,14 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
     tool_choice = ToolChoiceField(allow_none=True)
     parallel_tool_calls = fields.Boolean(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
+    prediction = fields.Nested(
+        PredictionSchema,
+        allow_none=True,
+        metadata={
+            "description": "OpenAI predicted output: text the answer is expected to repeat (a file being edited); "
+            "drafted first by speculative decoding, so matching runs take fewer engine steps"
+        },
+    )
 
     @validates_schema
     def _consistency(self, data, **kwargs):
@@ -315,6 +358,7 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
             tool_choice=data.get("tool_choice"),
             parallel_tool_calls=data.get("parallel_tool_calls") is not False,
             response_format=data.get("response_format"),
+            prediction=(data.get("prediction") or {}).get("content"),
         )
 
 
@@ -330,11 +374,23 @@ class PromptTokensDetailsSchema(Schema):
     )
 
 
+class CompletionTokensDetailsSchema(Schema):
+    accepted_prediction_tokens = fields.Integer(
+        metadata={"description": "speculative decoding: drafted tokens (prediction or prompt lookup) kept"}
+    )
+    rejected_prediction_tokens = fields.Integer(
+        metadata={"description": "speculative decoding: drafted tokens verified and dropped"}
+    )
+
+
 class UsageSchema(Schema):
     prompt_tokens = fields.Integer(required=True)
     completion_tokens = fields.Integer(required=True)
     total_tokens = fields.Integer(required=True)
     prompt_tokens_details = fields.Nested(PromptTokensDetailsSchema, required=True)
+    completion_tokens_details = fields.Nested(
+        CompletionTokensDetailsSchema, metadata={"description": "present when the request was decoded speculatively"}
+    )
 
 
 class TopLogprobSchema(Schema):

@@ -69,7 +69,9 @@ def completions():
             e.param = "prompt" if len(texts) == 1 else f"prompt[{i}]"
             raise
 
-    ignored = serving.ignored_header(serving.ignored_params(body, engine.capabilities.logits, HONOURED))
+    ignored = serving.ignored_header(
+        serving.ignored_params(body, engine.capabilities.logits, HONOURED, engine.capabilities.verify)
+    )
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",

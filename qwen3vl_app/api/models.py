@@ -23,6 +23,12 @@ class ModelCapabilitiesSchema(Schema):
             "(usage.prompt_tokens_details.cached_tokens)"
         },
     )
+    speculative_decoding = fields.Boolean(
+        metadata={
+            "description": "several tokens per engine step from drafts (prediction, speculative_tokens; "
+            "docs/speculative.md); the output is unchanged"
+        },
+    )
     structured_outputs = fields.Boolean(
         required=True,
         metadata={"description": "response_format json_object / json_schema enforced by constrained decoding"},
@@ -91,6 +97,7 @@ def model_card(state, name: str | None = None) -> dict:
             "sampling": caps.logits,
             "logprobs": caps.logits,
             "prefix_cache": caps.prefix_cache,
+            "speculative_decoding": caps.logits and caps.verify,
             "structured_outputs": caps.logits,
             "tool_choice": ["none", "auto"] + (["required", "function"] if caps.logits else []),
             "parameters": (
@@ -98,6 +105,7 @@ def model_card(state, name: str | None = None) -> dict:
                 + (["response_format", "logit_bias"] if caps.logits else [])
                 + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"]
                 + ["tools", "tool_choice", "parallel_tool_calls"]
+                + (["prediction", "speculative_tokens"] if caps.logits and caps.verify else [])
             ),
         }
     return card

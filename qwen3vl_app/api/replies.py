@@ -31,14 +31,23 @@ def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    """OpenAI's usage object (UsageSchema); `cached_tokens`: prompt tokens whose KV was reused."""
-    return {
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, draft: tuple[int, int] | None = None
+) -> dict:
+    """OpenAI's usage object (UsageSchema); `cached_tokens`: prompt tokens whose KV was
+    reused; `draft`: (accepted, rejected) draft tokens when the generation was speculative."""
+    out: dict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    if draft is not None:
+        out["completion_tokens_details"] = {
+            "accepted_prediction_tokens": draft[0],
+            "rejected_prediction_tokens": draft[1],
+        }
+    return out
 
 
 class ChunkEncoder:
@@ -56,10 +65,11 @@ class ChunkEncoder:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return sse(_CHUNK.dump({**self.base, "choices": [choice]}))
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> str:
-        return sse(
-            _CHUNK.dump({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)})
-        )
+    def usage_chunk(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, draft: tuple[int, int] | None = None
+    ) -> str:
+        used = usage(prompt_tokens, completion_tokens, cached_tokens, draft)
+        return sse(_CHUNK.dump({**self.base, "choices": [], "usage": used}))
 
 
 def completion(

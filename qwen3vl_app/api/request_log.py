@@ -5,7 +5,10 @@ response, i.e. after the last byte of a stream or when its client left -- in log
 
   request id=req-… method=POST path=/v1/chat/completions status=200 stream=1
   prompt_tokens=31 completion_tokens=7 finish=length ttft_ms=52.1 tpot_ms=4.0
-  queue_ms=0.1 engine_ms=60.2 overhead_ms=3.3 total_ms=64.0 pid=1234 key=sk-a…ijkl
+  queue_ms=0.1 engine_ms=60.2 overhead_ms=3.3 tokens_per_step=1.00 total_ms=64.0 pid=1234 key=sk-a…ijkl
+
+`tokens_per_step`: completion tokens per engine step (prefill included; above 1 with
+speculative decoding), followed by `draft_accepted=`/`draft_rejected=` when it was on.
 
 Level: INFO (WARNING for 5xx other than 503); /health and /metrics answered 200 log at
 DEBUG so probes and scrapers do not flood the log.  The key is the masked form the auth
@@ -186,7 +189,10 @@ def _log_and_count(f: _Finisher) -> None:
             f"queue_ms={_ms(stats.queue_wait)}",
             f"engine_ms={_ms(stats.engine_seconds)}",
             f"overhead_ms={_ms(stats.overhead(total))}",
+            f"tokens_per_step={stats.completion_tokens / stats.steps:.2f}" if stats.steps else "tokens_per_step=-",
         ]
+        if stats.speculative:
+            fields += [f"draft_accepted={stats.accepted}", f"draft_rejected={stats.drafted - stats.accepted}"]
     fields += [f"total_ms={total * 1000:.1f}", f"pid={os.getpid()}", f"key={_v(getattr(g_, 'key_id', f.anonymous))}"]
     if f.exc is not None:
         fields.append(f"error={type(f.exc).__name__}")

@@ -68,6 +68,7 @@ class Capabilities:
 
     logits: bool = True
     prefix_cache: bool = False  # reuses the KV of a previous prompt's leading tokens
+    verify: bool = False  # verify_batch/commit_slot: several tokens per step (speculative decoding)
 
 
 @dataclass
@@ -92,6 +93,12 @@ class Engine(abc.ABC):
       all in one device step, and returns each slot's next distribution.
     - `release_slot(slot)` forgets what the slot holds (after a failed step, or when its
       tokens must not be reused).
+    An engine with `capabilities.verify` also runs speculative steps (`engine.speculative`):
+    - `verify_batch({slot: [token, *draft]})` feeds each slot several tokens at its next
+      positions in one step and returns one distribution per fed token (after it);
+    - `commit_slot(slot, keep)` then keeps the first `keep` fed tokens of that slot's last
+      verify step (at least 1) and drops the KV of the rest.  Every slot of a verify step
+      is committed before the next step.
     """
 
     name: str = "?"
@@ -108,6 +115,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def decode_batch(self, tokens: dict[int, int]) -> dict[int, StepOutput]:
         """One decode step over several slots: feed each slot its token at its next position."""
+
+    def verify_batch(self, tokens: dict[int, list[int]]) -> dict[int, list[StepOutput]]:
+        """One step feeding each slot its list of tokens (its next token, then a draft);
+        one output per fed token.  Only with `capabilities.verify`."""
+        raise NotImplementedError(f"engine {self.name} cannot verify drafts")
+
+    def commit_slot(self, slot: int, keep: int) -> None:
+        """Keep the first `keep` tokens `slot` was fed by the last `verify_batch`."""
+        raise NotImplementedError(f"engine {self.name} cannot verify drafts")
 
     def release_slot(self, slot: int) -> None:  # noqa: B027 -- optional: engines that reuse nothing keep nothing
         """Forget the tokens `slot` holds, so nothing of them is reused."""

@@ -153,12 +153,22 @@ class EngineRunner:
         """Run fn in the engine thread; only this greenlet waits."""
         return self.pool.apply(fn, args)
 
-    def join(self, prompt, params, eos_ids, cancel, constrain=None) -> TokenChannel:
+    def join(self, prompt, params, eos_ids, cancel, constrain=None, speculative=0, prediction=()) -> TokenChannel:
         """Hand a generation to the scheduler (caller holds a turn and the engine is ready);
-        its tokens arrive on the returned channel.  `constrain`: see SlotRequest."""
+        its tokens arrive on the returned channel.  `constrain`, `speculative`,
+        `prediction`: see SlotRequest."""
         assert self.scheduler is not None
         channel = TokenChannel()
-        channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put, constrain=constrain)
+        channel.request = SlotRequest(
+            prompt,
+            params,
+            eos_ids,
+            cancel,
+            channel.put,
+            constrain=constrain,
+            speculative=speculative,
+            prediction=prediction,
+        )
         self.scheduler.pending.append(channel.request)
         self._kick()
         return channel

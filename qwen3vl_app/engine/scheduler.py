@@ -23,6 +23,15 @@ ends, until the slot is needed again.  A new request takes the free slot whose t
 share the longest prefix with its prompt (a chat's previous turn), so the engine's
 `prefill_slot` computes only the new suffix; otherwise the least recently used free
 slot, so the last conversations stay resident longest.
+
+Speculative decoding (`engine.speculative`): a slot whose request asks for K > 0 draft
+tokens, on an engine with `capabilities.verify`, gets a prompt-lookup draft before each
+step; when any slot of the step has one, the step is one `verify_batch` (a slot without a
+draft is fed its one token), and each slot's tokens are chosen position by position with
+its own sampler, mask and stop rules, exactly as one decode step each would -- a drafted
+token is kept while it is the token chosen, the first other choice ends the slot's step
+(it is the next token fed), and `commit_slot` drops the KV of what was not kept.  Drafts
+never run past the slot's budget.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import Engine, Prompt, StepOutput
 from .sampling import Choice, Sampler, SamplingParams
+from .speculative import Drafter
 
 if TYPE_CHECKING:
     from .constraints import TokenMask
@@ -84,6 +94,12 @@ class SlotRequest:
     deliver: Callable[[Any], None]
     engine_seconds: float = 0.0  # its prefill + every decode step it was part of
     constrain: Callable[[], TokenMask] | None = None  # builds its grammar's token mask (constrained decoding)
+    speculative: int = 0  # draft tokens per step (0: none; used only on engines that can verify)
+    prediction: tuple[int, ...] = ()  # the client's expected output (OpenAI `prediction`), drafted from first
+    speculating: bool = False  # it got a drafter (speculative > 0 on an engine that can verify)
+    steps: int = 0  # engine steps it was part of (its prefill included)
+    drafted: int = 0  # draft tokens proposed for it
+    accepted: int = 0  # of those, the ones kept
 
 
 @dataclass
@@ -99,6 +115,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # ids whose KV this slot's cache holds
     scope: bytes = b""  # their cache scope (Prompt.cache_scope)
     last_used: int = 0  # admission counter, for least-recently-used choice among free slots
+    drafter: Drafter | None = None  # speculative decoding: its prompt-lookup drafter
 
 
 class BatchScheduler:
@@ -109,6 +126,8 @@ class BatchScheduler:
         self._admissions = 0
         self.steps = 0  # decode steps run
         self.slot_steps = 0  # sum of batch sizes over those steps
+        self.drafted = 0  # draft tokens proposed, over every slot
+        self.accepted = 0  # draft tokens kept
 
     @property
     def busy(self) -> int:
@@ -141,6 +160,10 @@ class BatchScheduler:
             slot.request, slot.budget, slot.produced, slot.last_used = req, budget, 0, self._admissions
             slot.sampler = Sampler(req.params, req.prompt.input_ids)
             slot.tokens = []
+            slot.drafter = None
+            if req.speculative > 0 and self.engine.capabilities.verify and self.engine.capabilities.logits:
+                slot.drafter = Drafter(req.prompt.input_ids, req.prediction)
+                req.speculating = True
             t0 = time.perf_counter()
             try:
                 out = self.engine.prefill_slot(slot.index, req.prompt)
@@ -150,6 +173,7 @@ class BatchScheduler:
                 continue
             finally:
                 req.engine_seconds += time.perf_counter() - t0
+                req.steps += 1
             slot.tokens, slot.scope = list(req.prompt.input_ids), req.prompt.cache_scope
             slot.cached = out.cached_tokens
             if req.constrain is not None and out.logits is not None:
@@ -191,13 +215,15 @@ class BatchScheduler:
         return live
 
     def _step(self, active: list[Slot]) -> None:
+        drafts = {s.index: self._draft(s) for s in active if s.drafter is not None}
+        if any(drafts.values()):
+            self._verify_step(active, drafts)
+            return
         t0 = time.perf_counter()
         try:
             outs = self.engine.decode_batch({s.index: s.next_token for s in active})
         except Exception as e:  # every slot of the step fails; each request's greenlet logs it
-            for slot in active:
-                self._forget(slot)
-                self._end(slot, e)
+            self._fail(active, e)
             return
         dt = time.perf_counter() - t0
         self.steps += 1
@@ -205,12 +231,62 @@ class BatchScheduler:
         for slot in active:
             assert slot.request is not None
             slot.request.engine_seconds += dt
+            slot.request.steps += 1
             slot.tokens.append(slot.next_token)
             self._emit(slot, outs[slot.index])
 
-    def _emit(self, slot: Slot, out: StepOutput) -> None:
+    def _draft(self, slot: Slot) -> list[int]:
+        """Up to K tokens the slot's drafter guesses follow its next token; never more than
+        its budget can take (the fed token and each draft token may each yield one)."""
+        assert slot.request is not None and slot.drafter is not None
+        room = slot.budget - slot.produced - 1
+        return slot.drafter.propose(min(slot.request.speculative, room))
+
+    def _verify_step(self, active: list[Slot], drafts: dict[int, list[int]]) -> None:
+        feeds = {s.index: [s.next_token, *drafts.get(s.index, [])] for s in active}
+        t0 = time.perf_counter()
+        try:
+            outs = self.engine.verify_batch(feeds)
+        except Exception as e:
+            self._fail(active, e)
+            return
+        dt = time.perf_counter() - t0
+        self.steps += 1
+        self.slot_steps += len(active)
+        for slot in active:
+            req = slot.request
+            assert req is not None
+            req.engine_seconds += dt
+            req.steps += 1
+            fed, draft = feeds[slot.index], drafts.get(slot.index, [])
+            kept, accepted = 0, 0
+            for i, out in enumerate(outs[slot.index]):
+                kept += 1
+                token = self._emit(slot, out)
+                hit = token is not None and i < len(draft) and token == draft[i]
+                accepted += hit
+                if not hit or slot.request is None:  # chose otherwise (the next token fed), or ended
+                    break
+            req.drafted += len(draft)
+            req.accepted += accepted
+            self.drafted += len(draft)
+            self.accepted += accepted
+            slot.tokens.extend(fed[:kept])
+            try:
+                self.engine.commit_slot(slot.index, kept)
+            except Exception as e:
+                self._forget(slot)
+                if slot.request is not None:
+                    self._end(slot, e)
+
+    def _fail(self, active: list[Slot], e: BaseException) -> None:
+        for slot in active:
+            self._forget(slot)
+            self._end(slot, e)
+
+    def _emit(self, slot: Slot, out: StepOutput) -> int | None:
         """Choose the slot's next token from its step output and deliver it; end the slot
-        on an end token or when its budget is spent."""
+        on an end token or when its budget is spent.  The chosen token (None: failed)."""
         req, sampler = slot.request, slot.sampler
         assert req is not None and sampler is not None
         try:
@@ -224,8 +300,10 @@ class BatchScheduler:
                 choice = Choice(out.token_id)
         except Exception as e:
             self._end(slot, e)
-            return
+            return None
         slot.produced += 1
+        if slot.drafter is not None:
+            slot.drafter.extend((choice.token_id,))
         if choice.token_id in req.eos_ids:
             req.deliver(Generated(choice, "stop", slot.cached))
             self._free(slot)
@@ -235,6 +313,7 @@ class BatchScheduler:
         else:
             req.deliver(Generated(choice, None, slot.cached))
             slot.next_token = choice.token_id
+        return choice.token_id
 
     def _end(self, slot: Slot, outcome: BaseException | None) -> None:
         assert slot.request is not None
@@ -253,3 +332,4 @@ class BatchScheduler:
         slot.request = None
         slot.sampler = None
         slot.mask = None
+        slot.drafter = None

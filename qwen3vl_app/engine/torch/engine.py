@@ -3,12 +3,18 @@
 It is the oracle the bm1684x engine is tested against and lets anyone run the same API
 on a laptop.  Positions come from our own `Prompt` (the same M-RoPE rows the TPU gets),
 so both engines see identical inputs.
+
+Speculative steps (`verify_batch`/`commit_slot`): a slot alone runs its fed tokens on its
+own cache and `commit_slot` crops the rows not kept.  Several slots run as one left-padded
+batch whose rows may be fed different numbers of tokens (a short row is padded at its
+end); the columns a row did not keep are masked out for good (`_Merged.valid`), and the
+batch is compacted when such holes make up most of it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +44,7 @@ class _Merged:
 
     order: tuple[int, ...]  # slot of each batch row
     cache: Any
-    pads: list[int] = field(default_factory=list)  # left padding of each row
+    valid: Any  # bool [rows, length]: the columns each row attends to (not padding or rejected drafts)
     length: int = 0  # columns in the cache (padding included)
 
 
@@ -70,10 +76,11 @@ class TorchEngine(Engine):
         text = self.model.config.text_config
         max_ctx = max_context or min(int(text.max_position_embeddings), 32768)
         self.limits = Limits(max_context=max_ctx, max_input_tokens=max_ctx)
-        self.capabilities = Capabilities(logits=True, prefix_cache=True)
+        self.capabilities = Capabilities(logits=True, prefix_cache=True, verify=True)
         self.vision_cache = VisionCache(vision_cache_mb << 20)
         self._slots: dict[int, _SlotKV] = {}  # each slot's sequence
         self._merged: _Merged | None = None
+        self._pending: dict[int, tuple[list[int], int]] = {}  # verify: slot -> (fed tokens, first column)
 
     def _run_prompt(self, prompt: Prompt, held: CachedSequence | None, cache):
         """Prefill `prompt` on top of `cache` (holding `held`), keeping the shared prefix.
@@ -138,9 +145,7 @@ class TorchEngine(Engine):
         pos = torch.empty((4, b, 1), dtype=torch.long, device=self.device)
         pos[0] = m.length  # the physical cache column: the same for every row
         pos[1:] = torch.tensor([self._slots[s].next_pos for s in order], device=self.device).view(1, b, 1)
-        mask = torch.ones((b, m.length + 1), dtype=torch.long, device=self.device)
-        for row, pad in enumerate(m.pads):
-            mask[row, :pad] = 0
+        mask = torch.cat([m.valid, torch.ones((b, 1), dtype=torch.bool, device=self.device)], 1).long()
         try:
             with torch.inference_mode():
                 out = self.model.model(
@@ -154,6 +159,7 @@ class TorchEngine(Engine):
             raise
         m.cache = out.cache
         m.length += 1
+        m.valid = mask.bool()
         result = {}
         for row, s in enumerate(order):
             kv = self._slots[s]
@@ -180,6 +186,87 @@ class TorchEngine(Engine):
         if self._merged is not None and slot in self._merged.order:
             self._split()
         self._slots.pop(slot, None)
+        self._pending.pop(slot, None)
+
+    # -- speculative steps: several tokens per slot, the rejected ones dropped -------------
+
+    def verify_batch(self, tokens: dict[int, list[int]]) -> dict[int, list[StepOutput]]:
+        """One forward feeding each slot its tokens at its next positions; the logits after
+        each.  Every slot must then be committed (`commit_slot`)."""
+        order = tuple(sorted(tokens))
+        if len(order) == 1:
+            self._split()
+            s = order[0]
+            return {s: self._verify_one(s, list(tokens[s]))}
+        return self._verify_merged(order, tokens)
+
+    def _verify_one(self, slot: int, fed: list[int]) -> list[StepOutput]:
+        torch = self.torch
+        kv = self._slots.pop(slot)  # updated in place: unusable if this fails
+        n, start = len(fed), len(kv.held.ids)
+        ids = torch.tensor([fed], dtype=torch.long, device=self.device)
+        steps = torch.arange(n, device=self.device)
+        pos = torch.stack([start + steps] + [kv.next_pos + steps] * 3).view(4, 1, n)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, position_ids=pos, cache=kv.cache, use_cache=True)
+        kv.cache = out.cache
+        self._slots[slot] = kv
+        self._pending[slot] = (fed, start)
+        logits = out.logits[0].float().cpu().numpy()
+        return [StepOutput(logits=row) for row in logits]
+
+    def _verify_merged(self, order: tuple[int, ...], tokens: dict[int, list[int]]) -> dict[int, list[StepOutput]]:
+        torch = self.torch
+        m = self._merged
+        if m is not None and (m.order != order or m.length > 2 * int(m.valid.sum(1).max()) + 64):
+            self._split()  # other slots, or mostly holes: rebuild
+            m = None
+        if m is None:
+            self._merge(order)
+            m = self._merged
+        assert m is not None
+        b, n = len(order), max(len(tokens[s]) for s in order)
+        fed = [list(tokens[s]) for s in order]
+        ids = torch.tensor([f + [f[-1]] * (n - len(f)) for f in fed], dtype=torch.long, device=self.device)
+        steps = torch.arange(n, device=self.device).view(1, n)
+        pos = torch.empty((4, b, n), dtype=torch.long, device=self.device)
+        pos[0] = m.length + steps  # physical cache columns: the same for every row
+        pos[1:] = torch.tensor([self._slots[s].next_pos for s in order], device=self.device).view(1, b, 1) + steps
+        mask = torch.cat([m.valid, torch.ones((b, n), dtype=torch.bool, device=self.device)], 1)
+        try:
+            with torch.inference_mode():
+                out = self.model.model(
+                    input_ids=ids, position_ids=pos, attention_mask=mask.long(), cache=m.cache, use_cache=True
+                )
+                hidden = out[0]
+                logits = self._batch_logits(hidden.reshape(b * n, -1)).reshape(b, n, -1)
+        except Exception:
+            self._merged = None
+            for s in order:
+                self._slots.pop(s, None)
+            raise
+        start = m.length
+        m.cache, m.valid, m.length = out.cache, mask, m.length + n
+        result = {}
+        for row, s in enumerate(order):
+            self._pending[s] = (fed[row], start)
+            result[s] = [StepOutput(logits=logits[row, i]) for i in range(len(fed[row]))]
+        return result
+
+    def commit_slot(self, slot: int, keep: int) -> None:
+        """Keep the first `keep` tokens of the slot's last verify step; the rest of its rows
+        are dropped (cropped from its own cache, masked out of a merged one)."""
+        fed, start = self._pending.pop(slot)
+        keep = max(1, min(keep, len(fed)))
+        kv = self._slots[slot]
+        m = self._merged
+        if m is not None and slot in m.order:
+            row = m.order.index(slot)
+            m.valid[row, start + keep :] = False
+        elif keep < len(fed):
+            kv.cache.crop(keep - len(fed))  # (transformers crops from the end)
+        kv.held.ids.extend(fed[:keep])
+        kv.next_pos += keep
 
     def _batch_logits(self, hidden) -> np.ndarray:
         """lm_head over [batch, hidden] as weight @ hidden^T: with a vocabulary of 152k rows
@@ -209,28 +296,36 @@ class TorchEngine(Engine):
             layers.append((keys, values))
         from transformers import DynamicCache
 
-        self._merged = _Merged(order, DynamicCache(layers), [length - n for n in lengths], length)
+        valid = torch.ones((len(kvs), length), dtype=torch.bool, device=self.device)
+        for row, n in enumerate(lengths):
+            valid[row, : length - n] = False
+        self._merged = _Merged(order, DynamicCache(layers), valid, length)
         for kv in kvs:
             kv.cache = None  # the merged cache holds it now
 
     def _split(self) -> None:
-        """Give every slot of the merged batch its own cache back (padding dropped)."""
+        """Give every slot of the merged batch its own cache back (padding and rejected
+        draft rows dropped)."""
         from transformers import DynamicCache
 
         m, self._merged = self._merged, None
         if m is None:
             return
         for row, s in enumerate(m.order):
-            pad = m.pads[row]
+            cols = m.valid[row].nonzero().view(-1)
             self._slots[s].cache = DynamicCache(
                 [
-                    (layer.keys[row : row + 1, :, pad:].clone(), layer.values[row : row + 1, :, pad:].clone())
+                    (
+                        layer.keys[row : row + 1].index_select(2, cols).clone(),
+                        layer.values[row : row + 1].index_select(2, cols).clone(),
+                    )
                     for layer in m.cache.layers
                 ]
             )
 
     def close(self) -> None:
         self._slots.clear()
+        self._pending.clear()
         self._merged = None
         self.model = None
 
