@@ -15,7 +15,7 @@ Each frame is drawn here, in pure Python (no numpy in the system Python):
 
 Commands on stdin, one per line; replies on stdout, one JSON line each:
   stats            -> {"clients": <RTSP clients connected so far>, "sessions": <open sessions>}
-  pattern <name>   -> {"ok": true}   (gray, red, blue or green, then optionally "-moving"
+  pattern <name>   -> {"ok": true}   (gray, red, blue, green, black or white, then optionally "-moving"
                                       and/or "-still": no clock band, identical frames)
   quit             -> exits
 On start it prints {"ready": true, "port": <port>}.
@@ -43,6 +43,8 @@ COLOURS = {
     "red": (200, 30, 30),
     "blue": (30, 30, 200),
     "green": (30, 180, 30),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
 }
 WHITE = bytes((255, 255, 255)) * 10
 BLACK = bytes((0, 0, 0)) * 10
