@@ -198,7 +198,9 @@ class Settings:
         3600.0, ("--watch-max-duration",), "longest a watch runs (seconds); also its default duration"
     )
     max_watches: int = _opt(
-        4, ("--max-watches",), "watches one worker runs at once (each also holds an admission ticket)"
+        4,
+        ("--max-watches",),
+        "watches the server runs at once, all workers together (each also holds an admission ticket)",
     )
     max_watches_per_key: int = _opt(2, ("--max-watches-per-key",), "watches one API key may run at once per worker")
 

@@ -2,9 +2,9 @@
 answer each time it changes (POST /v1/watches, api/watches.py).
 
 Rules:
-* A watch is bounded three ways: per API key and per worker (`WatchLimits`, counted here,
-  429 beyond), and like any generation by the server-wide admission ticket its response
-  holds for its whole life (api/watches.py is `@admitted`).
+* A watch is bounded three ways: across the server (--max-watches) and per API key in each
+  worker (`WatchLimits`, 429 beyond), and like any generation by the server-wide admission
+  ticket its response holds for its whole life (api/watches.py is `@admitted`).
 * The interval is at least --watch-min-interval; a watch ends after its duration (at most
   --watch-max-duration), when the client leaves, or when the worker shuts down.
 * An answer "changes" when its text differs after trimming white space; structured
@@ -19,11 +19,13 @@ Rules:
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .admission import Admission
 from .errors import APIError
 from .replies import SSE_DONE, SSE_PING, sse
 
@@ -33,31 +35,33 @@ class TooManyWatches(APIError):
     code = "too_many_watches"
 
 
+WATCH_FILE_ENV = "_QWEN3VL_WATCH_FILE"  # the master's shared watch tickets (gunicorn_config.on_starting)
+
+
 @dataclass
 class WatchLimits:
-    """Watches running in this worker, in all and per API key."""
+    """Watches running: across the server (`server`: tickets in a file the gunicorn master
+    shares, like admission; without it, this process counts alone) and per API key in
+    this worker."""
 
-    per_worker: int
+    server: Admission
     per_key: int
     running: dict[bytes, int] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.running.values())
 
     def acquire(self, key: bytes) -> Callable[[], None]:
         """Take a place for a watch of `key`, or raise TooManyWatches.  Returns the release."""
         from . import metrics
 
-        if self.total >= self.per_worker:
-            metrics.WATCHES_REFUSED.labels("server").inc()
-            raise TooManyWatches(
-                f"this server runs at most {self.per_worker} watches at once per worker (--max-watches); retry later"
-            )
         if self.running.get(key, 0) >= self.per_key:
             metrics.WATCHES_REFUSED.labels("key").inc()
             raise TooManyWatches(
                 f"this API key already runs {self.per_key} watches (--max-watches-per-key); end one first"
+            )
+        ticket = self.server.try_acquire()
+        if ticket is None:
+            metrics.WATCHES_REFUSED.labels("server").inc()
+            raise TooManyWatches(
+                f"this server runs at most {self.server.limit} watches at once (--max-watches); retry later"
             )
         self.running[key] = self.running.get(key, 0) + 1
         metrics.WATCHES.inc()
@@ -68,6 +72,7 @@ class WatchLimits:
             if released:
                 return
             released = True
+            ticket.release()
             self.running[key] -= 1
             if not self.running[key]:
                 del self.running[key]
@@ -79,10 +84,13 @@ class WatchLimits:
 _limits: WatchLimits | None = None
 
 
-def limits(per_worker: int, per_key: int) -> WatchLimits:
+def limits(max_watches: int, per_key: int) -> WatchLimits:
     global _limits
-    if _limits is None or (_limits.per_worker, _limits.per_key) != (per_worker, per_key):
-        _limits = WatchLimits(per_worker, per_key)
+    if _limits is None or (_limits.server.limit, _limits.per_key) != (max_watches, per_key):
+        path = os.environ.get(WATCH_FILE_ENV) or None
+        if path is not None and not os.path.exists(path):
+            path = None
+        _limits = WatchLimits(Admission(max_watches, path), per_key)
     return _limits
 
 
