@@ -34,11 +34,13 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
-
 from ..errors import MediaError
+
+if TYPE_CHECKING:  # numpy and OpenCV are imported where frames are handled, not by the master
+    import numpy as np
 
 log = logging.getLogger("qwen3vl.cameras")
 
@@ -589,6 +591,8 @@ def clip_timestamps(frames: list[Frame], temporal: int = 2) -> list[float]:
 
 
 def to_rgb(frame: Frame) -> np.ndarray:
+    import numpy as np
+
     return np.ascontiguousarray(frame.image[:, :, ::-1])
 
 

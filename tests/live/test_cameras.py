@@ -21,6 +21,7 @@ from tests.support.camera import RtspCamera, clock_age_ms, frame_clock_ms, requi
 from tests.support.live import API_KEY, free_port
 
 USER, SECRET = "viewer", "pa55-w0rd-XYZ"
+WRONG = "wr0ng-pa55-QQ"
 
 
 def user(part, text="What is in the picture?"):
@@ -53,6 +54,7 @@ class Cams:
             f"dying=rtsp://{USER}:{SECRET}@127.0.0.1:{self.dying_port}/cam\n"
             f"watched=rtsp://127.0.0.1:{self.watched_port}/cam\n"
             f"offline=rtsp://{USER}:{SECRET}@127.0.0.1:{self.offline_port}/cam\n"
+            f"badpw={self.main.url(USER, WRONG)}\n"
         )
 
 
@@ -161,7 +163,20 @@ def test_faults_are_clear_errors_naming_the_camera(cam_server, cams):
         assert cam_server.get("/v1/cameras/dying/snapshot").status_code == 200
         threading.Timer(1.0, dying.kill).start()
         started = time.monotonic()
-        r = cam_server.chat(user(video_part("camera://dying", fps=2, duration=6)), max_tokens=2)
+        out: list = []
+        clip = threading.Thread(
+            target=lambda: out.append(
+                cam_server.chat(user(video_part("camera://dying", fps=2, duration=6)), max_tokens=2)
+            )
+        )
+        clip.start()
+        # The worker keeps answering while its reader waits on the dead camera (off the hub).
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        assert cam_server.health()["status"] == "healthy"
+        assert time.monotonic() - t0 < 1.0
+        clip.join(30)
+        r = out[0]
         assert r.status_code == 503, r.text
         assert "'dying'" in r.json()["error"]["message"] and "mid-clip" in r.json()["error"]["message"]
         assert time.monotonic() - started < 5.5
@@ -222,11 +237,13 @@ def test_credentials_never_leave_the_server(cam_server, cams):
         cam_server.get("/metrics"),
         cam_server.get("/openapi.json"),
         cam_server.chat(user(image_part("camera://offline")), max_tokens=2),
+        cam_server.chat(user(image_part("camera://badpw")), max_tokens=2),  # the camera answers 401
+        cam_server.get("/v1/cameras"),  # with badpw's reason
     ]
-    assert [r.status_code for r in replies] == [200, 200, 200, 503]
+    assert [r.status_code for r in replies] == [200, 200, 200, 503, 503, 200]
     texts = [r.text for r in replies] + [cam_server.log()]
     for text in texts:
-        assert SECRET not in text
+        assert SECRET not in text and WRONG not in text
         assert f"{USER}:" not in text
     assert 'qwen3vl_camera_frames_total{camera="main"}' in texts[1]
     with open(f"/proc/{cam_server.proc.pid}/cmdline", "rb") as f:
