@@ -27,6 +27,7 @@ move it), which creeps up slowly so a drifting camera clock is followed.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
 import os
@@ -250,6 +251,13 @@ class CameraReader:
     def stop(self) -> None:
         self._stop = True
 
+    def join(self, timeout: float) -> bool:
+        """Wait (blocking this thread) until the reader's thread has ended; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:
+            _thread_sleep(0.02)
+        return not self._running
+
     @property
     def running(self) -> bool:
         return self._running
@@ -305,6 +313,10 @@ class CameraReader:
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
         import cv2
 
+        try:  # a failed open is this module's to report (by name): not OpenCV's warning per retry
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except AttributeError:
+            pass
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(self.config.connect_timeout * 1000),
@@ -430,9 +442,13 @@ class Cameras:
     def all(self) -> list[CameraReader]:
         return list(self.readers.values())
 
-    def close(self) -> None:
-        for r in [*self.readers.values(), *self.raw.values()]:
+    def close(self, wait: float = 0.0) -> None:
+        readers = [*self.readers.values(), *self.raw.values()]
+        for r in readers:
             r.stop()
+        deadline = time.monotonic() + wait
+        for r in readers:
+            r.join(max(deadline - time.monotonic(), 0.0))
 
 
 _registry: Cameras | None = None
@@ -446,7 +462,23 @@ def registry(config: CameraConfig) -> Cameras:
             _registry.close()
         _registry = Cameras(config)
         _start_publisher()
+        global _atexit_registered
+        if not _atexit_registered:
+            atexit.register(_close_at_exit)
+            _atexit_registered = True
     return _registry
+
+
+_atexit_registered = False
+EXIT_WAIT = 3.0  # seconds the process waits at exit for its readers to leave OpenCV
+
+
+def _close_at_exit() -> None:
+    """Stop the readers and let their threads leave OpenCV before the interpreter goes: a
+    thread still inside a read when Python finalizes is torn down mid-C++ and aborts the
+    process ("FATAL: exception not rethrown")."""
+    if _registry is not None:
+        _registry.close(wait=EXIT_WAIT)
 
 
 def is_camera_url(url: str) -> bool:

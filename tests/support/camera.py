@@ -49,10 +49,18 @@ def require_rtsp() -> None:
 
 class RtspCamera:
     def __init__(
-        self, port: int, pattern: str = "gray-moving", user: str = "", password: str = "", fps: int = 10
+        self,
+        port: int,
+        pattern: str = "gray-moving",
+        user: str = "",
+        password: str = "",
+        fps: int = 10,
+        size: str = "",
     ) -> None:
         self.port = port
         cmd = [SYSTEM_PYTHON, str(SCRIPT), "--port", str(port), "--pattern", pattern, "--fps", str(fps)]
+        if size:
+            cmd += ["--size", size]  # GStreamer's test pattern at this size (benchmarks)
         if user:
             cmd += ["--user", user, "--password", password]
         self.proc = subprocess.Popen(

@@ -84,6 +84,9 @@ def main() -> None:
     ap.add_argument("--pattern", default="gray-moving")
     ap.add_argument("--user", default="")
     ap.add_argument("--password", default="")
+    ap.add_argument(
+        "--size", default="", help="WxH: GStreamer's own moving test pattern at this size (benchmarks), no pixel clock"
+    )
     args = ap.parse_args()
 
     Gst.init(None)
@@ -100,17 +103,29 @@ def main() -> None:
         if pattern.clock
         else ""
     )
-    factory.set_launch(
-        f"( appsrc name=src is-live=true format=time do-timestamp=true "
-        f"caps=video/x-raw,format=RGB,width={W},height={H},framerate={args.fps}/1 "
-        f"! videoconvert ! {overlay}videoconvert "
-        f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} bitrate=800 "
-        "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+    encode = (
+        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} bitrate=800 "
+        "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1"
     )
+    if args.size:  # GStreamer's own pattern at a camera's size (benchmarks): no pixel clock
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        source = (
+            f"videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},height={height},"
+            f"framerate={args.fps}/1 ! timeoverlay ! videoconvert"
+        )
+    else:
+        source = (
+            f"appsrc name=src is-live=true format=time do-timestamp=true "
+            f"caps=video/x-raw,format=RGB,width={W},height={H},framerate={args.fps}/1 "
+            f"! videoconvert ! {overlay}videoconvert"
+        )
+    factory.set_launch(f"( {source} ! {encode} )")
     factory.set_shared(True)
 
     def on_configure(_factory, media):
         src = media.get_element().get_child_by_name("src")
+        if src is None:  # --size: GStreamer draws the frames
+            return
         state = {"n": 0, "alive": True}
 
         def push():
