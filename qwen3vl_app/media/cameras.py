@@ -34,7 +34,8 @@ import os
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -566,15 +567,22 @@ def fresh_frame(reader: CameraReader, param: str | None = None, max_age: float |
 
 
 def record_clip(
-    reader: CameraReader, duration: float, fps: float, max_frames: int, param: str | None = None
+    reader: CameraReader,
+    duration: float,
+    fps: float,
+    max_frames: int,
+    param: str | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Frame]:
     """Frames from now for `duration` seconds, one every 1/fps seconds of capture time
-    (at most `max_frames`, at least 2).  A stall of the read timeout, a reconnect or a
-    resolution change mid-clip is a CameraError naming the camera."""
+    (at most `max_frames`, at least 2), each passed through `transform` when it is taken
+    (the frames kept are then the transformed ones).  A stall of the read timeout, a
+    reconnect or a resolution change mid-clip is a CameraError naming the camera."""
+    keep = transform or (lambda image: image)
     first = fresh_frame(reader, param, max_age=1.0)
     want = max(2, min(int(round(duration * fps)), max_frames))
     step = 1.0 / fps
-    frames = [first]
+    frames = [replace(first, image=keep(first.image))]
     start, next_due, last_seq = first.ts, first.ts + step, first.seq
     sessions = reader.sessions
     progress = time.monotonic()
@@ -603,7 +611,7 @@ def record_clip(
                     f"({first.size[0]}x{first.size[1]} to {f.size[0]}x{f.size[1]})",
                     param,
                 )
-            frames.append(f)
+            frames.append(replace(f, image=keep(f.image)))
             next_due += step
             while next_due <= f.ts:
                 next_due += step

@@ -322,7 +322,11 @@ def _from_camera(ref, config: MediaConfig, pricing: _Pricing) -> VisionInput:
     """camera://NAME or an allowed rtsp:// URL: the latest frame as an image part, a clip
     recorded from now as a video part (`duration` seconds at the part's `fps`, each block's
     timestamp from the frames' capture times)."""
-    from ..processing.video import VideoMeta, frames_to_input
+    from PIL import Image
+
+    from ..model_constants import FACTOR, TEMPORAL_PATCH
+    from ..processing.video import VideoMeta, video_smart_resize
+    from ..processing.vision import resize_rgb
 
     options = getattr(ref, "options", None) or {}
     try:
@@ -332,8 +336,6 @@ def _from_camera(ref, config: MediaConfig, pricing: _Pricing) -> VisionInput:
             width, height = frame.size
             pricing.frame(width, height, options)
             image = image_budget_for(config, options)
-            from PIL import Image
-
             return _offload(
                 lambda: preprocess_image(Image.fromarray(to_rgb(frame)), image.min_pixels, image.max_pixels)
             )
@@ -359,10 +361,20 @@ def _from_camera(ref, config: MediaConfig, pricing: _Pricing) -> VisionInput:
                 code="media_too_large",
             )
         budget, most = budget.fit(VideoMeta(want, budget.fps, width, height))
-        frames = record_clip(reader, duration, budget.fps, min(most, budget.max_frames), ref.param)
-        budget = budget.with_blocks(len(frames), duration)
-        rgb = [to_rgb(f) for f in frames]
-        item = _offload(frames_to_input, rgb, list(range(len(rgb))), budget.fps, budget)
+        count = min(want, most, budget.max_frames)
+        # Each frame is shrunk as it is taken (off the hub), to the size `count` frames may
+        # have: a long clip never holds full-size frames.  A clip that ends with fewer
+        # frames has room for more pixels, so the size stays within the budget.
+        budget = budget.with_blocks(count, duration)
+        size = video_smart_resize(
+            count, height, width, TEMPORAL_PATCH, FACTOR, budget.min_pixels, budget.stack_max_pixels(count)
+        )
+
+        def shrink(bgr):
+            return _offload(lambda: resize_rgb(Image.fromarray(bgr[:, :, ::-1]), *size))
+
+        frames = record_clip(reader, duration, budget.fps, count, ref.param, shrink)
+        item = _offload(_clip_input, [f.image for f in frames])
         item.timestamps = clip_timestamps(frames)
         pricing.spent(item)
         return item
@@ -373,6 +385,20 @@ def _from_camera(ref, config: MediaConfig, pricing: _Pricing) -> VisionInput:
     except PromptError as e:
         e.param = ref.param
         raise e from None
+
+
+def _clip_input(resized: list) -> VisionInput:
+    """Frames already at their final size -> a video VisionInput (an odd count padded with
+    the last frame, as for files); its timestamps are set by the caller."""
+    import numpy as np
+
+    from ..model_constants import TEMPORAL_PATCH
+    from ..processing.vision import patchify
+
+    if len(resized) % TEMPORAL_PATCH:
+        resized = resized + [resized[-1]] * (TEMPORAL_PATCH - len(resized) % TEMPORAL_PATCH)
+    pixel_values, grid = patchify(np.stack(resized))
+    return VisionInput(kind="video", pixel_values=pixel_values, grid_thw=grid)
 
 
 def _fetch_failed(reason: str) -> None:
