@@ -15,6 +15,7 @@ from qwen3vl_app.media.cameras import (
     CameraConfig,
     CameraError,
     CameraReader,
+    Cameras,
     check_rtsp_url,
     clip_timestamps,
     fresh_frame,
@@ -151,3 +152,19 @@ def test_camera_killed_mid_clip():
     finally:
         reader.stop()
         cam.kill()
+
+
+def test_allowed_raw_rtsp_url_is_read_at_the_checked_address_and_shared(camera):
+    cams = Cameras(CameraConfig(connect_timeout=5.0, read_timeout=2.0, idle_timeout=30))
+    # The name resolves (here, by the policy's resolver) to an allowed loopback address.
+    policy = SourcePolicy(allowed_networks=("127.0.0.0/8",), resolver=lambda host, port: ["127.0.0.1"])
+    url = f"rtsp://viewer:{SECRET}@camera.test:{camera.port}/cam"
+    try:
+        reader = cams.for_url(url, policy)
+        assert reader.name == f"rtsp://***@camera.test:{camera.port}/cam"
+        assert fresh_frame(reader).size == (320, 240)
+        assert cams.for_url(url, policy) is reader  # one reader per URL
+        assert cams.all() == []  # raw URLs are not listed among the named cameras
+    finally:
+        cams.close(wait=3.0)
+    assert not reader.running
