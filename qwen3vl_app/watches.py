@@ -153,7 +153,7 @@ def run(
     last = comparable(first.text, watch.structured)
     metrics.WATCH_EVENTS.inc()
     yield sse(answer_event(watch, first, sequence))
-    started = time.monotonic()
+    started = sent = time.monotonic()  # `sent`: when the client last got something
     end = started + watch.duration
     next_at = started + watch.interval
     last_error = None
@@ -171,9 +171,9 @@ def run(
                 break
             if now >= next_at:
                 break
-            wait = min(next_at, end) - now
-            time.sleep(min(wait, watch.keepalive, 0.25))
-            if time.monotonic() - now >= watch.keepalive or wait > watch.keepalive:
+            time.sleep(min(min(next_at, end) - now, 0.25))
+            if time.monotonic() - sent >= watch.keepalive:
+                sent = time.monotonic()
                 yield SSE_PING
         if reason != "duration" or time.monotonic() >= end:
             break
@@ -185,6 +185,7 @@ def run(
             if e.message != last_error:
                 last_error = e.message
                 last = None  # once the camera is back, the answer goes out again
+                sent = time.monotonic()
                 yield sse({"object": "watch.error", "id": watch.id, "camera": watch.camera, **e.body()})
             continue
         last_error = None
@@ -193,6 +194,7 @@ def run(
             last = value
             sequence += 1
             metrics.WATCH_EVENTS.inc()
+            sent = time.monotonic()
             yield sse(answer_event(watch, answer, sequence))
     yield sse({"object": "watch.end", "id": watch.id, "camera": watch.camera, "reason": reason})
     yield SSE_DONE

@@ -92,3 +92,11 @@ def test_limits_per_key_and_server():
     for release in (a2, b1, c1):
         release()
     assert limits.running == {} and limits.server.in_use() == 0
+
+
+def test_pings_keep_a_quiet_watch_alive_without_flooding():
+    watch = watches.Watch("bay", interval=0.3, duration=1.05, structured=False, keepalive=0.2)
+    chunks = list(watches.run(watch, lambda: watches.Answer("same", None), watches.Answer("same", None), lambda: False))
+    pings = sum(1 for c in chunks if c.startswith(": ping"))
+    assert 3 <= pings <= 6, chunks  # about one per keepalive over ~1 s, not one per poll
+    assert [e["object"] for e in _events(chunks) if e] == ["watch.answer", "watch.end"]
