@@ -564,6 +564,7 @@ def fresh_frame(reader: CameraReader, param: str | None = None, max_age: float |
             raise _unavailable(reader, param, "gave no frame in time")
         was_running = True  # after the first look, a failure is this request's answer
         _sleep(POLL)
+        reader.touch()  # a thread that was just ending for idleness starts again
 
 
 def record_clip(
