@@ -84,6 +84,11 @@ def on_starting(server) -> None:
     runtime = make_runtime_dir(settings.runtime_dir)
     server._qwen3vl_runtime = runtime
     os.environ[ENV_FILE] = Admission.create_file(runtime, settings.max_concurrent)
+    from .watches import WATCH_FILE_ENV
+
+    watch_dir = os.path.join(runtime, "watches")  # the same kind of tickets, for --max-watches
+    os.makedirs(watch_dir, exist_ok=True)
+    os.environ[WATCH_FILE_ENV] = Admission.create_file(watch_dir, settings.max_watches)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir and metrics_dir == os.environ.get("_QWEN3VL_OWN_METRICS_DIR"):
         metrics_dir = None  # inherited from a previous master of ours (USR2 re-exec): make a new one
@@ -111,6 +116,10 @@ def child_exit(server, worker) -> None:
             logging.getLogger("qwen3vl").warning(
                 "worker %d died holding %d admission ticket(s); freed", worker.pid, freed
             )
+    from .watches import WATCH_FILE_ENV
+
+    if os.environ.get(WATCH_FILE_ENV):
+        free_tickets_of(os.environ[WATCH_FILE_ENV], worker.pid)  # its watches ended with it
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

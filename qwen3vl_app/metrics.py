@@ -117,6 +117,20 @@ ENGINE_STEPS = Counter(
     "engine steps (prefill, decode or verify) that produced generated tokens, counted per request "
     "(a step shared by a batch counts once for each of its requests); completion tokens / this = tokens per step",
 )
+CAMERA_CONNECTED = Gauge(
+    "qwen3vl_camera_connected",
+    "workers whose reader of this camera is connected (one RTSP session each)",
+    ["camera"],
+    multiprocess_mode="livesum",
+)
+CAMERA_FRAMES = Counter("qwen3vl_camera_frames", "frames decoded from each camera", ["camera"])
+CAMERA_FAILURES = Counter(
+    "qwen3vl_camera_failures", "camera stream opens or reads that failed (each followed by a reconnect)", ["camera"]
+)
+WATCHES = Gauge("qwen3vl_watches_active", "watches running (POST /v1/watches)", multiprocess_mode="livesum")
+WATCH_EVENTS = Counter("qwen3vl_watch_events", "answers sent by watches because they changed")
+WATCH_ASKS = Counter("qwen3vl_watch_questions", "questions watches asked of the model")
+WATCHES_REFUSED = Counter("qwen3vl_watches_refused", "watches refused, by reason", ["reason"])
 ADMISSION_LIMIT = Gauge("qwen3vl_max_concurrent", "the --max_concurrent limit", multiprocess_mode="livemax")
 
 
@@ -204,3 +218,17 @@ def observe_request(endpoint: str, status: int, seconds: float, stats=None, star
     overhead = stats.overhead(seconds)
     if overhead is not None:
         OVERHEAD.labels(endpoint).observe(overhead)
+
+
+_camera_seen: dict[str, tuple[int, int]] = {}
+
+
+def camera_state(name: str, connected: bool, frames: int, failures: int) -> None:
+    """A camera reader's figures (cumulative in the reader; counters get the difference)."""
+    CAMERA_CONNECTED.labels(name).set(1 if connected else 0)
+    seen_frames, seen_failures = _camera_seen.get(name, (0, 0))
+    if frames > seen_frames:
+        CAMERA_FRAMES.labels(name).inc(frames - seen_frames)
+    if failures > seen_failures:
+        CAMERA_FAILURES.labels(name).inc(failures - seen_failures)
+    _camera_seen[name] = (max(frames, seen_frames), max(failures, seen_failures))

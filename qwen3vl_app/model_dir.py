@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .engine import ModelFolderError, detect_engine
+from .media.cameras import load_cameras
 from .media.sources import parse_networks
 from .model_constants import DEMO_MARKER
 from .settings import DEFAULT_MODEL_DIR, OPTIONS
@@ -42,6 +43,9 @@ def resolve_model_dir(settings, environ=None):
         raise StartupError(f"--engine {settings.engine} does not match {path} (a {kind} model folder)")
     try:
         parse_networks(settings.allowed_media_network)  # a typo fails here, not on every request
+        load_cameras(settings.camera, settings.camera_file)  # errors name the camera, never its URL
+    except OSError as e:
+        raise StartupError(f"--camera-file: cannot read it ({e.strerror})") from None
     except ValueError as e:
         raise StartupError(str(e)) from None
     return replace(settings, model_dir=str(path))

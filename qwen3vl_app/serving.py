@@ -20,7 +20,6 @@ and `sse_events` guarantee it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -42,6 +41,7 @@ from .prompt.build import OFFLOAD_TEXT_BYTES, off_hub, tokenize
 from .prompt.messages import split_messages
 from .prompt.template import check_length
 from .protocol import SAMPLING_FIELDS, ChatRequest, GenerationRequest
+from .sse import SSE_DONE, SSE_PING, sse
 from .structured import OutputPlan, plan_output
 
 if TYPE_CHECKING:
@@ -53,14 +53,6 @@ if TYPE_CHECKING:
     from .tokenizer import ChatTokenizer
 
 log = logging.getLogger("qwen3vl.serving")
-
-SSE_DONE = "data: [DONE]\n\n"
-SSE_PING = ": ping\n\n"
-
-
-def sse(obj) -> str:
-    """One Server-Sent Event carrying `obj` as compact JSON."""
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 # ----------------------------------------------------------------------------- events

@@ -164,6 +164,46 @@ class Settings:
     )
     media_fetch_timeout: float = _opt(60.0, ("--media-fetch-timeout",), "seconds one media download may take in total")
 
+    # --- cameras and watches (docs/cameras.md) ---
+    camera: tuple[str, ...] = _opt(
+        (),
+        ("--camera",),
+        "a named camera NAME=rtsp://... that requests reach as camera://NAME; repeatable (a URL with "
+        "credentials belongs in --camera-file, which keeps it off the command line)",
+        secret=True,
+    )
+    camera_file: str = _opt("", ("--camera-file",), "file of cameras, one NAME=URL per line (# comments)")
+    camera_connect_timeout: float = _opt(
+        8.0, ("--camera-connect-timeout",), "seconds to open a camera stream (RTSP connect and first packets)"
+    )
+    camera_read_timeout: float = _opt(
+        5.0, ("--camera-read-timeout",), "seconds without a frame before a camera counts as stalled and reconnects"
+    )
+    camera_idle_timeout: float = _opt(
+        60.0, ("--camera-idle-timeout",), "seconds a camera's reader stays open after its last use"
+    )
+    camera_buffer_frames: int = _opt(
+        8, ("--camera-buffer-frames",), "recent frames each camera reader keeps (decoded, full size)"
+    )
+    camera_clip_seconds: float = _opt(
+        3.0, ("--camera-clip-seconds",), "length of a camera://NAME video clip when the request gives no duration"
+    )
+    camera_max_clip_seconds: float = _opt(
+        20.0, ("--camera-max-clip-seconds",), "longest camera clip a request may ask for (duration)"
+    )
+    watch_min_interval: float = _opt(
+        2.0, ("--watch-min-interval",), "shortest interval (seconds) a watch (POST /v1/watches) may ask for"
+    )
+    watch_max_duration: float = _opt(
+        3600.0, ("--watch-max-duration",), "longest a watch runs (seconds); also its default duration"
+    )
+    max_watches: int = _opt(
+        4,
+        ("--max-watches",),
+        "watches the server runs at once, all workers together (each also holds an admission ticket)",
+    )
+    max_watches_per_key: int = _opt(2, ("--max-watches-per-key",), "watches one API key may run at once per worker")
+
     prompt_cache_scope: str = _opt(
         "key",
         ("--prompt-cache-scope",),

@@ -7,7 +7,7 @@ from flask import Flask
 
 
 def register_all(app: Flask) -> None:
-    from . import chat, completions, docs, health, media, metrics, models, playground, responses
+    from . import cameras, chat, completions, docs, health, media, metrics, models, playground, responses, watches
 
-    for module in (health, models, chat, completions, responses, media, docs, metrics, playground):
+    for module in (health, models, chat, completions, responses, media, cameras, watches, docs, metrics, playground):
         app.register_blueprint(module.bp)

@@ -61,6 +61,10 @@ class ContentPartSchema(_Loose):
     max_pixels = fields.Integer(validate=validate.Range(min=1))
     fps = fields.Float(validate=validate.Range(min=0.01, max=60))
     max_frames = fields.Integer(validate=validate.Range(min=2))
+    duration = fields.Float(
+        validate=validate.Range(min=0.1, max=3600),
+        metadata={"description": "seconds of a camera://NAME clip (video_url); capped by the server"},
+    )
 
     @validates_schema
     def _payload(self, data, **kwargs):

@@ -14,7 +14,7 @@ from ..errors import PromptError
 from ..prompt import build as prompting
 from ..prompt.template import context_overflow
 from ..protocol import CompletionRequest
-from ..serving import sse
+from ..sse import sse
 from ..structured import check_logit_bias
 from . import transport
 from .admission import admitted

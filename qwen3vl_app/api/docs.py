@@ -100,13 +100,14 @@ def app_routes(app) -> set[tuple[str, str]]:
 _ERROR_TEXT = {
     400: "invalid request (the error names the parameter)",
     401: "missing or invalid API key",
-    404: "not found (a `model` this server does not serve: `model_not_found`)",
+    404: "not found (a `model` this server does not serve: `model_not_found`; a camera: `camera_not_found`)",
     405: "method not allowed",
     408: "the request body did not arrive within --body-timeout",
     413: "body or media too large",
     415: "wrong Content-Type",
+    429: "too many at once for this key or server (watches: `too_many_watches`)",
     500: "internal error (the message carries the request id)",
-    503: "engine busy, loading or failed (see Retry-After)",
+    503: "engine busy, loading or failed (see Retry-After); a camera offline or stalled: `camera_unavailable`",
 }
 
 _REQUEST_ID = {

@@ -26,7 +26,7 @@ from .. import serving
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
 from ..protocol import GenerationRequest
-from ..serving import sse
+from ..sse import sse
 from . import transport
 from .admission import admitted
 from .auth import auth

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from ..serving import sse
+from ..sse import sse
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionSchema
 from .completions_schema import CompletionSchema
 from .media_schema import MediaDescriptionSchema, MediaStreamDeltaSchema

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 from flask import Response, current_app, g, request, stream_with_context
 
-from ..serving import SSE_DONE, Caller, Collected, Generation, StreamEncoder, collect_events, sse_events
+from ..serving import Caller, Collected, Generation, StreamEncoder, collect_events, sse_events
+from ..sse import SSE_DONE
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 STREAM_SEND_BUFFER = 64 * 1024  # kernel bytes queued for one stream's client (SSE is a few KiB/s)

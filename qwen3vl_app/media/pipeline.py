@@ -28,10 +28,12 @@ from ..processing.vision import (
     ImageBudget,
     image_from_bytes,
     jpeg_draft_scale,
+    preprocess_image,
     probe_image,
     smart_resize,
 )
 from ..settings import Settings
+from .cameras import CameraConfig, clip_timestamps, fresh_frame, is_camera_url, reader_for, record_clip, to_rgb
 from .sources import MediaBlob, SourcePolicy, blob_from_bytes, load_media
 
 DEFAULT_MAX_ITEMS = 16
@@ -53,6 +55,7 @@ class MediaConfig:
     prompt_tokens: int | None = None  # the longest prompt: media are priced against it before decoding
     max_request_pixels: int = DEFAULT_MAX_DECODE_PIXELS  # source image pixels decoded per request
     request_timeout: float | None = None  # all downloads of one request together
+    cameras: CameraConfig = field(default_factory=CameraConfig)  # camera:// and rtsp:// (media/cameras.py)
 
     @classmethod
     def from_settings(cls, settings: Settings, limits: Limits | None = None) -> MediaConfig:
@@ -79,6 +82,7 @@ class MediaConfig:
             prompt_tokens=prompt_tokens,
             max_request_pixels=settings.max_request_pixels,
             request_timeout=settings.media_request_timeout,
+            cameras=CameraConfig.from_settings(settings),
             max_items=settings.max_media_items,
             image=ImageBudget(
                 min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=settings.max_source_pixels
@@ -205,7 +209,20 @@ class _Pricing:
         width, height, fmt = probe_image(blob.data, budget.max_decode_pixels)
         target = smart_resize(height, width, FACTOR, budget.min_pixels, budget.max_pixels)
         scale = jpeg_draft_scale(width, height, target) if fmt == "JPEG" else 1
-        decoded = (width // scale) * (height // scale)
+        return self.charge((width // scale) * (height // scale), target)
+
+    def frame(self, width: int, height: int, options: dict) -> None:
+        """Check one camera frame (already decoded) as an image."""
+        budget = image_budget_for(self.config, options)
+        if width * height > budget.max_decode_pixels:
+            raise MediaError(
+                f"the camera's frames ({width}x{height}) are larger than this server decodes (--max-source-pixels)",
+                status=413,
+                code="media_too_large",
+            )
+        self.charge(width * height, smart_resize(height, width, FACTOR, budget.min_pixels, budget.max_pixels))
+
+    def charge(self, decoded: int, target: tuple[int, int]) -> int:
         self.pixels += decoded
         if self.pixels > self.config.max_request_pixels:
             raise MediaError(
@@ -269,6 +286,9 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
                     code="media_fetch_timeout",
                 )
             policy = replace(policy, total_timeout=min(policy.total_timeout, left))
+        if is_camera_url(ref.url):
+            out.append(_from_camera(ref, config, pricing))
+            continue
         try:
             blob = load_media(ref.url, policy, ref.param)
         except MediaError as e:
@@ -296,6 +316,89 @@ def resolve_media(refs, config: MediaConfig) -> list[VisionInput]:
         pricing.spent(item)
         out.append(item)
     return out
+
+
+def _from_camera(ref, config: MediaConfig, pricing: _Pricing) -> VisionInput:
+    """camera://NAME or an allowed rtsp:// URL: the latest frame as an image part, a clip
+    recorded from now as a video part (`duration` seconds at the part's `fps`, each block's
+    timestamp from the frames' capture times)."""
+    from PIL import Image
+
+    from ..model_constants import FACTOR, TEMPORAL_PATCH
+    from ..processing.video import VideoMeta, video_smart_resize
+    from ..processing.vision import resize_rgb
+
+    options = getattr(ref, "options", None) or {}
+    try:
+        reader = reader_for(ref.url, config.cameras, config.policy, ref.param)
+        if getattr(ref, "kind", "image") != "video":
+            frame = fresh_frame(reader, ref.param)
+            width, height = frame.size
+            pricing.frame(width, height, options)
+            image = image_budget_for(config, options)
+            return _offload(
+                lambda: preprocess_image(Image.fromarray(to_rgb(frame)), image.min_pixels, image.max_pixels)
+            )
+        cams = config.cameras
+        duration = float(options.get("duration") or cams.clip_seconds)
+        if not math.isfinite(duration) or duration <= 0 or duration > cams.max_clip_seconds:
+            raise MediaError(
+                f"duration must be more than 0 and at most {cams.max_clip_seconds:g} seconds "
+                "(--camera-max-clip-seconds)",
+                code="invalid_value",
+            )
+        budget = video_budget_for(config, options)
+        share = pricing.video_share()
+        if share is not None:
+            budget = replace(budget, max_tokens=share)
+        want = max(2, int(round(duration * budget.fps)))
+        probe = fresh_frame(reader, ref.param)
+        width, height = probe.size
+        if width * height > budget.max_decode_pixels:
+            raise MediaError(
+                f"the camera's frames ({width}x{height}) are larger than this server decodes (--max-source-pixels)",
+                status=413,
+                code="media_too_large",
+            )
+        budget, most = budget.fit(VideoMeta(want, budget.fps, width, height))
+        count = min(want, most, budget.max_frames)
+        # Each frame is shrunk as it is taken (off the hub), to the size `count` frames may
+        # have: a long clip never holds full-size frames.  A clip that ends with fewer
+        # frames has room for more pixels, so the size stays within the budget.
+        budget = budget.with_blocks(count, duration)
+        size = video_smart_resize(
+            count, height, width, TEMPORAL_PATCH, FACTOR, budget.min_pixels, budget.stack_max_pixels(count)
+        )
+
+        def shrink(bgr):
+            return _offload(lambda: resize_rgb(Image.fromarray(bgr[:, :, ::-1]), *size))
+
+        frames = record_clip(reader, duration, budget.fps, count, ref.param, shrink)
+        item = _offload(_clip_input, [f.image for f in frames])
+        item.timestamps = clip_timestamps(frames)
+        pricing.spent(item)
+        return item
+    except MediaError as e:
+        _fetch_failed(e.code)
+        e.with_param(ref.param)
+        raise
+    except PromptError as e:
+        e.param = ref.param
+        raise e from None
+
+
+def _clip_input(resized: list) -> VisionInput:
+    """Frames already at their final size -> a video VisionInput (an odd count padded with
+    the last frame, as for files); its timestamps are set by the caller."""
+    import numpy as np
+
+    from ..model_constants import TEMPORAL_PATCH
+    from ..processing.vision import patchify
+
+    if len(resized) % TEMPORAL_PATCH:
+        resized = resized + [resized[-1]] * (TEMPORAL_PATCH - len(resized) % TEMPORAL_PATCH)
+    pixel_values, grid = patchify(np.stack(resized))
+    return VisionInput(kind="video", pixel_values=pixel_values, grid_thw=grid)
 
 
 def _fetch_failed(reason: str) -> None:

@@ -23,7 +23,7 @@ class MediaRef:
     kind: str  # "image" or "video" as the client declared it (bytes decide in the end)
     url: str
     param: str  # e.g. "messages[0].content[1]" for error messages
-    options: dict  # min_pixels / max_pixels / fps / max_frames from the part
+    options: dict  # min_pixels / max_pixels / fps / max_frames / duration (camera clips) from the part
 
 
 def split_messages(messages: Sequence[Mapping]) -> tuple[list[dict], list[MediaRef]]:
@@ -46,7 +46,7 @@ def split_messages(messages: Sequence[Mapping]) -> tuple[list[dict], list[MediaR
                 continue
             kind = "video" if t in ("video_url", "video") else "image"
             url = part[t]["url"] if t.endswith("_url") else part[t]
-            options = {k: part[k] for k in ("min_pixels", "max_pixels", "fps", "max_frames") if k in part}
+            options = {k: part[k] for k in ("min_pixels", "max_pixels", "fps", "max_frames", "duration") if k in part}
             if t.endswith("_url") and part[t].get("detail") == "low":
                 options["max_pixels"] = min(options.get("max_pixels", LOW_DETAIL_MAX_PIXELS), LOW_DETAIL_MAX_PIXELS)
             media.append(MediaRef(kind, url, f"messages[{i}].content[{j}]", options))

@@ -17,12 +17,12 @@
     apiKey: $("api-key"), system: $("system-prompt"), temperature: $("temperature"),
     temperatureValue: $("temperature-value"), maxTokens: $("max-tokens"), prompt: $("prompt"),
     fileInput: $("file-input"), attachments: $("attachments"), send: $("send"), stop: $("stop"),
-    composer: $("composer"), overlay: $("drop-overlay"), newChat: $("new-chat"),
+    composer: $("composer"), overlay: $("drop-overlay"), newChat: $("new-chat"), cameraPicker: $("camera-picker"),
   };
 
   let conversations = load(KEYS.conversations, []);
   let activeId = localStorage.getItem(KEYS.active);
-  let pending = [];          // attachments for the next message: {kind, name, url}
+  let pending = [];          // attachments for the next message: {kind, name, url[, camera, preview]}
   let controller = null;     // AbortController of the running request
   let modelId = null;
 
@@ -122,9 +122,10 @@
           media.appendChild(gone);
           continue;
         }
-        const node = document.createElement(a.kind === "video" ? "video" : "img");
-        node.src = a.url;
-        if (a.kind === "video") node.controls = true; else node.alt = a.name;
+        const node = document.createElement(a.kind === "video" && !a.camera ? "video" : "img");
+        node.src = a.preview || a.url;
+        if (node.tagName === "VIDEO") node.controls = true; else node.alt = a.name;
+        if (a.camera) node.title = `${a.name}: the snapshot when it was sent`;
         media.appendChild(node);
       }
       box.appendChild(media);
@@ -225,17 +226,83 @@
       const chip = document.createElement("div");
       chip.className = "chip";
       chip.title = a.name;
-      const node = document.createElement(a.kind === "video" ? "video" : "img");
-      node.src = a.url;
-      if (a.kind === "image") node.alt = a.name;
+      const node = document.createElement(a.kind === "video" && !a.camera ? "video" : "img");
+      node.src = a.preview || a.url;
+      if (node.tagName === "IMG") node.alt = a.name;
+      chip.appendChild(node);
+      if (a.camera) {
+        const live = document.createElement("span");
+        live.className = "live";
+        live.textContent = a.kind === "video" ? "clip" : "live";
+        chip.appendChild(live);
+      }
       const remove = document.createElement("button");
       remove.type = "button";
       remove.textContent = "×";
       remove.title = "Remove";
       remove.addEventListener("click", () => { pending.splice(i, 1); renderAttachments(); });
-      chip.append(node, remove);
+      chip.appendChild(remove);
       ui.attachments.appendChild(chip);
     });
+  }
+
+  // ---------------------------------------------------------------- cameras
+
+  // The server's cameras (GET /v1/cameras) in the picker; a picked camera is an attachment
+  // whose url is camera://NAME (the server reads the camera when the message is sent) and
+  // whose chip shows a snapshot refreshed every two seconds until then.
+  async function loadCameras() {
+    let cams = [];
+    try {
+      const r = await fetch("v1/cameras", { headers: headers(false) });
+      if (r.ok) cams = (await r.json()).data || [];
+    } catch (e) { /* no cameras then */ }
+    const picker = ui.cameraPicker;
+    picker.replaceChildren(picker.options[0]);
+    for (const c of cams) {
+      for (const kind of ["image", "video"]) {
+        const o = document.createElement("option");
+        o.value = kind + ":" + c.name;
+        o.textContent = `${c.name} · ${kind === "image" ? "snapshot" : "clip"}` + (c.state === "error" ? " (error)" : "");
+        picker.appendChild(o);
+      }
+    }
+    picker.hidden = !cams.length;
+  }
+
+  async function snapshot(name) {
+    const r = await fetch(`v1/cameras/${encodeURIComponent(name)}/snapshot`, { headers: headers(false) });
+    if (!r.ok) throw new Error(await describeError(r));
+    const blob = await r.blob();
+    return await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(new Error("could not read the snapshot"));
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  async function pickCamera() {
+    const [kind, ...rest] = ui.cameraPicker.value.split(":");
+    const name = rest.join(":");
+    ui.cameraPicker.value = "";
+    if (!name) return;
+    try {
+      const preview = await snapshot(name);
+      pending.push({ kind, name: `camera://${name}`, url: `camera://${name}`, camera: name, preview });
+      renderAttachments();
+    } catch (e) {
+      showNotice(`Camera ${name}: ${e.message}`);
+    }
+  }
+
+  async function refreshSnapshots() {
+    const cams = pending.filter((a) => a.camera);
+    if (!cams.length || document.hidden) return;
+    for (const a of cams) {
+      try { a.preview = await snapshot(a.camera); } catch (e) { /* keep the last one */ }
+    }
+    if (cams.some((a) => pending.includes(a))) renderAttachments();
   }
 
   // ---------------------------------------------------------------- API
@@ -480,6 +547,7 @@
       localStorage.setItem(KEYS.apiKey, ui.apiKey.value.trim());
       hideNotice();
       loadModelCard();
+      loadCameras();
     });
     for (const input of [ui.system, ui.temperature, ui.maxTokens]) input.addEventListener("change", saveSettings);
     ui.temperature.addEventListener("input", () => { ui.temperatureValue.textContent = ui.temperature.value; });
@@ -512,6 +580,9 @@
     renderAll();
     renderAttachments();
     loadModelCard();
+    loadCameras();
+    ui.cameraPicker.addEventListener("change", pickCamera);
+    setInterval(refreshSnapshots, 2000);
   }
 
   init();
