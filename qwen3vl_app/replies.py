@@ -24,14 +24,20 @@ SSE_PING = ": ping\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    """OpenAI's usage object; `cached_tokens`: prompt tokens whose KV was reused."""
-    return {
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int | None = None
+) -> dict:
+    """OpenAI's usage object; `cached_tokens`: prompt tokens whose KV was reused;
+    `reasoning_tokens`: a thinking model's (None: not one)."""
+    out = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    if reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return out
 
 
 class ChunkEncoder:
@@ -45,12 +51,15 @@ class ChunkEncoder:
             "model": model,
         }
 
-    def chunk(self, delta: dict, finish_reason=None, logprobs=None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    def chunk(self, delta: dict, finish_reason=None, logprobs=None, **extra) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason, **extra}
         return sse({**self.base, "choices": [choice]})
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> str:
-        return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)})
+    def usage_chunk(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int | None = None
+    ) -> str:
+        body = usage(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens)
+        return sse({**self.base, "choices": [], "usage": body})
 
 
 def completion(

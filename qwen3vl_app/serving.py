@@ -32,9 +32,11 @@ from .engine.base import Engine, Prompt, VisionInput
 from .engine.constraints import GrammarFailed
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Cancel
+from .engine.steering import prompt_opens_thinking
 from .errors import APIError, error_body, grammar_failed_body
 from .media.pipeline import MediaConfig, retag_parts
 from .media.pipeline import resolve_media as resolve
+from .processing import reasoning, steering_options
 from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import tokenize
 from .prompt.messages import split_messages
@@ -45,6 +47,7 @@ from .structured import OutputPlan, plan_output
 if TYPE_CHECKING:
     from .engine.constraints import Grammar
     from .engine.runner import EngineRunner
+    from .engine.steering import Steering
     from .prompt.messages import MediaRef
     from .settings import Settings
     from .state import ServerState
@@ -95,6 +98,7 @@ class GenerationJob:
     stats: JobStats = field(default_factory=JobStats)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
     grammar: Grammar | None = None  # constrained decoding (response_format, forced tool calls)
+    steer: Steering | None = None  # thinking budget, loop guard (engine/steering.py)
 
 
 @dataclass
@@ -109,6 +113,8 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int | None = None  # a thinking model's: tokens up to and including </think>
+    stopped_by: str | None = None  # "loop_guard" when the loop guard ended it (finish reason "stop")
 
 
 PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
@@ -224,6 +230,8 @@ class Generation:
 
     events: Iterator[Event]
     stats: JobStats
+    # a thinking model's output: True the prompt opened <think>, False the model may open it; None: no reasoning
+    thinking: bool | None = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -243,10 +251,14 @@ def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> C
     plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
     if plan.logit_bias:
         req = {**req, "logit_bias": {**(req.get("logit_bias") or {}), **plan.logit_bias}}  # the caller's stays as sent
+    assert state.tokenizer is not None
+    kwargs = reasoning.prepare(req, state.tokenizer, messages)
     vision = resolve_media(state, media, engine, messages)
     stops = req.get("stop") or []
-    gen = start(state, engine, messages, vision, req, stops, stream, caller, tools=plan.tools, grammar=plan.grammar)
-    return ChatGeneration(gen.events, gen.stats, plan, engine)
+    gen = start(
+        state, engine, messages, vision, req, stops, stream, caller, plan.tools, plan.grammar, template_kwargs=kwargs
+    )
+    return ChatGeneration(gen.events, gen.stats, plan, engine, thinking=gen.thinking)
 
 
 def start(
@@ -260,11 +272,14 @@ def start(
     caller: Caller,
     tools: list[dict] | None = None,
     grammar: Grammar | None = None,
+    template_kwargs: dict | None = None,
 ) -> Generation:
     """Build and check the prompt (`tools` rendered by the chat template), then take this
     worker's engine (503 at once when its queue is full)."""
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
-    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, tools)
+    prompt = tokenize(
+        state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, tools, template_kwargs
+    )
     return start_prompt(state, engine, prompt, req, stops, stream, caller, grammar)
 
 
@@ -287,9 +302,11 @@ def start_prompt(
     job = GenerationJob(
         prompt, params, stops, settings.request_timeout, ignore_eos=bool(req.get("ignore_eos")), grammar=grammar
     )
+    job.steer = steering_options.for_request(req, settings, state.tokenizer, prompt.input_ids)
+    thinking = prompt_opens_thinking(prompt.input_ids) if reasoning.support(state.tokenizer).thinks else None
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
-    return Generation(it, job.stats)
+    return Generation(it, job.stats, thinking=thinking)
 
 
 def _run(
@@ -302,6 +319,7 @@ def _run(
     stats = job.stats
     produced = 0
     finish = "length"
+    stopped_by = None
     completed = False
     queued_at = time.monotonic()
     with runner.turn():
@@ -328,7 +346,7 @@ def _run(
                 if stops.stopped:
                     finish = "stop"
                 elif item.finish_reason:
-                    finish = item.finish_reason
+                    finish, stopped_by = item.finish_reason, item.stopped_by
                     text += stops.push(detok.flush()) + stops.flush()
                 lp = _logprob_entry(tokenizer, item.choice) if job.params.logprobs else None
                 if text or lp:
@@ -346,7 +364,9 @@ def _run(
             stats.prompt_tokens = len(job.prompt.input_ids)
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
-    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
+    steer = job.steer
+    reasoning_tokens = steer.reasoning_tokens if steer is not None and steer.close_ids else None
+    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, reasoning_tokens, stopped_by)
 
 
 def _tokens(
@@ -357,7 +377,7 @@ def _tokens(
     decode steps).  `constrain` builds the grammar's token mask, in the engine thread.
     Closing sets nothing itself: the caller's `cancel` frees the slot before the next
     decode step."""
-    channel = runner.join(job.prompt, job.params, eos_ids, cancel, constrain)
+    channel = runner.join(job.prompt, job.params, eos_ids, cancel, constrain, job.steer)
     request = channel.request
     assert request is not None
     try:

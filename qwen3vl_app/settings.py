@@ -194,6 +194,21 @@ class Settings:
         "seconds a request waits for its grammar (response_format, forced tool calls) to compile off the "
         "event loop; slower: 400 invalid_schema (compile thread too busy to start it: 503)",
     )
+    default_thinking_budget: int = _opt(
+        0,
+        ("--default-thinking-budget",),
+        "Thinking models: tokens of thinking a request may spend when it sets no thinking_budget; then the "
+        "server closes the thinking (</think>) and the model answers. 0: unbounded (docs/thinking.md)",
+    )
+    loop_guard: bool = _opt(
+        False,
+        ("--loop-guard",),
+        "stop a generation whose last tokens repeat one cycle for --loop-guard-span tokens (finish_reason "
+        "'stop', marked stopped_by 'loop_guard'); a request's loop_guard field overrides it (docs/thinking.md)",
+    )
+    loop_guard_span: int = _opt(
+        512, ("--loop-guard-span",), "tokens one repeated cycle must cover before the loop guard stops it"
+    )
     # each engine's own settings (engine/<name>/__init__.py): (engine name, its settings object)
     engines: tuple[tuple[str, Any], ...] = field(default_factory=_default_engine_settings)
 

@@ -13,6 +13,13 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from ..model_constants import VOCAB_ROWS
 from ..structured import ToolChoice
+from .steering_fields import (
+    CompletionTokensDetailsSchema,
+    ReasoningReplyFields,
+    StoppedByFields,
+    ThinkingMessageFields,
+    ThinkingRequestFields,
+)
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
@@ -91,7 +98,7 @@ class ToolCallSchema(_Loose):
     function = fields.Nested(FunctionCallSchema, required=True)
 
 
-class MessageSchema(_Loose):
+class MessageSchema(ThinkingMessageFields, _Loose):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = Content(load_default=None, allow_none=True)
     name = fields.String()
@@ -265,7 +272,7 @@ class GenerationRequestSchema(_Loose):
             data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
 
 
-class ChatCompletionRequestSchema(GenerationRequestSchema):
+class ChatCompletionRequestSchema(ThinkingRequestFields, GenerationRequestSchema):
     messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
     max_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
     max_completion_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
@@ -313,6 +320,7 @@ class UsageSchema(Schema):
     completion_tokens = fields.Integer(required=True)
     total_tokens = fields.Integer(required=True)
     prompt_tokens_details = fields.Nested(PromptTokensDetailsSchema, required=True)
+    completion_tokens_details = fields.Nested(CompletionTokensDetailsSchema)  # thinking models
 
 
 class TopLogprobSchema(Schema):
@@ -340,13 +348,13 @@ class ReturnedToolCallSchema(Schema):
     function = fields.Nested(ReturnedFunctionSchema, required=True)
 
 
-class AssistantMessageSchema(Schema):
+class AssistantMessageSchema(ReasoningReplyFields):
     role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
     content = fields.String(required=True, allow_none=True)
     tool_calls = fields.List(fields.Nested(ReturnedToolCallSchema))
 
 
-class CompletionChoiceSchema(Schema):
+class CompletionChoiceSchema(StoppedByFields):
     index = fields.Integer(required=True)
     message = fields.Nested(AssistantMessageSchema, required=True)
     logprobs = fields.Nested(ChoiceLogprobsSchema, required=True, allow_none=True)
@@ -378,13 +386,13 @@ class ToolCallDeltaSchema(Schema):
     function = fields.Nested(ToolCallDeltaFunctionSchema)
 
 
-class ChunkDeltaSchema(Schema):
+class ChunkDeltaSchema(ReasoningReplyFields):
     role = fields.String(validate=validate.OneOf(["assistant"]))
     content = fields.String(allow_none=True)
     tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
 
 
-class ChunkChoiceSchema(Schema):
+class ChunkChoiceSchema(StoppedByFields):
     index = fields.Integer(required=True)
     delta = fields.Nested(ChunkDeltaSchema, required=True)
     logprobs = fields.Nested(ChoiceLogprobsSchema, required=True, allow_none=True)

@@ -235,16 +235,17 @@ def _chat_tool_choice(choice):
 
 
 class ResponseOutputTextSchema(Schema):
-    type = fields.String(required=True, validate=validate.OneOf(["output_text"]))
+    type = fields.String(required=True, validate=validate.OneOf(["output_text", "reasoning_text"]))
     text = fields.String(required=True)
-    annotations = fields.List(fields.Dict(), required=True)
+    annotations = fields.List(fields.Dict(), metadata={"description": "output_text parts"})
 
 
 class ResponseOutputItemSchema(Schema):
-    """A `message` (role assistant, `content` of output_text parts) or a `function_call`
-    (`call_id`, `name`, `arguments` as JSON text)."""
+    """A `message` (role assistant, `content` of output_text parts), a `function_call`
+    (`call_id`, `name`, `arguments` as JSON text) or, from a Thinking model, a `reasoning`
+    item (`content`: one reasoning_text part; `summary` empty) before the message."""
 
-    type = fields.String(required=True, validate=validate.OneOf(["message", "function_call"]))
+    type = fields.String(required=True, validate=validate.OneOf(["message", "function_call", "reasoning"]))
     id = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(["in_progress", "completed", "incomplete"]))
     role = fields.String()
@@ -252,6 +253,7 @@ class ResponseOutputItemSchema(Schema):
     call_id = fields.String()
     name = fields.String()
     arguments = fields.String()
+    summary = fields.List(fields.Dict())
 
 
 class ResponseUsageSchema(Schema):

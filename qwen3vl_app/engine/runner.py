@@ -153,12 +153,12 @@ class EngineRunner:
         """Run fn in the engine thread; only this greenlet waits."""
         return self.pool.apply(fn, args)
 
-    def join(self, prompt, params, eos_ids, cancel, constrain=None) -> TokenChannel:
+    def join(self, prompt, params, eos_ids, cancel, constrain=None, steer=None) -> TokenChannel:
         """Hand a generation to the scheduler (caller holds a turn and the engine is ready);
-        its tokens arrive on the returned channel.  `constrain`: see SlotRequest."""
+        its tokens arrive on the returned channel.  `constrain`, `steer`: see SlotRequest."""
         assert self.scheduler is not None
         channel = TokenChannel()
-        channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put, constrain=constrain)
+        channel.request = SlotRequest(prompt, params, eos_ids, cancel, channel.put, constrain=constrain, steer=steer)
         self.scheduler.pending.append(channel.request)
         self._kick()
         return channel
