@@ -50,6 +50,9 @@ HONOURED = frozenset(
         "stream",
         "previous_response_id",
         "metadata",
+        "thinking_budget",
+        "chat_template_kwargs",
+        "loop_guard",
     }
 )
 

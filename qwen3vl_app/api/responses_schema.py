@@ -12,6 +12,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from ..errors import APIError
+from .steering_fields import ThinkingRequestFields
 
 
 class InputField(fields.Field):
@@ -60,7 +61,7 @@ class TextConfigSchema(Schema):
     format = fields.Nested(TextFormatSchema)
 
 
-class ResponseRequestSchema(Schema):
+class ResponseRequestSchema(ThinkingRequestFields, Schema):
     class Meta:
         unknown = EXCLUDE
 
@@ -123,6 +124,9 @@ def to_chat_request(req: dict) -> tuple[dict, list[str]]:
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("parallel_tool_calls", "parallel_tool_calls"),
+        ("thinking_budget", "thinking_budget"),
+        ("chat_template_kwargs", "chat_template_kwargs"),
+        ("loop_guard", "loop_guard"),
     ):
         if req.get(src) is not None:
             body[dst] = req[src]
