@@ -102,6 +102,31 @@ def ensure_tiny_thinking_checkpoint(hybrid: bool = False) -> Path:
     return final
 
 
+def thinking_bmodel_folder(bmodel_dir: Path) -> Path:
+    """A BM1684X folder of the tiny model as a Thinking model: the same compiled `*.bmodel`
+    (a symlink: the weights are the tiny checkpoint's either way) beside a `config/` with
+    the Thinking template.  Cached beside `bmodel_dir`, keyed by its name and this file."""
+    bmodel_dir = Path(bmodel_dir)
+    key = hashlib.sha256(f"{bmodel_dir.name}|".encode() + Path(__file__).read_bytes()).hexdigest()[:16]
+    final = bmodel_dir.parent / f"{bmodel_dir.name}-thinking-{key}"
+    if (final / "config" / DEMO_MARKER).exists():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix="tiny-thinking-bmodel-", dir=bmodel_dir.parent))
+    try:
+        for bmodel in bmodel_dir.glob("*.bmodel"):
+            (tmp / bmodel.name).symlink_to(bmodel.resolve())
+        shutil.copytree(bmodel_dir / "config", tmp / "config")
+        write_thinking_templates(tmp / "config")
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / "config" / DEMO_MARKER).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 if __name__ == "__main__":
     folder = ensure_tiny_thinking_checkpoint(hybrid="--hybrid" in sys.argv[1:])
     print("tiny random-weight Qwen3-VL Thinking checkpoint:", file=sys.stderr)
