@@ -365,7 +365,7 @@ def _run(
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
     steer = job.steer
-    reasoning_tokens = steer.reasoning_tokens if steer is not None and steer.close_ids else None
+    reasoning_tokens = steer.reasoning_tokens if steer is not None and steer.thinking_model else None
     yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, reasoning_tokens, stopped_by)
 
 

@@ -47,6 +47,7 @@ class Steering:
     """What the scheduler consults for one slot (see the module docstring)."""
 
     thinking: bool = False  # inside <think> now
+    thinking_model: bool = False  # its reasoning_tokens are reported (a Thinking model)
     budget: int | None = None  # thinking tokens allowed (None: unbounded)
     close_ids: tuple[int, ...] = ()
     loop: LoopDetector | None = None
@@ -104,6 +105,7 @@ def build(
         return None
     return Steering(
         thinking=thinking,
+        thinking_model=thinking_model,
         budget=budget if thinking_model else None,
         close_ids=close_ids,
         loop=LoopDetector(loop) if loop is not None else None,
