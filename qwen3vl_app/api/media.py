@@ -27,6 +27,7 @@ from ..admission import admitted
 from ..auth import auth
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
+from ..processing import reasoning
 from ..replies import sse, usage
 from . import transport
 from .media_schema import MediaDescribeFormSchema, MediaDescriptionSchema, MediaStreamDeltaSchema
@@ -114,41 +115,59 @@ def describe():
         }
 
     if stream:
-        return transport.sse_response(gen, DescribeStreamEncoder(metadata))
+        return transport.sse_response(gen, DescribeStreamEncoder(metadata, gen.thinking))
     out = transport.collect(gen)
+    thought, text = reasoning.split(out.text, gen.thinking) if gen.thinking is not None else (None, out.text)
+    fin = out.finish
     return jsonify(
         {
             "status": "success",
-            "description": out.text,
+            "description": text,
+            **({"reasoning": thought} if thought is not None else {}),  # a Thinking model's (docs/thinking.md)
             "metadata": metadata(),
-            "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens, out.finish.cached_tokens),
+            "usage": usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.reasoning_tokens),
         }
     )
 
 
 class DescribeStreamEncoder:
     """The old service's stream: `{"status": "streaming", "delta"}` events, then one
-    `{"status": "success", "description", "finish_reason", "metadata", "usage"}`."""
+    `{"status": "success", "description", "finish_reason", "metadata", "usage"}`.  A
+    Thinking model's reasoning is not streamed: the deltas are the description's, and
+    the last event carries the reasoning whole."""
 
-    def __init__(self, metadata):
+    def __init__(self, metadata, thinking: bool | None = None):
         self.metadata = metadata
         self.text: list[str] = []
+        self.thought: list[str] = []
+        self.splitter = reasoning.ReasoningSplitter(thinking) if thinking is not None else None
 
     def start(self):
         return ()
 
     def delta(self, ev: serving.Delta):
-        self.text.append(ev.text)
-        if ev.text:
-            yield sse({"status": "streaming", "delta": ev.text})
+        text = ev.text
+        if self.splitter is not None:
+            thought, text = self.splitter.push(text)
+            self.thought.append(thought)
+        self.text.append(text)
+        if text:
+            yield sse({"status": "streaming", "delta": text})
 
     def finish(self, ev: serving.Finish):
+        if self.splitter is not None:
+            thought, text = self.splitter.flush()
+            self.thought.append(thought)
+            self.text.append(text)
+            if text:
+                yield sse({"status": "streaming", "delta": text})
         yield sse(
             {
                 "status": "success",
                 "description": "".join(self.text),
+                **({"reasoning": "".join(self.thought)} if self.splitter and self.splitter.reasoning_seen else {}),
                 "finish_reason": ev.reason,
                 "metadata": self.metadata(),
-                "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
+                "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.reasoning_tokens),
             }
         )

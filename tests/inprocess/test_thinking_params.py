@@ -60,3 +60,23 @@ def test_thinking_off_where_the_template_allows_it(hybrid):
     assert off["usage"]["prompt_tokens"] > on["usage"]["prompt_tokens"]  # the empty <think></think> block
     card = hybrid.get("/v1/models").json["data"][0]["capabilities"]["thinking"]
     assert card == {"supported": True, "can_disable": True, "default_budget": None}
+
+
+def test_describe_keeps_the_thinking_out_of_the_description(hybrid):
+    """/v1/media/describe on a Thinking model: `description` is the answer; the thinking
+    comes apart under `reasoning` (whole, in the last event of a stream)."""
+    import io
+    import json
+
+    from tests.support.media_host import PNG
+
+    def form(**extra):
+        return {"file": (io.BytesIO(PNG), "a.png", "image/png"), "max_tokens": "5", "temperature": "0", **extra}
+
+    body = hybrid.post("/v1/media/describe", data=form()).json
+    assert body["status"] == "success" and body["reasoning"] and body["description"] == ""  # still thinking
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5
+    r = hybrid.post("/v1/media/describe", data=form(stream="true"))
+    events = [json.loads(line[6:]) for line in r.get_data(as_text=True).splitlines() if line.startswith("data: {")]
+    assert events[-1]["reasoning"] == body["reasoning"] and events[-1]["description"] == ""
+    assert all(e["status"] == "success" for e in events)  # no description deltas while it thinks
