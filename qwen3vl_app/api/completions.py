@@ -24,7 +24,7 @@ from .routedoc import route_doc
 
 bp = Blueprint("completions", __name__)
 
-HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo", "logprobs"}
+HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo", "logprobs", "loop_guard"}
 
 
 @bp.post("/v1/completions")
@@ -89,6 +89,7 @@ def completions():
                 "index": i,
                 "logprobs": legacy_logprobs(out.logprobs) if out.logprobs else None,
                 "finish_reason": out.finish.reason,
+                **({"stopped_by": out.finish.stopped_by} if out.finish.stopped_by else {}),  # the loop guard's marker
             }
         )
         prompt_tokens += out.finish.prompt_tokens
@@ -155,11 +156,13 @@ class CompletionStreamEncoder:
         self.offset = 0
         self.prompt_tokens = self.completion_tokens = 0
 
-    def _event(self, text: str, logprobs=None, finish_reason=None) -> str:
+    def _event(self, text: str, logprobs=None, finish_reason=None, **extra) -> str:
         return sse(
             {
                 **self.base,
-                "choices": [{"text": text, "index": self.index, "logprobs": logprobs, "finish_reason": finish_reason}],
+                "choices": [
+                    {"text": text, "index": self.index, "logprobs": logprobs, "finish_reason": finish_reason, **extra}
+                ],
             }
         )
 
@@ -173,7 +176,7 @@ class CompletionStreamEncoder:
         yield self._event(ev.text, lp)
 
     def finish(self, ev: serving.Finish):
-        yield self._event("", None, ev.reason)
+        yield self._event("", None, ev.reason, **({"stopped_by": ev.stopped_by} if ev.stopped_by else {}))
         self.prompt_tokens += ev.prompt_tokens
         self.completion_tokens += ev.completion_tokens
         self.index += 1

@@ -10,6 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from ..model_constants import VOCAB_ROWS
 from .chat_schema import GenerationRequestSchema, UsageSchema
+from .steering_fields import LoopGuardRequestFields, StoppedByFields
 
 MAX_PROMPTS = 16
 
@@ -41,7 +42,7 @@ def _is_id(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < VOCAB_ROWS
 
 
-class CompletionRequestSchema(GenerationRequestSchema):
+class CompletionRequestSchema(LoopGuardRequestFields, GenerationRequestSchema):
     prompt = PromptField(required=True)
     max_tokens = fields.Integer(
         load_default=16,
@@ -72,7 +73,7 @@ class TextCompletionLogprobsSchema(Schema):
     text_offset = fields.List(fields.Integer(), required=True)
 
 
-class TextCompletionChoiceSchema(Schema):
+class TextCompletionChoiceSchema(StoppedByFields):
     text = fields.String(required=True)
     index = fields.Integer(required=True)
     logprobs = fields.Nested(TextCompletionLogprobsSchema, required=True, allow_none=True)

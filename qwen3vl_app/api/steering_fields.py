@@ -37,7 +37,19 @@ class LoopGuardField(fields.Field):
         return out
 
 
-class ThinkingRequestFields(Schema):
+class LoopGuardRequestFields(Schema):
+    """The loop guard's request field (every generation endpoint's schema mixes it in)."""
+
+    loop_guard = LoopGuardField(
+        allow_none=True,
+        metadata={
+            "description": 'stop a repetition loop: true, false or {"span": tokens, "max_period": tokens}; '
+            "ends with finish_reason stop and stopped_by loop_guard. Default: --loop-guard"
+        },
+    )
+
+
+class ThinkingRequestFields(LoopGuardRequestFields):
     """Fields every chat-style request schema takes (mixed in)."""
 
     thinking_budget = fields.Integer(
@@ -54,13 +66,6 @@ class ThinkingRequestFields(Schema):
         metadata={
             "description": "switches for the chat template; only enable_thinking (true/false), where the "
             "model's template has it (400 otherwise)"
-        },
-    )
-    loop_guard = LoopGuardField(
-        allow_none=True,
-        metadata={
-            "description": 'stop a repetition loop: true, false or {"span": tokens, "max_period": tokens}; '
-            "ends with finish_reason stop and stopped_by loop_guard. Default: --loop-guard"
         },
     )
 

@@ -80,3 +80,22 @@ def test_describe_keeps_the_thinking_out_of_the_description(hybrid):
     events = [json.loads(line[6:]) for line in r.get_data(as_text=True).splitlines() if line.startswith("data: {")]
     assert events[-1]["reasoning"] == body["reasoning"] and events[-1]["description"] == ""
     assert all(e["status"] == "success" for e in events)  # no description deltas while it thinks
+
+
+def test_loop_guard_on_every_generation_endpoint(inproc):
+    """The FakeEngine, greedy, repeats its last word: a loop the guard ends, on chat
+    completions and on legacy completions (stream and not), with the stopped_by marker."""
+    guard = {"span": 16, "max_period": 8}
+    chat = inproc.chat(MSG, max_tokens=100, temperature=0, loop_guard=guard).json
+    assert chat["choices"][0]["finish_reason"] == "stop" and chat["choices"][0]["stopped_by"] == "loop_guard"
+    assert chat["usage"]["completion_tokens"] < 100
+    body = {"prompt": "Count:", "max_tokens": 100, "temperature": 0, "loop_guard": guard}
+    legacy = inproc.post("/v1/completions", json=body).json
+    assert legacy["choices"][0]["finish_reason"] == "stop" and legacy["choices"][0]["stopped_by"] == "loop_guard"
+    r = inproc.post("/v1/completions", json={**body, "stream": True})
+    import json
+
+    events = [json.loads(line[6:]) for line in r.get_data(as_text=True).splitlines() if line.startswith("data: {")]
+    assert events[-1]["choices"][0]["stopped_by"] == "loop_guard"
+    unguarded = inproc.post("/v1/completions", json={**body, "loop_guard": None}).json
+    assert unguarded["choices"][0]["finish_reason"] == "length" and "stopped_by" not in unguarded["choices"][0]
