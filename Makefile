@@ -64,8 +64,9 @@ model: install
 	$(BIN)/python -m qwen3vl_app.devtools.model_fetch $(MODEL) --models-dir $(MODELS_DIR)
 
 ## Build (or reuse) the tiny random-weight checkpoint; its folder is the last line printed.
+## THINKING=1: the same weights with a Qwen3-VL Thinking chat template (docs/thinking.md).
 tiny-model: install
-	@$(BIN)/python -m qwen3vl_app.devtools.tiny_model
+	@$(BIN)/python -m $(if $(THINKING),qwen3vl_app.devtools.tiny_thinking,qwen3vl_app.devtools.tiny_model)
 
 ## The BM1684X module: BM_MODE=sim (default; runtime + cmodel from the tpu-mlir wheel on PyPI)
 ## or BM_MODE=box (libsophon at /opt/sophon/libsophon-current, on the SE7 / a PCIe host).

@@ -65,6 +65,9 @@ class GenerationRequest:
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
     speculative_tokens: int | None = None  # extension: draft tokens per step (None: the server's)
     prediction: str | None = None  # OpenAI's predicted output (chat): drafted first
+    loop_guard: bool | Mapping | None = None  # None: --loop-guard; a mapping: {"span", "max_period"}
+    thinking_budget: int | None = None  # Thinking models: tokens of thinking (None: the server's default)
+    chat_template_kwargs: Mapping | None = None  # switches for the chat template (enable_thinking)
 
 
 @dataclass(frozen=True, kw_only=True)

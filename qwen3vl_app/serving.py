@@ -33,9 +33,11 @@ from .engine.constraints import GrammarFailed
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Cancel
 from .engine.speculative import MAX_DRAFT
+from .engine.steering import prompt_opens_thinking
 from .errors import APIError, error_body, grammar_failed_body
 from .media.pipeline import MediaConfig, retag_parts
 from .media.pipeline import resolve_media as resolve
+from .processing import reasoning, steering_options
 from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import OFFLOAD_TEXT_BYTES, off_hub, tokenize
 from .prompt.messages import split_messages
@@ -47,6 +49,7 @@ from .structured import OutputPlan, plan_output
 if TYPE_CHECKING:
     from .engine.constraints import Grammar
     from .engine.runner import EngineRunner
+    from .engine.steering import Steering
     from .prompt.messages import MediaRef
     from .settings import Settings
     from .state import ServerState
@@ -103,6 +106,7 @@ class GenerationJob:
     grammar: Grammar | None = None  # constrained decoding (response_format, forced tool calls)
     speculative: int = 0  # draft tokens per step (engine.speculative; 0: off)
     prediction: tuple[int, ...] = ()  # OpenAI `prediction`, tokenized: drafted first
+    steer: Steering | None = None  # thinking budget, loop guard (engine/steering.py)
 
 
 @dataclass
@@ -118,6 +122,8 @@ class Finish:
     completion_tokens: int
     cached_tokens: int = 0
     draft: tuple[int, int] | None = None  # speculative: (accepted, rejected) draft tokens
+    reasoning_tokens: int | None = None  # a thinking model's: tokens up to and including </think>
+    stopped_by: str | None = None  # "loop_guard" when the loop guard ended it (finish reason "stop")
 
 
 PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
@@ -260,6 +266,8 @@ class Generation:
 
     events: Iterator[Event]
     stats: JobStats
+    # a thinking model's output: True the prompt opened <think>, False the model may open it; None: no reasoning
+    thinking: bool | None = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -278,9 +286,11 @@ def start_chat(state: ServerState, req: ChatRequest, caller: Caller) -> ChatGene
     messages, media = split_messages(req.messages)
     engine = state.runner.wait_ready()
     plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
+    assert state.tokenizer is not None
+    kwargs = reasoning.prepare(req, state.tokenizer, messages)
     vision = resolve_media(state, media, engine, messages)
-    gen = start(state, engine, messages, vision, req, caller, plan)
-    return ChatGeneration(gen.events, gen.stats, plan, engine)
+    gen = start(state, engine, messages, vision, req, caller, plan, kwargs)
+    return ChatGeneration(gen.events, gen.stats, plan, engine, thinking=gen.thinking)
 
 
 def start(
@@ -291,12 +301,15 @@ def start(
     req: GenerationRequest,
     caller: Caller,
     plan: OutputPlan | None = None,
+    template_kwargs: dict | None = None,
 ) -> Generation:
     """The chat template's messages (media already resolved into `vision`) -> a generation;
     `plan`: the tools the template renders, the grammar and logit_bias to apply."""
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
     plan = plan or OutputPlan()
-    prompt = tokenize(state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, plan.tools)
+    prompt = tokenize(
+        state.tokenizer, messages, vision, engine.limits, state.settings.max_prompt_tokens, plan.tools, template_kwargs
+    )
     return start_prompt(state, engine, prompt, req, caller, plan.grammar, plan.logit_bias)
 
 
@@ -326,9 +339,11 @@ def start_prompt(
         speculative=k,
         prediction=prediction,
     )
+    job.steer = steering_options.for_request(req, settings, state.tokenizer, prompt.input_ids)
+    thinking = prompt_opens_thinking(prompt.input_ids) if reasoning.support(state.tokenizer).thinks else None
     it = _run(state.runner, state.tokenizer, job, settings.sse_keepalive if req.stream else None)
     next(it)  # ADMITTED, or QueueFull / EngineUnavailable
-    return Generation(it, job.stats)
+    return Generation(it, job.stats, thinking=thinking)
 
 
 def _run(
@@ -341,6 +356,7 @@ def _run(
     stats = job.stats
     produced = 0
     finish = "length"
+    stopped_by = None
     completed = False
     queued_at = time.monotonic()
     with runner.turn():
@@ -367,7 +383,7 @@ def _run(
                 if stops.stopped:
                     finish = "stop"
                 elif item.finish_reason:
-                    finish = item.finish_reason
+                    finish, stopped_by = item.finish_reason, item.stopped_by
                     text += stops.push(detok.flush()) + stops.flush()
                 lp = _logprob_entry(tokenizer, item.choice) if job.params.logprobs else None
                 if text or lp:
@@ -386,7 +402,9 @@ def _run(
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
     draft = (stats.accepted, stats.drafted - stats.accepted) if stats.speculative else None
-    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, draft)
+    steer = job.steer
+    reasoning_tokens = steer.reasoning_tokens if steer is not None and steer.thinking_model else None
+    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, draft, reasoning_tokens, stopped_by)
 
 
 def _tokens(
@@ -398,7 +416,14 @@ def _tokens(
     Closing sets nothing itself: the caller's `cancel` frees the slot before the next
     decode step."""
     channel = runner.join(
-        job.prompt, job.params, eos_ids, cancel, constrain, speculative=job.speculative, prediction=job.prediction
+        job.prompt,
+        job.params,
+        eos_ids,
+        cancel,
+        constrain,
+        speculative=job.speculative,
+        prediction=job.prediction,
+        steer=job.steer,
     )
     request = channel.request
     assert request is not None

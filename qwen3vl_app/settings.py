@@ -241,6 +241,21 @@ class Settings:
         "far, verified in one engine step (0: off; at most 32; engines that cannot verify ignore it). "
         "Requests may override it (speculative_tokens); a request with `prediction` drafts 8 when this is 0",
     )
+    default_thinking_budget: int = _opt(
+        0,
+        ("--default-thinking-budget",),
+        "Thinking models: tokens of thinking a request may spend when it sets no thinking_budget; then the "
+        "server closes the thinking (</think>) and the model answers. 0: unbounded (docs/thinking.md)",
+    )
+    loop_guard: bool = _opt(
+        False,
+        ("--loop-guard",),
+        "stop a generation whose last tokens repeat one cycle for --loop-guard-span tokens (finish_reason "
+        "'stop', marked stopped_by 'loop_guard'); a request's loop_guard field overrides it (docs/thinking.md)",
+    )
+    loop_guard_span: int = _opt(
+        512, ("--loop-guard-span",), "tokens one repeated cycle must cover before the loop guard stops it"
+    )
     # each engine's own settings (engine/<name>/__init__.py): (engine name, its settings object)
     engines: tuple[tuple[str, Any], ...] = field(default_factory=_default_engine_settings)
 

@@ -57,11 +57,16 @@ class ChatTokenizer:
         self._added_text = re.compile("|".join(map(re.escape, added_text))) if added_text else None
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.filters["tojson"] = self._tojson  # as transformers renders templates: no key sorting, no HTML escapes
-        self._template = env.from_string(_find_chat_template(folder))
+        self.template_source = _find_chat_template(folder)
+        self._template = env.from_string(self.template_source)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None, **kwargs
+    ) -> str:
+        """`kwargs`: the template switches a request may set (`processing/reasoning.py`
+        checks them: `enable_thinking`)."""
         return self._template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, tools=tools or None
+            **kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=tools or None
         )
 
     def encode(self, text: str) -> list[int]:
@@ -76,7 +81,11 @@ class ChatTokenizer:
         return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_chat(
-        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+        template_kwargs: dict | None = None,
     ) -> list[int]:
         """Render the chat template and tokenize it, the template's own text as trusted and
         every client text as untrusted.  Each message text (and each tool call's name and
@@ -102,6 +111,8 @@ class ChatTokenizer:
             out = {**msg, "content": content}
             if msg.get("tool_call_id"):
                 out["tool_call_id"] = mark(msg["tool_call_id"])
+            if msg.get("reasoning_content"):  # an earlier turn's thinking (processing/reasoning.py)
+                out["reasoning_content"] = mark(msg["reasoning_content"])
             if msg.get("tool_calls"):
                 out["tool_calls"] = [
                     {
@@ -115,7 +126,7 @@ class ChatTokenizer:
                     for call in msg["tool_calls"]
                 ]
             marked.append(out)
-        rendered = self.render(marked, add_generation_prompt, tools)
+        rendered = self.render(marked, add_generation_prompt, tools, **(template_kwargs or {}))
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
         ids: list[int] = []
         for i, piece in enumerate(pieces):

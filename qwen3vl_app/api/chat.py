@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from .. import serving
+from ..processing import reasoning
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..protocol import ChatRequest
 from . import transport
@@ -13,7 +14,7 @@ from .auth import auth
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
 from .models import check_served
-from .replies import ChunkEncoder, completion, new_completion_id, usage
+from .replies import ChunkEncoder, completion, finish_usage, new_completion_id
 from .routedoc import route_doc
 
 bp = Blueprint("chat", __name__)
@@ -31,6 +32,9 @@ HONOURED = serving.GENERATION_FIELDS | {
     "response_format",
     "ignore_eos",
     "prediction",
+    "thinking_budget",
+    "chat_template_kwargs",
+    "loop_guard",
 }
 
 
@@ -73,20 +77,23 @@ def chat_completions():
     )
     cid = new_completion_id()
     if req.stream:
-        encoder = ChatStreamEncoder(ChunkEncoder(cid, model), req.include_usage, plan.tool_names)
+        encoder = ChatStreamEncoder(ChunkEncoder(cid, model), req.include_usage, plan.tool_names, gen.thinking)
         return transport.sse_response(gen, encoder, ignored)
     out = transport.collect(gen)
     fin = out.finish
-    content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
+    thought, text = reasoning.split(out.text, gen.thinking) if gen.thinking is not None else (None, out.text)
+    content, calls = parse_tool_calls(text, plan.tool_names) if plan.parses_tools else (text, [])
     reason = "tool_calls" if calls and fin.reason == "stop" else fin.reason
     reply = completion(
         cid,
         model,
         content=content,
         finish_reason=reason,
-        usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.draft),
+        usage=finish_usage(fin),
         logprobs={"content": out.logprobs} if out.logprobs else None,
         tool_calls=[c.to_openai() for c in calls],
+        reasoning=thought,
+        stopped_by=fin.stopped_by,
     )
     return jsonify(reply), 200, ignored
 
@@ -97,31 +104,57 @@ class ChatStreamEncoder:
     deltas (index, id and name first, then the arguments) and the finish reason
     `tool_calls`."""
 
-    def __init__(self, chunks: ChunkEncoder, include_usage: bool, tool_names: set[str] | None = None):
+    def __init__(
+        self,
+        chunks: ChunkEncoder,
+        include_usage: bool,
+        tool_names: set[str] | None = None,
+        thinking: bool | None = None,
+    ):
         self.chunks = chunks
         self.include_usage = include_usage
         self.tools = ToolCallStream(tool_names) if tool_names else None
         self.calls_sent = 0
+        # a thinking model: reasoning_content deltas first, then the answer's
+        self.splitter = reasoning.ReasoningSplitter(thinking) if thinking is not None else None
 
     def start(self):
         yield self.chunks.chunk({"role": "assistant", "content": ""})
 
     def delta(self, ev: serving.Delta):
         logprobs = {"content": ev.logprobs} if ev.logprobs else None
-        if self.tools is None:
-            yield self.chunks.chunk({"content": ev.text}, logprobs=logprobs)
+        if self.splitter is not None:
+            thought, text = self.splitter.push(ev.text)
+            if thought:
+                yield self.chunks.chunk({"reasoning_content": thought, "reasoning": thought}, logprobs=logprobs)
+                logprobs = None
+            if not text and not logprobs:
+                return
+            yield from self._content(text, logprobs)
             return
-        yield from self._tool_events(self.tools.push(ev.text), logprobs)
+        yield from self._content(ev.text, logprobs)
+
+    def _content(self, text: str, logprobs):
+        if self.tools is None:
+            yield self.chunks.chunk({"content": text}, logprobs=logprobs)
+            return
+        yield from self._tool_events(self.tools.push(text), logprobs)
 
     def finish(self, ev: serving.Finish):
         reason = ev.reason
+        if self.splitter is not None:
+            thought, text = self.splitter.flush()
+            if thought:
+                yield self.chunks.chunk({"reasoning_content": thought, "reasoning": thought})
+            if text:
+                yield from self._content(text, None)
         if self.tools is not None:
             yield from self._tool_events(self.tools.finish(), None)
             if self.tools.calls and reason == "stop":
                 reason = "tool_calls"
-        yield self.chunks.chunk({}, finish_reason=reason)
+        yield self.chunks.chunk({}, finish_reason=reason, **({"stopped_by": ev.stopped_by} if ev.stopped_by else {}))
         if self.include_usage:
-            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.draft)
+            yield self.chunks.usage_chunk(ev)
 
     def _tool_events(self, events, logprobs):
         sent = False

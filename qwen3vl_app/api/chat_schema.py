@@ -17,6 +17,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 from ..engine.speculative import MAX_DRAFT
 from ..model_constants import VOCAB_ROWS
 from ..protocol import SAMPLING_FIELDS, ChatRequest, ToolChoice
+from .steering_fields import ReasoningReplyFields, StoppedByFields, ThinkingMessageFields, ThinkingRequestFields
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
@@ -99,7 +100,7 @@ class ToolCallSchema(_Loose):
     function = fields.Nested(FunctionCallSchema, required=True)
 
 
-class MessageSchema(_Loose):
+class MessageSchema(ThinkingMessageFields, _Loose):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = Content(load_default=None, allow_none=True)
     name = fields.String()
@@ -285,6 +286,9 @@ def generation_fields(data: dict) -> dict:
         "logit_bias": tuple((data.get("logit_bias") or {}).items()),
         "cache_salt": data.get("cache_salt"),
         "speculative_tokens": data.get("speculative_tokens"),
+        "loop_guard": data.get("loop_guard"),
+        "thinking_budget": data.get("thinking_budget"),
+        "chat_template_kwargs": data.get("chat_template_kwargs"),
     }
 
 
@@ -312,7 +316,7 @@ class PredictionSchema(_Loose):
     content = PredictionContent(required=True)
 
 
-class ChatCompletionRequestSchema(GenerationRequestSchema):
+class ChatCompletionRequestSchema(ThinkingRequestFields, GenerationRequestSchema):
     messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
     max_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
     max_completion_tokens = fields.Integer(allow_none=True, validate=validate.Range(min=1))
@@ -379,6 +383,9 @@ class PromptTokensDetailsSchema(Schema):
 
 
 class CompletionTokensDetailsSchema(Schema):
+    reasoning_tokens = fields.Integer(
+        metadata={"description": "Thinking models: tokens of thinking (up to and including </think>)"}
+    )
     accepted_prediction_tokens = fields.Integer(
         metadata={"description": "speculative decoding: drafted tokens (prediction or prompt lookup) kept"}
     )
@@ -393,7 +400,8 @@ class UsageSchema(Schema):
     total_tokens = fields.Integer(required=True)
     prompt_tokens_details = fields.Nested(PromptTokensDetailsSchema, required=True)
     completion_tokens_details = fields.Nested(
-        CompletionTokensDetailsSchema, metadata={"description": "present when the request was decoded speculatively"}
+        CompletionTokensDetailsSchema,
+        metadata={"description": "present for a Thinking model or when the request was decoded speculatively"},
     )
 
 
@@ -422,13 +430,13 @@ class ReturnedToolCallSchema(Schema):
     function = fields.Nested(ReturnedFunctionSchema, required=True)
 
 
-class AssistantMessageSchema(Schema):
+class AssistantMessageSchema(ReasoningReplyFields):
     role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
     content = fields.String(required=True, allow_none=True)
     tool_calls = fields.List(fields.Nested(ReturnedToolCallSchema))
 
 
-class CompletionChoiceSchema(Schema):
+class CompletionChoiceSchema(StoppedByFields):
     index = fields.Integer(required=True)
     message = fields.Nested(AssistantMessageSchema, required=True)
     logprobs = fields.Nested(ChoiceLogprobsSchema, required=True, allow_none=True)
@@ -460,13 +468,13 @@ class ToolCallDeltaSchema(Schema):
     function = fields.Nested(ToolCallDeltaFunctionSchema)
 
 
-class ChunkDeltaSchema(Schema):
+class ChunkDeltaSchema(ReasoningReplyFields):
     role = fields.String(validate=validate.OneOf(["assistant"]))
     content = fields.String(allow_none=True)
     tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
 
 
-class ChunkChoiceSchema(Schema):
+class ChunkChoiceSchema(StoppedByFields):
     index = fields.Integer(required=True)
     delta = fields.Nested(ChunkDeltaSchema, required=True)
     logprobs = fields.Nested(ChoiceLogprobsSchema, required=True, allow_none=True)

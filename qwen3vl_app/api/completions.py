@@ -27,7 +27,7 @@ from .routedoc import route_doc
 
 bp = Blueprint("completions", __name__)
 
-HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo", "logprobs"}
+HONOURED = serving.GENERATION_FIELDS | {"prompt", "max_tokens", "best_of", "echo", "logprobs", "loop_guard"}
 
 
 @bp.post("/v1/completions")
@@ -90,7 +90,7 @@ def completions():
         out = transport.collect(launch(i))
         text = (texts[i] if req.echo else "") + out.text
         logprobs = legacy_logprobs(out.logprobs) if out.logprobs else None
-        choices.append(text_choice(i, text, logprobs, out.finish.reason))
+        choices.append(text_choice(i, text, logprobs, out.finish.reason, out.finish.stopped_by))
         prompt_tokens += out.finish.prompt_tokens
         completion_tokens += out.finish.completion_tokens
     return jsonify(text_completion(base, choices, usage(prompt_tokens, completion_tokens))), 200, ignored
@@ -142,8 +142,8 @@ class CompletionStreamEncoder:
         self.offset = 0
         self.prompt_tokens = self.completion_tokens = 0
 
-    def _event(self, text: str, logprobs=None, finish_reason=None) -> str:
-        return sse(text_completion(self.base, [text_choice(self.index, text, logprobs, finish_reason)]))
+    def _event(self, text: str, logprobs=None, finish_reason=None, stopped_by=None) -> str:
+        return sse(text_completion(self.base, [text_choice(self.index, text, logprobs, finish_reason, stopped_by)]))
 
     def start(self):
         if self.echo:
@@ -155,7 +155,7 @@ class CompletionStreamEncoder:
         yield self._event(ev.text, lp)
 
     def finish(self, ev: serving.Finish):
-        yield self._event("", None, ev.reason)
+        yield self._event("", None, ev.reason, ev.stopped_by)
         self.prompt_tokens += ev.prompt_tokens
         self.completion_tokens += ev.completion_tokens
         self.index += 1

@@ -12,6 +12,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from ..model_constants import VOCAB_ROWS
 from ..protocol import CompletionRequest
 from .chat_schema import GenerationRequestSchema, UsageSchema, generation_fields
+from .steering_fields import LoopGuardRequestFields, StoppedByFields
 
 MAX_PROMPTS = 16
 
@@ -43,7 +44,7 @@ def _is_id(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < VOCAB_ROWS
 
 
-class CompletionRequestSchema(GenerationRequestSchema):
+class CompletionRequestSchema(LoopGuardRequestFields, GenerationRequestSchema):
     prompt = PromptField(required=True)
     max_tokens = fields.Integer(
         load_default=16,
@@ -85,7 +86,7 @@ class TextCompletionLogprobsSchema(Schema):
     text_offset = fields.List(fields.Integer(), required=True)
 
 
-class TextCompletionChoiceSchema(Schema):
+class TextCompletionChoiceSchema(StoppedByFields):
     text = fields.String(required=True)
     index = fields.Integer(required=True)
     logprobs = fields.Nested(TextCompletionLogprobsSchema, required=True, allow_none=True)

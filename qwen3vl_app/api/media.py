@@ -25,6 +25,7 @@ from flask import Blueprint, current_app, jsonify, request
 from .. import serving
 from ..errors import APIError, MediaError
 from ..media.pipeline import MediaConfig, upload_to_input
+from ..processing import reasoning
 from ..protocol import GenerationRequest
 from ..sse import sse
 from . import transport
@@ -32,7 +33,7 @@ from .admission import admitted
 from .auth import auth
 from .media_schema import MediaDescribeFormSchema, MediaDescriptionSchema, MediaStreamDeltaSchema
 from .models import check_served
-from .replies import media_delta, media_description, usage
+from .replies import finish_usage, media_delta, media_description
 from .routedoc import route_doc
 
 bp = Blueprint("media", __name__)
@@ -117,30 +118,42 @@ def describe():
         }
 
     if stream:
-        return transport.sse_response(gen, DescribeStreamEncoder(metadata))
+        return transport.sse_response(gen, DescribeStreamEncoder(metadata, gen.thinking))
     out = transport.collect(gen)
-    fin = out.finish
-    return jsonify(
-        media_description(out.text, metadata(), usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens))
-    )
+    thought, text = reasoning.split(out.text, gen.thinking) if gen.thinking is not None else (None, out.text)
+    return jsonify(media_description(text, metadata(), finish_usage(out.finish), reasoning=thought))
 
 
 class DescribeStreamEncoder:
     """The old service's stream: `{"status": "streaming", "delta"}` events, then one
-    `{"status": "success", "description", "finish_reason", "metadata", "usage"}`."""
+    `{"status": "success", "description", "finish_reason", "metadata", "usage"}`.  A
+    Thinking model's reasoning is not streamed: the deltas are the description's, and
+    the last event carries the reasoning whole."""
 
-    def __init__(self, metadata):
+    def __init__(self, metadata, thinking: bool | None = None):
         self.metadata = metadata
         self.text: list[str] = []
+        self.thought: list[str] = []
+        self.splitter = reasoning.ReasoningSplitter(thinking) if thinking is not None else None
 
     def start(self):
         return ()
 
     def delta(self, ev: serving.Delta):
-        self.text.append(ev.text)
-        if ev.text:
-            yield sse(media_delta(ev.text))
+        text = ev.text
+        if self.splitter is not None:
+            thought, text = self.splitter.push(text)
+            self.thought.append(thought)
+        self.text.append(text)
+        if text:
+            yield sse(media_delta(text))
 
     def finish(self, ev: serving.Finish):
-        used = usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
-        yield sse(media_description("".join(self.text), self.metadata(), used, ev.reason))
+        if self.splitter is not None:
+            thought, text = self.splitter.flush()
+            self.thought.append(thought)
+            self.text.append(text)
+            if text:
+                yield sse(media_delta(text))
+        thinking = "".join(self.thought) if self.splitter and self.splitter.reasoning_seen else None
+        yield sse(media_description("".join(self.text), self.metadata(), finish_usage(ev), ev.reason, thinking))

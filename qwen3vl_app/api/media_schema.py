@@ -42,6 +42,7 @@ class MediaDescriptionSchema(Schema):
 
     status = fields.String(required=True, validate=validate.OneOf(["success"]))
     description = fields.String(required=True)
+    reasoning = fields.String(metadata={"description": "a Thinking model's thinking (the description is the answer)"})
     finish_reason = fields.String(validate=validate.OneOf(FINISH_REASONS))
     metadata = fields.Nested(MediaMetadataSchema, required=True)
     usage = fields.Nested(UsageSchema, required=True)

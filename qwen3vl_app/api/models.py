@@ -6,11 +6,24 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
 from ..errors import APIError
+from ..processing import reasoning
 from ..protocol import SAMPLING_FIELDS
 from .auth import auth
 from .routedoc import route_doc
 
 bp = Blueprint("models", __name__)
+
+
+class ThinkingCapabilitySchema(Schema):
+    supported = fields.Boolean(
+        required=True, metadata={"description": "a Thinking checkpoint: replies carry reasoning_content"}
+    )
+    can_disable = fields.Boolean(
+        required=True, metadata={"description": "chat_template_kwargs.enable_thinking: false is honoured"}
+    )
+    default_budget = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "--default-thinking-budget (null: unbounded)"}
+    )
 
 
 class ModelCapabilitiesSchema(Schema):
@@ -42,6 +55,7 @@ class ModelCapabilitiesSchema(Schema):
         },
     )
     parameters = fields.List(fields.String(), required=True)
+    thinking = fields.Nested(ThinkingCapabilitySchema)
 
 
 class ModelSchema(Schema):
@@ -92,6 +106,7 @@ def model_card(state, name: str | None = None) -> dict:
         card["description"] = state.demo_notice
     if engine is not None:
         caps = engine.capabilities
+        thinking = reasoning.support(state.tokenizer) if state.tokenizer is not None else reasoning.ThinkingSupport()
         card["max_context"] = engine.limits.max_context
         card["capabilities"] = {
             "sampling": caps.logits,
@@ -104,9 +119,11 @@ def model_card(state, name: str | None = None) -> dict:
                 ([*SAMPLING_FIELDS, "logprobs", "top_logprobs"] if caps.logits else [])
                 + (["response_format", "logit_bias"] if caps.logits else [])
                 + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"]
-                + ["tools", "tool_choice", "parallel_tool_calls"]
+                + ["tools", "tool_choice", "parallel_tool_calls", "loop_guard"]
                 + (["prediction", "speculative_tokens"] if caps.logits and caps.verify else [])
+                + (["thinking_budget", "chat_template_kwargs"] if thinking.thinks else [])
             ),
+            "thinking": thinking.describe(state.settings.default_thinking_budget),
         }
     return card
 

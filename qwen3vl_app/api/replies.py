@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from ..serving import Finish
 from ..sse import sse
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionSchema
 from .completions_schema import CompletionSchema
@@ -32,22 +33,34 @@ def new_completion_id() -> str:
 
 
 def usage(
-    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, draft: tuple[int, int] | None = None
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    draft: tuple[int, int] | None = None,
+    reasoning_tokens: int | None = None,
 ) -> dict:
     """OpenAI's usage object (UsageSchema); `cached_tokens`: prompt tokens whose KV was
-    reused; `draft`: (accepted, rejected) draft tokens when the generation was speculative."""
+    reused; `draft`: (accepted, rejected) draft tokens when the generation was speculative;
+    `reasoning_tokens`: a Thinking model's."""
     out: dict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    details: dict = {}
+    if reasoning_tokens is not None:
+        details["reasoning_tokens"] = reasoning_tokens
     if draft is not None:
-        out["completion_tokens_details"] = {
-            "accepted_prediction_tokens": draft[0],
-            "rejected_prediction_tokens": draft[1],
-        }
+        details["accepted_prediction_tokens"], details["rejected_prediction_tokens"] = draft
+    if details:
+        out["completion_tokens_details"] = details
     return out
+
+
+def finish_usage(fin: Finish) -> dict:
+    """The usage of one finished generation."""
+    return usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.draft, fin.reasoning_tokens)
 
 
 class ChunkEncoder:
@@ -61,15 +74,13 @@ class ChunkEncoder:
             "model": model,
         }
 
-    def chunk(self, delta: dict, finish_reason=None, logprobs=None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    def chunk(self, delta: dict, finish_reason=None, logprobs=None, **extra) -> str:
+        """`extra`: choice extensions (`stopped_by`)."""
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason, **extra}
         return sse(_CHUNK.dump({**self.base, "choices": [choice]}))
 
-    def usage_chunk(
-        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, draft: tuple[int, int] | None = None
-    ) -> str:
-        used = usage(prompt_tokens, completion_tokens, cached_tokens, draft)
-        return sse(_CHUNK.dump({**self.base, "choices": [], "usage": used}))
+    def usage_chunk(self, fin: Finish) -> str:
+        return sse(_CHUNK.dump({**self.base, "choices": [], "usage": finish_usage(fin)}))
 
 
 def completion(
@@ -81,12 +92,20 @@ def completion(
     usage: dict,
     logprobs: dict | None = None,
     tool_calls: list[dict] | None = None,
+    reasoning: str | None = None,
+    stopped_by: str | None = None,
 ) -> dict:
-    """A `chat.completion` object (`usage`: from `usage()`)."""
+    """A `chat.completion` object (`usage`: from `usage()`); `reasoning`: a Thinking
+    model's thinking, under both names clients read (vLLM's older, the newer);
+    `stopped_by`: the loop guard's marker."""
     message: dict = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
+    if reasoning is not None:
+        message["reasoning_content"] = message["reasoning"] = reasoning
     choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+    if stopped_by:
+        choice["stopped_by"] = stopped_by
     return _CHAT_COMPLETION.dump(
         {
             "id": completion_id,
@@ -108,13 +127,24 @@ def text_completion(base: dict, choices: list[dict], usage: dict | None = None) 
     return _TEXT_COMPLETION.dump(body)
 
 
-def text_choice(index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> dict:
-    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+def text_choice(
+    index: int, text: str, logprobs: dict | None, finish_reason: str | None, stopped_by: str | None = None
+) -> dict:
+    """`stopped_by`: the loop guard's marker."""
+    out = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+    if stopped_by:
+        out["stopped_by"] = stopped_by
+    return out
 
 
-def media_description(description: str, metadata: dict, usage: dict, finish_reason: str | None = None) -> dict:
-    """The old service's /api/v1/media/describe reply (and a stream's last event)."""
+def media_description(
+    description: str, metadata: dict, usage: dict, finish_reason: str | None = None, reasoning: str | None = None
+) -> dict:
+    """The old service's /api/v1/media/describe reply (and a stream's last event);
+    `reasoning`: a Thinking model's thinking (the description is the answer)."""
     body = {"status": "success", "description": description, "metadata": metadata, "usage": usage}
+    if reasoning is not None:
+        body["reasoning"] = reasoning
     if finish_reason is not None:
         body["finish_reason"] = finish_reason
     return _MEDIA_DESCRIPTION.dump(body)

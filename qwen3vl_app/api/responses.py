@@ -20,6 +20,7 @@ from marshmallow import ValidationError
 
 from .. import serving
 from ..errors import APIError
+from ..processing.reasoning import ReasoningSplitter
 from ..processing.tools import ToolCall, ToolCallStream
 from ..protocol import ChatRequest
 from . import transport
@@ -50,6 +51,9 @@ HONOURED = frozenset(
         "stream",
         "previous_response_id",
         "metadata",
+        "thinking_budget",
+        "chat_template_kwargs",
+        "loop_guard",
     }
 )
 
@@ -92,7 +96,7 @@ def create_response():
         gen = serving.start_chat(state, req, transport.caller())
     plan = gen.plan
     ignored = serving.ignored_header(serving.ignored_params(body, gen.engine.capabilities.logits, HONOURED))
-    writer = ResponseWriter(_base(rreq, model), plan.tool_names)
+    writer = ResponseWriter(_base(rreq, model), plan.tool_names, gen.thinking)
     if req.stream:
         return transport.sse_response(gen, ResponsesStreamEncoder(writer), ignored, done="")
     out = transport.collect(gen)
@@ -169,12 +173,15 @@ class ResponseWriter:
     """Output items and the events that build them: text goes into an assistant `message`
     item (one output_text part), each `<tool_call>` block becomes a `function_call` item."""
 
-    def __init__(self, base: dict, tool_names: set[str] | None):
+    def __init__(self, base: dict, tool_names: set[str] | None, thinking: bool | None = None):
         self.base = base
         self.output: list[dict] = []
         self.seq = 0
         self.message: dict | None = None  # the open message item
         self.tools = ToolCallStream(tool_names) if tool_names else None
+        # a thinking model: its reasoning goes into a `reasoning` item before the message
+        self.splitter = ReasoningSplitter(thinking) if thinking is not None else None
+        self.reasoning: dict | None = None
 
     def _event(self, type_: str, **fields) -> dict:
         ev = {"type": type_, "sequence_number": self.seq, **fields}
@@ -192,17 +199,30 @@ class ResponseWriter:
         ]
 
     def text(self, delta: str) -> list[dict]:
-        return self._apply(self.tools.push(delta) if self.tools else [("content", delta)])
+        events = []
+        if self.splitter is not None:
+            thought, delta = self.splitter.push(delta)
+            events += self._reasoning_text(thought)
+            if not delta:
+                return events
+            events += self._close_reasoning()
+        return events + self._apply(self.tools.push(delta) if self.tools else [("content", delta)])
 
     def finish(self, fin: serving.Finish) -> list[dict]:
-        events = self._apply(self.tools.finish()) if self.tools else []
+        events = []
+        if self.splitter is not None:
+            thought, text = self.splitter.flush()
+            events += self._reasoning_text(thought) + self._close_reasoning()
+            if text:
+                events += self._apply(self.tools.push(text) if self.tools else [("content", text)])
+        events += self._apply(self.tools.finish()) if self.tools else []
         complete = fin.reason != "length"
         events += self._close_message("completed" if complete else "incomplete")
         usage = {
             "input_tokens": fin.prompt_tokens,
             "input_tokens_details": {"cached_tokens": fin.cached_tokens},
             "output_tokens": fin.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": fin.reasoning_tokens or 0},
             "total_tokens": fin.prompt_tokens + fin.completion_tokens,
         }
         if complete:
@@ -210,6 +230,50 @@ class ResponseWriter:
             return events + [self._event("response.completed", response=final)]
         final = self.snapshot("incomplete", usage=usage, incomplete_details={"reason": "max_output_tokens"})
         return events + [self._event("response.incomplete", response=final)]
+
+    def _reasoning_text(self, text: str) -> list[dict]:
+        """A `reasoning` item (opened at its first text), its text as reasoning_text deltas."""
+        if not text:
+            return []
+        events = []
+        if self.reasoning is None:
+            self.reasoning = {
+                "type": "reasoning",
+                "id": f"rs_{uuid.uuid4().hex}",
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": ""}],
+                "status": "in_progress",
+            }
+            self.output.append(self.reasoning)
+            index = len(self.output) - 1
+            events.append(
+                self._event("response.output_item.added", output_index=index, item=output_item(self.reasoning))
+            )
+        self.reasoning["content"][0]["text"] += text
+        events.append(
+            self._event(
+                "response.reasoning_text.delta",
+                item_id=self.reasoning["id"],
+                output_index=self.output.index(self.reasoning),
+                content_index=0,
+                delta=text,
+            )
+        )
+        return events
+
+    def _close_reasoning(self) -> list[dict]:
+        item, self.reasoning = self.reasoning, None
+        if item is None:
+            return []
+        index = self.output.index(item)
+        item["status"] = "completed"
+        text = item["content"][0]["text"]
+        return [
+            self._event(
+                "response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text
+            ),
+            self._event("response.output_item.done", output_index=index, item=output_item(item)),
+        ]
 
     def _apply(self, pieces) -> list[dict]:
         events: list[dict] = []

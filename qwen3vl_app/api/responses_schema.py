@@ -12,6 +12,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from ..errors import APIError
+from .steering_fields import ThinkingRequestFields
 
 
 class InputField(fields.Field):
@@ -60,7 +61,7 @@ class TextConfigSchema(Schema):
     format = fields.Nested(TextFormatSchema)
 
 
-class ResponseRequestSchema(Schema):
+class ResponseRequestSchema(ThinkingRequestFields, Schema):
     class Meta:
         unknown = EXCLUDE
 
@@ -123,6 +124,9 @@ def to_chat_request(req: dict) -> tuple[dict, list[str]]:
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("parallel_tool_calls", "parallel_tool_calls"),
+        ("thinking_budget", "thinking_budget"),
+        ("chat_template_kwargs", "chat_template_kwargs"),
+        ("loop_guard", "loop_guard"),
     ):
         if req.get(src) is not None:
             body[dst] = req[src]
@@ -235,16 +239,17 @@ def _chat_tool_choice(choice):
 
 
 class ResponseOutputTextSchema(Schema):
-    type = fields.String(required=True, validate=validate.OneOf(["output_text"]))
+    type = fields.String(required=True, validate=validate.OneOf(["output_text", "reasoning_text"]))
     text = fields.String(required=True)
-    annotations = fields.List(fields.Dict(), required=True)
+    annotations = fields.List(fields.Dict(), metadata={"description": "output_text parts"})
 
 
 class ResponseOutputItemSchema(Schema):
-    """A `message` (role assistant, `content` of output_text parts) or a `function_call`
-    (`call_id`, `name`, `arguments` as JSON text)."""
+    """A `message` (role assistant, `content` of output_text parts), a `function_call`
+    (`call_id`, `name`, `arguments` as JSON text) or, from a Thinking model, a `reasoning`
+    item (`content`: one reasoning_text part; `summary` empty) before the message."""
 
-    type = fields.String(required=True, validate=validate.OneOf(["message", "function_call"]))
+    type = fields.String(required=True, validate=validate.OneOf(["message", "function_call", "reasoning"]))
     id = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(["in_progress", "completed", "incomplete"]))
     role = fields.String()
@@ -252,6 +257,7 @@ class ResponseOutputItemSchema(Schema):
     call_id = fields.String()
     name = fields.String()
     arguments = fields.String()
+    summary = fields.List(fields.Dict())
 
 
 class ResponseUsageSchema(Schema):

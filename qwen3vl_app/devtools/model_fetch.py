@@ -337,6 +337,9 @@ def main(argv=None) -> int:
         if ns.list or not ns.model:
             for key, model in manifest["models"].items():
                 print(f"{key:16} {model.get('description', '') if isinstance(model, dict) else ''}")
+            if not any("thinking" in key.lower() for key in manifest["models"]):
+                # the vendor's download lists (sophgo/LLM-TPU models/Qwen3_VL) name Instruct builds only
+                print("(no Qwen3-VL Thinking build is published for the BM1684X: docs/thinking.md)", file=sys.stderr)
             return 0 if ns.list else 2
         folder = fetch_model(ns.model, Path(ns.models_dir), manifest)
     except (FetchError, OSError) as e:  # a full disk or an unwritable folder too: a message, not a traceback

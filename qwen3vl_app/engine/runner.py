@@ -153,10 +153,12 @@ class EngineRunner:
         """Run fn in the engine thread; only this greenlet waits."""
         return self.pool.apply(fn, args)
 
-    def join(self, prompt, params, eos_ids, cancel, constrain=None, speculative=0, prediction=()) -> TokenChannel:
+    def join(
+        self, prompt, params, eos_ids, cancel, constrain=None, speculative=0, prediction=(), steer=None
+    ) -> TokenChannel:
         """Hand a generation to the scheduler (caller holds a turn and the engine is ready);
         its tokens arrive on the returned channel.  `constrain`, `speculative`,
-        `prediction`: see SlotRequest."""
+        `prediction`, `steer`: see SlotRequest."""
         assert self.scheduler is not None
         channel = TokenChannel()
         channel.request = SlotRequest(
@@ -168,6 +170,7 @@ class EngineRunner:
             constrain=constrain,
             speculative=speculative,
             prediction=prediction,
+            steer=steer,
         )
         self.scheduler.pending.append(channel.request)
         self._kick()

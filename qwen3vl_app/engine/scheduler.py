@@ -10,7 +10,9 @@ max_tokens, context full) or its request is cancelled (checked before every step
 cancelled request costs at most one more step); the others never notice.  Sampling,
 penalties, seed, logprobs and the grammar's token mask (constrained decoding) are per
 slot, so a slot's tokens do not depend on who else is in the batch (up to float
-summation order in the engine).
+summation order in the engine).  A slot's `steer` (`engine/steering.py`) may force its
+next token (a spent thinking budget closes the thinking) or end it (the loop guard); a
+grammar's mask waits while the slot is still thinking.
 
 Results go back through each request's `deliver` callback (thread-safe, set by the
 runner): a `Generated` per token, `None` when the sequence ended without a final token
@@ -48,6 +50,7 @@ from .speculative import Drafter
 
 if TYPE_CHECKING:
     from .constraints import TokenMask
+    from .steering import Steering
 
 
 class Cancel:
@@ -72,6 +75,7 @@ class Generated:
     choice: Choice
     finish_reason: str | None  # None, "stop" (end token) or "length"
     cached_tokens: int = 0  # prompt tokens the prefill reused
+    stopped_by: str | None = None  # what ended it besides an end token or the budget (steering.LOOP_STOP)
 
     @property
     def token_id(self) -> int:
@@ -100,6 +104,7 @@ class SlotRequest:
     steps: int = 0  # engine steps it was part of (its prefill included)
     drafted: int = 0  # draft tokens proposed for it
     accepted: int = 0  # of those, the ones kept
+    steer: Steering | None = None  # thinking budget, loop guard (engine/steering.py)
 
 
 @dataclass
@@ -289,10 +294,15 @@ class BatchScheduler:
         on an end token or when its budget is spent.  The chosen token (None: failed)."""
         req, sampler = slot.request, slot.sampler
         assert req is not None and sampler is not None
+        steer = req.steer
+        forced = steer.forced() if steer is not None else None
+        mask = slot.mask if steer is None or not steer.holds_mask else None  # a grammar shapes the answer only
         try:
-            if out.logits is not None and slot.mask is not None:
-                choice = sampler.choose(out.logits, slot.mask.allowed())
-                slot.mask.accept(choice.token_id)
+            if forced is not None:  # steering overrides whatever the step chose (both kinds of engine)
+                choice = Choice(forced, 0.0 if req.params.logprobs else None, [] if req.params.top_logprobs else None)
+            elif out.logits is not None and mask is not None:
+                choice = sampler.choose(out.logits, mask.allowed())
+                mask.accept(choice.token_id)
             elif out.logits is not None:
                 choice = sampler.choose(out.logits)
             else:  # the device chose (greedy-only engines)
@@ -304,8 +314,12 @@ class BatchScheduler:
         slot.produced += 1
         if slot.drafter is not None:
             slot.drafter.extend((choice.token_id,))
+        stopped_by = steer.observe(choice.token_id) if steer is not None else None
         if choice.token_id in req.eos_ids:
             req.deliver(Generated(choice, "stop", slot.cached))
+            self._free(slot)
+        elif stopped_by is not None:
+            req.deliver(Generated(choice, "stop", slot.cached, stopped_by))
             self._free(slot)
         elif slot.produced >= slot.budget:
             req.deliver(Generated(choice, "length", slot.cached))

@@ -51,6 +51,7 @@ def tokenize(
     limits,
     max_prompt_tokens: int = 0,
     tools: list[dict] | None = None,
+    template_kwargs: dict | None = None,
 ) -> Prompt:
     """build_prompt, after a bound that costs nothing: no token is longer than the longest
     entry of the vocabulary (`max_token_bytes`), so text of n bytes is at least n / that
@@ -58,18 +59,20 @@ def tokenize(
     tokenizing and a gigabyte of token lists.  What passes is tokenized off the hub when
     it is large; a long conversation is measured off the hub too."""
     if len(messages) > OFFLOAD_MESSAGES:
-        return off_hub(_tokenize, tokenizer, messages, vision, limits, max_prompt_tokens, tools, True)
-    return _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, False)
+        return off_hub(_tokenize, tokenizer, messages, vision, limits, max_prompt_tokens, tools, True, template_kwargs)
+    return _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, False, template_kwargs)
 
 
-def _tokenize(tokenizer, messages, vision, limits, max_prompt_tokens, tools, in_thread: bool) -> Prompt:
+def _tokenize(
+    tokenizer, messages, vision, limits, max_prompt_tokens, tools, in_thread: bool, template_kwargs=None
+) -> Prompt:
     size = text_bytes(messages) + (
         len(json.dumps(tools, ensure_ascii=False).encode("utf-8", "surrogatepass")) if tools else 0
     )
     _check_bytes(tokenizer, size, limits, max_prompt_tokens, "messages", in_thread)
     if in_thread or size <= OFFLOAD_TEXT_BYTES:
-        return build_prompt(tokenizer, messages, vision, tools)
-    return off_hub(build_prompt, tokenizer, messages, vision, tools)
+        return build_prompt(tokenizer, messages, vision, tools, template_kwargs)
+    return off_hub(build_prompt, tokenizer, messages, vision, tools, template_kwargs)
 
 
 def tokenize_text(tokenizer: ChatTokenizer, prompt: str | Sequence[int], limits, max_prompt_tokens: int = 0) -> Prompt:
@@ -133,6 +136,7 @@ def text_bytes(messages: list[dict]) -> int:
         content = msg.get("content")
         parts = [content] if isinstance(content, str) else [p.get("text") for p in content or ()]
         parts += [c["function"]["arguments"] for c in msg.get("tool_calls") or ()]
+        parts.append(msg.get("reasoning_content"))
         total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
     return total
 

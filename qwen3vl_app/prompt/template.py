@@ -23,10 +23,14 @@ VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<
 
 
 def build_prompt(
-    tokenizer: ChatTokenizer, messages: list[dict], vision: Sequence[VisionInput] = (), tools: list[dict] | None = None
+    tokenizer: ChatTokenizer,
+    messages: list[dict],
+    vision: Sequence[VisionInput] = (),
+    tools: list[dict] | None = None,
+    template_kwargs: dict | None = None,
 ) -> Prompt:
     _refuse_typed_vision_tokens(messages)
-    ids = tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
+    ids = tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools, template_kwargs=template_kwargs)
     if vision:
         ids = expand_vision(ids, list(vision), tokenizer.encode)
         return Prompt(ids, mrope_positions(ids, list(vision)), list(vision))
