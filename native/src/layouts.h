@@ -102,6 +102,16 @@ class BatchLayout {
  private:
   Parts p_;
   const ModelInfo& info_;
+  // "slots" builds (info_.batch_slot_kv): slot s's K/V are block_cache_i's inputs 3+2s and
+  // 4+2s; both sit slot_offset_[s] bytes after slot 0's in every layer (checked at load),
+  // so prefill writes a slot as it writes a region.  logits_ holds lm_head_batch's output.
+  std::vector<size_t> slot_offset_;
+  bm_device_mem_t logits_{};
+  void check_steps(const std::vector<SlotStep>& steps, std::vector<char>& active) const;
+  void zero_slot_buffers();
+  void embed_step(const std::vector<SlotStep>& steps, const std::vector<int32_t>& ids, size_t state_row);
+  std::vector<StepResult> heads_step(const std::vector<SlotStep>& steps, size_t state_row);
+  std::vector<StepResult> decode_slots(const std::vector<SlotStep>& steps);
   bm_device_mem_t ids_{};    // the step's token per slot
   bm_device_mem_t dlast_{};  // the last layer's states, a row per slot
   std::vector<bm_device_mem_t> new_k_, new_v_;  // per layer: the step's new K/V rows (3-output builds)
