@@ -169,6 +169,16 @@ def ensure_venv(root: Path) -> Path:
     return venv
 
 
+def batch_of(convert_args: list[str]) -> int:
+    """The `-b` / `--batch` of llm_convert arguments (1 when absent)."""
+    for i, a in enumerate(convert_args):
+        if a in ("-b", "--batch") and i + 1 < len(convert_args):
+            return int(convert_args[i + 1])
+        if a.startswith("--batch="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
 def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path:
     ensure_parallel()
     env = dict(os.environ)
@@ -176,8 +186,11 @@ def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path
     env.pop("PYTHONPATH", None)
     out = work / "out"
     t0 = time.time()
+    tool = [str(venv / "bin" / "llm_convert")]
+    if batch_of(convert_args) > 1:  # tpu-mlir 1.30.2 cannot build it: our wrapper (docs/batching.md)
+        tool = [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
     run(
-        [str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *convert_args, "-o", str(out)],
+        [*tool, "-m", str(ckpt), *convert_args, "-o", str(out)],
         log=work / "llm_convert.log",
         cwd=work,
         env=env,

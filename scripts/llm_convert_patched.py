@@ -11,11 +11,19 @@ reshape of that input to `[3, L]` before the gather; the net keeps its declared
 `[1, 3, L]` input, so the runtime feeds prefill positions exactly as for batch 1 plus a
 leading 1.
 
+The in-place K/V insert of batch decode blocks does not compile either (its PPL kernel), so
+the wrapper also builds those blocks itself: by default (`--kv-layout slots`) each slot's
+history is an input of its own and each slot attends in place, as a batch-1 build does,
+with `embedding_cache_batch` / `lm_head_batch` added so a decode step reads every weight
+once; `--kv-layout concat` keeps the first workaround (history sliced and concatenated
+every step) to compare against.  docs/batching.md has the details and the counts.
+
 Two roles in one file:
 
-    python scripts/llm_convert_patched.py [--batch 4]      # repo Python: build the tiny batch-N
+    python scripts/llm_convert_patched.py [--batch 4] [--kv-layout slots|concat]
+                                                            # repo Python: build the tiny batch-N
                                                             # bmodel folder, print it as last line
-    <tpu-mlir venv>/bin/python scripts/llm_convert_patched.py --convert <llm_convert args>
+    <tpu-mlir venv>/bin/python scripts/llm_convert_patched.py --convert [--kv-layout L] <llm_convert args>
                                                             # the patched llm_convert itself
 
 The first role reuses scripts/build_bmodel.py (tpu-mlir venv) and build_tiny_bmodel.py
@@ -166,7 +174,6 @@ def patch_batch_decode_slots(llm_module, top) -> None:
                 b, seq, kv, hd = input_shapes[3]
                 self.slots, self.seq = b, seq
                 self.new_rows: list = []
-                self.history: dict = {}
                 row, hist = [1, 1, kv, hd], [1, seq, kv, hd]
                 input_shapes = [*input_shapes[:2], [b, 1, 1, seq + 1], *[hist for _ in range(2 * b)]]
                 output_shapes = [*output_shapes, *[row for _ in range(2 * b)]]
@@ -186,8 +193,11 @@ def patch_batch_decode_slots(llm_module, top) -> None:
             ops = []
             for s in range(self.slots):
                 name = f"history_{which}_{s}"
-                ops.append(super().create_input_op(Location.fused([Location.name(name)], context=self.ctx), 3 + 2 * s + (index - 3)))
-            self.history[which] = ops
+                ops.append(
+                    super().create_input_op(
+                        Location.fused([Location.name(name)], context=self.ctx), 3 + 2 * s + (index - 3)
+                    )
+                )
             return Slots(ops)
 
         def create_return_op(self, Operands):
@@ -244,7 +254,9 @@ def patch_batch_decode_slots(llm_module, top) -> None:
     def fattention(output, queries, keys, values, mask, buffer, scale, batch, q_head, kv_head, dim, mq, mk, **kw):
         block = getattr(local, "block", None)
         if block is None or not isinstance(keys, list):  # InsertOp(...).output: per-slot keys
-            return original_fattention(output, queries, keys, values, mask, buffer, scale, batch, q_head, kv_head, dim, mq, mk, **kw)
+            return original_fattention(
+                output, queries, keys, values, mask, buffer, scale, batch, q_head, kv_head, dim, mq, mk, **kw
+            )
         ip = kw.get("ip")
         q_shape = list(queries.type.shape)  # [B, 1, q_heads, hd]
         m_shape = list(mask.type.shape)  # [B, 1, 1, SEQLEN + 1]
@@ -298,19 +310,30 @@ def patch_batch_heads(llm_module, top) -> None:
         if not self.embedding_disk:
             embedding = self.model_info.weights[llm_module.LlmList.EMBEDING] + ".weight"
             mlir = llm_module.MLIRImporter(
-                [[n, 1]], [[n, 1, hidden]], "embedding_cache_batch", self.platform, input_types=["INT32"],
+                [[n, 1]],
+                [[n, 1, hidden]],
+                "embedding_cache_batch",
+                self.platform,
+                input_types=["INT32"],
                 weight_file="../embedding_top_weights.npz",
             )
             ids = mlir.create_input_op(self.get_loc("input_ids", mlir), 0)
             weight = mlir.create_weight_op(embedding, [vocab, hidden])
             out = top.GatherOp(
-                mlir.get_tensor_type([n, 1, hidden]), weight, ids, axis=0,
-                loc=self.get_loc("embedding_cache_batch", mlir), ip=mlir.insert_point,
+                mlir.get_tensor_type([n, 1, hidden]),
+                weight,
+                ids,
+                axis=0,
+                loc=self.get_loc("embedding_cache_batch", mlir),
+                ip=mlir.insert_point,
             ).output
             if self.scale_emb != 1.0:
                 out = top.MulConstOp(
-                    mlir.get_tensor_type([n, 1, hidden]), out, const_val=self.scale_emb,
-                    loc=self.get_loc("embedding_cache_batch.scale", mlir), ip=mlir.insert_point,
+                    mlir.get_tensor_type([n, 1, hidden]),
+                    out,
+                    const_val=self.scale_emb,
+                    loc=self.get_loc("embedding_cache_batch.scale", mlir),
+                    ip=mlir.insert_point,
                 ).output
             mlir.create_return_op([out])
             self.save_mlir_module(mlir, "embedding_cache_batch")
@@ -322,17 +345,30 @@ def patch_batch_heads(llm_module, top) -> None:
         states = mlir.create_input_op(self.get_loc("hidden_states", mlir), 0)
         weight = mlir.create_weight_op(lmhead + ".weight", [vocab, hidden])
         logits = top.MatMulOp(
-            mlir.get_tensor_type([vocab, n]), weight, states, mlir.none_op, do_relu=False, right_transpose=True,
-            loc=self.get_loc(lmhead, mlir), ip=mlir.insert_point,
+            mlir.get_tensor_type([vocab, n]),
+            weight,
+            states,
+            mlir.none_op,
+            do_relu=False,
+            right_transpose=True,
+            loc=self.get_loc(lmhead, mlir),
+            ip=mlir.insert_point,
         ).output
         logits = top.PermuteOp(
-            mlir.get_tensor_type([n, vocab]), logits, order=[1, 0],
-            loc=self.get_loc(lmhead + ".permute", mlir), ip=mlir.insert_point,
+            mlir.get_tensor_type([n, vocab]),
+            logits,
+            order=[1, 0],
+            loc=self.get_loc(lmhead + ".permute", mlir),
+            ip=mlir.insert_point,
         ).output
         if self.lmhead_with_topk:
             topk = top.TopKOp(
-                *mlir.get_tensor_type([[n, 1], [n, 1]]), logits, axis=1, K=1,
-                loc=self.get_loc(["token_value", "token_id"], mlir), ip=mlir.insert_point,
+                *mlir.get_tensor_type([[n, 1], [n, 1]]),
+                logits,
+                axis=1,
+                K=1,
+                loc=self.get_loc(["token_value", "token_id"], mlir),
+                ip=mlir.insert_point,
             )
             mlir.create_return_op([topk.indices])
         else:
