@@ -20,9 +20,10 @@ copies and memsets (counted by the native runtime), and the bytes the step's net
 
 Each row is also printed as one JSON object on a line of its own (keys `model`, `batch`,
 `lm_head`, `kv_layout`, `bytes_per_step`, `launches_per_step`, `syncs_per_step`,
-`d2d_per_step`, `memsets_per_step`, ...), followed by the same counts modelled for the
-published 2B and 4B shapes (`measured: false`).  The simulator's milliseconds are not
-the box's, whose decode is bound by the bytes read: compare runs, not absolute values.
+`d2d_per_step`, `memsets_per_step`, `modelled_tok_s` at 41 GB/s with every slot busy, ...),
+followed by the same counts modelled for the published 2B and 4B shapes (`measured: false`).
+The simulator's milliseconds are not the box's, whose decode is bound by the bytes read:
+compare runs, not absolute values.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ SHAPES = {  # layers, hidden, q heads, kv heads, head_dim, intermediate, vocab (
     "4b": (36, 2560, 32, 8, 128, 9728, 151936),
 }
 SEQLEN = 2048  # the published builds' SEQLEN
+SE7_BYTES_PER_S = 41e9  # effective decode bandwidth of an SE7 (docs/operations.md)
 W4_BYTES = 0.5 + 2 / 64  # a 4-bit weight plus a bf16 scale per group of 64
 
 
@@ -199,6 +201,12 @@ def main() -> None:
     rows = [measure(f, args.steps) for f in folders]
     for model in SHAPES:
         rows += [modelled(model, 1, "single"), modelled(model, 4, "concat"), modelled(model, 4, "slots")]
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    for r in rows:  # all slots busy, the step bound by its bytes
+        r["modelled_tok_s"] = round(r["tokens_per_step"] * SE7_BYTES_PER_S / r["bytes_per_step"], 1)
 
     cols = (
         "launches_per_step",
@@ -209,6 +217,7 @@ def main() -> None:
         "kv_bytes_per_step",
         "bytes_per_step",
         "bytes_per_token",
+        "modelled_tok_s",
     )
     print(
         f"{'model':<6}{'batch':>6} {'kv_layout':<8}"
@@ -223,7 +232,7 @@ def main() -> None:
         tag = "" if r["measured"] else " (modelled)"
         print(
             f"{r['model']:<6}{r['batch']:>6} {r['kv_layout']:<8}"
-            + "".join(f"{r[c]:>18,}" for c in cols)
+            + "".join(f"{r[c]:>18,}" if isinstance(r[c], int) else f"{r[c]:>18}" for c in cols)
             + f"  {ratio:.2f}x{tag}"
         )
     print()
