@@ -179,6 +179,14 @@ def batch_of(convert_args: list[str]) -> int:
     return 1
 
 
+def convert_tool(venv: Path, convert_args: list[str]) -> list[str]:
+    """`llm_convert`, or for a batch-N build (which tpu-mlir 1.30.2 cannot make) our wrapper
+    around it (scripts/llm_convert_patched.py, docs/batching.md)."""
+    if batch_of(convert_args) > 1:
+        return [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
+    return [str(venv / "bin" / "llm_convert")]
+
+
 def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path:
     ensure_parallel()
     env = dict(os.environ)
@@ -186,11 +194,8 @@ def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path
     env.pop("PYTHONPATH", None)
     out = work / "out"
     t0 = time.time()
-    tool = [str(venv / "bin" / "llm_convert")]
-    if batch_of(convert_args) > 1:  # tpu-mlir 1.30.2 cannot build it: our wrapper (docs/batching.md)
-        tool = [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
     run(
-        [*tool, "-m", str(ckpt), *convert_args, "-o", str(out)],
+        [*convert_tool(venv, convert_args), "-m", str(ckpt), *convert_args, "-o", str(out)],
         log=work / "llm_convert.log",
         cwd=work,
         env=env,

@@ -344,6 +344,9 @@ def patch_batch_heads(llm_module, top) -> None:
         )
         states = mlir.create_input_op(self.get_loc("hidden_states", mlir), 0)
         weight = mlir.create_weight_op(lmhead + ".weight", [vocab, hidden])
+        # W[vocab, H] @ x[N, H]^T then transposed: the form llm_convert writes lm_head in.  The
+        # other form, x @ W^T, differs from lm_head in the last bits (tried on the simulator),
+        # and the batch decode must equal the batch-1 build's.
         logits = top.MatMulOp(
             mlir.get_tensor_type([vocab, n]),
             weight,
