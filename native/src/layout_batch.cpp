@@ -67,9 +67,7 @@ StepResult BatchLayout::prefill_slot(int slot, const PrefillInputs& in) {
   return r;
 }
 
-// One launch of each block_cache_i advances every slot.  Slots not stepped get a closed
-// mask (only their own insertion row open), position 0 and last step's states row; their
-// KV regions are untouched, since only the stepped slots' inserted rows are copied out.
+// The step's slots exist, appear once, hold a prefill and have room for one more row.
 void BatchLayout::check_steps(const std::vector<SlotStep>& steps, std::vector<char>& active) const {
   const int batch = info_.batch;
   if (steps.empty()) throw std::invalid_argument("decode_batch needs one token and one position per slot");
@@ -87,6 +85,10 @@ void BatchLayout::check_steps(const std::vector<SlotStep>& steps, std::vector<ch
   }
 }
 
+// First-workaround ("concat") and one-output builds: one launch of each block_cache_i
+// advances every slot.  Slots not stepped get a closed mask (only their own insertion row
+// open), position 0 and last step's states row; their KV regions are untouched, since only
+// the stepped slots' inserted rows are copied out.
 std::vector<StepResult> BatchLayout::decode_batch(const std::vector<SlotStep>& steps) {
   if (info_.batch_slot_kv) return decode_slots(steps);
   const int batch = info_.batch, S = info_.seq_len;

@@ -11,9 +11,10 @@
 //   prefill runs a prompt of any length in chunks of MAX_INPUT_LENGTH and can keep a
 //   leading part of the cache (the previous turn of a chat): only the rows after it are
 //   computed (docs/multi-turn.md).
-// - BatchLayout (llm_convert -b N): each of N slots owns a region of the cache;
-//   prefill_slot fills one slot, decode_batch advances several in one launch per layer
-//   (docs/batching.md).
+// - BatchLayout (llm_convert -b N through our wrapper): each of N slots owns its part of
+//   the cache; prefill_slot fills one slot, decode_batch advances several in one launch per
+//   layer -- in "slots" builds with every new K/V row written in place and one embedding
+//   and lm_head launch per step (docs/batching.md).
 //
 // Loaded holds one open model: the device, the parts and the layout, freed in reverse.
 #pragma once
