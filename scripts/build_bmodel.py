@@ -169,6 +169,24 @@ def ensure_venv(root: Path) -> Path:
     return venv
 
 
+def batch_of(convert_args: list[str]) -> int:
+    """The `-b` / `--batch` of llm_convert arguments (1 when absent)."""
+    for i, a in enumerate(convert_args):
+        if a in ("-b", "--batch") and i + 1 < len(convert_args):
+            return int(convert_args[i + 1])
+        if a.startswith("--batch="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
+def convert_tool(venv: Path, convert_args: list[str]) -> list[str]:
+    """`llm_convert`, or for a batch-N build (which tpu-mlir 1.30.2 cannot make) our wrapper
+    around it (scripts/llm_convert_patched.py, docs/batching.md)."""
+    if batch_of(convert_args) > 1:
+        return [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
+    return [str(venv / "bin" / "llm_convert")]
+
+
 def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path:
     ensure_parallel()
     env = dict(os.environ)
@@ -177,7 +195,7 @@ def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path
     out = work / "out"
     t0 = time.time()
     run(
-        [str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *convert_args, "-o", str(out)],
+        [*convert_tool(venv, convert_args), "-m", str(ckpt), *convert_args, "-o", str(out)],
         log=work / "llm_convert.log",
         cwd=work,
         env=env,

@@ -11,9 +11,10 @@
 //   prefill runs a prompt of any length in chunks of MAX_INPUT_LENGTH and can keep a
 //   leading part of the cache (the previous turn of a chat): only the rows after it are
 //   computed (docs/multi-turn.md).
-// - BatchLayout (llm_convert -b N): each of N slots owns a region of the cache;
-//   prefill_slot fills one slot, decode_batch advances several in one launch per layer
-//   (docs/batching.md).
+// - BatchLayout (llm_convert -b N through our wrapper): each of N slots owns its part of
+//   the cache; prefill_slot fills one slot, decode_batch advances several in one launch per
+//   layer -- in "slots" builds with every new K/V row written in place and one embedding
+//   and lm_head launch per step (docs/batching.md).
 //
 // Loaded holds one open model: the device, the parts and the layout, freed in reverse.
 #pragma once
@@ -102,6 +103,16 @@ class BatchLayout {
  private:
   Parts p_;
   const ModelInfo& info_;
+  // "slots" builds (info_.batch_slot_kv): slot s's K/V are block_cache_i's inputs 3+2s and
+  // 4+2s; both sit slot_offset_[s] bytes after slot 0's in every layer (checked at load),
+  // so prefill writes a slot as it writes a region.  logits_ holds lm_head_batch's output.
+  std::vector<size_t> slot_offset_;
+  bm_device_mem_t logits_{};
+  void check_steps(const std::vector<SlotStep>& steps, std::vector<char>& active) const;
+  void zero_slot_buffers();
+  void embed_step(const std::vector<SlotStep>& steps, const std::vector<int32_t>& ids, size_t state_row);
+  std::vector<StepResult> heads_step(const std::vector<SlotStep>& steps, size_t state_row);
+  std::vector<StepResult> decode_slots(const std::vector<SlotStep>& steps);
   bm_device_mem_t ids_{};    // the step's token per slot
   bm_device_mem_t dlast_{};  // the last layer's states, a row per slot
   std::vector<bm_device_mem_t> new_k_, new_v_;  // per layer: the step's new K/V rows (3-output builds)

@@ -15,7 +15,9 @@ const char* kSupported =
     "head_dim], 3 outputs) for every layer, optionally vit (pos_idx [P,4]), add, greedy_head, sample_head; "
     "or a batch-N build (llm_convert -b N): block_cache_<i> with states [N,1,H], positions [N,3,1], mask "
     "[N,1,1,SEQLEN], history K/V [N,SEQLEN,kv_heads,head_dim] and 1 output (K/V inserted at row SEQLEN-1) or 3 "
-    "(+ new K/V [N,1,kv_heads,head_dim]), one stage; batch-1 prefill, "
+    "(+ new K/V [N,1,kv_heads,head_dim]), one stage; or our wrapper's batch-N \"slots\" build: mask "
+    "[N,1,1,SEQLEN+1], history K/V per slot [1,SEQLEN,kv_heads,head_dim] (3+2N inputs, 1+2N outputs), "
+    "optionally embedding_cache_batch and lm_head_batch; batch-1 prefill, "
     "embedding_cache and lm_head; or a batch-1 --use_history_kv build: dynamic block_<i> without mask and "
     "block_kv_<i> (states [1,MAX_INPUT_LENGTH,H], positions, history K/V [1,SEQLEN,kv_heads,head_dim]; 3 outputs)";
 
@@ -51,6 +53,8 @@ void Model::read(const Device& dev) {
   add = dev.net("add", false);
   greedy = dev.net("greedy_head", false);
   sample = dev.net("sample_head", false);
+  embc_batch = dev.net("embedding_cache_batch", false);
+  lm_batch = dev.net("lm_head_batch", false);
   for (int l = 0;; l++) {
     Net b = dev.net("block_" + std::to_string(l), false);
     Net c = dev.net("block_cache_" + std::to_string(l), false);
@@ -77,11 +81,14 @@ void Model::read(const Device& dev) {
     unsupported("activations of dtype " + std::to_string(hdt) + " (embedding output)");
 
   const Net& c0 = caches[0];
-  const bool batched = c0.info->input_num == 5 && c0.in_shape(0).num_dims == 3 && c0.in_shape(0).dims[0] > 1;
-  if (batched)
+  const bool batched = c0.in_shape(0).num_dims == 3 && c0.in_shape(0).dims[0] > 1;
+  if (batched && c0.info->input_num == 5)
     read_batch_cache();
+  else if (batched)
+    read_batch_slot_cache();
   else
     read_cache_stages();
+  info.max_context = info.batch > 1 && !info.batch_slot_kv ? info.seq_len - 1 : info.seq_len;
   if (dev.has("block_kv_0")) read_history_blocks(dev);
 
   const bm_shape_t& lin = lm.in_shape(0);
@@ -99,6 +106,7 @@ void Model::read(const Device& dev) {
   info.has_greedy_head = info.lm_head_logits && greedy.present();
   info.has_sample_head = info.lm_head_logits && sample.present() && sample.info->input_num == 6;
   if (info.has_sample_head) info.sample_candidates = sample.out_shape(0).dims[sample.out_shape(0).num_dims - 1];
+  if (info.batch > 1) read_batch_heads();
 }
 
 // block_cache_i of a batch-1 build: one token on top of history K/V [1, kv_len, kv_heads,
@@ -169,6 +177,55 @@ void Model::read_batch_cache() {
   info.decode_stages = {S};
   cache_stage_index = {0};
   cache_full_stage = 0;
+}
+
+// block_cache_i of a batch-N "slots" build (our converter wrapper): states [N,1,H],
+// positions [N,3,1], mask [N,1,1,SEQLEN+1], then history_k_s / history_v_s [1,SEQLEN,kv,hd]
+// for each slot s (inputs 3+2s, 4+2s); outputs states and k_cache_s / v_cache_s [1,1,kv,hd]
+// (outputs 1+2s, 2+2s).  Each slot's attention is a batch-1 build's, over SEQLEN+1 keys.
+void Model::read_batch_slot_cache() {
+  const Net& c0 = caches[0];
+  const bm_shape_t& st = c0.in_shape(0);
+  const int batch = info.batch = st.dims[0];
+  const int H = info.hidden_size;
+  const std::string what = "batch-" + std::to_string(batch) + " ";
+  const bm_shape_t& ks = c0.in_shape(3);
+  if (c0.info->input_num != 3 + 2 * batch || c0.info->output_num != 1 + 2 * batch || ks.num_dims != 4)
+    unsupported(what + "block_cache_0 inputs " + dims_of(c0, true) + ", outputs " + dims_of(c0, false));
+  const int S = info.seq_len = ks.dims[1];
+  const int kvh = info.kv_heads = ks.dims[2];
+  const int hd = info.head_dim = ks.dims[3];
+  for (const Net& c : caches) {
+    bool ok = c.info->input_num == 3 + 2 * batch && c.info->output_num == 1 + 2 * batch && c.info->stage_num == 1 &&
+              same_shape(c.in_shape(0), {batch, 1, H}) && same_shape(c.in_shape(1), {batch, 3, 1}) &&
+              same_shape(c.in_shape(2), {batch, 1, 1, S + 1}) && same_shape(c.out_shape(0), {batch, 1, H});
+    for (int i = 3; ok && i < 3 + 2 * batch; i++) ok = same_shape(c.in_shape(i), {1, S, kvh, hd});
+    for (int i = 1; ok && i < 1 + 2 * batch; i++) ok = same_shape(c.out_shape(i), {1, 1, kvh, hd});
+    if (!ok) unsupported(what + c.name + " inputs " + dims_of(c, true) + ", outputs " + dims_of(c, false));
+  }
+  if (S <= info.max_input_length)
+    unsupported("SEQLEN " + std::to_string(S) + " not above MAX_INPUT_LENGTH " + std::to_string(info.max_input_length));
+  info.batch_slot_kv = true;
+  info.decode_stages = {S};
+  cache_stage_index = {0};
+  cache_full_stage = 0;
+}
+
+// embedding_cache_batch and lm_head_batch, when the build has both: the same computation
+// as the batch-1 nets for N rows at once.
+void Model::read_batch_heads() {
+  const int N = info.batch, H = info.hidden_size;
+  if (!embc_batch.present() || !lm_batch.present()) return;
+  const bm_shape_t& lo = lm_batch.out_shape(0);
+  const bool ok = same_shape(embc_batch.in_shape(0), {N, 1}) && same_shape(embc_batch.out_shape(0), {N, 1, H}) &&
+                  embc_batch.out_dtype(0) == hidden_dtype() && same_shape(lm_batch.in_shape(0), {N, H}) &&
+                  lo.num_dims == 2 && lo.dims[0] == N && lm_batch.out_dtype(0) == lm.out_dtype(0) &&
+                  (info.lm_head_logits ? lo.dims[1] == info.vocab_size : lo.dims[1] == 1);
+  if (!ok)
+    unsupported("batch-" + std::to_string(N) + " heads embedding_cache_batch " + dims_of(embc_batch, true) + " -> " +
+                dims_of(embc_batch, false) + ", lm_head_batch " + dims_of(lm_batch, true) + " -> " +
+                dims_of(lm_batch, false));
+  info.batch_heads = true;
 }
 
 // block_kv_i of a --use_history_kv build: a prefill chunk (states [1,C,H], positions) on

@@ -22,6 +22,7 @@ struct Model {
   std::string path;
   ModelInfo info;
   Net emb, embc, lm, vit, add, greedy, sample;
+  Net embc_batch, lm_batch;  // batch-N builds of our converter wrapper: the step's embedding and lm_head for all slots
   std::vector<Net> blocks, caches;
   std::vector<Net> kv_blocks;  // history-KV builds: block_kv_i
   // block_cache stage numbers: decode_stages[i] is stage cache_stage_index[i]; the KV cache
@@ -37,6 +38,8 @@ struct Model {
   void read(const Device& dev);
   void read_cache_stages();
   void read_batch_cache();
+  void read_batch_slot_cache();
+  void read_batch_heads();
   void read_history_blocks(const Device& dev);
   void read_vit();
   [[noreturn]] void unsupported(const std::string& found) const;

@@ -14,7 +14,7 @@ KvCache::KvCache(Device& dev, const Model& model) : dev_(dev) {
     v_.push_back(c.in_mem(4, model.cache_full_stage));
   }
   row_bytes_ = static_cast<size_t>(mi.kv_heads) * mi.head_dim * dtype_size(model.caches[0].in_dtype(3));
-  rows_ = mi.seq_len * mi.batch;
+  rows_ = mi.batch_slot_kv ? mi.seq_len : mi.seq_len * mi.batch;  // "slots" builds: slot 0's buffers
   clear();
 }
 

@@ -21,7 +21,8 @@ constexpr float kMaskValue = -10000.0f;  // additive attention mask for "cannot 
 
 // The KV cache: per layer, the K and V history inputs of block_cache_i's largest stage --
 // the nets' own buffers, so a decode step writes its new row in place and moves nothing.
-// Rows [0, rows()); batch-N builds give slot s rows [s*SEQLEN, (s+1)*SEQLEN).
+// Rows [0, rows()); batch-N builds give slot s rows [s*SEQLEN, (s+1)*SEQLEN), except
+// "slots" builds, whose slots have buffers of their own (this is slot 0's: layout_batch.cpp).
 //
 // Every decode step attends over all history rows, hiding unused ones with an additive
 // mask, so a NaN/Inf in an unused row would poison the softmax: rows a step never writes

@@ -34,6 +34,13 @@ struct ModelInfo {
   // fills one), history-KV (block_kv_i present: chunked prefill that can keep cached rows),
   // or neither: single-sequence.
   int batch = 1;
+  // Batch-N builds of our converter wrapper (scripts/llm_convert_patched.py, kv layout
+  // "slots"): block_cache_i takes each slot's history as its own inputs and returns each
+  // slot's new K/V rows, written in place; a slot holds up to SEQLEN tokens.  Otherwise the
+  // new rows sit at each slot's row SEQLEN-1 (SEQLEN-1 tokens) and are moved by the host.
+  bool batch_slot_kv = false;
+  bool batch_heads = false;  // embedding_cache_batch [N,1] and lm_head_batch [N,H]: one launch per step
+  int max_context = 0;       // tokens a sequence (a slot) can hold
   bool history_kv = false;
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   std::vector<std::string> networks;

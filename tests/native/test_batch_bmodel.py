@@ -62,17 +62,30 @@ def test_patched_converter_builds_batch4_layout():
         decode = got[f"block_cache_{i}"]  # one decode step advances all BATCH slots
         assert decode["in:input_states"] == [BATCH, 1, hidden]
         assert decode["in:position_ids"] == [BATCH, 3, 1]
-        assert decode["in:attention_mask"] == [BATCH, 1, 1, seq]
-        assert decode["in:history_k"] == decode["in:history_v"] == [BATCH, seq, kv, hd]
-        # the new K/V rows come out (our wrapper: the in-place insert's kernel does not compile)
-        assert [k for k in decode if k.startswith("out:")] == ["out:output_states", "out:k_cache", "out:v_cache"]
-        assert decode["out:k_cache"] == decode["out:v_cache"] == [BATCH, 1, kv, hd]
+        # each slot attends over its history plus its new row, as a batch-1 build does
+        assert decode["in:attention_mask"] == [BATCH, 1, 1, seq + 1]
+        # each slot's history is an input of its own, its new K/V rows an output of their own
+        # (our wrapper: the in-place insert's kernel does not compile, and one [BATCH, seq]
+        # history would be copied whole every step to append the rows)
+        slots = [f"{w}_{s}" for s in range(BATCH) for w in ("k", "v")]
+        assert [k for k in decode if k.startswith("in:history")] == [f"in:history_{x}" for x in slots]
+        assert [k for k in decode if k.startswith("out:")] == ["out:output_states"] + [
+            f"out:{x[0]}_cache{x[1:]}" for x in slots
+        ]
+        for x in slots:
+            assert decode[f"in:history_{x}"] == [1, seq, kv, hd]
+            assert decode[f"out:{x[0]}_cache{x[1:]}"] == [1, 1, kv, hd]
         prefill = got[f"block_{i}"]  # prefill stays per slot
         assert prefill["in:input_states"] == [1, max_in, hidden]
         assert prefill["in:position_ids"] == [1, 3, max_in]
         assert prefill["out:k_cache"] == prefill["out:v_cache"] == [1, max_in, kv, hd]
+    # batch-1 heads for prefill, batch heads for a decode step
     assert got["lm_head"]["in:hidden_states"] == [1, hidden]
     assert got["embedding_cache"]["in:input_ids"] == [1, 1]
+    assert got["lm_head_batch"]["in:hidden_states"] == [BATCH, hidden]
+    assert [v for k, v in got["lm_head_batch"].items() if k.startswith("out:")] == [[BATCH, text["vocab_size"]]]
+    assert got["embedding_cache_batch"]["in:input_ids"] == [BATCH, 1]
+    assert [v for k, v in got["embedding_cache_batch"].items() if k.startswith("out:")] == [[BATCH, 1, hidden]]
 
 
 def test_unpatched_converter_still_fails(tmp_path):

@@ -25,3 +25,16 @@ def test_history_kv_build_drops_the_fixed_input_length():
         args = b.convert_args([flag, "--chunk_length", "512"])
         assert "--max_input_length" not in args
         assert args[args.index("-s") + 1] == "2048" and args[-3:] == [flag, "--chunk_length", "512"]
+
+
+def test_batch_build_runs_our_converter_wrapper(tmp_path):
+    """`make bmodel ARGS="-b 4"`: tpu-mlir 1.30.2 cannot build a batch-N Qwen3-VL, our wrapper can."""
+    b = _build_bmodel()
+    assert b.convert_tool(tmp_path, b.convert_args(["--do_sample"])) == [str(tmp_path / "bin" / "llm_convert")]
+    assert b.convert_tool(tmp_path, b.convert_args(["-b", "1"])) == [str(tmp_path / "bin" / "llm_convert")]
+    for extra in (["-b", "4"], ["--batch", "2", "--do_sample"], ["--batch=8"]):
+        tool = b.convert_tool(tmp_path, b.convert_args(extra))
+        assert tool[0] == str(tmp_path / "bin" / "python") and tool[1:] == [
+            str(REPO / "scripts" / "llm_convert_patched.py"),
+            "--convert",
+        ], extra

@@ -111,12 +111,13 @@ class BM1684XEngine(Engine):
             raise
         rt = self.rt
         self.device = f"bm1684x:{devid}" + (" (cmodel)" if native.build_mode == "sim" else "")
-        # a batch-N build (llm_convert -b N) runs N slots per decode step; its decode nets
-        # insert each new K/V row at the history's last row, so a slot holds SEQLEN-1 tokens
+        # a batch-N build (llm_convert -b N) runs N slots per decode step; the runtime says
+        # how many tokens a slot holds (SEQLEN, or SEQLEN-1 in first-workaround builds whose
+        # decode nets put each new K/V row at the history's last row)
         self.max_batch = int(rt.batch)
         self.history_kv = bool(rt.history_kv)
         self.limits = Limits(
-            max_context=rt.seq_len - 1 if self.max_batch > 1 else rt.seq_len,
+            max_context=int(rt.max_context),
             # history-KV builds run the prompt in chunks: it may fill the context
             max_input_tokens=rt.seq_len if self.history_kv else rt.max_input_length,
             max_pixels=rt.vit_patches * PATCH_PIXELS if rt.vit_patches else None,
