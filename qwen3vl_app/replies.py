@@ -24,13 +24,20 @@ SSE_PING = ": ping\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    """OpenAI's usage object; `cached_tokens`: prompt tokens whose KV was reused."""
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, image_tokens: int = 0, video_tokens: int = 0
+) -> dict:
+    """OpenAI's usage object; `cached_tokens`: prompt tokens whose KV was reused;
+    `image_tokens` / `video_tokens` (extension): the prompt's vision placeholder tokens."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": cached_tokens,
+            "image_tokens": image_tokens,
+            "video_tokens": video_tokens,
+        },
     }
 
 
@@ -49,8 +56,9 @@ class ChunkEncoder:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return sse({**self.base, "choices": [choice]})
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> str:
-        return sse({**self.base, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)})
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, *media: int) -> str:
+        counts = usage(prompt_tokens, completion_tokens, cached_tokens, *media)
+        return sse({**self.base, "choices": [], "usage": counts})
 
 
 def completion(

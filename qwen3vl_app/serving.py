@@ -39,6 +39,7 @@ from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import tokenize
 from .prompt.messages import split_messages
 from .prompt.template import check_length
+from .prompt.vision import vision_tokens
 from .replies import SSE_DONE, SSE_PING, sse
 from .structured import OutputPlan, plan_output
 
@@ -109,6 +110,13 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    image_tokens: int = 0  # of prompt_tokens: image placeholders
+    video_tokens: int = 0  # of prompt_tokens: video placeholders
+
+
+def usage_counts(fin: Finish) -> tuple[int, int, int, int, int]:
+    """replies.usage's arguments, in order."""
+    return fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.image_tokens, fin.video_tokens
 
 
 PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
@@ -238,7 +246,7 @@ def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> C
     """A validated chat request (Chat Completions, or a Responses request translated to one)
     becomes a running generation: its media fetched and preprocessed, its output plan
     (tools, response_format, logit_bias) applied, this worker's engine taken."""
-    messages, media = split_messages(req["messages"])
+    messages, media = split_messages(req["messages"], req.get("mm_processor_kwargs"))
     engine = state.runner.wait_ready()
     plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
     if plan.logit_bias:
@@ -346,7 +354,7 @@ def _run(
             stats.prompt_tokens = len(job.prompt.input_ids)
             stats.completion_tokens = produced
             stats.finish_reason = finish if completed else "cancelled"
-    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens)
+    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, *vision_tokens(job.prompt.vision))
 
 
 def _tokens(

@@ -7,7 +7,7 @@ from flask import Flask
 
 
 def register_all(app: Flask) -> None:
-    from . import chat, completions, docs, health, media, metrics, models, playground, responses
+    from . import chat, completions, docs, health, media, metrics, models, playground, responses, tokenize
 
-    for module in (health, models, chat, completions, responses, media, docs, metrics, playground):
+    for module in (health, models, chat, completions, responses, media, docs, metrics, playground, tokenize):
         app.register_blueprint(module.bp)

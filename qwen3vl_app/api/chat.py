@@ -28,6 +28,7 @@ HONOURED = serving.GENERATION_FIELDS | {
     "parallel_tool_calls",
     "response_format",
     "ignore_eos",
+    "mm_processor_kwargs",
 }
 
 
@@ -81,7 +82,7 @@ def chat_completions():
         req.get("model") or state.model_id,
         content=content,
         finish_reason=reason,
-        usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens),
+        usage=usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.image_tokens, fin.video_tokens),
         logprobs={"content": out.logprobs} if out.logprobs else None,
         tool_calls=[c.to_openai() for c in calls],
     )
@@ -118,7 +119,9 @@ class ChatStreamEncoder:
                 reason = "tool_calls"
         yield self.chunks.chunk({}, finish_reason=reason)
         if self.include_usage:
-            yield self.chunks.usage_chunk(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
+            yield self.chunks.usage_chunk(
+                ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.image_tokens, ev.video_tokens
+            )
 
     def _tool_events(self, events, logprobs):
         sent = False

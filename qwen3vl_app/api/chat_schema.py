@@ -13,6 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from ..model_constants import VOCAB_ROWS
 from ..structured import ToolChoice
+from .mm_schema import check_clip, mm_processor_kwargs_field
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = ("text", "image_url", "video_url", "image", "video")
@@ -57,9 +58,13 @@ class ContentPartSchema(_Loose):
     max_pixels = fields.Integer(validate=validate.Range(min=1))
     fps = fields.Float(validate=validate.Range(min=0.01, max=60))
     max_frames = fields.Integer(validate=validate.Range(min=2))
+    total_pixels = fields.Integer(validate=validate.Range(min=1))
+    video_start = fields.Float(validate=validate.Range(min=0))
+    video_end = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
 
     @validates_schema
     def _payload(self, data, **kwargs):
+        check_clip(data)
         t = data["type"]
         if t == "text" and "text" not in data:
             raise ValidationError("a text part needs 'text'", "text")
@@ -284,6 +289,7 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
     tool_choice = ToolChoiceField(allow_none=True)
     parallel_tool_calls = fields.Boolean(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
+    mm_processor_kwargs = mm_processor_kwargs_field()
 
     @validates_schema
     def _consistency(self, data, **kwargs):
@@ -305,6 +311,12 @@ class PromptTokensDetailsSchema(Schema):
     cached_tokens = fields.Integer(
         required=True,
         metadata={"description": "prompt tokens whose KV was reused from an earlier request of the same worker"},
+    )
+    image_tokens = fields.Integer(
+        metadata={"description": "extension: prompt tokens that are image placeholders (vision tokens)"}
+    )
+    video_tokens = fields.Integer(
+        metadata={"description": "extension: prompt tokens that are video placeholders (timestamps are text)"}
     )
 
 

@@ -121,7 +121,7 @@ def describe():
             "status": "success",
             "description": out.text,
             "metadata": metadata(),
-            "usage": usage(out.finish.prompt_tokens, out.finish.completion_tokens, out.finish.cached_tokens),
+            "usage": usage(*serving.usage_counts(out.finish)),
         }
     )
 
@@ -149,6 +149,6 @@ class DescribeStreamEncoder:
                 "description": "".join(self.text),
                 "finish_reason": ev.reason,
                 "metadata": self.metadata(),
-                "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
+                "usage": usage(*serving.usage_counts(ev)),
             }
         )

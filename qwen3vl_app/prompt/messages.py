@@ -15,6 +15,9 @@ from dataclasses import dataclass
 # (--max-image-pixels and the engine's compiled size).  Explicit min/max_pixels in the part
 # still apply, and the server's ceilings always win.
 LOW_DETAIL_MAX_PIXELS = 512 * 512
+# A media part's own vision controls (qwen-vl-utils' names); the request's
+# `mm_processor_kwargs` (vLLM's) give the same for every part, a part's own win.
+MEDIA_OPTIONS = ("min_pixels", "max_pixels", "total_pixels", "fps", "max_frames", "video_start", "video_end")
 
 
 @dataclass
@@ -22,10 +25,12 @@ class MediaRef:
     kind: str  # "image" or "video" as the client declared it (bytes decide in the end)
     url: str
     param: str  # e.g. "messages[0].content[1]" for error messages
-    options: dict  # min_pixels / max_pixels / fps / max_frames from the part
+    options: dict  # MEDIA_OPTIONS from the part or the request; detail_max_pixels for detail: low
 
 
-def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
+def split_messages(messages: list[dict], mm_kwargs: dict | None = None) -> tuple[list[dict], list[MediaRef]]:
+    """`mm_kwargs`: the request's mm_processor_kwargs, defaults for every media part."""
+    defaults = {k: v for k, v in (mm_kwargs or {}).items() if k in MEDIA_OPTIONS and v is not None}
     out, media = [], []
     for i, msg in enumerate(messages):
         role = "system" if msg["role"] == "developer" else msg["role"]
@@ -44,9 +49,9 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[MediaRef]]:
                 continue
             kind = "video" if t in ("video_url", "video") else "image"
             url = part[t]["url"] if t.endswith("_url") else part[t]
-            options = {k: part[k] for k in ("min_pixels", "max_pixels", "fps", "max_frames") if k in part}
+            options = {**defaults, **{k: part[k] for k in MEDIA_OPTIONS if part.get(k) is not None}}
             if t.endswith("_url") and part[t].get("detail") == "low":
-                options["max_pixels"] = min(options.get("max_pixels", LOW_DETAIL_MAX_PIXELS), LOW_DETAIL_MAX_PIXELS)
+                options["detail_max_pixels"] = LOW_DETAIL_MAX_PIXELS
             media.append(MediaRef(kind, url, f"messages[{i}].content[{j}]", options))
             parts.append({"type": kind})
         out.append({"role": role, "content": parts, **extra})
