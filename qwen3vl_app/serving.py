@@ -240,6 +240,7 @@ class ChatGeneration(Generation):
 
     plan: OutputPlan  # tools to parse from the output, grammar, forced tool calls
     engine: Engine
+    vision: list[VisionInput] = field(default_factory=list)  # the conversation's media (grounding maps to them)
 
 
 def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> ChatGeneration:
@@ -254,7 +255,7 @@ def start_chat(state: ServerState, req: dict, stream: bool, caller: Caller) -> C
     vision = resolve_media(state, media, engine, messages)
     stops = req.get("stop") or []
     gen = start(state, engine, messages, vision, req, stops, stream, caller, tools=plan.tools, grammar=plan.grammar)
-    return ChatGeneration(gen.events, gen.stats, plan, engine)
+    return ChatGeneration(gen.events, gen.stats, plan, engine, vision)
 
 
 def start(

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from .. import serving
 from ..admission import admitted
 from ..auth import auth
+from ..grounding import GroundingStream, detections
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..replies import ChunkEncoder, completion, new_completion_id, usage
 from . import transport
@@ -29,6 +30,7 @@ HONOURED = serving.GENERATION_FIELDS | {
     "response_format",
     "ignore_eos",
     "mm_processor_kwargs",
+    "grounding",
 }
 
 
@@ -72,7 +74,8 @@ def chat_completions():
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         chunks = ChunkEncoder(cid, req.get("model") or state.model_id)
         encoder = ChatStreamEncoder(chunks, include_usage, plan.tool_names)
-        return transport.sse_response(gen, encoder, ignored)
+        grounded = GroundingStream(encoder, gen.vision) if req.get("grounding") else None
+        return transport.sse_response(gen, grounded or encoder, ignored)
     out = transport.collect(gen)
     fin = out.finish
     content, calls = parse_tool_calls(out.text, plan.tool_names) if plan.parses_tools else (out.text, [])
@@ -86,6 +89,8 @@ def chat_completions():
         logprobs={"content": out.logprobs} if out.logprobs else None,
         tool_calls=[c.to_openai() for c in calls],
     )
+    if req.get("grounding"):
+        body["choices"][0]["message"]["detections"] = detections(out.text, gen.vision)
     return jsonify(body), 200, ignored
 
 

@@ -13,6 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from ..model_constants import VOCAB_ROWS
 from ..structured import ToolChoice
+from .grounding_schema import GroundingField
 from .mm_schema import check_clip, mm_processor_kwargs_field
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -290,6 +291,7 @@ class ChatCompletionRequestSchema(GenerationRequestSchema):
     parallel_tool_calls = fields.Boolean(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
     mm_processor_kwargs = mm_processor_kwargs_field()
+    grounding = GroundingField()
 
     @validates_schema
     def _consistency(self, data, **kwargs):
