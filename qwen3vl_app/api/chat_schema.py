@@ -13,7 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from ..model_constants import VOCAB_ROWS
 from ..structured import ToolChoice
-from .grounding_schema import GroundingField
+from .grounding_schema import DetectionSchema, GroundingField
 from .mm_schema import check_clip, mm_processor_kwargs_field
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -358,6 +358,7 @@ class AssistantMessageSchema(Schema):
     role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
     content = fields.String(required=True, allow_none=True)
     tool_calls = fields.List(fields.Nested(ReturnedToolCallSchema))
+    detections = fields.List(fields.Nested(DetectionSchema), metadata={"description": "extension: with `grounding`"})
 
 
 class CompletionChoiceSchema(Schema):
@@ -396,6 +397,9 @@ class ChunkDeltaSchema(Schema):
     role = fields.String(validate=validate.OneOf(["assistant"]))
     content = fields.String(allow_none=True)
     tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
+    detections = fields.List(
+        fields.Nested(DetectionSchema), metadata={"description": "extension: with `grounding`, the last delta"}
+    )
 
 
 class ChunkChoiceSchema(Schema):

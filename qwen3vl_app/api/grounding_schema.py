@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import ValidationError, fields
+from marshmallow import Schema, ValidationError, fields
 
 from ..grounding import DEFAULT_MAX_DETECTIONS, SHAPES, Grounding
 
@@ -59,3 +59,14 @@ class GroundingField(fields.Field):
         if unknown:
             raise ValidationError(f"unknown keys: {', '.join(sorted(unknown))}")
         return Grounding(shape, most)
+
+
+class DetectionSchema(Schema):
+    """One detection in pixels of the image as sent (EXIF orientation applied)."""
+
+    image_index = fields.Integer(
+        required=True, metadata={"description": "which image/video of the request, 0-based, in message order"}
+    )
+    label = fields.String(required=True)
+    bbox_2d = fields.List(fields.Float(), metadata={"description": "[x1, y1, x2, y2], x1 <= x2 and y1 <= y2"})
+    point_2d = fields.List(fields.Float(), metadata={"description": "[x, y]"})
