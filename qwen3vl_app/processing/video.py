@@ -155,6 +155,10 @@ def video_smart_resize(
         beta = math.sqrt(min_pixels / (num_frames * height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+        if t_bar * h_bar * w_bar > max_pixels:  # rounding up passed the ceiling: it wins (see smart_resize)
+            beta = math.sqrt((num_frames * height * width) / max_pixels)
+            h_bar = max(factor, math.floor(height / beta / factor) * factor)
+            w_bar = max(factor, math.floor(width / beta / factor) * factor)
     return h_bar, w_bar
 
 

@@ -74,7 +74,10 @@ def smart_resize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, int]:
     """Sides that are multiples of `factor`, area within [min_pixels, max_pixels], aspect
-    ratio kept as closely as possible."""
+    ratio kept as closely as possible.  Where rounding up to `min_pixels` would pass
+    `max_pixels` (the two close together: a vision encoder compiled for one size), the
+    ceiling wins -- the reference returns the larger size there, which such an encoder
+    cannot run."""
     if height <= 0 or width <= 0:
         raise MediaError("image has zero width or height", code="invalid_image")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
@@ -89,6 +92,10 @@ def smart_resize(
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+        if h_bar * w_bar > max_pixels:
+            beta = math.sqrt((height * width) / max_pixels)
+            h_bar = max(factor, math.floor(height / beta / factor) * factor)
+            w_bar = max(factor, math.floor(width / beta / factor) * factor)
     return h_bar, w_bar
 
 

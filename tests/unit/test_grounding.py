@@ -116,3 +116,16 @@ def test_schema_and_cut_output():
     cut = '[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7, 8], "label": "b"}, {"bbox_2d": [9, 1'
     assert [i["label"] for i in parse_items(cut)] == ["a", "b"]
     assert parse_items("") == [] and parse_items('[{"bbox_2d": [1') == []
+
+
+def test_the_ceiling_wins_when_rounding_up_to_the_minimum_would_pass_it():
+    """A vision encoder compiled for 128x128 (min and max budget both 16384): a 128x96
+    image rounded up to the minimum would be 160x128, which that encoder cannot run."""
+    from qwen3vl_app.processing.video import video_smart_resize
+
+    assert smart_resize(96, 128, FACTOR, 128 * 128, 128 * 128) == (96, 128)
+    assert smart_resize(100, 100, FACTOR, 128 * 128, 128 * 128) == (128, 128)  # fits: as the reference
+    h, w = video_smart_resize(4, 96, 128, 2, FACTOR, 4 * 128 * 128, 4 * 128 * 128)
+    assert h * w <= 128 * 128
+    (item,) = resolve([image_bytes("PNG", 96, 128)], max_image_pixels=128 * 128, min_image_pixels=128 * 128)
+    assert item.grid_thw == (1, 6, 8) and item.source_size == (128, 96)
