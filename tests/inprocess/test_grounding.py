@@ -98,7 +98,12 @@ def test_no_image_is_a_400_and_false_is_off(inproc):
     assert "detections" not in r["choices"][0]["message"]
 
 
-def test_a_device_greedy_engine_refuses_grounding(inproc_factory, tiny_tokenizer):
+def test_a_device_greedy_engine_refuses_grounding(inproc, inproc_factory, tiny_tokenizer):
+    inproc.chat([{"role": "user", "content": "hi"}], max_tokens=1)  # the engine loaded: its card lists capabilities
+    caps = inproc.get("/v1/models").get_json()["data"][0]["capabilities"]
+    assert "grounding" in caps["parameters"] and "mm_processor_kwargs" in caps["parameters"]
     app = inproc_factory(engine=FakeEngine(tiny_tokenizer, logits=False))
     err = openai_error(app.chat(messages(1), grounding=True, max_tokens=5), 400, "unsupported_parameter", "grounding")
     assert "grounding cannot be enforced" in err["message"]
+    caps = app.get("/v1/models").get_json()["data"][0]["capabilities"]
+    assert "grounding" not in caps["parameters"] and "mm_processor_kwargs" in caps["parameters"]
