@@ -76,9 +76,14 @@ class Grounding:
 
 
 def media_count(messages: Sequence[dict]) -> int:
-    """Images and videos of a (validated) chat request, in message order."""
+    """Images and videos of a (validated) chat request, in message order, as
+    prompt/messages.split_messages collects them (a tool result's parts are text only)."""
     return sum(
-        1 for m in messages if isinstance(m.get("content"), list) for p in m["content"] if p.get("type") in MEDIA_PARTS
+        1
+        for m in messages
+        if m.get("role") != "tool" and isinstance(m.get("content"), list)
+        for p in m["content"]
+        if p.get("type") in MEDIA_PARTS
     )
 
 
