@@ -30,6 +30,10 @@ class TokenizeRequestSchema(Schema):
     prompt = fields.String()
     tools = fields.List(fields.Nested(ToolSchema), allow_none=True, validate=validate.Length(max=128))
     mm_processor_kwargs = mm_processor_kwargs_field()
+    add_generation_prompt = fields.Boolean(
+        load_default=True,
+        metadata={"description": "vLLM's; only true: the prompt is counted as a chat request runs it"},
+    )
     return_token_strs = fields.Boolean(
         load_default=False, allow_none=True, metadata={"description": "also return each token's text"}
     )
@@ -38,6 +42,10 @@ class TokenizeRequestSchema(Schema):
     def _one_input(self, data, **kwargs):
         if ("messages" in data) == ("prompt" in data):
             raise ValidationError("give either 'messages' or 'prompt'", "messages")
+        if data.get("add_generation_prompt") is False:
+            raise ValidationError(
+                "only true is supported: the count is that of the prompt a chat request runs", "add_generation_prompt"
+            )
         _served(data)
 
 

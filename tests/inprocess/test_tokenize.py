@@ -116,6 +116,8 @@ def test_raw_prompt_v1_path_token_strs_and_detokenize(app, tiny_tokenizer):
 def test_refusals(app, inproc_factory):
     openai_error(app.post("/tokenize", json={"prompt": "a", "messages": [{"role": "user", "content": "b"}]}), 400)
     openai_error(app.post("/tokenize", json={}), 400)
+    no_prompt = {"messages": [{"role": "user", "content": "b"}], "add_generation_prompt": False}
+    openai_error(app.post("/tokenize", json=no_prompt), 400, param="add_generation_prompt")
     openai_error(app.post("/tokenize", json={"model": "gpt-4", "prompt": "a"}), 404, "model_not_found")
     openai_error(app.post("/detokenize", json={"tokens": [10**9]}), 400, "invalid_value", "tokens")
     openai_error(app.post("/detokenize", json={"tokens": ["a"]}), 400)
