@@ -189,7 +189,7 @@ class GroundingStream:
 
     def __init__(self, inner, vision: Sequence[VisionInput]):
         self.inner = inner
-        self.vision = vision
+        self.sizes = [v.source_size for v in vision]  # not the pixels: the stream may last minutes
         self.text: list[str] = []
 
     def start(self):
@@ -200,5 +200,5 @@ class GroundingStream:
         return self.inner.delta(ev)
 
     def finish(self, ev):
-        yield self.inner.chunks.chunk({"detections": detections("".join(self.text), self.vision)})
+        yield self.inner.chunks.chunk({"detections": to_pixels(parse_items("".join(self.text)), self.sizes)})
         yield from self.inner.finish(ev)
