@@ -36,7 +36,7 @@ def _detokenize_doc(operation_id: str) -> route_doc:
         request=DetokenizeRequestSchema,
         request_example={"model": "qwen3-vl-instruct", "tokens": [9707, 0]},
         responses={200: ("the text", DetokenizeReplySchema)},
-        errors=(400, 404, 413, 415),
+        errors=(400, 404, 413, 415, 503),
     )
 
 
@@ -53,7 +53,8 @@ def _tokenize():
 def _detokenize():
     state = current_app.extensions["qwen3vl"]
     req = prepare(DetokenizeRequestSchema().load, json_body(value_budget(request_limit(state))))
-    assert state.tokenizer is not None  # loaded with the app
+    state.runner.wait_ready()  # 503 model_unavailable for a folder no engine can serve
+    assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
     return jsonify(tokenization.detokenize(state.tokenizer, req["tokens"]))
 
 
