@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .grounding import Grounding
 
 # GenerationRequest's sampling fields (None: unset).
 SAMPLING_FIELDS = (
@@ -79,6 +83,8 @@ class ChatRequest(GenerationRequest):
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
     parallel_tool_calls: bool = True
     response_format: Mapping | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
+    mm_processor_kwargs: Mapping | None = None  # vLLM's: defaults for every media part's budget
+    grounding: Grounding | None = None  # extension: detections as JSON, mapped to the image's pixels
 
 
 @dataclass(frozen=True, kw_only=True)

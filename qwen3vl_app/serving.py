@@ -42,6 +42,7 @@ from .processing.detok import Detokenizer, StopMatcher
 from .prompt.build import OFFLOAD_TEXT_BYTES, off_hub, tokenize
 from .prompt.messages import split_messages
 from .prompt.template import check_length
+from .prompt.vision import vision_tokens
 from .protocol import SAMPLING_FIELDS, ChatRequest, GenerationRequest
 from .sse import SSE_DONE, SSE_PING, sse
 from .structured import OutputPlan, plan_output
@@ -124,6 +125,8 @@ class Finish:
     draft: tuple[int, int] | None = None  # speculative: (accepted, rejected) draft tokens
     reasoning_tokens: int | None = None  # a thinking model's: tokens up to and including </think>
     stopped_by: str | None = None  # "loop_guard" when the loop guard ended it (finish reason "stop")
+    image_tokens: int = 0  # of prompt_tokens: image placeholders
+    video_tokens: int = 0  # of prompt_tokens: video placeholders
 
 
 PING = object()  # yielded while a long prefill runs, so streams can send keep-alives
@@ -276,6 +279,7 @@ class ChatGeneration(Generation):
 
     plan: OutputPlan  # tools to parse from the output, grammar, forced tool calls
     engine: Engine
+    vision: list[VisionInput] = field(default_factory=list)  # the conversation's media (grounding maps to them)
 
 
 def start_chat(state: ServerState, req: ChatRequest, caller: Caller) -> ChatGeneration:
@@ -283,14 +287,14 @@ def start_chat(state: ServerState, req: ChatRequest, caller: Caller) -> ChatGene
     a running generation: its media fetched and preprocessed, its output plan (tools,
     response_format, logit_bias) applied, the prompt built and checked by the chat template,
     this worker's engine taken (503 at once when its queue is full)."""
-    messages, media = split_messages(req.messages)
+    messages, media = split_messages(req.messages, req.mm_processor_kwargs)
     engine = state.runner.wait_ready()
     plan = plan_output(req, engine.capabilities.logits, state.tokenizer, state.settings)
     assert state.tokenizer is not None
     kwargs = reasoning.prepare(req, state.tokenizer, messages)
     vision = resolve_media(state, media, engine, messages)
     gen = start(state, engine, messages, vision, req, caller, plan, kwargs)
-    return ChatGeneration(gen.events, gen.stats, plan, engine, thinking=gen.thinking)
+    return ChatGeneration(gen.events, gen.stats, plan, engine, vision, thinking=gen.thinking)
 
 
 def start(
@@ -404,7 +408,18 @@ def _run(
     draft = (stats.accepted, stats.drafted - stats.accepted) if stats.speculative else None
     steer = job.steer
     reasoning_tokens = steer.reasoning_tokens if steer is not None and steer.thinking_model else None
-    yield Finish(finish, len(job.prompt.input_ids), produced, stats.cached_tokens, draft, reasoning_tokens, stopped_by)
+    image_tokens, video_tokens = vision_tokens(job.prompt.vision)
+    yield Finish(
+        finish,
+        len(job.prompt.input_ids),
+        produced,
+        stats.cached_tokens,
+        draft,
+        reasoning_tokens,
+        stopped_by,
+        image_tokens,
+        video_tokens,
+    )
 
 
 def _tokens(

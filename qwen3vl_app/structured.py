@@ -8,6 +8,8 @@ and the grammar (if any) that constrained decoding must hold the output to.
   tool_choice required  -> grammar: one or more calls (one if parallel_tool_calls is false)
   named function        -> grammar: exactly one call of that function
   response_format json_object / json_schema -> grammar: that JSON
+  grounding (extension)  -> grammar: a JSON array of detections (grounding.py); no tools,
+                           no response_format beside it
 
 A grammar (and logit_bias) needs logits on the host: on an engine that picks tokens on
 the device it is a 400 naming the parameter, never silently ignored.
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from .engine.constraints import GrammarBudget, GrammarBusy, GrammarRejected, compile_grammar
 from .errors import APIError, ServerBusy
+from .grounding import output_schema
 from .model_constants import TOOL_CALL_START
 from .protocol import ChatRequest, GenerationRequest, ToolChoice
 
@@ -62,6 +65,10 @@ def plan_output(
         if choice.forced:
             _unsupported("tool_choice", f"tool_choice {choice.mode!r}")
     check_logit_bias(req, host_logits)
+    if req.grounding is not None:  # grounding.py: detections as JSON, in pixels in the reply
+        if not host_logits:
+            _unsupported("grounding", "grounding")
+        return OutputPlan(grammar=_compile(compile_for, json_schema=output_schema(req), param="grounding"))
     plan = OutputPlan(tools=tools or None)
     if choice.mode == "none" or not tools:
         if tools and host_logits:

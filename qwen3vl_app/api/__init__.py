@@ -7,7 +7,21 @@ from flask import Flask
 
 
 def register_all(app: Flask) -> None:
-    from . import cameras, chat, completions, docs, health, media, metrics, models, playground, responses, watches
+    from . import (
+        cameras,
+        chat,
+        completions,
+        docs,
+        health,
+        media,
+        metrics,
+        models,
+        playground,
+        responses,
+        tokenize,
+        watches,
+    )
 
-    for module in (health, models, chat, completions, responses, media, cameras, watches, docs, metrics, playground):
+    blueprints = (health, models, chat, completions, responses, tokenize, media, cameras, watches, docs, metrics)
+    for module in (*blueprints, playground):
         app.register_blueprint(module.bp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from .. import serving
+from ..grounding import GroundingStream, detections
 from ..processing import reasoning
 from ..processing.tools import ToolCallStream, parse_tool_calls
 from ..protocol import ChatRequest
@@ -35,6 +36,8 @@ HONOURED = serving.GENERATION_FIELDS | {
     "thinking_budget",
     "chat_template_kwargs",
     "loop_guard",
+    "mm_processor_kwargs",
+    "grounding",
 }
 
 
@@ -78,7 +81,8 @@ def chat_completions():
     cid = new_completion_id()
     if req.stream:
         encoder = ChatStreamEncoder(ChunkEncoder(cid, model), req.include_usage, plan.tool_names, gen.thinking)
-        return transport.sse_response(gen, encoder, ignored)
+        grounded = GroundingStream(encoder, gen.vision) if req.grounding else None
+        return transport.sse_response(gen, grounded or encoder, ignored)
     out = transport.collect(gen)
     fin = out.finish
     thought, text = reasoning.split(out.text, gen.thinking) if gen.thinking is not None else (None, out.text)
@@ -94,6 +98,7 @@ def chat_completions():
         tool_calls=[c.to_openai() for c in calls],
         reasoning=thought,
         stopped_by=fin.stopped_by,
+        detections=detections(out.text, gen.vision) if req.grounding else None,
     )
     return jsonify(reply), 200, ignored
 

@@ -17,6 +17,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 from ..engine.speculative import MAX_DRAFT
 from ..model_constants import VOCAB_ROWS
 from ..protocol import SAMPLING_FIELDS, ChatRequest, ToolChoice
+from .grounding_schema import DetectionSchema, GroundingField
+from .mm_schema import check_clip, mm_processor_kwargs_field
 from .steering_fields import ReasoningReplyFields, StoppedByFields, ThinkingMessageFields, ThinkingRequestFields
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -66,9 +68,13 @@ class ContentPartSchema(_Loose):
         validate=validate.Range(min=0.1, max=3600),
         metadata={"description": "seconds of a camera://NAME clip (video_url); capped by the server"},
     )
+    total_pixels = fields.Integer(validate=validate.Range(min=1))
+    video_start = fields.Float(validate=validate.Range(min=0))
+    video_end = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
 
     @validates_schema
     def _payload(self, data, **kwargs):
+        check_clip(data)
         t = data["type"]
         if t == "text" and "text" not in data:
             raise ValidationError("a text part needs 'text'", "text")
@@ -343,6 +349,8 @@ class ChatCompletionRequestSchema(ThinkingRequestFields, GenerationRequestSchema
             "drafted first by speculative decoding, so matching runs take fewer engine steps"
         },
     )
+    mm_processor_kwargs = mm_processor_kwargs_field()
+    grounding = GroundingField()
 
     @validates_schema
     def _consistency(self, data, **kwargs):
@@ -367,6 +375,8 @@ class ChatCompletionRequestSchema(ThinkingRequestFields, GenerationRequestSchema
             parallel_tool_calls=data.get("parallel_tool_calls") is not False,
             response_format=data.get("response_format"),
             prediction=(data.get("prediction") or {}).get("content"),
+            mm_processor_kwargs=data.get("mm_processor_kwargs"),
+            grounding=data.get("grounding"),
         )
 
 
@@ -379,6 +389,12 @@ class PromptTokensDetailsSchema(Schema):
     cached_tokens = fields.Integer(
         required=True,
         metadata={"description": "prompt tokens whose KV was reused from an earlier request of the same worker"},
+    )
+    image_tokens = fields.Integer(
+        metadata={"description": "extension: prompt tokens that are image placeholders (vision tokens)"}
+    )
+    video_tokens = fields.Integer(
+        metadata={"description": "extension: prompt tokens that are video placeholders (timestamps are text)"}
     )
 
 
@@ -434,6 +450,7 @@ class AssistantMessageSchema(ReasoningReplyFields):
     role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
     content = fields.String(required=True, allow_none=True)
     tool_calls = fields.List(fields.Nested(ReturnedToolCallSchema))
+    detections = fields.List(fields.Nested(DetectionSchema), metadata={"description": "extension: with `grounding`"})
 
 
 class CompletionChoiceSchema(StoppedByFields):
@@ -472,6 +489,9 @@ class ChunkDeltaSchema(ReasoningReplyFields):
     role = fields.String(validate=validate.OneOf(["assistant"]))
     content = fields.String(allow_none=True)
     tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
+    detections = fields.List(
+        fields.Nested(DetectionSchema), metadata={"description": "extension: with `grounding`, the last delta"}
+    )
 
 
 class ChunkChoiceSchema(StoppedByFields):

@@ -117,9 +117,9 @@ def model_card(state, name: str | None = None) -> dict:
             "tool_choice": ["none", "auto"] + (["required", "function"] if caps.logits else []),
             "parameters": (
                 ([*SAMPLING_FIELDS, "logprobs", "top_logprobs"] if caps.logits else [])
-                + (["response_format", "logit_bias"] if caps.logits else [])
+                + (["response_format", "logit_bias", "grounding"] if caps.logits else [])
                 + ["max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"]
-                + ["tools", "tool_choice", "parallel_tool_calls", "loop_guard"]
+                + ["tools", "tool_choice", "parallel_tool_calls", "loop_guard", "mm_processor_kwargs"]
                 + (["prediction", "speculative_tokens"] if caps.logits and caps.verify else [])
                 + (["thinking_budget", "chat_template_kwargs"] if thinking.thinks else [])
             ),

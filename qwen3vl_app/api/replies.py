@@ -38,16 +38,20 @@ def usage(
     cached_tokens: int = 0,
     draft: tuple[int, int] | None = None,
     reasoning_tokens: int | None = None,
+    image_tokens: int = 0,
+    video_tokens: int = 0,
 ) -> dict:
     """OpenAI's usage object (UsageSchema); `cached_tokens`: prompt tokens whose KV was
     reused; `draft`: (accepted, rejected) draft tokens when the generation was speculative;
-    `reasoning_tokens`: a Thinking model's."""
+    `reasoning_tokens`: a Thinking model's; `image_tokens` / `video_tokens` (extension):
+    the prompt's vision placeholder tokens."""
     out: dict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    out["prompt_tokens_details"].update(image_tokens=image_tokens, video_tokens=video_tokens)
     details: dict = {}
     if reasoning_tokens is not None:
         details["reasoning_tokens"] = reasoning_tokens
@@ -60,7 +64,15 @@ def usage(
 
 def finish_usage(fin: Finish) -> dict:
     """The usage of one finished generation."""
-    return usage(fin.prompt_tokens, fin.completion_tokens, fin.cached_tokens, fin.draft, fin.reasoning_tokens)
+    return usage(
+        fin.prompt_tokens,
+        fin.completion_tokens,
+        fin.cached_tokens,
+        fin.draft,
+        fin.reasoning_tokens,
+        fin.image_tokens,
+        fin.video_tokens,
+    )
 
 
 class ChunkEncoder:
@@ -94,15 +106,18 @@ def completion(
     tool_calls: list[dict] | None = None,
     reasoning: str | None = None,
     stopped_by: str | None = None,
+    detections: list[dict] | None = None,
 ) -> dict:
     """A `chat.completion` object (`usage`: from `usage()`); `reasoning`: a Thinking
     model's thinking, under both names clients read (vLLM's older, the newer);
-    `stopped_by`: the loop guard's marker."""
+    `stopped_by`: the loop guard's marker; `detections`: grounding's, in the image's pixels."""
     message: dict = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
     if reasoning is not None:
         message["reasoning_content"] = message["reasoning"] = reasoning
+    if detections is not None:
+        message["detections"] = detections
     choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
     if stopped_by:
         choice["stopped_by"] = stopped_by

@@ -220,7 +220,11 @@ class ResponseWriter:
         events += self._close_message("completed" if complete else "incomplete")
         usage = {
             "input_tokens": fin.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": fin.cached_tokens},
+            "input_tokens_details": {
+                "cached_tokens": fin.cached_tokens,
+                "image_tokens": fin.image_tokens,
+                "video_tokens": fin.video_tokens,
+            },
             "output_tokens": fin.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": fin.reasoning_tokens or 0},
             "total_tokens": fin.prompt_tokens + fin.completion_tokens,

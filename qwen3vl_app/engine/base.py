@@ -27,6 +27,11 @@ class VisionInput:
     pixel_values: np.ndarray  # float32 [grid_t*grid_h*grid_w, 3*2*16*16], merge-group order
     grid_thw: tuple[int, int, int]
     timestamps: list[float] = field(default_factory=list)  # video: one per temporal patch
+    # Where it came from (for /tokenize and grounding; engines ignore these): the original
+    # image's or video frame's (width, height) as displayed (EXIF orientation applied), and
+    # for a video the frames sampled from it (before padding to an even count).
+    source_size: tuple[int, int] | None = None
+    frames: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -1,8 +1,10 @@
 """Media of one request: source -> bytes -> type from the bytes -> `VisionInput`, in order.
 
 This is the one place where the server's ceilings meet the request's wishes: per-part
-`min_pixels`/`max_pixels`/`fps`/`max_frames` are clamped to the server's flags, never
-trusted as given.  Network and file reads run in the calling greenlet (cooperative I/O);
+(or request-wide, `mm_processor_kwargs`) `min_pixels`/`max_pixels`/`fps`/`max_frames`/
+`total_pixels`/`video_start`/`video_end` are checked against the server's range and a value
+outside it is a 400 that says the range (`image_budget_for`, `video_budget_for`).
+Network and file reads run in the calling greenlet (cooperative I/O);
 decoding and pixel work run in the gevent hub's thread pool when the process is
 monkey-patched, so one big video does not stall every other connection of the worker.
 """
@@ -103,34 +105,88 @@ def _prompt_token_limit(settings: Settings, limits: Limits | None) -> int | None
     return min(values) if values else None
 
 
+def _in_range(name: str, value, low, high, ceiling: str) -> None:
+    """A budget the server cannot honour is a 400 that says what it can, never silently
+    clamped (a pixel budget quietly ignored is a user's wrong answer)."""
+    if not low <= value <= high:
+
+        def num(v) -> str:
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
+        raise MediaError(
+            f"{name} {num(value)} is outside what this server can honour: {num(low)} to {num(high)} ({ceiling})",
+            code="invalid_value",
+        )
+
+
+PIXEL_CEILING = (
+    "the smallest is one 32x32 block; the largest is --max-image-pixels or the vision encoder's compiled size"
+)
+
+
 def image_budget_for(config: MediaConfig, options: dict) -> ImageBudget:
+    """The request's `min_pixels` / `max_pixels` for one image (per part, or from the
+    request's mm_processor_kwargs) within the server's range, else a 400 naming it;
+    `detail_max_pixels` (OpenAI's detail: low) only lowers the budget."""
     b = config.image
     max_pixels = b.max_pixels
-    if options.get("max_pixels"):
-        max_pixels = min(max_pixels, max(int(options["max_pixels"]), FACTOR * FACTOR))
-    min_pixels = b.min_pixels
-    if options.get("min_pixels"):
-        min_pixels = max(int(options["min_pixels"]), 1)
-    min_pixels = min(min_pixels, max_pixels)
+    if options.get("max_pixels") is not None:
+        max_pixels = int(options["max_pixels"])
+        _in_range("max_pixels", max_pixels, FACTOR * FACTOR, b.max_pixels, PIXEL_CEILING)
+    if options.get("detail_max_pixels"):
+        max_pixels = min(max_pixels, max(int(options["detail_max_pixels"]), FACTOR * FACTOR))
+    min_pixels = min(b.min_pixels, max_pixels)
+    if options.get("min_pixels") is not None:
+        min_pixels = int(options["min_pixels"])
+        _in_range("min_pixels", min_pixels, 1, max_pixels, "at most the image's max_pixels")
     return replace(b, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def video_budget_for(config: MediaConfig, options: dict) -> VideoBudget:
+    """The request's video controls (`fps`, `max_frames`, per-frame `min_pixels` /
+    `max_pixels`, `total_pixels`, `video_start` / `video_end`) within the server's range,
+    else a 400 naming the control and the range."""
     b = config.video
     fps = b.fps
-    if options.get("fps"):
+    if options.get("fps") is not None:
         fps = float(options["fps"])
-        if not math.isfinite(fps) or fps <= 0:
+        if not math.isfinite(fps):
             raise MediaError("fps must be a positive number", code="invalid_value")
-        fps = min(fps, 60.0)
+        _in_range("fps", fps, 0.01, 60.0, "frames sampled per second of video")
     max_frames = b.max_frames
-    if options.get("max_frames"):
-        max_frames = min(max_frames, max(int(options["max_frames"]), 1))
+    if options.get("max_frames") is not None:
+        max_frames = int(options["max_frames"])
+        _in_range("max_frames", max_frames, 2, b.max_frames, "--max-video-frames")
     frame_max = b.frame_max_pixels
-    if options.get("max_pixels"):
-        frame_max = min(frame_max, max(int(options["max_pixels"]), FACTOR * FACTOR))
+    if options.get("max_pixels") is not None:
+        frame_max = int(options["max_pixels"])
+        _in_range("max_pixels", frame_max, FACTOR * FACTOR, config.image.max_pixels, PIXEL_CEILING)
+    if options.get("detail_max_pixels"):
+        frame_max = min(frame_max, max(int(options["detail_max_pixels"]), FACTOR * FACTOR))
+    frame_min = b.frame_min_pixels
+    if options.get("min_pixels") is not None:
+        per_frame = int(options["min_pixels"])
+        _in_range("min_pixels", per_frame, 1, frame_max, "per frame, at most the frame's max_pixels")
+        frame_min = per_frame
+    total = b.total_pixels
+    if options.get("total_pixels") is not None:
+        total = int(options["total_pixels"])
+        high = b.total_pixels or 2**62
+        _in_range("total_pixels", total, FACTOR * FACTOR, high, "one 32x32 block up to what the prompt holds")
+    start = float(options.get("video_start") or 0.0)
+    end = options.get("video_end")
+    if end is not None and float(end) <= start:
+        raise MediaError(f"video_end ({end:g} s) must be after video_start ({start:g} s)", code="invalid_value")
     return replace(
-        b, fps=fps, max_frames=max_frames, min_frames=min(b.min_frames, max_frames), frame_max_pixels=frame_max
+        b,
+        fps=fps,
+        max_frames=max_frames,
+        min_frames=min(b.min_frames, max_frames),
+        frame_max_pixels=frame_max,
+        frame_min_pixels=frame_min,
+        total_pixels=total,
+        start=start,
+        end=None if end is None else float(end),
     )
 
 

@@ -57,11 +57,16 @@ class VideoBudget:
     max_frames: int = DEFAULT_MAX_FRAMES
     min_pixels: int = DEFAULT_MIN_PIXELS
     frame_max_pixels: int = int(DEFAULT_MAX_PIXELS * DEFAULT_VIDEO_RATIO)
+    frame_min_pixels: int = 0  # a request's per-frame min_pixels (the stack's is min_pixels)
     total_pixels: int | None = None  # token-pixels for the whole clip (None: no cap)
     max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS
     # Prompt tokens the whole clip may take, its per-block timestamp and marker tokens
     # included (None: no cap).  Fewer frames are sampled when the markers alone would not fit.
     max_tokens: int | None = None
+    # The clip to sample, in seconds of the source (qwen-vl-utils' video_start / video_end);
+    # timestamps in the prompt stay the source's own.
+    start: float = 0.0
+    end: float | None = None
 
     def fit(self, meta: VideoMeta) -> tuple[VideoBudget, int]:
         """(this budget with its pixel cap tightened to what `max_tokens` leaves after the
@@ -150,6 +155,10 @@ def video_smart_resize(
         beta = math.sqrt(min_pixels / (num_frames * height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+        if t_bar * h_bar * w_bar > max_pixels:  # rounding up passed the ceiling: it wins (see smart_resize)
+            beta = math.sqrt((num_frames * height * width) / max_pixels)
+            h_bar = max(factor, math.floor(height / beta / factor) * factor)
+            w_bar = max(factor, math.floor(width / beta / factor) * factor)
     return h_bar, w_bar
 
 
@@ -161,6 +170,24 @@ def sample_indices(total_frames: int, video_fps: float, fps: float, min_frames: 
     n = min(max(n, min_frames), max_frames, total_frames)
     n = max(n, 1)
     return np.linspace(0, total_frames - 1, n).round().astype(int)
+
+
+def clip_frames(meta: VideoMeta, start: float = 0.0, end: float | None = None) -> tuple[int, int]:
+    """(first, last) frame index of the clip [start, end] seconds (the whole video by
+    default); a 400 when it holds no frame."""
+    last_frame = meta.total_frames - 1
+    first = max(0, math.ceil(start * meta.fps - 1e-6))
+    last = last_frame if end is None else min(last_frame, math.floor(end * meta.fps + 1e-6))
+    if first > last_frame:
+        raise MediaError(
+            f"video_start {start:g} s is past the end of the video ({meta.duration:.2f} s)", code="invalid_value"
+        )
+    if last < first:
+        raise MediaError(
+            f"the clip from {start:g} s to {end:g} s holds no frame (the video has {meta.fps:g} frames per second)",
+            code="invalid_value",
+        )
+    return first, last
 
 
 def block_timestamps(indices: list[int] | np.ndarray, video_fps: float, temporal: int = TEMPORAL_PATCH) -> list[float]:
@@ -300,7 +327,7 @@ class _Resizer:
                 w,
                 TEMPORAL_PATCH,
                 FACTOR,
-                self.budget.min_pixels,
+                max(self.budget.min_pixels, self.budget.frame_min_pixels * self.num_frames),
                 self.budget.stack_max_pixels(self.num_frames),
             )
         return resize_rgb(Image.fromarray(rgb), *self.size)
@@ -311,23 +338,30 @@ def video_from_path(path: str, budget: VideoBudget = VideoBudget()) -> VisionInp
     try:
         meta = _probe(cap, path, budget.max_decode_pixels)
         budget, _ = budget.fit(meta)  # refused here, before decoding, when it cannot fit at all
-        indices = sample_indices(meta.total_frames, meta.fps, budget.fps, budget.min_frames, budget.max_frames)
+        first, last = clip_frames(meta, budget.start, budget.end)
+        indices = first + sample_indices(last - first + 1, meta.fps, budget.fps, budget.min_frames, budget.max_frames)
         budget = budget.with_blocks(len(indices), meta.duration)
         frames, ok = read_frames(cap, indices, _Resizer(len(indices), budget))
     finally:
         cap.release()
     if sum(ok) * 2 < len(ok):
         raise MediaError("video is corrupt: most sampled frames could not be decoded", code="invalid_video")
-    return _assemble(frames, indices, meta.fps)
+    return _assemble(frames, indices, meta.fps, (meta.width, meta.height))
 
 
-def _assemble(resized: list[np.ndarray], indices, video_fps: float) -> VisionInput:
+def _assemble(resized: list[np.ndarray], indices, video_fps: float, source_size=None) -> VisionInput:
     resized = list(resized)
+    sampled = len(resized)
     if len(resized) % TEMPORAL_PATCH:
         resized.extend([resized[-1]] * (TEMPORAL_PATCH - len(resized) % TEMPORAL_PATCH))
     pixel_values, grid = patchify(np.stack(resized))
     return VisionInput(
-        kind="video", pixel_values=pixel_values, grid_thw=grid, timestamps=block_timestamps(indices, video_fps)
+        kind="video",
+        pixel_values=pixel_values,
+        grid_thw=grid,
+        timestamps=block_timestamps(indices, video_fps),
+        source_size=source_size,
+        frames=sampled,
     )
 
 
@@ -336,7 +370,8 @@ def frames_to_input(
 ) -> VisionInput:
     """Already decoded RGB frames (the sampled ones, same size) -> VisionInput(kind="video")."""
     resize = _Resizer(len(frames), budget)
-    return _assemble([resize(np.ascontiguousarray(f)) for f in frames], indices, video_fps)
+    source = (frames[0].shape[1], frames[0].shape[0]) if len(frames) else None
+    return _assemble([resize(np.ascontiguousarray(f)) for f in frames], indices, video_fps, source)
 
 
 def video_from_bytes(

@@ -40,6 +40,10 @@ MAX_ASPECT_RATIO = 200
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 RESCALE = 1 / 255
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
+# `open_image` records the source's (width, height) as displayed here in the image's info:
+# a JPEG decoded at reduced size (`jpeg_draft_scale`) is smaller than the image the client sent.
+SOURCE_SIZE = "qwen3vl_source_size"
 
 
 def _make_lut() -> np.ndarray:
@@ -70,7 +74,10 @@ def smart_resize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, int]:
     """Sides that are multiples of `factor`, area within [min_pixels, max_pixels], aspect
-    ratio kept as closely as possible."""
+    ratio kept as closely as possible.  Where rounding up to `min_pixels` would pass
+    `max_pixels` (the two close together: a vision encoder compiled for one size), the
+    ceiling wins -- the reference returns the larger size there, which such an encoder
+    cannot run."""
     if height <= 0 or width <= 0:
         raise MediaError("image has zero width or height", code="invalid_image")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
@@ -85,6 +92,10 @@ def smart_resize(
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+        if h_bar * w_bar > max_pixels:
+            beta = math.sqrt((height * width) / max_pixels)
+            h_bar = max(factor, math.floor(height / beta / factor) * factor)
+            w_bar = max(factor, math.floor(width / beta / factor) * factor)
     return h_bar, w_bar
 
 
@@ -137,7 +148,10 @@ def open_image(
         if scale > 1:
             img.draft(img.mode, (width // scale, height // scale))
         img.load()
-        return to_rgb(ImageOps.exif_transpose(img))
+        swapped = img.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8)  # a quarter turn: sides swap
+        out = to_rgb(ImageOps.exif_transpose(img))
+        out.info[SOURCE_SIZE] = (height, width) if swapped else (width, height)
+        return out
 
 
 def _check_size(width: int, height: int, max_decode_pixels: int) -> None:
@@ -221,13 +235,14 @@ def preprocess_image(
     img: Image.Image, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> VisionInput:
     """An RGB PIL image -> VisionInput(kind="image")."""
+    source = img.info.get(SOURCE_SIZE) or img.size
     img = to_rgb(img)
     width, height = img.size
     rh, rw = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
     arr = resize_rgb(img, rh, rw)
     frames = np.broadcast_to(arr[None], (TEMPORAL_PATCH, *arr.shape))
     pixel_values, grid = patchify(frames)
-    return VisionInput(kind="image", pixel_values=pixel_values, grid_thw=grid)
+    return VisionInput(kind="image", pixel_values=pixel_values, grid_thw=grid, source_size=tuple(source))
 
 
 def image_from_bytes(data: bytes, budget: ImageBudget = ImageBudget()) -> VisionInput:

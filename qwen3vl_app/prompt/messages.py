@@ -16,6 +16,10 @@ from dataclasses import dataclass
 # (--max-image-pixels and the engine's compiled size).  Explicit min/max_pixels in the part
 # still apply, and the server's ceilings always win.
 LOW_DETAIL_MAX_PIXELS = 512 * 512
+# A media part's own vision controls (qwen-vl-utils' names); the request's
+# `mm_processor_kwargs` (vLLM's) give the same for every part, a part's own win.
+MEDIA_OPTIONS = ("min_pixels", "max_pixels", "total_pixels", "fps", "max_frames", "video_start", "video_end")
+PART_OPTIONS = (*MEDIA_OPTIONS, "duration")  # duration: a camera clip's seconds, per part only
 
 
 @dataclass
@@ -23,11 +27,13 @@ class MediaRef:
     kind: str  # "image" or "video" as the client declared it (bytes decide in the end)
     url: str
     param: str  # e.g. "messages[0].content[1]" for error messages
-    options: dict  # min_pixels / max_pixels / fps / max_frames / duration (camera clips) from the part
+    options: dict  # MEDIA_OPTIONS from the part or the request; detail_max_pixels for detail: low
 
 
-def split_messages(messages: Sequence[Mapping]) -> tuple[list[dict], list[MediaRef]]:
-    """The template's messages (new objects: `messages` is read, never written) and the media."""
+def split_messages(messages: Sequence[Mapping], mm_kwargs: Mapping | None = None) -> tuple[list[dict], list[MediaRef]]:
+    """The template's messages (new objects: `messages` is read, never written) and the
+    media; `mm_kwargs`: the request's mm_processor_kwargs, defaults for every media part."""
+    defaults = {k: v for k, v in (mm_kwargs or {}).items() if k in MEDIA_OPTIONS and v is not None}
     out, media = [], []
     for i, msg in enumerate(messages):
         role = "system" if msg["role"] == "developer" else msg["role"]
@@ -46,9 +52,9 @@ def split_messages(messages: Sequence[Mapping]) -> tuple[list[dict], list[MediaR
                 continue
             kind = "video" if t in ("video_url", "video") else "image"
             url = part[t]["url"] if t.endswith("_url") else part[t]
-            options = {k: part[k] for k in ("min_pixels", "max_pixels", "fps", "max_frames", "duration") if k in part}
+            options = {**defaults, **{k: part[k] for k in PART_OPTIONS if part.get(k) is not None}}
             if t.endswith("_url") and part[t].get("detail") == "low":
-                options["max_pixels"] = min(options.get("max_pixels", LOW_DETAIL_MAX_PIXELS), LOW_DETAIL_MAX_PIXELS)
+                options["detail_max_pixels"] = LOW_DETAIL_MAX_PIXELS
             media.append(MediaRef(kind, url, f"messages[{i}].content[{j}]", options))
             parts.append({"type": kind})
         out.append({"role": role, "content": parts, **extra})

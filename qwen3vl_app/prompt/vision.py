@@ -39,6 +39,13 @@ def count_placeholders(input_ids: Sequence[int]) -> tuple[int, int]:
     return images, videos
 
 
+def vision_tokens(vision: Sequence[VisionInput]) -> tuple[int, int]:
+    """(image, video) placeholder tokens the media of a prompt take (a video's
+    timestamps and block markers are text around them, not counted here)."""
+    images = sum(v.num_tokens for v in vision if v.kind == "image")
+    return images, sum(v.num_tokens for v in vision if v.kind != "image")
+
+
 def timestamp_text(seconds: float) -> str:
     return f"<{seconds:.1f} seconds>"
 

@@ -5,6 +5,8 @@
  * Streams with fetch + SSE parsing; Stop aborts the fetch, and the server stops the
  * generation when the connection closes.  Model text is rendered by markdown.js as DOM
  * nodes, never as HTML; while an answer streams, only its unsettled tail is redrawn.
+ * With Grounding on, the server's `detections` (pixels of each sent image) are drawn as
+ * SVG boxes and points over the images they refer to.
  */
 (function () {
   "use strict";
@@ -15,7 +17,7 @@
   const ui = {
     conversations: $("conversations"), messages: $("messages"), notice: $("notice"), card: $("model-card"),
     apiKey: $("api-key"), system: $("system-prompt"), temperature: $("temperature"),
-    temperatureValue: $("temperature-value"), maxTokens: $("max-tokens"), prompt: $("prompt"),
+    temperatureValue: $("temperature-value"), maxTokens: $("max-tokens"), grounding: $("grounding"), prompt: $("prompt"),
     fileInput: $("file-input"), attachments: $("attachments"), send: $("send"), stop: $("stop"),
     composer: $("composer"), overlay: $("drop-overlay"), newChat: $("new-chat"), cameraPicker: $("camera-picker"),
   };
@@ -56,6 +58,7 @@
   function saveSettings() {
     localStorage.setItem(KEYS.settings, JSON.stringify({
       system: ui.system.value, temperature: ui.temperature.value, maxTokens: ui.maxTokens.value,
+      grounding: ui.grounding.value,
     }));
   }
 
@@ -168,6 +171,73 @@
     box.classList.toggle("error", Boolean(m.error));
     box.dataset.state = m.state || "done";
     box.querySelector(".stats").textContent = statsText(m);
+    if (m.role === "assistant") drawDetections(box, m);
+  }
+
+  // ---------------------------------------------------------------- grounding
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svgNode(name, attrs) {
+    const node = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    return node;
+  }
+
+  // The images an answer's detections refer to: every media item sent with the request,
+  // in order (image_index counts images and videos as the server does).
+  function sentMedia(m) {
+    const conv = active();
+    if (!conv || !m.mediaRefs) return [];
+    return m.mediaRefs.map(([i, j]) => ((conv.messages[i] || {}).media || [])[j] || null);
+  }
+
+  function drawDetections(box, m) {
+    let area = box.querySelector(":scope > .grounding");
+    if (area) area.remove();
+    if (!m.detections || !m.detections.length) return;
+    const media = sentMedia(m);
+    area = document.createElement("div");
+    area.className = "grounding";
+    const groups = new Map();
+    for (const d of m.detections) {
+      if (!groups.has(d.image_index)) groups.set(d.image_index, []);
+      groups.get(d.image_index).push(d);
+    }
+    for (const [index, dets] of groups) {
+      const a = media[index];
+      if (!a || !a.url || a.kind !== "image") continue;
+      const figure = document.createElement("figure");
+      figure.className = "grounded";
+      figure.dataset.imageIndex = String(index);
+      const img = document.createElement("img");
+      img.alt = a.name;
+      const svg = svgNode("svg", { preserveAspectRatio: "none" });
+      img.addEventListener("load", () => {
+        // Detections are in the sent image's pixels: its natural size is the drawing's frame.
+        const w = img.naturalWidth, h = img.naturalHeight, r = Math.max(w, h) / 120;
+        svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+        for (const d of dets) {
+          let x, y;
+          if (d.bbox_2d) {
+            const [x1, y1, x2, y2] = d.bbox_2d;
+            svg.appendChild(svgNode("rect", { class: "box", x: x1, y: y1, width: x2 - x1, height: y2 - y1 }));
+            [x, y] = [x1, y1];
+          } else if (d.point_2d) {
+            [x, y] = d.point_2d;
+            svg.appendChild(svgNode("circle", { class: "point", cx: x, cy: y, r }));
+          } else continue;
+          const label = svgNode("text", { class: "label", x, y: Math.max(y - r / 2, r * 2), "font-size": r * 2.5 });
+          label.textContent = d.label;
+          svg.appendChild(label);
+        }
+        figure.dataset.drawn = String(dets.length);
+      });
+      img.src = a.url;
+      figure.append(img, svg);
+      area.appendChild(figure);
+    }
+    box.insertBefore(area, box.querySelector(".stats"));
   }
 
   function statsText(m) {
@@ -419,6 +489,10 @@
     const conv = active() || newConversation();
     if (!conv.messages.length) conv.title = (text || pending[0].name).slice(0, 48);
     conv.messages.push({ role: "user", text, media: pending });
+    const mediaRefs = [];
+    conv.messages.forEach((m, i) => {
+      if (m.role === "user") (m.media || []).forEach((a, j) => { if (a.url) mediaRefs.push([i, j]); });
+    });
     const body = {
       model: modelId || "qwen3-vl-instruct",
       messages: apiMessages(conv),
@@ -427,7 +501,9 @@
       temperature: Number(ui.temperature.value),
       max_tokens: Number(ui.maxTokens.value) || 512,
     };
+    if (ui.grounding.value && mediaRefs.length) body.grounding = ui.grounding.value;
     const answer = { role: "assistant", text: "", state: "streaming", stats: null };
+    if (body.grounding) answer.mediaRefs = mediaRefs;
     conv.messages.push(answer);
     pending = [];
     ui.prompt.value = "";
@@ -480,6 +556,7 @@
             const choice = (obj.choices || [])[0];
             if (!choice) continue;
             if (choice.finish_reason) finish = choice.finish_reason;
+            if (choice.delta && choice.delta.detections) answer.detections = choice.delta.detections;
             const delta = choice.delta && choice.delta.content;
             if (delta) {
               if (tFirst === null) tFirst = performance.now();
@@ -540,6 +617,7 @@
     if (s.system) ui.system.value = s.system;
     if (s.temperature != null) ui.temperature.value = s.temperature;
     if (s.maxTokens) ui.maxTokens.value = s.maxTokens;
+    if (s.grounding) ui.grounding.value = s.grounding;
     ui.temperatureValue.textContent = ui.temperature.value;
     ui.apiKey.value = localStorage.getItem(KEYS.apiKey) || "";
 
@@ -549,7 +627,7 @@
       loadModelCard();
       loadCameras();
     });
-    for (const input of [ui.system, ui.temperature, ui.maxTokens]) input.addEventListener("change", saveSettings);
+    for (const input of [ui.system, ui.temperature, ui.maxTokens, ui.grounding]) input.addEventListener("change", saveSettings);
     ui.temperature.addEventListener("input", () => { ui.temperatureValue.textContent = ui.temperature.value; });
 
     ui.composer.addEventListener("submit", (e) => { e.preventDefault(); send(); });

@@ -347,3 +347,54 @@ server {{
         assert int(STATS.search(last(page, ".stats"))[4]) == 20
         assert seen and all(u.startswith((base, "data:")) for u in seen), seen
         assert any(u == base + "v1/chat/completions" for u in seen)
+
+
+def test_grounding_draws_the_servers_detections_over_the_image(page, play_server, artifacts):
+    """Grounding on: the request asks for it, and every detection the server returned (in
+    the sent image's pixels) is drawn over that image, in its pixel frame.  The tiny
+    model's random weights may answer an empty list: a few fresh chats until one is not."""
+    png = png_bytes((160, 120))
+    page.select_option("#grounding", "any")
+    dets: list = []
+    for _ in range(4):
+        page.click("#new-chat")
+        page.set_input_files("#file-input", files=[{"name": "scene.png", "mimeType": "image/png", "buffer": png}])
+        page.wait_for_selector("#attachments .chip img")
+        with page.expect_request("**/v1/chat/completions") as sent:
+            send(page, "Locate every object; output bbox_2d in JSON.", max_tokens=200)
+        assert json.loads(sent.value.post_data)["grounding"] == "any"
+        wait_answer(page, "done")
+        dets = page.evaluate(
+            "() => { const c = JSON.parse(localStorage.getItem('qwen3vl.conversations'))[0];"
+            " return c.messages[c.messages.length - 1].detections || []; }"
+        )
+        if dets:
+            break
+    assert dets, "four answers without a detection"
+    assert {d["image_index"] for d in dets} == {0}
+    figure = ".message.assistant >> nth=-1 >> .grounded"
+    page.wait_for_selector(f"{figure}[data-drawn='{len(dets)}']")
+    assert page.get_attribute(f"{figure} >> svg", "viewBox") == "0 0 160 120"
+    drawn = page.evaluate(
+        """() => [...[...document.querySelectorAll('.message.assistant')].pop()
+                   .querySelectorAll('.grounded svg > rect, .grounded svg > circle')].map((n) =>
+            n.tagName === 'rect' ? {bbox_2d: ['x', 'y', 'width', 'height'].map((a) => +n.getAttribute(a))}
+                                 : {point_2d: ['cx', 'cy'].map((a) => +n.getAttribute(a))})"""
+    )
+    want = [
+        {
+            "bbox_2d": [
+                d["bbox_2d"][0],
+                d["bbox_2d"][1],
+                d["bbox_2d"][2] - d["bbox_2d"][0],
+                d["bbox_2d"][3] - d["bbox_2d"][1],
+            ]
+        }
+        if "bbox_2d" in d
+        else {"point_2d": d["point_2d"]}
+        for d in dets
+    ]
+    assert drawn == want
+    labels = page.locator(f"{figure} >> svg >> text").evaluate_all("(nodes) => nodes.map((n) => n.textContent)")
+    assert labels == [d["label"] for d in dets]  # as text, never markup
+    page.screenshot(path=str(artifacts / "playground-grounding.png"))

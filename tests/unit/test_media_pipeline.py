@@ -44,14 +44,31 @@ def test_config_from_settings_and_engine_limits():
     assert loose.video.total_pixels == (1000 - 128) * 1024
 
 
-def test_request_controls_are_clamped():
+def test_request_controls_outside_the_range_are_refused():
     cfg = MediaConfig.from_settings(Settings(max_image_pixels=100_000, max_video_frames=10))
-    b = image_budget_for(cfg, {"max_pixels": 10**9, "min_pixels": 10**9})
-    assert b.max_pixels == 100_000 and b.min_pixels == 100_000
-    assert image_budget_for(cfg, {"max_pixels": 5}).max_pixels == 1024
-    v = video_budget_for(cfg, {"fps": 1000, "max_frames": 10**6, "max_pixels": 10**9})
-    assert v.fps == 60 and v.max_frames == 10 and v.frame_max_pixels == cfg.video.frame_max_pixels
-    assert video_budget_for(cfg, {"max_frames": 2}).min_frames == 2
+    for options, says in [
+        ({"max_pixels": 10**9}, "max_pixels 1000000000 is outside what this server can honour: 1024 to 100000"),
+        ({"max_pixels": 5}, "max_pixels 5 is outside what this server can honour: 1024 to 100000"),
+        ({"min_pixels": 10**9}, "min_pixels 1000000000 is outside what this server can honour: 1 to 100000"),
+        ({"max_pixels": 50_000, "min_pixels": 60_000}, "1 to 50000"),
+    ]:
+        with pytest.raises(MediaError, match=says):
+            image_budget_for(cfg, options)
+    b = image_budget_for(cfg, {"max_pixels": 50_000, "min_pixels": 2000})
+    assert (b.max_pixels, b.min_pixels) == (50_000, 2000)
+    assert image_budget_for(cfg, {"detail_max_pixels": 5}).max_pixels == 1024  # the server's own cap only lowers
+    for options, says in [
+        ({"fps": 1000}, "fps 1000 is outside"),
+        ({"max_frames": 10**6}, "max_frames 1000000 is outside what this server can honour: 2 to 10"),
+        ({"max_pixels": 10**9}, "1024 to 100000"),
+        ({"video_start": 2.0, "video_end": 1.0}, "video_end"),
+    ]:
+        with pytest.raises(MediaError, match=says):
+            video_budget_for(cfg, options)
+    v = video_budget_for(cfg, {"fps": 60, "max_frames": 2, "max_pixels": 100_000, "min_pixels": 5000})
+    assert (v.fps, v.max_frames, v.min_frames, v.frame_max_pixels, v.frame_min_pixels) == (60, 2, 2, 100_000, 5000)
+    clip = video_budget_for(cfg, {"video_start": 1.5, "video_end": 2.5, "total_pixels": 8192})
+    assert (clip.start, clip.end, clip.total_pixels) == (1.5, 2.5, 8192)
 
 
 def test_resolve_in_order_and_retag(tmp_path):

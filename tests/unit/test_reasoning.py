@@ -10,6 +10,7 @@ from qwen3vl_app.engine.steering import CLOSE_TEXT, THINK_END, THINK_START, Stee
 from qwen3vl_app.errors import APIError
 from qwen3vl_app.processing import reasoning
 from qwen3vl_app.processing.reasoning import ReasoningSplitter, split
+from qwen3vl_app.protocol import GenerationRequest
 from qwen3vl_app.tokenizer import ChatTokenizer
 
 
@@ -66,23 +67,23 @@ def test_template_support(tiny_tokenizer, thinking_tok, hybrid_tok):
 
 def test_template_kwargs(tiny_tokenizer, thinking_tok, hybrid_tok):
     instruct, always, hybrid = (reasoning.support(t) for t in (tiny_tokenizer, thinking_tok, hybrid_tok))
-    off = {"chat_template_kwargs": {"enable_thinking": False}}
-    on = {"chat_template_kwargs": {"enable_thinking": True}}
+    off = GenerationRequest(chat_template_kwargs={"enable_thinking": False})
+    on = GenerationRequest(chat_template_kwargs={"enable_thinking": True})
     assert reasoning.template_kwargs(off, hybrid) == {"enable_thinking": False}
     assert reasoning.template_kwargs(on, always) == {}
     assert reasoning.template_kwargs(off, instruct) == {}  # off on a model that never thinks: nothing to do
     for req, model, words in (
         (off, always, "always thinks"),
         (on, instruct, "no thinking mode"),
-        ({"chat_template_kwargs": {"add_generation_prompt": False}}, hybrid, "'add_generation_prompt'"),
-        ({"chat_template_kwargs": {"enable_thinking": "no"}}, hybrid, "true or false"),
+        (GenerationRequest(chat_template_kwargs={"add_generation_prompt": False}), hybrid, "'add_generation_prompt'"),
+        (GenerationRequest(chat_template_kwargs={"enable_thinking": "no"}), hybrid, "true or false"),
     ):
         with pytest.raises(APIError) as e:
             reasoning.template_kwargs(req, model)
         assert e.value.status == 400 and words in e.value.message
     with pytest.raises(APIError, match="Thinking models only"):
-        reasoning.check_budget({"thinking_budget": 10}, instruct)
-    reasoning.check_budget({"thinking_budget": 10}, always)
+        reasoning.check_budget(GenerationRequest(thinking_budget=10), instruct)
+    reasoning.check_budget(GenerationRequest(thinking_budget=10), always)
 
 
 def test_enable_thinking_false_closes_the_thinking_in_the_prompt(hybrid_tok):
