@@ -93,3 +93,21 @@ class CompletionRequest(GenerationRequest):
 
     prompts: tuple[str | tuple[int, ...], ...]
     echo: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeRequest:
+    """/tokenize: chat `messages` (with `tools`, the media budget) or a raw `prompt`."""
+
+    model: str | None = None
+    messages: tuple[Mapping, ...] | None = None
+    prompt: str | None = None
+    tools: tuple[Mapping, ...] = ()
+    mm_processor_kwargs: Mapping | None = None
+    return_token_strs: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetokenizeRequest:
+    model: str | None = None
+    tokens: tuple[int, ...]

@@ -24,11 +24,12 @@ from .serving import resolve_media
 if TYPE_CHECKING:
     from .engine.base import Prompt, VisionInput
     from .prompt.messages import MediaRef
+    from .protocol import TokenizeRequest
     from .state import ServerState
     from .tokenizer import ChatTokenizer
 
 
-def count_request(state: ServerState, req: dict) -> dict:
+def count_request(state: ServerState, req: TokenizeRequest) -> dict:
     """A validated /tokenize request (`messages` or `prompt`) -> vLLM's reply
     (`count`, `max_model_len`, `tokens`, `token_strs`) plus, as extensions, the prompt
     limit, the image/video token split and what became of each image and video."""
@@ -37,14 +38,16 @@ def count_request(state: ServerState, req: dict) -> dict:
     assert tokenizer is not None  # an unusable model folder never gets a ready engine
     settings = state.settings
     refs: list[MediaRef] = []
-    if req.get("messages") is not None:
-        messages, refs = split_messages(req["messages"], req.get("mm_processor_kwargs"))
+    if req.messages is not None:
+        messages, refs = split_messages(req.messages, req.mm_processor_kwargs)
         vision = resolve_media(state, refs, engine, messages)
-        prompt = tokenize(tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens, req.get("tools"))
+        tools = [dict(t) for t in req.tools] or None
+        prompt = tokenize(tokenizer, messages, vision, engine.limits, settings.max_prompt_tokens, tools)
         check_length(prompt, engine.limits, settings.max_prompt_tokens)
     else:
-        prompt = tokenize_text(tokenizer, req["prompt"], engine.limits, settings.max_prompt_tokens)
-    return reply(tokenizer, prompt, refs, engine.limits, settings.max_prompt_tokens, bool(req.get("return_token_strs")))
+        assert req.prompt is not None  # the schema asks for one of the two
+        prompt = tokenize_text(tokenizer, req.prompt, engine.limits, settings.max_prompt_tokens)
+    return reply(tokenizer, prompt, refs, engine.limits, settings.max_prompt_tokens, req.return_token_strs)
 
 
 def reply(

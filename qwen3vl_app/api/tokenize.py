@@ -6,9 +6,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from .. import tokenization
+from ..protocol import DetokenizeRequest, TokenizeRequest
 from .admission import admitted
 from .auth import auth
 from .common import check_message_count, json_body, prepare, request_limit, value_budget
+from .models import check_served
 from .routedoc import route_doc
 from .tokenize_schema import DetokenizeReplySchema, DetokenizeRequestSchema, TokenizeReplySchema, TokenizeRequestSchema
 
@@ -46,16 +48,18 @@ def _tokenize():
     body = json_body(value_budget(limit))
     if isinstance(body.get("messages"), list):  # counted before anything walks them
         check_message_count(len(body["messages"]), limit)
-    req = prepare(TokenizeRequestSchema().load, body)
+    req: TokenizeRequest = prepare(TokenizeRequestSchema().load, body)
+    check_served(state, req.model)  # 404 for a model not served here
     return jsonify(tokenization.count_request(state, req))
 
 
 def _detokenize():
     state = current_app.extensions["qwen3vl"]
-    req = prepare(DetokenizeRequestSchema().load, json_body(value_budget(request_limit(state))))
+    req: DetokenizeRequest = prepare(DetokenizeRequestSchema().load, json_body(value_budget(request_limit(state))))
+    check_served(state, req.model)
     state.runner.wait_ready()  # 503 model_unavailable for a folder no engine can serve
     assert state.tokenizer is not None  # an unusable model folder never gets a ready engine
-    return jsonify(tokenization.detokenize(state.tokenizer, req["tokens"]))
+    return jsonify(tokenization.detokenize(state.tokenizer, list(req.tokens)))
 
 
 # Media are fetched and decoded for /tokenize, so it holds an admission ticket as a generation does.

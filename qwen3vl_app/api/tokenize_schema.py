@@ -3,19 +3,11 @@ extensions that say what each image and video costs)."""
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from ..protocol import DetokenizeRequest, TokenizeRequest
 from .chat_schema import MessageSchema, ToolSchema
 from .mm_schema import mm_processor_kwargs_field
-
-
-def _served(data: dict) -> None:
-    from flask import current_app, has_app_context
-
-    from .models import check_served
-
-    if has_app_context() and "qwen3vl" in current_app.extensions:  # 404 for a model not served here
-        data["model"] = check_served(current_app.extensions["qwen3vl"], data.get("model"))
 
 
 class TokenizeRequestSchema(Schema):
@@ -46,7 +38,18 @@ class TokenizeRequestSchema(Schema):
             raise ValidationError(
                 "only true is supported: the count is that of the prompt a chat request runs", "add_generation_prompt"
             )
-        _served(data)
+
+    @post_load
+    def _typed(self, data, **kwargs) -> TokenizeRequest:
+        messages = data.get("messages")
+        return TokenizeRequest(
+            model=data.get("model"),
+            messages=None if messages is None else tuple(messages),
+            prompt=data.get("prompt"),
+            tools=tuple(data.get("tools") or ()),
+            mm_processor_kwargs=data.get("mm_processor_kwargs"),
+            return_token_strs=bool(data.get("return_token_strs")),
+        )
 
 
 class DetokenizeRequestSchema(Schema):
@@ -56,9 +59,9 @@ class DetokenizeRequestSchema(Schema):
     model = fields.String(load_default=None, allow_none=True)
     tokens = fields.List(fields.Integer(strict=True), required=True)
 
-    @validates_schema
-    def _model(self, data, **kwargs):
-        _served(data)
+    @post_load
+    def _typed(self, data, **kwargs) -> DetokenizeRequest:
+        return DetokenizeRequest(model=data.get("model"), tokens=tuple(data["tokens"]))
 
 
 class MediaCostSchema(Schema):
