@@ -176,8 +176,12 @@ def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path
     env.pop("PYTHONPATH", None)
     out = work / "out"
     t0 = time.time()
+    # `--speculative K` (the verify nets, docs/speculative.md) is our converter wrapper's option
+    tool = [str(venv / "bin" / "llm_convert")]
+    if "--speculative" in convert_args:
+        tool = [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
     run(
-        [str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *convert_args, "-o", str(out)],
+        [*tool, "-m", str(ckpt), *convert_args, "-o", str(out)],
         log=work / "llm_convert.log",
         cwd=work,
         env=env,
@@ -226,7 +230,8 @@ def main() -> None:
     ap.add_argument(
         "extra",
         nargs="*",
-        help="more llm_convert arguments (after --), e.g. --do_sample, or --use_history_kv for multi-turn reuse",
+        help="more llm_convert arguments (after --), e.g. --do_sample, --use_history_kv for multi-turn reuse, "
+        "or --speculative K for the speculative-decoding verify nets (with --do_sample)",
     )
     args = ap.parse_args()
     ckpt = args.checkpoint.resolve()
