@@ -5,9 +5,10 @@ tiny bmodel (scripts/llm_convert_patched.py; native/src/verify.cpp).
   tokens, and a commit that keeps some rows leaves the cache as those decode steps would
   (the next decode agrees), also when a draft token was refused.
 - Through the scheduler at temperature 0 a speculative answer is the plain answer token for
-  token -- an extraction-style request whose `prediction` is the answer (one token in five
-  edited), and prompt lookup alone -- and the prediction run needs at least 2x fewer device
-  launches per generated token (the native module counts them).
+  token (an extraction-style request whose `prediction` is the answer with one token in
+  five edited; drafts shortened near max_tokens exercise the padded rows), and it needs at
+  least 2x fewer device launches per generated token (the native module counts them).
+  Prompt lookup and a sampled free-form prompt run in `bench/bench_sim_speculative.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.unit.test_speculative import generate
 pytestmark = [pytest.mark.bm1684x, pytest.mark.slow]
 
 K = 4
-GREEDY = SamplingParams(max_tokens=14, temperature=0.0, logprobs=True, top_logprobs=2)
+GREEDY = SamplingParams(max_tokens=8, temperature=0.0, logprobs=True, top_logprobs=2)
 
 
 @pytest.fixture(scope="module")
@@ -97,5 +98,3 @@ def test_speculative_answers_equal_plain_ones_with_fewer_launches_per_token(spec
     plain_per_token = (n1 - n0) / len(answer)
     spec_per_token = (n2 - n1) / len(answer)
     assert plain_per_token >= 2 * spec_per_token, (plain_per_token, spec_per_token)
-    lookup = generate(eng, [prompt], GREEDY, k=K)[0]  # drafts from the prompt and the text so far
-    assert lookup[0] == answer
