@@ -86,6 +86,7 @@ tiny-bmodel: install
 ## options (w4bf16, SEQLEN 2048, max input 1024, 768x768 pixels, token-id lm_head):
 ##   make bmodel HF=/path/to/Qwen3-VL-4B-Instruct [OUT=models/qwen3vl_4b] [ARGS=--do_sample]
 ##   ARGS=--use_history_kv: chunked prefill that keeps a chat's earlier turns (docs/multi-turn.md)
+##   ARGS="--do_sample --speculative 4": also the verify nets of speculative decoding (docs/speculative.md)
 ## Needs Python 3.10 (tpu-mlir) and a few GB of disk for its venv; the folder is the last line.
 bmodel: install
 	@test -n "$(HF)" || { echo "usage: make bmodel HF=<checkpoint folder> [OUT=<model folder>]"; exit 2; }
@@ -93,11 +94,13 @@ bmodel: install
 
 ## BM1684X engine on the simulator: device launches / copies / bytes per decode token,
 ## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md),
-## batch-4 decode, and multi-turn TTFT on the tiny history-KV bmodel.
+## batch-4 decode, multi-turn TTFT on the tiny history-KV bmodel, and speculative decoding
+## (launches per token with the verify nets of the tiny --speculative 4 bmodel vs K=0).
 bench-sim: install native
 	$(BIN)/python bench/bench_sim.py $(ARGS)
 	$(BIN)/python bench/bench_sim_batch.py
 	$(BIN)/python bench/bench_multiturn.py --sim
+	$(BIN)/python bench/bench_sim_speculative.py
 
 ## Load test: a local server + locust headless for LOAD_TIME (text/image/video streams; TTFT, ITL).
 LOAD_TIME ?= 30s

@@ -180,9 +180,10 @@ def batch_of(convert_args: list[str]) -> int:
 
 
 def convert_tool(venv: Path, convert_args: list[str]) -> list[str]:
-    """`llm_convert`, or for a batch-N build (which tpu-mlir 1.30.2 cannot make) our wrapper
-    around it (scripts/llm_convert_patched.py, docs/batching.md)."""
-    if batch_of(convert_args) > 1:
+    """`llm_convert`, or for a batch-N build (which tpu-mlir 1.30.2 cannot make) and for
+    `--speculative K` (the verify nets, docs/speculative.md) our wrapper around it
+    (scripts/llm_convert_patched.py, docs/batching.md)."""
+    if batch_of(convert_args) > 1 or "--speculative" in convert_args:
         return [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
     return [str(venv / "bin" / "llm_convert")]
 
@@ -244,7 +245,8 @@ def main() -> None:
     ap.add_argument(
         "extra",
         nargs="*",
-        help="more llm_convert arguments (after --), e.g. --do_sample, or --use_history_kv for multi-turn reuse",
+        help="more llm_convert arguments (after --), e.g. --do_sample, --use_history_kv for multi-turn reuse, "
+        "or --speculative K for the speculative-decoding verify nets (with --do_sample)",
     )
     args = ap.parse_args()
     ckpt = args.checkpoint.resolve()

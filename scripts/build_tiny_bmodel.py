@@ -98,6 +98,12 @@ def main() -> None:
         action="store_true",
         help="llm_convert --use_history_kv (chunked prefill on top of the rows the KV cache keeps)",
     )
+    ap.add_argument(
+        "--speculative",
+        type=int,
+        default=0,
+        help="also the verify nets for K draft tokens (scripts/llm_convert_patched.py, docs/speculative.md)",
+    )
     args = ap.parse_args()
     convert_args = list(TINY_ARGS)
     variant = []
@@ -116,11 +122,16 @@ def main() -> None:
     if args.chunk_length:
         convert_args += ["--chunk_length", str(args.chunk_length)]
         variant.append(f"chunk{args.chunk_length}")
+    key_args = list(convert_args)
+    if args.speculative:
+        convert_args += ["--speculative", str(args.speculative)]
+        variant.append(f"spec{args.speculative}")
+        key_args = [*convert_args, file_sha(REPO / "scripts" / "llm_convert_patched.py")]
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ckpt = build_checkpoint()
-    final = root / "-".join(["tiny-bmodel", *variant, cache_key(ckpt, convert_args)])
+    final = root / "-".join(["tiny-bmodel", *variant, cache_key(ckpt, key_args)])
 
     def ready() -> bool:
         return (final / BMODEL_NAME).exists() and (final / "config" / "config.json").exists()

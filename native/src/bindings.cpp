@@ -245,6 +245,30 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           py::arg("slots"), py::arg("token_ids"), py::arg("positions"),
           "Batch-N bmodels: one decode step for `slots` (token and position per slot); a list of results in "
           "slot order as `decode` returns them.")
+      .def_property_readonly("verify_rows", &Runtime::verify_rows,
+                             "Tokens one verify step takes (K + 1; 0 without the verify nets).")
+      .def(
+          "verify",
+          [](Runtime& r, const std::vector<int32_t>& tokens, int position) {
+            std::vector<qwen3vl::StepResult> results;
+            {
+              py::gil_scoped_release nogil;
+              results = r.verify(tokens, position);
+            }
+            py::list out;
+            for (const auto& res : results) out.append(step_result(res));
+            return out;
+          },
+          py::arg("token_ids"), py::arg("position"),
+          "Verify-net bmodels (--speculative K): feed 1..verify_rows tokens at position, position+1, ...; "
+          "a list of float32 logits, the distribution after each.  Then commit_verify.")
+      .def(
+          "commit_verify",
+          [](Runtime& r, int keep) {
+            py::gil_scoped_release nogil;
+            r.commit_verify(keep);
+          },
+          py::arg("keep"), "Keep the first `keep` tokens of the last verify step as cached tokens.")
       .def(
           "reset",
           [](Runtime& r) {

@@ -51,6 +51,7 @@ class SingleLayout {
   StepResult decode(int32_t token, int32_t position);
   void reset();  // an empty, zeroed cache (no sync)
   int token_length() const { return token_length_; }  // tokens in the KV cache
+  void advance(int rows);  // verify.cpp: `rows` more cached tokens, written by a verify step
   int last_decode_kv_length() const { return last_decode_kv_length_; }  // stage the last step ran
 
  protected:
@@ -120,6 +121,8 @@ class BatchLayout {
   int last_decode_kv_length_ = 0;
 };
 
+class Verifier;  // verify.h: speculative verify steps (builds with the verify nets)
+
 // One open model.  Members are freed in reverse order: the layout and parts (which own
 // nothing on the device), then the Device, which frees every buffer before the handle.
 struct Loaded {
@@ -133,6 +136,7 @@ struct Loaded {
   Prefill prefill;
   std::unique_ptr<SingleLayout> single;  // single-sequence and history-KV builds
   std::unique_ptr<BatchLayout> batch;    // batch-N builds
+  std::unique_ptr<Verifier> verifier;    // single-sequence builds with the verify nets
 };
 
 }  // namespace qwen3vl

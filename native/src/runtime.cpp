@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "layouts.h"
+#include "verify.h"
 
 namespace qwen3vl {
 
@@ -32,6 +33,7 @@ Loaded::Loaded(const std::string& bmodel_path, int devid, DeviceStats& stats)
     single = std::make_unique<HistoryLayout>(parts);
   else
     single = std::make_unique<SingleLayout>(parts);
+  if (single && Verifier::available(dev)) verifier = std::make_unique<Verifier>(parts, *single);
   dev.sync();
 }
 
@@ -40,6 +42,7 @@ Loaded::Loaded(const std::string& bmodel_path, int devid, DeviceStats& stats)
 Runtime::Runtime(const std::string& bmodel_path, int devid) : path_(bmodel_path), devid_(devid) {
   loaded_ = std::make_unique<Loaded>(bmodel_path, devid, stats_);
   info_ = loaded_->model.info;
+  verify_rows_ = loaded_->verifier ? loaded_->verifier->rows() : 0;
   closed_ = false;
   std::lock_guard<std::mutex> g(g_live_mu);
   g_live.push_back(this);
@@ -149,6 +152,22 @@ void Runtime::reset() {
   else
     m.batch->reset();
   m.dev.sync();
+}
+
+std::vector<StepResult> Runtime::verify(const std::vector<int32_t>& tokens, int32_t position) {
+  std::lock_guard<std::mutex> g(mu_);
+  Loaded& m = open_model();
+  if (!m.verifier) throw std::logic_error("this bmodel has no verify nets (build it with --speculative K)");
+  OnExit done{[this] { publish(); }};
+  return m.verifier->verify(tokens, position);
+}
+
+void Runtime::commit_verify(int keep) {
+  std::lock_guard<std::mutex> g(mu_);
+  Loaded& m = open_model();
+  if (!m.verifier) throw std::logic_error("this bmodel has no verify nets (build it with --speculative K)");
+  OnExit done{[this] { publish(); }};
+  m.verifier->commit(keep);
 }
 
 int32_t Runtime::greedy_last() {

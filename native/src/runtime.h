@@ -64,6 +64,12 @@ class Runtime {
   std::vector<StepResult> decode_batch(const std::vector<SlotStep>& steps);
   void reset();  // empty the KV cache (zeros on the device)
 
+  // Builds with the verify nets (`--speculative K`; verify.h): feed 1..verify_rows()
+  // tokens at consecutive positions, logits after each; then keep the first `keep`.
+  int verify_rows() const { return verify_rows_; }  // 0 without the nets
+  std::vector<StepResult> verify(const std::vector<int32_t>& tokens, int32_t position);
+  void commit_verify(int keep);
+
   // Device-side heads over the logits of the last prefill/decode (still on the device).
   int32_t greedy_last();
   Candidates sample_last(const std::vector<int32_t>& history, float penalty, float temperature, int32_t top_k,
@@ -86,6 +92,7 @@ class Runtime {
   std::atomic<bool> closed_{true};
   std::atomic<int> token_length_{0};
   std::atomic<int> last_decode_kv_length_{0};
+  int verify_rows_ = 0;
 
   Loaded& open_model();  // the loaded model (mu_ held), or "runtime is closed"
   void publish();        // token_length_ / last_decode_kv_length_ from the layout

@@ -111,6 +111,7 @@ class Engine(abc.ABC):
     limits: Limits
     capabilities: Capabilities = Capabilities()
     max_batch: int = 1  # slots one decode step can advance
+    max_draft: int = 32  # draft tokens one verify step can take (with `capabilities.verify`)
 
     @abc.abstractmethod
     def prefill_slot(self, slot: int, prompt: Prompt) -> StepOutput:

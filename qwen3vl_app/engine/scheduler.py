@@ -245,7 +245,7 @@ class BatchScheduler:
         its budget can take (the fed token and each draft token may each yield one)."""
         assert slot.request is not None and slot.drafter is not None
         room = slot.budget - slot.produced - 1
-        return slot.drafter.propose(min(slot.request.speculative, room))
+        return slot.drafter.propose(min(slot.request.speculative, room, self.engine.max_draft))
 
     def _verify_step(self, active: list[Slot], drafts: dict[int, list[int]]) -> None:
         feeds = {s.index: [s.next_token, *drafts.get(s.index, [])] for s in active}

@@ -92,6 +92,12 @@ def tiny_bmodel_b4_dir(tiny_bmodel_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bmodel_spec_dir(tiny_bmodel_dir) -> Path:
+    """The tiny bmodel with the speculative verify nets for K = 4 (--speculative 4)."""
+    return _build_tiny_bmodel("--speculative", "4")
+
+
+@pytest.fixture(scope="session")
 def bm_engine(native_module, tiny_bmodel_dir):
     from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
 

@@ -10,6 +10,10 @@ Bmodels compiled with `--use_history_kv` prefill in chunks on top of the rows th
 cache already holds: a prompt may fill the whole context, and a follow-up turn whose
 leading tokens (images included) match what the cache holds computes only the rest.
 
+Bmodels compiled with `--speculative K` (scripts/llm_convert_patched.py) also carry verify
+nets: one step checks the next token and up to K draft tokens (`verify_batch` /
+`commit_slot`, single-sequence builds; docs/speculative.md).
+
 The module is built by `make native` (sim mode links the BM1684X cmodel simulator from
 the tpu-mlir wheel; box mode links libsophon on the SE7).  Calls into it release the
 GIL; one engine (one device handle) is driven by one thread.
@@ -122,7 +126,14 @@ class BM1684XEngine(Engine):
             max_input_tokens=rt.seq_len if self.history_kv else rt.max_input_length,
             max_pixels=rt.vit_patches * PATCH_PIXELS if rt.vit_patches else None,
         )
-        self.capabilities = Capabilities(logits=bool(rt.lm_head_logits), prefix_cache=self.history_kv)
+        # `--speculative K` builds carry verify nets taking K + 1 tokens (docs/speculative.md)
+        self.verify_rows = int(getattr(rt, "verify_rows", 0)) if self.max_batch == 1 else 0
+        if self.verify_rows:
+            self.max_draft = self.verify_rows - 1
+        self.capabilities = Capabilities(
+            logits=bool(rt.lm_head_logits), prefix_cache=self.history_kv, verify=self.verify_rows > 0
+        )
+        self._verified = 0  # tokens fed by the verify step awaiting its commit
         self._held: CachedSequence | None = None  # history-KV builds: tokens whose K/V the cache holds
         self._slot_pos: dict[int, int] = {}  # each prefilled slot's next position
         # vit output rows per media item, kept on the host (bf16: 2 bytes per value)
@@ -176,8 +187,36 @@ class BM1684XEngine(Engine):
             self._slot_pos[s] += 1
         return {s: self._step(o) for s, o in zip(slots, outs, strict=True)}
 
+    def verify_batch(self, tokens: dict[int, list[int]]) -> dict[int, list[StepOutput]]:
+        """One verify step (slot 0 of a `--speculative K` build): its tokens, at most K + 1,
+        at its next positions; the logits after each.  `commit_slot` must follow."""
+        if not self.verify_rows:
+            raise NotImplementedError("this bmodel has no verify nets (build it with --speculative K)")
+        if set(tokens) != {0}:
+            raise ValueError(f"verify of slot(s) {sorted(tokens)}: this bmodel verifies one sequence (slot 0)")
+        if 0 not in self._slot_pos:
+            raise RuntimeError("verify of slot 0 before its prefill")
+        fed = [int(t) for t in tokens[0]]
+        if not 1 <= len(fed) <= self.verify_rows:
+            raise ValueError(f"a verify step takes 1-{self.verify_rows} tokens, not {len(fed)}")
+        self._verified = 0
+        outs = self.rt.verify(fed, int(self._slot_pos[0]))
+        self._verified = len(fed)
+        return {0: [self._step(o) for o in outs]}
+
+    def commit_slot(self, slot: int, keep: int) -> None:
+        """Keep the first `keep` tokens of slot 0's last verify step; the K/V rows of the
+        rest stay masked out and are overwritten."""
+        if slot != 0 or not self._verified:
+            raise RuntimeError(f"commit of slot {slot} without a verify step")
+        keep = max(1, min(int(keep), self._verified))
+        self._verified = 0
+        self.rt.commit_verify(keep)
+        self._slot_pos[0] += keep
+
     def release_slot(self, slot: int) -> None:
         self._slot_pos.pop(slot, None)
+        self._verified = 0
         if self.max_batch == 1:
             self._held = None
 
