@@ -176,8 +176,12 @@ def convert(ckpt: Path, venv: Path, work: Path, convert_args: list[str]) -> Path
     env.pop("PYTHONPATH", None)
     out = work / "out"
     t0 = time.time()
+    # our own options (--lm_head w8/w4) need llm_convert run through our patching wrapper
+    tool = [str(venv / "bin" / "llm_convert")]
+    if any(a == "--lm_head" or a.startswith("--lm_head=") for a in convert_args):
+        tool = [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
     run(
-        [str(venv / "bin" / "llm_convert"), "-m", str(ckpt), *convert_args, "-o", str(out)],
+        [*tool, "-m", str(ckpt), *convert_args, "-o", str(out)],
         log=work / "llm_convert.log",
         cwd=work,
         env=env,
@@ -226,7 +230,8 @@ def main() -> None:
     ap.add_argument(
         "extra",
         nargs="*",
-        help="more llm_convert arguments (after --), e.g. --do_sample, or --use_history_kv for multi-turn reuse",
+        help="more llm_convert arguments (after --), e.g. --do_sample, or --use_history_kv for multi-turn reuse; "
+        "ours: --lm_head w8|w4 (weight-only int8/int4 lm_head, untied from the embedding; docs/operations.md)",
     )
     args = ap.parse_args()
     ckpt = args.checkpoint.resolve()

@@ -94,9 +94,18 @@ def main() -> None:
         action="store_true",
         help="llm_convert --use_history_kv (chunked prefill on top of the rows the KV cache keeps)",
     )
+    ap.add_argument(
+        "--lm-head",
+        choices=("bf16", "w8", "w4"),
+        default="bf16",
+        help="lm_head weights: bf16 (llm_convert's, tied to the embedding) or weight-only int8/int4 (untied)",
+    )
     args = ap.parse_args()
     convert_args = list(TINY_ARGS)
     variant = []
+    if args.lm_head != "bf16":  # compiled through scripts/llm_convert_patched.py (scripts/lm_head_quant.py)
+        convert_args += ["--lm_head", args.lm_head]
+        variant.append(f"lmhead{args.lm_head}")
     if args.history_kv:  # llm_convert sets the input length itself then
         i = convert_args.index("--max_input_length")
         del convert_args[i : i + 2]
@@ -116,7 +125,10 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ckpt = build_checkpoint()
-    final = root / "-".join(["tiny-bmodel", *variant, cache_key(ckpt, convert_args)])
+    key_args = list(convert_args)
+    if args.lm_head != "bf16":  # the patch is part of what is built
+        key_args.append(file_sha(REPO / "scripts" / "lm_head_quant.py"))
+    final = root / "-".join(["tiny-bmodel", *variant, cache_key(ckpt, key_args)])
 
     def ready() -> bool:
         return (final / BMODEL_NAME).exists() and (final / "config" / "config.json").exists()

@@ -125,7 +125,14 @@ def patch_batch_decode_kv(llm_module, top) -> None:
 
 
 def run_patched_llm_convert(argv: list[str]) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    import lm_head_quant  # --lm_head w8/w4: our option, taken out before llm_convert parses
+
+    argv, lm_head, group = lm_head_quant.take_option(argv)
     patch_converter()
+    lm_head_quant.patch(
+        importlib.import_module("llm.LlmConverter"), importlib.import_module("llm.Qwen3VLConverter").top, lm_head, group
+    )
     tool = Path(os.environ["TPUC_ROOT"]) / "python" / "tools" / "llm_convert.py"
     sys.argv = [str(tool), *argv]
     runpy.run_path(str(tool), run_name="__main__")
