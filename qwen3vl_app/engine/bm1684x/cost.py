@@ -256,15 +256,16 @@ def instance_memory(shape: ModelShape, lm_head: str = "bf16", batch: int = 1) ->
 
 
 def file_memory(info: BmodelInfo) -> InstanceMemory:
-    """What a bmodel file asks for at load (weights once, the shared activation region, the
-    I/O blocks, which hold the KV cache of io_alone decode nets, and the command binary)."""
+    """What a bmodel file asks for at load: weights once, the shared activation region and
+    the I/O blocks (which hold the KV cache of io_alone decode nets).  The command streams
+    (a few hundred KiB) are left out, so this is a floor: `model_tool --info` prints the
+    runtime's own figure."""
     kv = 0
     for n in info.nets.values():
         if n.name.startswith("block_cache"):
             s = n.stages[-1]
             kv += sum(t.nbytes for t in s.inputs if _kv_input(t.name))
-    other = max(0, info.io_bytes - kv) + max(0, info.binary_bytes - info.weight_bytes)
-    return InstanceMemory(info.weight_bytes, kv, info.ctx_bytes, other)
+    return InstanceMemory(info.weight_bytes, kv, info.ctx_bytes, max(0, info.io_bytes - kv))
 
 
 def mib(n: int | float) -> str:

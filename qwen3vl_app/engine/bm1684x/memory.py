@@ -59,7 +59,7 @@ def message(bmodel: Path, devid: int, need: InstanceMemory | None, heaps: Sequen
     if need is not None:
         parts.append(
             f"it needs {_mib(need.total)} (weights {_mib(need.weights)}, KV cache {_mib(need.kv)}, "
-            f"activations {_mib(need.activations)}, instructions and I/O {_mib(need.other)})"
+            f"activations {_mib(need.activations)}, other I/O {_mib(need.other)})"
         )
     if heaps:
         free = sum(int(h["avail"]) for h in heaps)
