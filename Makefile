@@ -87,15 +87,18 @@ tiny-bmodel: install
 ##   make bmodel HF=/path/to/Qwen3-VL-4B-Instruct [OUT=models/qwen3vl_4b] [ARGS=--do_sample]
 ##   ARGS=--use_history_kv: chunked prefill that keeps a chat's earlier turns (docs/multi-turn.md)
 ##   ARGS="--do_sample --speculative 4": also the verify nets of speculative decoding (docs/speculative.md)
+##   ARGS="--lm_head w8": a weight-only int8 (or w4: int4) lm_head, untied (docs/operations.md)
 ## Needs Python 3.10 (tpu-mlir) and a few GB of disk for its venv; the folder is the last line.
 bmodel: install
 	@test -n "$(HF)" || { echo "usage: make bmodel HF=<checkpoint folder> [OUT=<model folder>]"; exit 2; }
 	@$(BIN)/python scripts/build_bmodel.py "$(HF)" $(if $(OUT),--out "$(OUT)") $(if $(ARGS),-- $(ARGS))
 
-## BM1684X engine on the simulator: device launches / copies / bytes per decode token,
-## simulator ms per decode step, host ms per image (tiny bmodel; before-numbers in docs/operations.md),
-## batch-4 decode, multi-turn TTFT on the tiny history-KV bmodel, and speculative decoding
-## (launches per token with the verify nets of the tiny --speculative 4 bmodel vs K=0).
+## BM1684X engine on the simulator: the device-cost table (bytes, launches, syncs, d2d, memsets,
+## host<->device bytes and host ms per decode step; tiny bf16/W8/W4 lm_head and batch-4 measured,
+## 2B/4B modelled with SE7 tok/s), device memory per instance, host ms per image,
+## batch-4 decode, and multi-turn TTFT on the tiny history-KV bmodel,
+## and speculative decoding (launches per token with the verify nets of the tiny --speculative 4
+## bmodel vs K=0).
 bench-sim: install native
 	$(BIN)/python bench/bench_sim.py $(ARGS)
 	$(BIN)/python bench/bench_sim_batch.py

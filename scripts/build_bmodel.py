@@ -180,10 +180,11 @@ def batch_of(convert_args: list[str]) -> int:
 
 
 def convert_tool(venv: Path, convert_args: list[str]) -> list[str]:
-    """`llm_convert`, or for a batch-N build (which tpu-mlir 1.30.2 cannot make) and for
-    `--speculative K` (the verify nets, docs/speculative.md) our wrapper around it
-    (scripts/llm_convert_patched.py, docs/batching.md)."""
-    if batch_of(convert_args) > 1 or "--speculative" in convert_args:
+    """`llm_convert`, or for a batch-N build (which tpu-mlir 1.30.2 cannot make), for
+    `--speculative K` (the verify nets, docs/speculative.md) and `--lm_head w8|w4` our
+    wrapper around it (scripts/llm_convert_patched.py, docs/batching.md)."""
+    ours = ("--speculative", "--lm_head")  # our options: llm_convert does not know them
+    if batch_of(convert_args) > 1 or any(a.split("=")[0] in ours for a in convert_args):
         return [str(venv / "bin" / "python"), str(REPO / "scripts" / "llm_convert_patched.py"), "--convert"]
     return [str(venv / "bin" / "llm_convert")]
 
@@ -245,8 +246,9 @@ def main() -> None:
     ap.add_argument(
         "extra",
         nargs="*",
-        help="more llm_convert arguments (after --), e.g. --do_sample, --use_history_kv for multi-turn reuse, "
-        "or --speculative K for the speculative-decoding verify nets (with --do_sample)",
+        help="more llm_convert arguments (after --), e.g. --do_sample, --use_history_kv for multi-turn reuse; "
+        "ours: --speculative K for the speculative-decoding verify nets (with --do_sample), "
+        "--lm_head w8|w4 (weight-only int8/int4 lm_head, untied from the embedding; docs/operations.md)",
     )
     args = ap.parse_args()
     ckpt = args.checkpoint.resolve()

@@ -104,9 +104,18 @@ def main() -> None:
         default=0,
         help="also the verify nets for K draft tokens (scripts/llm_convert_patched.py, docs/speculative.md)",
     )
+    ap.add_argument(
+        "--lm-head",
+        choices=("bf16", "w8", "w4"),
+        default="bf16",
+        help="lm_head weights: bf16 (llm_convert's, tied to the embedding) or weight-only int8/int4 (untied)",
+    )
     args = ap.parse_args()
     convert_args = list(TINY_ARGS)
     variant = []
+    if args.lm_head != "bf16":  # compiled through scripts/llm_convert_patched.py (scripts/lm_head_quant.py)
+        convert_args += ["--lm_head", args.lm_head]
+        variant.append(f"lmhead{args.lm_head}")
     if args.history_kv:  # llm_convert sets the input length itself then
         i = convert_args.index("--max_input_length")
         del convert_args[i : i + 2]
@@ -122,15 +131,18 @@ def main() -> None:
     if args.chunk_length:
         convert_args += ["--chunk_length", str(args.chunk_length)]
         variant.append(f"chunk{args.chunk_length}")
-    key_args = list(convert_args)
     if args.speculative:
         convert_args += ["--speculative", str(args.speculative)]
         variant.append(f"spec{args.speculative}")
-        key_args = [*convert_args, file_sha(REPO / "scripts" / "llm_convert_patched.py")]
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ckpt = build_checkpoint()
+    key_args = list(convert_args)
+    if args.speculative:  # the wrapper's patches are part of what is built
+        key_args.append(file_sha(REPO / "scripts" / "llm_convert_patched.py"))
+    if args.lm_head != "bf16":
+        key_args.append(file_sha(REPO / "scripts" / "lm_head_quant.py"))
     final = root / "-".join(["tiny-bmodel", *variant, cache_key(ckpt, key_args)])
 
     def ready() -> bool:

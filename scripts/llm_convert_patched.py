@@ -542,16 +542,35 @@ def pop_speculative(argv: list[str]) -> tuple[int, list[str]]:
     return k, rest
 
 
+def _batch(argv: list[str]) -> int:
+    for i, a in enumerate(argv):
+        if a in ("-b", "--batch") and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--batch="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
 def run_patched_llm_convert(argv: list[str]) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    import lm_head_quant  # --lm_head w8/w4: our option, taken out before llm_convert parses
+
     speculative, argv = pop_speculative(argv)
+    argv, lm_head, group = lm_head_quant.take_option(argv)
     kv_layout = "slots"
     if argv[:1] == ["--kv-layout"]:
         kv_layout, argv = argv[1], argv[2:]
     if kv_layout not in KV_LAYOUTS:
         raise SystemExit(f"--kv-layout must be one of {KV_LAYOUTS}")
+    if lm_head != "bf16" and (speculative or _batch(argv) > 1):
+        # its lm_head patch compiles the batch-1 head alone (not the batch or verify heads)
+        raise SystemExit("--lm_head w8/w4 is for batch-1 builds without --speculative")
     patch_converter(kv_layout)
     if speculative:
         patch_speculative(speculative)
+    lm_head_quant.patch(
+        importlib.import_module("llm.LlmConverter"), importlib.import_module("llm.Qwen3VLConverter").top, lm_head, group
+    )
     tool = Path(os.environ["TPUC_ROOT"]) / "python" / "tools" / "llm_convert.py"
     sys.argv = [str(tool), *argv]
     runpy.run_path(str(tool), run_name="__main__")

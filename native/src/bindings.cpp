@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "half.h"
+#include "memory_info.h"
 #include "runtime.h"
 #include "testing.h"
 
@@ -313,6 +314,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
             py::dict d;
             d["launches"] = c.launches;
             d["d2d_copies"] = c.d2d_copies;
+            d["d2d_bytes"] = c.d2d_bytes;
             d["s2d_copies"] = c.s2d_copies;
             d["d2s_copies"] = c.d2s_copies;
             d["s2d_bytes"] = c.s2d_bytes;
@@ -323,6 +325,28 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           },
           "What the host asked of the device since load / reset_counters(): launches, copies, bytes, syncs.")
       .def("reset_counters", &Runtime::reset_counters);
+
+  m.def(
+      "device_heaps",
+      [](int devid) {
+        std::vector<qwen3vl::HeapStat> heaps;
+        {
+          py::gil_scoped_release nogil;
+          heaps = qwen3vl::device_heaps(devid);
+        }
+        py::list out;
+        for (const auto& h : heaps) {
+          py::dict d;
+          d["id"] = h.id;
+          d["total"] = h.total;
+          d["avail"] = h.avail;
+          d["used"] = h.used;
+          out.append(d);
+        }
+        return out;
+      },
+      py::arg("devid") = 0,
+      "The device's memory heaps (id, total, avail, used bytes), read without loading a model.");
 
   // Test hooks (testing.h), outside the Runtime class.
   py::module_ testing = m.def_submodule("testing", "Test hooks: make the simulator's device memory look like a box's.");

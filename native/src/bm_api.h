@@ -56,6 +56,18 @@ unsigned int bm_mem_get_device_size(bm_device_mem_t mem);
 unsigned long long bm_mem_get_device_addr(bm_device_mem_t mem);
 bm_device_mem_t bm_mem_from_device(unsigned long long device_addr, unsigned int len);
 
+// heap statistics in bytes (memory_info.cpp)
+typedef struct bm_heap_stat_byte {
+  unsigned int heap_id;
+  unsigned long long mem_total;
+  unsigned long long mem_avail;
+  unsigned long long mem_used;
+  unsigned long long mem_start_addr;
+} bm_heap_stat_byte_t;
+bm_status_t bm_get_gmem_total_heap_num(bm_handle_t handle, unsigned int* heap_num);
+bm_status_t bm_get_gmem_heap_stat_byte_by_id(bm_handle_t handle, bm_heap_stat_byte_t* pheap_byte,
+                                             unsigned int heap_id);
+
 // ---- bmruntime ------------------------------------------------------------------------
 typedef enum bm_data_type_e {
   BM_FLOAT32 = 0,

@@ -218,6 +218,7 @@ void Device::d2d(bm_device_mem_t dst, size_t dst_offset, bm_device_mem_t src, si
   check(bm_memcpy_d2d_byte(handle_, dst, dst_offset, src, src_offset, bytes), "d2d");
   std::lock_guard<std::mutex> g(stats_.mu_);
   stats_.counters_.d2d_copies++;
+  stats_.counters_.d2d_bytes += static_cast<long long>(bytes);
 }
 
 void Device::memset16(bm_device_mem_t mem, uint16_t pattern) {

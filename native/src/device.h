@@ -63,6 +63,7 @@ struct NetTiming {
 struct DeviceCounters {
   long launches = 0;
   long d2d_copies = 0;
+  long long d2d_bytes = 0;  // bytes host-issued d2d copies moved
   long s2d_copies = 0;
   long d2s_copies = 0;
   long long s2d_bytes = 0;

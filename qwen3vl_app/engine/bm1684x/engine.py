@@ -32,6 +32,7 @@ import numpy as np
 from ...model_constants import IMAGE_PAD, VIDEO_PAD
 from ..base import Capabilities, Engine, Limits, Prompt, StepOutput
 from ..reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, scoped_vision_key, vision_spans
+from . import memory
 from .vit_inputs import VitCall, vit_calls
 
 log = logging.getLogger("qwen3vl.engine.bm1684x")
@@ -84,6 +85,14 @@ def check_single_device(bmodel: Path) -> None:
         )
 
 
+def _heaps(native, devid: int) -> list[dict]:
+    """The device's memory heaps, or [] when the driver does not say (the simulator)."""
+    try:
+        return list(native.device_heaps(int(devid)))
+    except (AttributeError, RuntimeError):
+        return []
+
+
 def find_bmodel(model_dir: Path) -> Path:
     found = sorted(Path(model_dir).glob("*.bmodel"))
     if not found:
@@ -107,11 +116,15 @@ class BM1684XEngine(Engine):
         self.image_token = int(cfg.get("image_token_id", IMAGE_PAD))
         self.video_token = int(cfg.get("video_token_id", VIDEO_PAD))
         check_single_device(self.bmodel)
+        memory.check_fits(self.bmodel, int(devid), _heaps(native, devid))
         try:
             self.rt = native.Runtime(str(self.bmodel), int(devid))
         except RuntimeError as e:
             if str(e).startswith("unsupported bmodel"):
                 raise UnsupportedBmodel(str(e)) from None
+            short = memory.explain_load_failure(self.bmodel, int(devid), str(e), _heaps(native, devid))
+            if short:
+                raise memory.DeviceMemoryError(short) from e
             raise
         rt = self.rt
         self.device = f"bm1684x:{devid}" + (" (cmodel)" if native.build_mode == "sim" else "")
