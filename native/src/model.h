@@ -39,6 +39,7 @@ struct Model {
   void read_batch_cache();
   void read_history_blocks(const Device& dev);
   void read_vit();
+  void read_stage_inputs();
   [[noreturn]] void unsupported(const std::string& found) const;
 };
 

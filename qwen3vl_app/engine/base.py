@@ -14,9 +14,12 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .sampling import DevicePlan
 
 
 @dataclass
@@ -68,16 +71,23 @@ class Capabilities:
 
     logits: bool = True
     prefix_cache: bool = False  # reuses the KV of a previous prompt's leading tokens
+    # Device heads (BM1684X --do_sample builds): the engine can choose the tokens of a request
+    # `sampling.device_plan` accepts on the device, giving up to this many candidates per
+    # step (0: none; the host samples from the logits)
+    device_candidates: int = 0
 
 
 @dataclass
 class StepOutput:
-    """Result of a prefill or decode step: full-vocabulary logits, or the token the
-    device already chose."""
+    """Result of a prefill or decode step: full-vocabulary logits, the token the device
+    already chose (greedy-only engines), or a device head's candidates for a slot with a
+    device plan (`Engine.plan_slot`)."""
 
     logits: np.ndarray | None = None  # float32 [vocab]
     token_id: int | None = None
     cached_tokens: int = 0  # prefill only: prompt tokens whose KV was reused, not computed
+    # (probabilities, token ids), most likely first: the host draws one (Sampler.draw)
+    candidates: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Engine(abc.ABC):
@@ -92,6 +102,8 @@ class Engine(abc.ABC):
       all in one device step, and returns each slot's next distribution.
     - `release_slot(slot)` forgets what the slot holds (after a failed step, or when its
       tokens must not be reused).
+    - `plan_slot(slot, plan)` (engines with device heads) says, before a prefill, whether
+      the slot's steps end in a device head's candidates instead of logits.
     """
 
     name: str = "?"
@@ -111,6 +123,11 @@ class Engine(abc.ABC):
 
     def release_slot(self, slot: int) -> None:  # noqa: B027 -- optional: engines that reuse nothing keep nothing
         """Forget the tokens `slot` holds, so nothing of them is reused."""
+
+    def plan_slot(self, slot: int, plan: DevicePlan | None) -> None:  # noqa: B027 -- optional: only engines with device heads
+        """How `slot`'s next sequence ends its steps, set before its prefill: a device head
+        (`StepOutput.candidates`) or None (logits).  Called for every admission; a plan only
+        when `capabilities.device_candidates` > 0."""
 
     def close(self) -> None:  # noqa: B027 -- optional hook: engines without resources need none
         """Release weights and device memory."""

@@ -10,7 +10,9 @@ max_tokens, context full) or its request is cancelled (checked before every step
 cancelled request costs at most one more step); the others never notice.  Sampling,
 penalties, seed, logprobs and the grammar's token mask (constrained decoding) are per
 slot, so a slot's tokens do not depend on who else is in the batch (up to float
-summation order in the engine).
+summation order in the engine).  On an engine with device heads, a request whose draws
+the heads reproduce (`sampling.device_plan`) gets its candidates from the device instead
+of the full logits (`Engine.plan_slot` before its prefill; `Sampler.draw`).
 
 Results go back through each request's `deliver` callback (thread-safe, set by the
 runner): a `Generated` per token, `None` when the sequence ended without a final token
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .base import Engine, Prompt, StepOutput
-from .sampling import Choice, Sampler, SamplingParams
+from .sampling import Choice, Sampler, SamplingParams, device_plan
 
 if TYPE_CHECKING:
     from .constraints import TokenMask
@@ -143,6 +145,7 @@ class BatchScheduler:
             slot.tokens = []
             t0 = time.perf_counter()
             try:
+                self.engine.plan_slot(slot.index, self._device_plan(req))
                 out = self.engine.prefill_slot(slot.index, req.prompt)
             except Exception as e:  # that request fails (its greenlet logs it); the others go on
                 self._forget(slot)
@@ -159,6 +162,12 @@ class BatchScheduler:
                     self._end(slot, e)
                     continue
             self._emit(slot, out)
+
+    def _device_plan(self, req: SlotRequest):
+        """The device heads choose this request's tokens when the engine has them and they
+        give the host's draws (sampling.device_plan); else the logits come to the host."""
+        n = self.engine.capabilities.device_candidates
+        return device_plan(req.params, req.constrain is not None, n) if n else None
 
     def _pick(self, free: list[Slot], req: SlotRequest) -> Slot:
         """The free slot whose kept tokens share the longest prefix with the prompt (the
@@ -219,6 +228,8 @@ class BatchScheduler:
                 slot.mask.accept(choice.token_id)
             elif out.logits is not None:
                 choice = sampler.choose(out.logits)
+            elif out.candidates is not None:  # a device head's, for a slot with a device plan
+                choice = sampler.draw(*out.candidates)
             else:  # the device chose (greedy-only engines)
                 assert out.token_id is not None
                 choice = Choice(out.token_id)
