@@ -153,11 +153,37 @@ class BM1684XEngine(Engine):
             rt.vit_patches,
             "logits" if rt.lm_head_logits else "token id",
         )
+        self._log_stage_inputs()
         if rt.has_sample_head:
             log.info(
                 "device sampling heads (greedy_head, sample_head: top %d): %s",
                 rt.sample_candidates,
                 "used for requests they serve exactly" if self.device_sampling else f"off ({device_sampling})",
+            )
+
+    def _log_stage_inputs(self) -> None:
+        """Where each block_cache stage reads its inputs (read at load).  The vendor runtime
+        gives each stage its own I/O memory unless the build shares it; a stage handed the
+        KV cache anywhere else than its own history buffers has it copied there first."""
+        rt = self.rt
+        for si in rt.stage_inputs:
+            log.debug(
+                "%s stage %d (KV %d rows): inputs at %s, %s bytes",
+                si["net"],
+                si["stage"],
+                si["kv_len"],
+                " ".join(hex(a) for a in si["addr"]),
+                si["bytes"],
+            )
+        first = [si for si in rt.stage_inputs if si["net"] == "block_cache_0"]
+        where = ", ".join(f"{si['kv_len']} rows: K {si['addr'][3]:#x} V {si['addr'][4]:#x}" for si in first)
+        if rt.kv_stages_shared:
+            log.info("block_cache stages share their history K/V buffers (layer 0: %s)", where)
+        else:
+            log.warning(
+                "block_cache stages read history K/V at different addresses (layer 0: %s): a stage smaller than "
+                "SEQLEN gets the cache copied into its own buffers at each launch",
+                where,
             )
 
     def _device_sampling(self, setting: str, build_mode: str) -> bool:
