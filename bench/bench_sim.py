@@ -55,7 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     folder = args.model or tiny_bmodel()
 
+    from bench.host_cost import draw_ms, host_ms_per_token
     from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
+    from qwen3vl_app.engine.sampling import SamplingParams
     from tests.native.test_bm1684x import _image_prompt, _text_prompt
 
     engine = BM1684XEngine(folder)
@@ -74,6 +76,15 @@ def main() -> None:
         # the first step after a prefill uploads the whole decode mask once: report a later one
         result["decode_ms_per_step"] = round(statistics.median(step_ms), 1)
         result["per_decode_token"] = per_token[-1]
+
+        # host work per token on the critical path, device time taken out (bench/host_cost.py)
+        sampled = SamplingParams(temperature=0.7, top_p=0.8, top_k=20)
+        text = _text_prompt(folder)
+        result["host_ms_per_token"] = {
+            "host sampling (logits copied)": round(host_ms_per_token(engine, text, sampled), 2),
+            "greedy (logits copied)": round(host_ms_per_token(engine, text, SamplingParams(temperature=0)), 2),
+            "device sampling, host part (draw among 50)": round(draw_ms(sampled), 3),
+        }
 
         image = _image_prompt(folder, engine.limits.max_pixels, seed=0)
         engine.prefill_slot(0, image)  # warm: shape caches
@@ -95,6 +106,9 @@ def main() -> None:
     if t:
         for k in ("launches", "d2d_copies", "s2d_copies", "s2d_bytes", "d2s_copies", "d2s_bytes", "syncs"):
             print(f"{k:<28}{t[k]:>12}")
+    print(f"\n{'host ms per token (no device time)':<44}{'ms':>8}")
+    for k, v in result["host_ms_per_token"].items():
+        print(f"{k:<44}{v:>8}")
     print(f"\n{'image prefill':<28}{'value':>12}")
     print(f"{'host ms (wall - launches)':<28}{result['image_host_ms']:>12}")
     print(f"{'wall ms':<28}{result['image_prefill_ms']:>12}")
