@@ -238,6 +238,30 @@ def print_memory() -> None:
             print(json.dumps({**line, "workers_npu_7615": npu // m.total, "workers_all_heaps": all_heaps // m.total}))
 
 
+def print_host_ms(folder) -> None:
+    """Host work per token on the critical path, device time taken out (bench/host_cost.py):
+    sampling from copied logits, greedy, and the device heads' host part."""
+    from bench.host_cost import draw_ms, host_ms_per_token
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
+    from qwen3vl_app.engine.sampling import SamplingParams
+    from tests.native.test_bm1684x import _text_prompt
+
+    engine = BM1684XEngine(folder)
+    try:
+        sampled = SamplingParams(temperature=0.7, top_p=0.8, top_k=20)
+        text = _text_prompt(folder)
+        rows = {
+            "host sampling (logits copied)": round(host_ms_per_token(engine, text, sampled), 2),
+            "greedy (logits copied)": round(host_ms_per_token(engine, text, SamplingParams(temperature=0)), 2),
+            "device sampling, host part (draw among 50)": round(draw_ms(sampled), 3),
+        }
+    finally:
+        engine.close()
+    print(f"\n{'host ms per token (no device time)':<44}{'ms':>8}")
+    for k, v in rows.items():
+        print(f"{k:<44}{v:>8}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3, help="decode steps per build (the last is reported)")
@@ -261,6 +285,8 @@ def main() -> None:
     if not args.modelled_only and not args.no_image:
         print("\nimage prefill (tiny, simulator)")
         print(json.dumps(image_prefill(tiny_bmodel())))
+    if not args.modelled_only:
+        print_host_ms(tiny_bmodel())
 
 
 if __name__ == "__main__":

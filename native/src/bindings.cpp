@@ -52,9 +52,10 @@ py::array_t<T> to_array(const std::vector<T>& v) {
   return a;
 }
 
-// A step's result: the token id lm_head chose, or the logits.
+// A step's result: the token id lm_head chose, a device head's (probabilities, ids), or the logits.
 py::object step_result(const qwen3vl::StepResult& r) {
   if (r.token) return py::int_(*r.token);
+  if (!r.candidates.empty()) return py::make_tuple(to_array(r.candidates.probs), to_array(r.candidates.ids));
   return to_array(r.logits);
 }
 
@@ -180,6 +181,25 @@ PYBIND11_MODULE(qwen3vl_native, m) {
       .def_property_readonly("has_add", info_field<&ModelInfo::has_add>())
       .def_property_readonly("decode_stages", info_field<&ModelInfo::decode_stages>())
       .def_property_readonly("last_decode_kv_length", &Runtime::last_decode_kv_length)
+      .def_property_readonly(
+          "stage_inputs",
+          [](const Runtime& r) {
+            py::list out;
+            for (const auto& si : r.info().stage_inputs) {
+              py::dict d;
+              d["net"] = si.net;
+              d["stage"] = si.stage;
+              d["kv_len"] = si.kv_len;
+              d["addr"] = si.addr;
+              d["bytes"] = si.bytes;
+              out.append(d);
+            }
+            return out;
+          },
+          "block_cache's stage inputs as allocated at load, per layer then stage (ascending KV length): dicts "
+          "with net, stage, kv_len, addr and bytes (per input: states, positions, mask, history K, history V).")
+      .def_property_readonly("kv_stages_shared", info_field<&ModelInfo::kv_stages_shared>(),
+                             "Every stage reads its history K/V at the full stage's addresses (one cache buffer).")
       .def(
           "prefill",
           [](Runtime& r, py::handle input_ids, py::handle position_ids, py::handle visual_positions,
@@ -278,26 +298,42 @@ PYBIND11_MODULE(qwen3vl_native, m) {
           },
           "Empty the KV cache (zeros on the device).")
       .def(
-          "greedy_last",
-          [](Runtime& r) {
-            py::gil_scoped_release nogil;
-            return r.greedy_last();
-          },
-          "Device greedy_head over the last logits -> token id (box only: minutes on the simulator).")
-      .def(
-          "sample_last",
-          [](Runtime& r, py::handle history, float penalty, float temperature, int top_k, float top_p) {
+          "set_head",
+          [](Runtime& r, const std::string& kind, py::handle history, float penalty, float temperature, int top_k) {
+            qwen3vl::HeadPlan plan;
+            if (kind == "logits")
+              plan.kind = qwen3vl::HeadPlan::Kind::kLogits;
+            else if (kind == "greedy")
+              plan.kind = qwen3vl::HeadPlan::Kind::kGreedy;
+            else if (kind == "sample")
+              plan.kind = qwen3vl::HeadPlan::Kind::kSample;
+            else
+              throw std::invalid_argument("head must be 'logits', 'greedy' or 'sample', not '" + kind + "'");
+            plan.penalty = penalty;
+            plan.temperature = temperature;
+            plan.top_k = top_k;
             const auto hist = to_vec<int32_t>(history, "history");
-            qwen3vl::Candidates c;
+            py::gil_scoped_release nogil;
+            r.set_head(plan, hist);
+          },
+          py::arg("kind"), py::arg("history") = py::none(), py::arg("penalty") = 1.0f, py::arg("temperature") = 1.0f,
+          py::arg("top_k") = 1,
+          "How the next steps end (single-sequence builds): 'logits' (returned to the host; the default), "
+          "'greedy' (greedy_head on the device) or 'sample' (sample_head: repetition `penalty` over `history` "
+          "and the ids decode feeds, `temperature`, `top_k`).  With a head, prefill/decode return "
+          "(probabilities float32 [k], token ids int32 [k]), most likely first.  Box builds only in practice: "
+          "each head call takes minutes on the simulator.")
+      .def(
+          "last_logits",
+          [](Runtime& r) {
+            qwen3vl::StepResult out;
             {
               py::gil_scoped_release nogil;
-              c = r.sample_last(hist, penalty, temperature, top_k, top_p);
+              out = r.last_logits();
             }
-            return py::make_tuple(to_array(c.probs), to_array(c.ids));
+            return step_result(out);
           },
-          py::arg("history"), py::arg("penalty") = 1.0f, py::arg("temperature") = 1.0f, py::arg("top_k") = 50,
-          py::arg("top_p") = 1.0f,
-          "Device sample_head over the last logits -> (probs, token ids) of the top candidates (box only).")
+          "The last step's logits, read from the device again (no launch).")
       .def(
           "timings",
           [](Runtime& r) {
@@ -321,9 +357,11 @@ PYBIND11_MODULE(qwen3vl_native, m) {
             d["d2s_bytes"] = c.d2s_bytes;
             d["memsets"] = c.memsets;
             d["syncs"] = c.syncs;
+            d["device_ms"] = c.device_ms;
             return d;
           },
-          "What the host asked of the device since load / reset_counters(): launches, copies, bytes, syncs.")
+          "What the host asked of the device since load / reset_counters(): launches, copies, bytes, syncs, "
+          "and device_ms, the milliseconds spent inside launches and waits (wall time minus it is host work).")
       .def("reset_counters", &Runtime::reset_counters);
 
   m.def(

@@ -229,9 +229,12 @@ void Device::memset16(bm_device_mem_t mem, uint16_t pattern) {
 }
 
 void Device::sync() {
+  const auto t0 = std::chrono::steady_clock::now();
   check(bm_thread_sync(handle_), "bm_thread_sync");
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::lock_guard<std::mutex> g(stats_.mu_);
   stats_.counters_.syncs++;
+  stats_.counters_.device_ms += ms;
 }
 
 void Device::launch(const Net& n, bm_tensor_t* in, int nin, bm_tensor_t* out, int nout) {
@@ -244,6 +247,7 @@ void Device::launch(const Net& n, bm_tensor_t* in, int nin, bm_tensor_t* out, in
   e.calls++;
   e.ms += ms;
   stats_.counters_.launches++;
+  stats_.counters_.device_ms += ms;
 }
 
 }  // namespace qwen3vl

@@ -70,6 +70,10 @@ struct DeviceCounters {
   long long d2s_bytes = 0;
   long memsets = 0;
   long syncs = 0;
+  // Milliseconds the host spent inside launches and waits for the device: the device's
+  // time as the host sees it (the simulator runs a net inside its launch; a box queues
+  // the launch and the wait takes the time).  Host work = wall time - this.
+  double device_ms = 0.0;
 };
 
 class DeviceStats {

@@ -28,10 +28,11 @@ StepResult SingleLayout::prefill(const PrefillInputs& in, int keep) {
   token_length_ = 0;
   dmask_stage_ = -1;
   const int end = keep + static_cast<int>(in.ids.size);
-  // rows holding K/V after this prefill; the ones an earlier sequence filled past them go back to zero
+  // Rows past the ones this prefill writes keep what an earlier sequence left there (finite
+  // K/V the decode mask closes); only rows nothing ever wrote are zeroed (KvCache).
   const int rows = info_.prefill_dynamic ? end : info_.max_input_length;
-  p_.kv.zero(rows, p_.kv.dirty_rows());
-  p_.kv.set_dirty_rows(rows);
+  p_.kv.zero(rows, p_.kv.unwritten_rows());
+  p_.kv.set_unwritten_rows(0);
   StepResult r = run_prompt(in, keep);
   token_length_ = end;
   return r;
@@ -58,21 +59,28 @@ int SingleLayout::decode_stage() const {
 
 // The decode mask [1, 1, 1, kv_len + 1] lives in block_cache_0's own input: rows
 // [0, token_length) open, the rest of the history closed, the last slot (the new token
-// itself) open.  Between steps only the newly cached row opens: a 2-byte upload.
+// itself) open.  A new stage (or sequence) gets the whole mask; between steps only the
+// aligned piece holding the newly opened rows is written (kMaskAlign bytes, from an
+// aligned offset, as the vendor writes whole masks or aligned pieces).
 void SingleLayout::upload_decode_mask(int stage) {
   const Net& c0 = p_.model.caches[0];
   const int s = p_.model.cache_stage_index[static_cast<size_t>(stage)];
   const int kv_len = info_.decode_stages[static_cast<size_t>(stage)];
   const bm_data_type_t dt = c0.in_dtype(2);
-  const size_t es = dtype_size(dt);
+  const int es = static_cast<int>(dtype_size(dt));
+  auto value = [&](int j) { return j < token_length_ || j == kv_len ? 0.0f : kMaskValue; };
   if (dmask_stage_ == stage && dmask_rows_ <= token_length_) {
     if (dmask_rows_ == token_length_) return;
-    const std::vector<float> zeros(static_cast<size_t>(token_length_ - dmask_rows_), 0.0f);
-    const auto enc = encode_floats(zeros.data(), zeros.size(), dt);
-    p_.dev.s2d_at(c0.in_mem(2, s), static_cast<size_t>(dmask_rows_) * es, enc.data(), enc.size());
+    const int per = std::max(1, kMaskAlign / es);  // mask values per aligned piece
+    const int lo = dmask_rows_ / per * per;
+    const int hi = std::min((token_length_ + per - 1) / per * per, kv_len + 1);
+    std::vector<float> piece(static_cast<size_t>(hi - lo));
+    for (int j = lo; j < hi; j++) piece[static_cast<size_t>(j - lo)] = value(j);
+    const auto enc = encode_floats(piece.data(), piece.size(), dt);
+    p_.dev.s2d_at(c0.in_mem(2, s), static_cast<size_t>(lo) * static_cast<size_t>(es), enc.data(), enc.size());
   } else {
-    std::vector<float> m(static_cast<size_t>(kv_len) + 1, 0.0f);
-    for (int j = token_length_; j < kv_len; j++) m[static_cast<size_t>(j)] = kMaskValue;
+    std::vector<float> m(static_cast<size_t>(kv_len) + 1);
+    for (int j = 0; j <= kv_len; j++) m[static_cast<size_t>(j)] = value(j);
     const auto enc = encode_floats(m.data(), m.size(), dt);
     p_.dev.s2d(c0.in_mem(2, s), enc.data(), enc.size());
     dmask_stage_ = stage;
@@ -91,6 +99,7 @@ StepResult SingleLayout::decode(int32_t token, int32_t position) {
   const int kv_len = info_.decode_stages[static_cast<size_t>(stage)];
   last_decode_kv_length_ = kv_len;
   const Net& c0 = m.caches[0];
+  p_.heads.fed(token);
   // every hidden state goes straight into the next network's own input buffer
   dev.s2d(id1_, &token, 4);
   {
@@ -120,7 +129,6 @@ StepResult SingleLayout::decode(int32_t token, int32_t position) {
     dev.launch(n, in, 5, out, 3);
   }
   token_length_++;
-  p_.kv.set_dirty_rows(std::max(p_.kv.dirty_rows(), token_length_));
   return p_.heads.lm_head(dlast_);
 }
 

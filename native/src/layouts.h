@@ -40,6 +40,9 @@ struct Parts {
   Heads& heads;
 };
 
+// Bytes of an aligned piece of the decode mask (SingleLayout::upload_decode_mask).
+constexpr int kMaskAlign = 64;
+
 class SingleLayout {
  public:
   explicit SingleLayout(const Parts& parts);

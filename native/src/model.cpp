@@ -90,6 +90,7 @@ void Model::read(const Device& dev) {
     read_cache_stages();
   info.max_context = info.batch > 1 && !info.batch_slot_kv ? info.seq_len - 1 : info.seq_len;
   if (dev.has("block_kv_0")) read_history_blocks(dev);
+  read_stage_inputs();
 
   const bm_shape_t& lin = lm.in_shape(0);
   if (lin.num_dims != 2 || lin.dims[1] != info.hidden_size)
@@ -103,8 +104,15 @@ void Model::read(const Device& dev) {
   info.has_add = add.present() && add.info->input_num == 2 && add.info->output_num == 1 &&
                  add.in_bytes(0) == static_cast<size_t>(info.max_input_length) * info.hidden_size * dtype_size(hdt) &&
                  add.in_dtype(0) == hdt && add.in_dtype(1) == hdt;
-  info.has_greedy_head = info.lm_head_logits && greedy.present();
-  info.has_sample_head = info.lm_head_logits && sample.present() && sample.info->input_num == 6;
+  // the heads read lm_head's float32 logits in place; their results are read as int32 ids
+  // and float32 probabilities
+  const bool f32_logits = info.lm_head_logits && lm.out_dtype(0) == BM_FLOAT32;
+  info.has_greedy_head = f32_logits && greedy.present() && greedy.in_dtype(0) == BM_FLOAT32 &&
+                         greedy.out_dtype(0) == BM_INT32;
+  info.has_sample_head = f32_logits && sample.present() && sample.info->input_num == 6 &&
+                         sample.info->output_num == 2 && sample.in_dtype(0) == BM_FLOAT32 &&
+                         sample.in_dtype(1) == BM_INT32 && sample.out_dtype(0) == BM_FLOAT32 &&
+                         sample.out_dtype(1) == BM_INT32;
   if (info.has_sample_head) info.sample_candidates = sample.out_shape(0).dims[sample.out_shape(0).num_dims - 1];
   if (info.batch > 1) read_batch_heads();
 }
@@ -250,6 +258,29 @@ void Model::read_history_blocks(const Device& dev) {
     kv_blocks.push_back(k);
   }
   info.history_kv = true;
+}
+
+// Where each block_cache stage reads its inputs.  The vendor runtime allocates I/O memory
+// per stage; a stage handed history K/V anywhere else than its own buffers has them
+// copied there by the runtime before it runs, so the KV cache must live where the running
+// stage reads it (KvCache).
+void Model::read_stage_inputs() {
+  for (const Net& c : caches)
+    for (size_t i = 0; i < cache_stage_index.size(); i++) {
+      const int s = cache_stage_index[i];
+      StageInputs si;
+      si.net = c.name;
+      si.stage = s;
+      si.kv_len = info.decode_stages[i];
+      for (int k = 0; k < c.info->input_num; k++) {
+        si.addr.push_back(bm_mem_get_device_addr(c.in_mem(k, s)));
+        si.bytes.push_back(c.in_bytes(k, s));
+      }
+      for (int k : {3, 4})
+        if (si.addr[static_cast<size_t>(k)] != bm_mem_get_device_addr(c.in_mem(k, cache_full_stage)))
+          info.kv_stages_shared = false;
+      info.stage_inputs.push_back(std::move(si));
+    }
 }
 
 void Model::read_vit() {

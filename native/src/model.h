@@ -42,6 +42,7 @@ struct Model {
   void read_batch_heads();
   void read_history_blocks(const Device& dev);
   void read_vit();
+  void read_stage_inputs();
   [[noreturn]] void unsupported(const std::string& found) const;
 };
 

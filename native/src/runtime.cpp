@@ -170,15 +170,17 @@ void Runtime::commit_verify(int keep) {
   m.verifier->commit(keep);
 }
 
-int32_t Runtime::greedy_last() {
+void Runtime::set_head(const HeadPlan& plan, const std::vector<int32_t>& history) {
   std::lock_guard<std::mutex> g(mu_);
-  return open_model().heads.greedy();
+  Loaded& m = open_model();
+  if (m.batch && plan.kind != HeadPlan::Kind::kLogits)
+    throw std::logic_error(batch_of(info_) + " runs lm_head once per slot: its logits go to the host");
+  m.heads.set_plan(plan, history);
 }
 
-Candidates Runtime::sample_last(const std::vector<int32_t>& history, float penalty, float temperature, int32_t top_k,
-                                float top_p) {
+StepResult Runtime::last_logits() {
   std::lock_guard<std::mutex> g(mu_);
-  return open_model().heads.sample(history, penalty, temperature, top_k, top_p);
+  return open_model().heads.logits();
 }
 
 }  // namespace qwen3vl

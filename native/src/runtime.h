@@ -70,10 +70,11 @@ class Runtime {
   std::vector<StepResult> verify(const std::vector<int32_t>& tokens, int32_t position);
   void commit_verify(int keep);
 
-  // Device-side heads over the logits of the last prefill/decode (still on the device).
-  int32_t greedy_last();
-  Candidates sample_last(const std::vector<int32_t>& history, float penalty, float temperature, int32_t top_k,
-                         float top_p);
+  // Single-sequence and history-KV builds: how the next steps' results leave the device
+  // (HeadPlan; `history`: the sequence's ids so far, for the repetition penalty), and the
+  // last step's logits read again (after a device head; no launch).
+  void set_head(const HeadPlan& plan, const std::vector<int32_t>& history);
+  StepResult last_logits();
 
   std::map<std::string, NetTiming> timings() { return stats_.timings(); }
   void reset_timings() { stats_.reset_timings(); }

@@ -1,6 +1,7 @@
 #include "stages.h"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 namespace qwen3vl {
@@ -29,7 +30,7 @@ void KvCache::zero(int from, int to) {
 
 void KvCache::clear() {
   zero(0, rows_);
-  dirty_rows_ = 0;
+  unwritten_rows_ = 0;
 }
 
 void KvCache::fill(uint16_t pattern) {
@@ -37,7 +38,7 @@ void KvCache::fill(uint16_t pattern) {
     dev_.memset16(k_[l], pattern);
     dev_.memset16(v_[l], pattern);
   }
-  dirty_rows_ = rows_;
+  unwritten_rows_ = rows_;
 }
 
 std::vector<uint16_t> KvCache::read(int layer, int which) {
@@ -160,14 +161,55 @@ Heads::Heads(Device& dev, const Model& model) : dev_(dev), model_(model) {
   if (model.info.has_greedy_head) tok_ = dev.alloc(4);
   if (model.info.has_sample_head) {
     const Net& sample = model.sample;
+    const bm_shape_t& hs = sample.in_shape(1);
+    hist_cap_ = hs.dims[hs.num_dims - 1];
     s_ids_ = dev.alloc(sample.in_bytes(1));
     s_penalty_ = dev.alloc(4);
     s_temp_ = dev.alloc(4);
     s_topk_ = dev.alloc(4);
     s_topp_ = dev.alloc(4);
-    s_probs_ = dev.alloc(sample.out_bytes(0));
-    s_idx_ = dev.alloc(sample.out_bytes(1));
+    s_probs_bytes_ = sample.out_bytes(0);
+    s_out_ = dev.alloc(s_probs_bytes_ + sample.out_bytes(1));  // one read brings both back
   }
+}
+
+void Heads::set_plan(const HeadPlan& plan, const std::vector<int32_t>& history) {
+  const ModelInfo& mi = model_.info;
+  if (plan.kind == HeadPlan::Kind::kLogits) {
+    plan_ = plan;
+    return;
+  }
+  if (plan.kind == HeadPlan::Kind::kGreedy && !mi.has_greedy_head)
+    throw std::invalid_argument("this bmodel has no greedy_head over logits (built without --do_sample)");
+  if (plan.kind == HeadPlan::Kind::kSample) {
+    if (!mi.has_sample_head) throw std::invalid_argument("this bmodel has no sample_head over logits (built without --do_sample)");
+    if (plan.top_k < 1 || plan.top_k > mi.sample_candidates)
+      throw std::invalid_argument("sample_head top_k must be in [1, " + std::to_string(mi.sample_candidates) + "]");
+    if (!(plan.temperature > 0.0f) || !(plan.penalty > 0.0f))
+      throw std::invalid_argument("sample_head needs a positive temperature and penalty");
+    // Only the repetition penalty reads the ids; without one a single id stands in.
+    std::vector<int32_t> ids;
+    if (plan.penalty != 1.0f)
+      ids.assign(history.end() - static_cast<std::ptrdiff_t>(std::min<size_t>(history.size(), hist_cap_)),
+                 history.end());
+    if (ids.empty()) ids.push_back(history.empty() ? 0 : history.back());
+    hist_len_ = static_cast<int>(ids.size());
+    // a static net reads all hist_cap_ ids: pad with an id already there (a repeat changes nothing)
+    if (!model_.sample.info->is_dynamic) ids.resize(static_cast<size_t>(hist_cap_), ids.back());
+    dev_.s2d(s_ids_, ids.data(), ids.size() * 4);
+    const float top_p = 2.0f;  // keep every candidate: the host applies top-p (docs/sampling-on-device.md)
+    dev_.s2d(s_penalty_, &plan.penalty, 4);
+    dev_.s2d(s_temp_, &plan.temperature, 4);
+    dev_.s2d(s_topk_, &plan.top_k, 4);
+    dev_.s2d(s_topp_, &top_p, 4);
+  }
+  plan_ = plan;
+}
+
+void Heads::fed(int32_t token) {
+  if (plan_.kind != HeadPlan::Kind::kSample || plan_.penalty == 1.0f || hist_len_ >= hist_cap_) return;
+  dev_.s2d_at(s_ids_, static_cast<size_t>(hist_len_) * 4, &token, 4);
+  hist_len_++;
 }
 
 StepResult Heads::lm_head(bm_device_mem_t hidden_row) {
@@ -175,8 +217,31 @@ StepResult Heads::lm_head(bm_device_mem_t hidden_row) {
   bm_tensor_t in = tensor(hidden_row, lm.in_dtype(0), make_shape({1, model_.info.hidden_size}));
   bm_tensor_t out = tensor(logits_, lm.out_dtype(0), lm.out_shape(0));
   dev_.launch(lm, &in, 1, &out, 1);
-  dev_.sync();
   logits_valid_ = true;
+  StepResult r;
+  switch (plan_.kind) {
+    case HeadPlan::Kind::kGreedy:
+      r.candidates = greedy();
+      return r;
+    case HeadPlan::Kind::kSample:
+      r.candidates = sample();
+      return r;
+    case HeadPlan::Kind::kLogits:
+      break;
+  }
+  dev_.sync();
+  return read_logits();
+}
+
+StepResult Heads::logits() {
+  if (!logits_valid_) throw std::logic_error("no logits yet: run prefill first");
+  if (!model_.info.lm_head_logits) throw std::logic_error("this bmodel's lm_head returns a token id, not logits");
+  dev_.sync();
+  return read_logits();
+}
+
+StepResult Heads::read_logits() {
+  const Net& lm = model_.lm;
   StepResult r;
   if (model_.info.lm_head_logits) {
     const size_t n = static_cast<size_t>(model_.info.vocab_size);
@@ -196,35 +261,25 @@ StepResult Heads::lm_head(bm_device_mem_t hidden_row) {
   return r;
 }
 
-int32_t Heads::greedy() {
-  if (!model_.info.has_greedy_head) throw std::logic_error("this bmodel has no greedy_head over logits");
-  if (!logits_valid_) throw std::logic_error("no logits yet: run prefill first");
+// greedy_head: the most likely token (equal logits: the lowest id, as the host's argmax).
+Candidates Heads::greedy() {
   const Net& greedy = model_.greedy;
   bm_tensor_t in = tensor(logits_, greedy.in_dtype(0), make_shape({1, model_.info.vocab_size}));
   bm_tensor_t out = tensor(tok_, greedy.out_dtype(0), make_shape({1, 1}));
   dev_.launch(greedy, &in, 1, &out, 1);
   dev_.sync();
-  int32_t tok = 0;
-  dev_.d2s_at(&tok, tok_, 0, 4);
-  return tok;
+  Candidates c;
+  c.ids.resize(1);
+  dev_.d2s_at(c.ids.data(), tok_, 0, 4);
+  c.probs = {1.0f};
+  return c;
 }
 
-Candidates Heads::sample(const std::vector<int32_t>& history, float penalty, float temperature, int32_t top_k,
-                         float top_p) {
-  if (!model_.info.has_sample_head) throw std::logic_error("this bmodel has no sample_head over logits");
-  if (!logits_valid_) throw std::logic_error("no logits yet: run prefill first");
+// sample_head: repetition penalty over the history ids, then the top_k largest logits
+// (most likely first), divided by the temperature, softmaxed.
+Candidates Heads::sample() {
   const Net& sample = model_.sample;
-  const int max_hist = sample.in_shape(1).dims[sample.in_shape(1).num_dims - 1];
-  std::vector<int32_t> hist(history.end() - std::min<size_t>(history.size(), static_cast<size_t>(max_hist)),
-                            history.end());
-  if (hist.empty()) hist.push_back(0);
-  const int n = sample.info->is_dynamic ? static_cast<int>(hist.size()) : max_hist;
-  hist.resize(static_cast<size_t>(n), hist.back());
-  dev_.s2d(s_ids_, hist.data(), hist.size() * 4);
-  dev_.s2d(s_penalty_, &penalty, 4);
-  dev_.s2d(s_temp_, &temperature, 4);
-  dev_.s2d(s_topk_, &top_k, 4);
-  dev_.s2d(s_topp_, &top_p, 4);
+  const int n = sample.info->is_dynamic ? hist_len_ : hist_cap_;
   bm_tensor_t in[6];
   in[0] = tensor(logits_, sample.in_dtype(0), make_shape({1, model_.info.vocab_size}));
   in[1] = tensor(s_ids_, sample.in_dtype(1), make_shape({1, n}));
@@ -233,16 +288,20 @@ Candidates Heads::sample(const std::vector<int32_t>& history, float penalty, flo
   in[4] = tensor(s_topk_, sample.in_dtype(4), make_shape({1}));
   in[5] = tensor(s_topp_, sample.in_dtype(5), make_shape({1}));
   bm_tensor_t out[2];
-  out[0] = tensor(s_probs_, sample.out_dtype(0), sample.out_shape(0));
-  out[1] = tensor(s_idx_, sample.out_dtype(1), sample.out_shape(1));
+  out[0] = tensor(sub(s_out_, 0, s_probs_bytes_), sample.out_dtype(0), sample.out_shape(0));
+  out[1] = tensor(sub(s_out_, s_probs_bytes_, sample.out_bytes(1)), sample.out_dtype(1), sample.out_shape(1));
   dev_.launch(sample, in, 6, out, 2);
   dev_.sync();
+  // a dynamic net may give fewer than its compiled width: the first top_k are the ones asked for
+  const size_t width = static_cast<size_t>(model_.info.sample_candidates);
+  const size_t k = std::min({static_cast<size_t>(plan_.top_k), shape_count(out[0].shape), width});
+  std::vector<uint8_t> raw(s_probs_bytes_ + sample.out_bytes(1));
+  dev_.d2s_at(raw.data(), s_out_, 0, raw.size());
   Candidates c;
-  const size_t k = static_cast<size_t>(model_.info.sample_candidates);
   c.probs.resize(k);
   c.ids.resize(k);
-  dev_.d2s_at(c.probs.data(), s_probs_, 0, k * 4);
-  dev_.d2s_at(c.ids.data(), s_idx_, 0, k * 4);
+  std::memcpy(c.probs.data(), raw.data(), k * 4);
+  std::memcpy(c.ids.data(), raw.data() + s_probs_bytes_, k * 4);
   return c;
 }
 

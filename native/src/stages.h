@@ -25,9 +25,11 @@ constexpr float kMaskValue = -10000.0f;  // additive attention mask for "cannot 
 // "slots" builds, whose slots have buffers of their own (this is slot 0's: layout_batch.cpp).
 //
 // Every decode step attends over all history rows, hiding unused ones with an additive
-// mask, so a NaN/Inf in an unused row would poison the softmax: rows a step never writes
-// before it attends to them must hold zeros.  Built zeroed (device memory is not zeroed by
-// the allocator on a real box); `dirty_rows` tracks what may need zeroing again.
+// mask, so a NaN/Inf in an unused row would poison the softmax: rows never written must
+// hold zeros.  Built zeroed (device memory is not zeroed by the allocator on a real box).
+// Rows an earlier sequence wrote hold finite K/V, which the mask closes: a new prefill
+// leaves them as they are (no memsets per prefill).  Only after fill() (a test hook making
+// the memory look like a box's at power-on) may rows hold anything: `unwritten_rows`.
 class KvCache {
  public:
   KvCache(Device& dev, const Model& model);
@@ -38,12 +40,14 @@ class KvCache {
   int rows() const { return rows_; }
 
   void zero(int from, int to);  // rows [from, to) of every layer's K and V
-  void clear();                 // every row zero, none dirty (no sync)
-  int dirty_rows() const { return dirty_rows_; }  // rows [0, n) may hold anything but zeros
-  void set_dirty_rows(int n) { dirty_rows_ = n; }
+  void clear();                 // every row zero (no sync)
+  // Rows [0, n) may hold what no step wrote (non-finite values): the next prefill zeroes
+  // those past its own rows.  0 except after fill().
+  int unwritten_rows() const { return unwritten_rows_; }
+  void set_unwritten_rows(int n) { unwritten_rows_ = n; }
 
-  // Every byte of every buffer set to a 16-bit pattern (all rows dirty then; no sync), and
-  // the raw contents of one buffer (which: 0 = K, 1 = V).
+  // Every byte of every buffer set to a 16-bit pattern (all rows unwritten then; no sync),
+  // and the raw contents of one buffer (which: 0 = K, 1 = V).
   void fill(uint16_t pattern);
   std::vector<uint16_t> read(int layer, int which);
 
@@ -52,7 +56,7 @@ class KvCache {
   std::vector<bm_device_mem_t> k_, v_;  // not owned: the nets' own inputs
   size_t row_bytes_ = 0;
   int rows_ = 0;
-  int dirty_rows_ = 0;
+  int unwritten_rows_ = 0;
 };
 
 // A run of consecutive prompt rows filled by vision embeddings.
@@ -91,24 +95,38 @@ class Vision {
   void run(const VitCall& call);
 };
 
-// lm_head over one hidden row, and the optional device heads over the logits it leaves on
-// the device (--do_sample builds; box only: minutes per call on the simulator).
+// lm_head over one hidden row, then what the plan (HeadPlan) runs over the logits it
+// leaves on the device: nothing (the logits go to the host), greedy_head or sample_head
+// (--do_sample builds).  One wait for the device per step either way.  On the simulator
+// the sort-based heads take minutes per call.
 class Heads {
  public:
   Heads(Device& dev, const Model& model);
 
-  StepResult lm_head(bm_device_mem_t hidden_row);  // waits for the device, reads the result
-  int32_t greedy();
-  // The top candidates (probabilities after temperature/top-k/top-p/penalty, and their
-  // token ids); the caller draws one of them.
-  Candidates sample(const std::vector<int32_t>& history, float penalty, float temperature, int32_t top_k, float top_p);
+  // From now on steps end as `plan` says.  `history`: the sequence's ids so far (the
+  // prompt), which sample_head's repetition penalty covers; decode steps add theirs with
+  // fed().  Uploads the plan's scalars and ids once, not per step.
+  void set_plan(const HeadPlan& plan, const std::vector<int32_t>& history);
+  const HeadPlan& plan() const { return plan_; }
+  void fed(int32_t token);  // a decode step's input token joins the history
+
+  StepResult lm_head(bm_device_mem_t hidden_row);  // lm_head + the plan's head; waits, reads the result
+  StepResult logits();  // the last step's logits, read from the device again (no launch)
 
  private:
   Device& dev_;
   const Model& model_;
+  HeadPlan plan_;
   bm_device_mem_t logits_{};
-  bm_device_mem_t tok_{}, s_ids_{}, s_penalty_{}, s_temp_{}, s_topk_{}, s_topp_{}, s_probs_{}, s_idx_{};
+  bm_device_mem_t tok_{}, s_ids_{}, s_penalty_{}, s_temp_{}, s_topk_{}, s_topp_{}, s_out_{};
+  size_t s_probs_bytes_ = 0;  // s_out_ holds sample_head's probabilities, then its ids
+  int hist_len_ = 0;          // ids in s_ids_ (dynamic sample_head: the input's length)
+  int hist_cap_ = 0;          // ids s_ids_ holds at most
   bool logits_valid_ = false;
+
+  StepResult read_logits();
+  Candidates greedy();
+  Candidates sample();
 };
 
 // Where a history-KV chunk's K/V go when they would not fit at the cache's end.

@@ -10,6 +10,16 @@
 
 namespace qwen3vl {
 
+// One block_cache stage's input buffers as the vendor runtime allocated them at load
+// (inputs: states, positions, mask, history K, history V).
+struct StageInputs {
+  std::string net;
+  int stage = 0;   // the stage's number in the net
+  int kv_len = 0;  // its history length
+  std::vector<unsigned long long> addr;  // per input: device address
+  std::vector<size_t> bytes;             // per input: bytes that stage reads
+};
+
 // What the bmodel's networks say, read once at load (model.cpp); never changes after.
 struct ModelInfo {
   int seq_len = 0;           // KV cache length (max context)
@@ -44,6 +54,11 @@ struct ModelInfo {
   bool history_kv = false;
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   std::vector<std::string> networks;
+  // block_cache's stage inputs, per layer then stage (ascending KV length), and whether
+  // every stage reads its history K/V at the full stage's addresses: then one buffer is
+  // the cache; else each stage's own buffers hold the rows while that stage runs
+  std::vector<StageInputs> stage_inputs;
+  bool kv_stages_shared = true;
 };
 
 // A read-only view of caller-owned memory (a numpy buffer kept alive by the bindings).
@@ -84,17 +99,32 @@ struct SlotStep {
   int32_t position = 0;
 };
 
-// What lm_head gave for one sequence: the token id it chose (builds without logits), or
-// float32 logits [vocab].
-struct StepResult {
-  std::optional<int32_t> token;
-  std::vector<float> logits;
-};
-
-// Tokens chosen by a device head (sample_head): probabilities and ids of the candidates.
+// Tokens a device head chose among (greedy_head: one; sample_head: its top-k, most likely
+// first): probabilities and ids.  The host draws one.
 struct Candidates {
   std::vector<float> probs;
   std::vector<int32_t> ids;
+  bool empty() const { return ids.empty(); }
+};
+
+// What a step gave for one sequence: the token id lm_head chose (builds without logits),
+// float32 logits [vocab], or a device head's candidates (HeadPlan).
+struct StepResult {
+  std::optional<int32_t> token;
+  std::vector<float> logits;
+  Candidates candidates;
+};
+
+// How a single-sequence step's result leaves the device (Heads): the logits (the host
+// samples), or the --do_sample heads run over them on the device first -- greedy_head's
+// token, or sample_head's candidates after repetition penalty, temperature and top-k (the
+// host applies top-p and draws).
+struct HeadPlan {
+  enum class Kind { kLogits, kGreedy, kSample };
+  Kind kind = Kind::kLogits;
+  float penalty = 1.0f;      // kSample: repetition penalty over the sequence's ids
+  float temperature = 1.0f;  // kSample
+  int32_t top_k = 1;         // kSample: candidates wanted, 1..sample_candidates
 };
 
 }  // namespace qwen3vl

@@ -14,9 +14,12 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .sampling import DevicePlan
 
 
 @dataclass
@@ -74,16 +77,23 @@ class Capabilities:
     logits: bool = True
     prefix_cache: bool = False  # reuses the KV of a previous prompt's leading tokens
     verify: bool = False  # verify_batch/commit_slot: several tokens per step (speculative decoding)
+    # Device heads (BM1684X --do_sample builds): the engine can choose the tokens of a request
+    # `sampling.device_plan` accepts on the device, giving up to this many candidates per
+    # step (0: none; the host samples from the logits)
+    device_candidates: int = 0
 
 
 @dataclass
 class StepOutput:
-    """Result of a prefill or decode step: full-vocabulary logits, or the token the
-    device already chose."""
+    """Result of a prefill or decode step: full-vocabulary logits, the token the device
+    already chose (greedy-only engines), or a device head's candidates for a slot with a
+    device plan (`Engine.plan_slot`)."""
 
     logits: np.ndarray | None = None  # float32 [vocab]
     token_id: int | None = None
     cached_tokens: int = 0  # prefill only: prompt tokens whose KV was reused, not computed
+    # (probabilities, token ids), most likely first: the host draws one (Sampler.draw)
+    candidates: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Engine(abc.ABC):
@@ -104,6 +114,8 @@ class Engine(abc.ABC):
     - `commit_slot(slot, keep)` then keeps the first `keep` fed tokens of that slot's last
       verify step (at least 1) and drops the KV of the rest.  Every slot of a verify step
       is committed before the next step.
+    - `plan_slot(slot, plan)` (engines with device heads) says, before a prefill, whether
+      the slot's steps end in a device head's candidates instead of logits.
     """
 
     name: str = "?"
@@ -133,6 +145,11 @@ class Engine(abc.ABC):
 
     def release_slot(self, slot: int) -> None:  # noqa: B027 -- optional: engines that reuse nothing keep nothing
         """Forget the tokens `slot` holds, so nothing of them is reused."""
+
+    def plan_slot(self, slot: int, plan: DevicePlan | None) -> None:  # noqa: B027 -- optional: only engines with device heads
+        """How `slot`'s next sequence ends its steps, set before its prefill: a device head
+        (`StepOutput.candidates`) or None (logits).  Called for every admission; a plan only
+        when `capabilities.device_candidates` > 0."""
 
     def close(self) -> None:  # noqa: B027 -- optional hook: engines without resources need none
         """Release weights and device memory."""

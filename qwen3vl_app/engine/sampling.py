@@ -11,6 +11,14 @@ either.  Semantics follow what clients expect:
   other token gets -inf, so no setting can pick one.
 - temperature 0 means greedy.  Log-probabilities are of the penalised distribution before
   temperature and truncation, like most OpenAI-compatible servers report them.
+- order: most likely first, equal logits in token-id order (top-k keeps the lowest ids
+  among equal logits at its edge), as the BM1684X's sort-based heads order them.
+
+An engine with device heads (`Capabilities.device_candidates`) can choose the tokens of a
+request `device_plan` accepts on the device: penalty, temperature and top-k run there, and
+`Sampler.draw` applies top-p and draws among the few candidates with the same seeded
+generator, so the request gets the draws `choose` would make from the same logits
+(docs/sampling-on-device.md says where float rounding can still differ).
 """
 
 from __future__ import annotations
@@ -37,6 +45,40 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 1e-5 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How a device head chooses a request's tokens: greedy_head (greedy, no penalty), or
+    sample_head's `top_k` candidates after `repetition_penalty` and `temperature` (greedy
+    with a penalty is its top-1)."""
+
+    greedy: bool
+    temperature: float = 1.0
+    top_k: int = 1
+    repetition_penalty: float = 1.0
+
+
+# Penalties outside this range overflow float32 on the device (the host clamps them: _finite).
+DEVICE_PENALTY_RANGE = (1e-2, 1e2)
+
+
+def device_plan(params: SamplingParams, constrained: bool, candidates: int) -> DevicePlan | None:
+    """The device plan giving this request the draws `Sampler.choose` would make, or None
+    when its tokens need the full logits on the host: logprobs, logit_bias, presence or
+    frequency penalties, a grammar (`constrained`), top-k off or wider than the head's
+    `candidates` (0: the engine has no heads), or an extreme repetition penalty."""
+    p = params
+    if candidates <= 0 or constrained or p.logprobs or p.logit_bias or p.presence_penalty or p.frequency_penalty:
+        return None
+    lo, hi = DEVICE_PENALTY_RANGE
+    if p.repetition_penalty != 1.0 and not lo <= p.repetition_penalty <= hi:
+        return None
+    if p.greedy:
+        return DevicePlan(greedy=True, repetition_penalty=p.repetition_penalty)
+    if not 0 < p.top_k <= candidates:
+        return None
+    return DevicePlan(greedy=False, temperature=p.temperature, top_k=p.top_k, repetition_penalty=p.repetition_penalty)
 
 
 @dataclass
@@ -79,6 +121,22 @@ class Sampler:
         self._record(token)
         return choice
 
+    def draw(self, probs: np.ndarray, ids: np.ndarray) -> Choice:
+        """The token among a device head's candidates (most likely first; probabilities after
+        penalty, temperature and top-k): the host's top-p and the seeded draw, as `choose`
+        makes them from the full logits (it never applies logit_bias, presence/frequency
+        penalties, masks or logprobs: `device_plan` keeps those requests on the host)."""
+        p = self.p
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if p.greedy or ids.size == 1:
+            token = int(ids[0])
+        else:
+            k = min(ids.size, p.top_k)
+            probs = np.asarray(probs, dtype=np.float64).reshape(-1)[:k]
+            token = self._draw(ids[:k], probs / probs.sum())
+        self._record(token)
+        return Choice(token)
+
     def _bias(self, x: np.ndarray) -> None:
         ids = np.fromiter((t for t, _ in self.p.logit_bias), dtype=np.int64)
         keep = ids < x.size
@@ -108,20 +166,35 @@ class Sampler:
         p = self.p
         k = p.top_k if p.top_k and p.top_k > 0 else x.size
         if k < x.size:
-            cand = np.argpartition(-x, k - 1)[:k]
-            cand = cand[np.argsort(-x[cand], kind="stable")]  # most likely first
+            cand = _top_k(x, k)
             probs = _softmax(x[cand])
         elif p.top_p < 1.0:
             cand, probs = _nucleus_head(x, p.top_p)
         else:  # nothing to cut: no order needed (sorting 152k logits cost ~20 ms a token)
             return int(self.rng.choice(x.size, p=_softmax(x)))
-        if p.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
+        return self._draw(cand, probs)
+
+    def _draw(self, cand: np.ndarray, probs: np.ndarray) -> int:
+        """Top-p over candidates most likely first (the nucleus keeps the token that crosses
+        top_p), then one seeded draw."""
+        if self.p.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), self.p.top_p) + 1)
             cand, probs = cand[:keep], probs[:keep] / probs[:keep].sum()
         return int(cand[self.rng.choice(len(cand), p=probs)])
 
 
 _F32 = np.finfo(np.float32)
+
+
+def _top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """The `k` largest logits' ids, most likely first; equal logits in id order, and at the
+    cut the lowest ids among equal logits (what a stable sort keeps)."""
+    cand = np.argpartition(-x, k - 1)[:k]
+    edge = x[cand].min()
+    if np.count_nonzero(x >= edge) > k:  # logits equal to the k-th straddle the cut
+        above = np.flatnonzero(x > edge)
+        cand = np.concatenate([above, np.flatnonzero(x == edge)[: k - above.size]])
+    return cand[np.lexsort((cand, -x[cand]))]
 
 
 def _nucleus_head(x: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,9 @@ penalties, seed, logprobs and the grammar's token mask (constrained decoding) ar
 slot, so a slot's tokens do not depend on who else is in the batch (up to float
 summation order in the engine).  A slot's `steer` (`engine/steering.py`) may force its
 next token (a spent thinking budget closes the thinking) or end it (the loop guard); a
-grammar's mask waits while the slot is still thinking.
+grammar's mask waits while the slot is still thinking. On an engine with device heads, a request whose draws
+the heads reproduce (`sampling.device_plan`) gets its candidates from the device instead
+of the full logits (`Engine.plan_slot` before its prefill; `Sampler.draw`).
 
 Results go back through each request's `deliver` callback (thread-safe, set by the
 runner): a `Generated` per token, `None` when the sequence ended without a final token
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .base import Engine, Prompt, StepOutput
-from .sampling import Choice, Sampler, SamplingParams
+from .sampling import Choice, Sampler, SamplingParams, device_plan
 from .speculative import Drafter
 
 if TYPE_CHECKING:
@@ -171,6 +173,7 @@ class BatchScheduler:
                 req.speculating = True
             t0 = time.perf_counter()
             try:
+                self.engine.plan_slot(slot.index, self._device_plan(req))
                 out = self.engine.prefill_slot(slot.index, req.prompt)
             except Exception as e:  # that request fails (its greenlet logs it); the others go on
                 self._forget(slot)
@@ -188,6 +191,13 @@ class BatchScheduler:
                     self._end(slot, e)
                     continue
             self._emit(slot, out)
+
+    def _device_plan(self, req: SlotRequest):
+        """The device heads choose this request's tokens when the engine has them and they
+        give the host's draws (sampling.device_plan); else the logits come to the host (a
+        speculating slot's verify steps give logits per row)."""
+        n = self.engine.capabilities.device_candidates
+        return device_plan(req.params, req.constrain is not None, n) if n and not req.speculating else None
 
     def _pick(self, free: list[Slot], req: SlotRequest) -> Slot:
         """The free slot whose kept tokens share the longest prefix with the prompt (the
@@ -305,6 +315,8 @@ class BatchScheduler:
                 mask.accept(choice.token_id)
             elif out.logits is not None:
                 choice = sampler.choose(out.logits)
+            elif out.candidates is not None:  # a device head's, for a slot with a device plan
+                choice = sampler.draw(*out.candidates)
             else:  # the device chose (greedy-only engines)
                 assert out.token_id is not None
                 choice = Choice(out.token_id)

@@ -108,7 +108,8 @@ def test_limits_and_capabilities_come_from_the_bmodel(bm_engine):
     assert rt.vit_outputs == 3  # merger + 2 deepstack taps
     assert {"greedy_head", "sample_head"} <= set(rt.networks)
     assert rt.has_greedy_head and rt.has_sample_head and rt.sample_candidates == 50
-    assert not bm_engine.device_heads  # minutes per call on the simulator: host sampling instead
+    # minutes per head call on the simulator: `--device-sampling auto` samples on the host there
+    assert bm_engine.device_sampling is False and bm_engine.capabilities.device_candidates == 0
 
 
 # ---- generation ----

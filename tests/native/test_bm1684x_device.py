@@ -46,9 +46,9 @@ def test_nan_in_the_kv_cache_never_reaches_the_logits(native_module, bm_engine, 
     assert step["launches"] == rt.num_layers + 2, step
     assert step["d2d_copies"] == 0 and step["memsets"] == 0, step
     assert step["syncs"] == 1, step
-    # token id + positions + the one newly opened mask slot; the first step after a
-    # prefill uploads the whole mask once
-    assert step["s2d_copies"] == 3 and step["s2d_bytes"] == 4 + 12 + 2, step
+    # token id + positions + the aligned 64-byte piece of the mask holding the newly opened
+    # slot; the first step after a prefill uploads the whole mask once
+    assert step["s2d_copies"] == 3 and step["s2d_bytes"] == 4 + 12 + 64, step
     assert first_step["s2d_bytes"] == 4 + 12 + 2 * (rt.seq_len + 1), first_step
     assert step["d2s_bytes"] == rt.vocab_size * 4, step  # the logits, for host sampling
 
@@ -71,3 +71,33 @@ def test_vision_stays_on_the_device(bm_engine, tiny_bmodel_dir):
     inputs = P * dim * 4 + P * 2 * 4 + P * 4 * 4 + P * 4 * 4  # pixels, ids, pos_idx, weights; no mask
     prompt_side = rt.max_input_length * 4 + 3 * rt.max_input_length * 4  # ids, positions
     assert d["s2d_bytes"] == inputs + prompt_side, d
+
+
+def test_rows_a_longer_sequence_left_are_not_zeroed(native_module, tiny_bmodel_dynamic_dir):
+    """A prefill leaves the rows past its prompt as an earlier, longer sequence wrote them
+    (finite K/V the decode mask closes): no memsets, and the same logits as on a zeroed
+    cache.  The dynamic build writes only the prompt's rows, so those rows stay stale."""
+    from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
+    from qwen3vl_app.prompt.template import build_prompt
+    from tests.native.test_bm1684x import _tokenizer
+
+    eng = BM1684XEngine(tiny_bmodel_dynamic_dir)
+    try:
+        rt = eng.rt
+        short = _text_prompt(tiny_bmodel_dynamic_dir)
+        story = "Hello! Who are you? Tell me a long story about the sea, the wind and the ships."
+        long = build_prompt(_tokenizer(tiny_bmodel_dynamic_dir), [{"role": "user", "content": story}])
+        assert len(long.input_ids) > len(short.input_ids) + 8
+        eng.prefill_slot(0, long)
+        eng.decode_batch({0: 1})
+        before = rt.counters()
+        first = eng.prefill_slot(0, short).logits
+        assert _delta(rt.counters(), before)["memsets"] == 0
+        token = int(np.argmax(first))
+        over_stale = eng.decode_batch({0: token})[0].logits
+
+        rt.reset()  # every row zero
+        np.testing.assert_array_equal(eng.prefill_slot(0, short).logits, first)
+        np.testing.assert_array_equal(eng.decode_batch({0: token})[0].logits, over_stale)
+    finally:
+        eng.close()

@@ -99,3 +99,57 @@ def test_untruncated_sampling_follows_the_distribution():
     s = Sampler(SamplingParams(temperature=1.0, top_p=1.0, seed=11), [])
     counts = np.bincount([s.choose(x).token_id for _ in range(4000)], minlength=4) / 4000
     np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+# ---- device heads: which requests they serve, and the host's draw among their candidates ----
+
+
+def test_device_plan_takes_only_requests_the_heads_serve_exactly():
+    from qwen3vl_app.engine.sampling import DevicePlan, device_plan
+
+    base = SamplingParams(temperature=0.7, top_k=20, top_p=0.8)
+    assert device_plan(base, False, 50) == DevicePlan(greedy=False, temperature=0.7, top_k=20)
+    assert device_plan(SamplingParams(temperature=0), False, 50) == DevicePlan(greedy=True)
+    assert device_plan(SamplingParams(temperature=0, repetition_penalty=1.2), False, 50) == DevicePlan(
+        greedy=True, repetition_penalty=1.2
+    )
+    assert device_plan(base, False, 0) is None  # no heads
+    assert device_plan(base, True, 50) is None  # a grammar needs the full logits
+    for host_only in (
+        {"top_k": 0},  # the full vocabulary
+        {"top_k": 51},  # wider than the head
+        {"logprobs": True},
+        {"logit_bias": ((5, 1.0),)},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 0.5},
+        {"repetition_penalty": 1e-3},  # overflows float32 on the device
+    ):
+        assert device_plan(SamplingParams(**{**base.__dict__, **host_only}), False, 50) is None, host_only
+
+
+def _device_candidates(x, params, prompt):
+    """What sample_head computes: penalty, then the top-k of the logits (most likely first,
+    equal logits in id order) divided by the temperature, softmaxed (float32)."""
+    s = Sampler(params, prompt)
+    y = x.copy()
+    s._penalise(y)
+    order = np.lexsort((np.arange(y.size), -y))[: params.top_k]
+    z = (y[order] / np.float32(params.temperature)).astype(np.float32)
+    e = np.exp(z - z.max())
+    return (e / e.sum()).astype(np.float32), order.astype(np.int32)
+
+
+def test_draw_among_candidates_is_the_draw_from_the_logits():
+    x = np.round(logits(5000, seed=3) * 8) / 8  # bf16-like logits: many equal values
+    prompt = [int(i) for i in np.argsort(-x)[:6:2]]  # some of the likeliest tokens are penalised
+    for seed in range(200):
+        params = SamplingParams(temperature=0.8, top_k=17, top_p=0.7, repetition_penalty=1.3, seed=seed)
+        probs, ids = _device_candidates(x, params, prompt)
+        host, dev = Sampler(params, prompt), Sampler(params, prompt)
+        assert dev.draw(probs, ids).token_id == host.choose(x).token_id, seed
+
+
+def test_top_k_keeps_the_lowest_ids_among_equal_logits_at_its_edge():
+    x = np.array([0.0, 2.0, 1.0, 1.0, 1.0, 3.0, 1.0], dtype=np.float32)
+    s = Sampler(SamplingParams(temperature=1e3, top_k=4, seed=0), [])
+    assert {s.choose(x).token_id for _ in range(300)} == {5, 1, 2, 3}

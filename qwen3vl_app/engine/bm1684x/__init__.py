@@ -14,6 +14,14 @@ from ..base import Engine, EngineSpec, ModelFolderError
 @dataclass(frozen=True)
 class BM1684XSettings:
     devid: int = opt(0, ("-d", "--devid"), "TPU device id")
+    device_sampling: str = opt(
+        "auto",
+        ("--device-sampling",),
+        "choose tokens with the bmodel's sampling heads (--do_sample builds) for the requests they serve exactly "
+        "(greedy, or top_k 1-50 with at most a repetition penalty; docs/sampling-on-device.md): "
+        "auto = on on a box, off on the cmodel simulator (minutes per head call); off = always host sampling",
+        choices=("auto", "on", "off"),
+    )
 
 
 def _claims(model_dir: Path) -> bool:
@@ -27,7 +35,12 @@ def _claims(model_dir: Path) -> bool:
 def _load(model_dir: Path, options: BM1684XSettings, settings: Any) -> Engine:
     from .engine import BM1684XEngine
 
-    return BM1684XEngine(model_dir, devid=options.devid, vision_cache_mb=settings.vision_cache_mb)
+    return BM1684XEngine(
+        model_dir,
+        devid=options.devid,
+        vision_cache_mb=settings.vision_cache_mb,
+        device_sampling=options.device_sampling,
+    )
 
 
 SPEC = EngineSpec("bm1684x", BM1684XSettings, _claims, _load)

@@ -14,6 +14,12 @@ Bmodels compiled with `--speculative K` (scripts/llm_convert_patched.py) also ca
 nets: one step checks the next token and up to K draft tokens (`verify_batch` /
 `commit_slot`, single-sequence builds; docs/speculative.md).
 
+Bmodels compiled with `--do_sample` carry sampling heads over the logits (`greedy_head`,
+`sample_head`).  With `--device-sampling` on (the default on a box), a request they serve
+exactly (`sampling.device_plan`: greedy, or top-k within the head's 50 with at most a
+repetition penalty) ends each step on the device: the host reads a few candidates instead
+of the whole vocabulary's logits and draws among them (docs/sampling-on-device.md).
+
 The module is built by `make native` (sim mode links the BM1684X cmodel simulator from
 the tpu-mlir wheel; box mode links libsophon on the SE7).  Calls into it release the
 GIL; one engine (one device handle) is driven by one thread.
@@ -32,6 +38,7 @@ import numpy as np
 from ...model_constants import IMAGE_PAD, VIDEO_PAD
 from ..base import Capabilities, Engine, Limits, Prompt, StepOutput
 from ..reuse import CachedSequence, VisionCache, VisionSpan, reusable_prefix, scoped_vision_key, vision_spans
+from ..sampling import DevicePlan
 from . import memory
 from .vit_inputs import VitCall, vit_calls
 
@@ -105,7 +112,7 @@ def find_bmodel(model_dir: Path) -> Path:
 class BM1684XEngine(Engine):
     name = "bm1684x"
 
-    def __init__(self, model_dir: Path | str, devid: int = 0, vision_cache_mb: int = 0):
+    def __init__(self, model_dir: Path | str, devid: int = 0, vision_cache_mb: int = 0, device_sampling: str = "auto"):
         self.model_dir = Path(model_dir)
         self.bmodel = find_bmodel(self.model_dir)
         native = load_native()
@@ -143,10 +150,16 @@ class BM1684XEngine(Engine):
         self.verify_rows = int(getattr(rt, "verify_rows", 0)) if self.max_batch == 1 else 0
         if self.verify_rows:
             self.max_draft = self.verify_rows - 1
+        self.device_sampling = self._device_sampling(device_sampling, native.build_mode)
         self.capabilities = Capabilities(
-            logits=bool(rt.lm_head_logits), prefix_cache=self.history_kv, verify=self.verify_rows > 0
+            logits=bool(rt.lm_head_logits),
+            prefix_cache=self.history_kv,
+            verify=self.verify_rows > 0,
+            device_candidates=int(rt.sample_candidates) if self.device_sampling else 0,
         )
         self._verified = 0  # tokens fed by the verify step awaiting its commit
+        self._plans: dict[int, DevicePlan | None] = {}  # each slot's device plan (plan_slot)
+        self._head: tuple | None = None  # the head the runtime runs now (set_head's arguments)
         self._held: CachedSequence | None = None  # history-KV builds: tokens whose K/V the cache holds
         self._slot_pos: dict[int, int] = {}  # each prefilled slot's next position
         # vit output rows per media item, kept on the host (bf16: 2 bytes per value)
@@ -164,6 +177,49 @@ class BM1684XEngine(Engine):
             rt.vit_patches,
             "logits" if rt.lm_head_logits else "token id",
         )
+        self._log_stage_inputs()
+        if rt.has_sample_head:
+            log.info(
+                "device sampling heads (greedy_head, sample_head: top %d): %s",
+                rt.sample_candidates,
+                "used for requests they serve exactly" if self.device_sampling else f"off ({device_sampling})",
+            )
+
+    def _log_stage_inputs(self) -> None:
+        """Where each block_cache stage reads its inputs (read at load).  The vendor runtime
+        gives each stage its own I/O memory unless the build shares it; a stage handed the
+        KV cache anywhere else than its own history buffers has it copied there first."""
+        rt = self.rt
+        for si in rt.stage_inputs:
+            log.debug(
+                "%s stage %d (KV %d rows): inputs at %s, %s bytes",
+                si["net"],
+                si["stage"],
+                si["kv_len"],
+                " ".join(hex(a) for a in si["addr"]),
+                si["bytes"],
+            )
+        first = [si for si in rt.stage_inputs if si["net"] == "block_cache_0"]
+        where = ", ".join(f"{si['kv_len']} rows: K {si['addr'][3]:#x} V {si['addr'][4]:#x}" for si in first)
+        if rt.kv_stages_shared:
+            log.info("block_cache stages share their history K/V buffers (layer 0: %s)", where)
+        else:
+            log.warning(
+                "block_cache stages read history K/V at different addresses (layer 0: %s): a stage smaller than "
+                "SEQLEN gets the cache copied into its own buffers at each launch",
+                where,
+            )
+
+    def _device_sampling(self, setting: str, build_mode: str) -> bool:
+        """Whether requests may use the device heads: `auto` is on on a box and off on the
+        cmodel simulator, where each sort-based head takes minutes per call."""
+        if setting not in ("auto", "on", "off"):
+            raise ValueError(f"device_sampling must be auto, on or off, not {setting!r}")
+        rt = self.rt
+        usable = bool(rt.has_greedy_head and rt.has_sample_head) and self.max_batch == 1
+        if setting == "on" and not usable:
+            log.warning("--device-sampling on: this bmodel has no device sampling heads usable here; host sampling")
+        return usable and (setting == "on" or (setting == "auto" and build_mode != "sim"))
 
     def _read_config(self) -> dict:
         for path in (self.model_dir / "config" / "config.json", self.model_dir / "config.json"):
@@ -233,6 +289,29 @@ class BM1684XEngine(Engine):
         if self.max_batch == 1:
             self._held = None
 
+    def plan_slot(self, slot: int, plan: DevicePlan | None) -> None:
+        self._check_slot(slot)
+        if plan is not None and not self.capabilities.device_candidates:
+            raise ValueError("this engine runs no device sampling heads")
+        self._plans[slot] = plan
+
+    def _set_head(self, plan: DevicePlan | None, history: list[int]) -> None:
+        """Before a prefill: the runtime ends the sequence's steps as the slot's plan says."""
+        if plan is None:
+            head: tuple = ("logits",)
+        elif plan.greedy and plan.repetition_penalty == 1.0:
+            head = ("greedy",)
+        else:  # greedy with a penalty: sample_head's top-1
+            head = ("sample", plan.repetition_penalty, 1.0 if plan.greedy else plan.temperature, plan.top_k)
+        if head == self._head and (head[0] != "sample" or head[1] == 1.0):
+            return  # already set; the ids matter only to a penalty
+        self._head = None
+        if head[0] == "sample":
+            self.rt.set_head("sample", np.asarray(history, dtype=np.int32), *head[1:])
+        else:
+            self.rt.set_head(head[0])
+        self._head = head
+
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.max_batch:
             raise ValueError(f"slot {slot} out of range: this bmodel runs {self.max_batch} sequence(s)")
@@ -244,6 +323,8 @@ class BM1684XEngine(Engine):
         keep = reusable_prefix(self._held, prompt, spans) if self.history_kv else 0
         self._held = None  # until this prefill succeeds
         self._slot_pos.pop(0, None)
+        if self.capabilities.device_candidates:
+            self._set_head(self._plans.get(0), prompt.input_ids)
         args, misses = self._prefill_args(_after(prompt, spans, keep))
         out = self.rt.prefill(*args, keep=keep)
         self._remember_vision(args[3], misses)
@@ -265,41 +346,6 @@ class BM1684XEngine(Engine):
         if rt is not None:
             rt.close()
 
-    # ---- device-side heads (optional; real hardware only) ----
-    # `--do_sample` builds carry `greedy_head` and `sample_head`, which pick the next token
-    # on the TPU from the logits the last step left there.  The shared generation code
-    # samples on the host from `StepOutput.logits` (identical results, works everywhere);
-    # these are for a box where the host CPU is the bottleneck.  On the cmodel simulator
-    # each call takes minutes (its sort engine is simulated): never use them there.
-
-    @property
-    def device_heads(self) -> bool:
-        return bool(self.rt.has_greedy_head and self.rt.has_sample_head) and not self.device.endswith("(cmodel)")
-
-    def device_greedy(self) -> int:
-        """Token id chosen by `greedy_head` from the last step's logits."""
-        return int(self.rt.greedy_last())
-
-    def device_sample_candidates(
-        self,
-        history: list[int],
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 50,
-        repetition_penalty: float = 1.0,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`sample_head` over the last step's logits: (probabilities, token ids) of up to
-        `rt.sample_candidates` candidates, after penalty, temperature, top-k and top-p;
-        draw one with the request's RNG."""
-        k = max(1, min(int(top_k) if top_k and top_k > 0 else self.rt.sample_candidates, self.rt.sample_candidates))
-        return self.rt.sample_last(
-            np.asarray(history, dtype=np.int32),
-            float(repetition_penalty),
-            float(max(temperature, 1e-5)),
-            k,
-            float(top_p),
-        )
-
     def timings(self) -> dict:
         """Per network: (calls, total ms) since load."""
         return self.rt.timings()
@@ -311,10 +357,16 @@ class BM1684XEngine(Engine):
 
     # ---- helpers ----
 
-    @staticmethod
-    def _step(out, cached_tokens: int = 0) -> StepOutput:
+    def _step(self, out, cached_tokens: int = 0) -> StepOutput:
         if isinstance(out, int):
             return StepOutput(token_id=out, cached_tokens=cached_tokens)
+        if isinstance(out, tuple):
+            probs, ids = out
+            if ids.size and np.isfinite(probs).all() and probs.sum() > 0:
+                return StepOutput(candidates=(probs, ids), cached_tokens=cached_tokens)
+            # the head overflowed (extreme settings): the logits are still on the device
+            log.warning("device sampling head gave no usable candidates; sampling this token on the host")
+            return StepOutput(logits=self.rt.last_logits(), cached_tokens=cached_tokens)
         return StepOutput(logits=out, cached_tokens=cached_tokens)
 
     def _prefill_args(self, prompt: Prompt):
