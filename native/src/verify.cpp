@@ -18,10 +18,7 @@ namespace {
 
 }  // namespace
 
-void SingleLayout::advance(int rows) {
-  token_length_ += rows;
-  p_.kv.set_dirty_rows(std::max(p_.kv.dirty_rows(), token_length_));
-}
+void SingleLayout::advance(int rows) { token_length_ += rows; }  // rows written, so finite (KvCache)
 
 bool Verifier::available(const Device& dev) { return dev.has("block_verify_0"); }
 
@@ -123,7 +120,6 @@ std::vector<StepResult> Verifier::verify(const std::vector<int32_t>& tokens, int
     dev.launch(b, in, 5, out, 3);
     cur = 1 - cur;
   }
-  if (!pending_) p_.kv.set_dirty_rows(std::max(p_.kv.dirty_rows(), len + R));
   {
     bm_tensor_t in = tensor(hid_[cur], lm_.in_dtype(0), lm_.in_shape(0));
     bm_tensor_t out = tensor(logits_, lm_.out_dtype(0), lm_.out_shape(0));
@@ -156,7 +152,6 @@ void Verifier::commit(int keep) {
       p_.dev.d2d(p_.kv.k(l), at, pend_k_[static_cast<size_t>(l)], 0, bytes);
       p_.dev.d2d(p_.kv.v(l), at, pend_v_[static_cast<size_t>(l)], 0, bytes);
     }
-    p_.kv.set_dirty_rows(std::max(p_.kv.dirty_rows(), base_ + keep));
   }
   base_ = -1;
   layout_.advance(keep);
