@@ -27,7 +27,7 @@ from .test_bm1684x import _text_prompt
 
 pytestmark = pytest.mark.bm1684x
 
-STEPS = int(os.environ.get("QWEN3VL_LM_HEAD_STEPS", "12"))
+STEPS = int(os.environ.get("QWEN3VL_LM_HEAD_STEPS", "8"))
 # Floors for the random tiny model (see test_quantised_heads_agree_with_bf16).
 FLOOR = {"w8": 0.9, "w4": 0.75}
 
