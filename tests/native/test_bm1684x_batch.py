@@ -94,6 +94,11 @@ def test_slots_decode_together_as_alone_and_as_transformers(b4_engine, bm_engine
     alone = eng.decode_batch({3: ref_t[0]})[3].logits
     np.testing.assert_array_equal(alone, together[0])
 
+    # slot 0 prefilled again, alone
+    out = eng.prefill_slot(0, text)
+    _assert_close(out.logits, ref_t_logits[0], "prefill of slot 0")
+    assert eng.rt.slot_lengths[0] == L_t
+
     # bit-identical to the batch-1 build fed the same sequences.  Known open (issue 21):
     # since the round-3 merges this comparison differs inside the suite, while the same
     # prompts on freshly opened engines give identical prefill logits (checked by hand);
@@ -102,11 +107,6 @@ def test_slots_decode_together_as_alone_and_as_transformers(b4_engine, bm_engine
         for step, (a, b) in enumerate(zip(_batch1_logits(bm_engine, prompt, ref[:3]), got, strict=True)):
             if not np.array_equal(a, b):
                 pytest.xfail(f"{name} step {step}: batch-4 build differs from batch 1 by {np.abs(a - b).max():.4g}")
-
-    # slot 0 prefilled again, alone
-    out = eng.prefill_slot(0, text)
-    _assert_close(out.logits, ref_t_logits[0], "prefill of slot 0")
-    assert eng.rt.slot_lengths[0] == L_t
 
 
 def test_server_batches_on_a_batch_bmodel(native_module, tiny_bmodel_b4_dir, tmp_path):
