@@ -44,6 +44,7 @@ struct ModelInfo {
   bool history_kv = false;
   std::vector<int> decode_stages;  // KV lengths of block_cache's stages, ascending
   std::vector<std::string> networks;
+  bool shares_memory = false;  // networks share one activation memory (BM_RUNTIME_SHARE_MEM)
 };
 
 // A read-only view of caller-owned memory (a numpy buffer kept alive by the bindings).
