@@ -175,6 +175,7 @@ PYBIND11_MODULE(qwen3vl_native, m) {
       .def_property_readonly("batch_heads", info_field<&ModelInfo::batch_heads>())
       .def_property_readonly("token_length", &Runtime::token_length)
       .def_property_readonly("networks", info_field<&ModelInfo::networks>())
+      .def_property_readonly("shares_memory", info_field<&ModelInfo::shares_memory>())
       .def_property_readonly("has_greedy_head", info_field<&ModelInfo::has_greedy_head>())
       .def_property_readonly("has_sample_head", info_field<&ModelInfo::has_sample_head>())
       .def_property_readonly("sample_candidates", info_field<&ModelInfo::sample_candidates>())

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 
 #include "half.h"
@@ -15,6 +16,14 @@ namespace {
 void check(bm_status_t st, const char* what) {
   if (st != BM_SUCCESS) throw std::runtime_error(std::string("bmlib: ") + what + " failed (" + std::to_string(st) + ")");
 }
+
+// bmrt's BM_RUNTIME_SHARE_MEM shares activation memory beyond one runtime: a second
+// bmodel loaded with it while another runtime is open re-lays that memory under the first
+// (measured on the simulator: the first's logits came out wrong).  So only a runtime opened
+// alone in the process shares; one opened beside another keeps its own (more device
+// memory, still correct).  Serving opens one per worker process.
+std::mutex open_mu;
+int open_runtimes = 0;
 
 }  // namespace
 
@@ -146,9 +155,15 @@ void Device::open(const std::string& bmodel_path, int devid) {
   check(bm_dev_request(&handle_, devid), "bm_dev_request");
   rt_ = bmrt_create(handle_);
   if (!rt_) throw std::runtime_error("bmrt_create failed");
-  // as the vendor's demos run: one activation memory shared by all networks (they run one
-  // at a time), instead of one per network
-  bmrt_set_flags(rt_, BM_RUNTIME_SHARE_MEM);
+  {
+    std::lock_guard<std::mutex> g(open_mu);
+    // as the vendor's demos run: one activation memory shared by all networks (they run one
+    // at a time), instead of one per network, unless another runtime is open (see open_mu)
+    shares_memory_ = open_runtimes == 0;
+    if (shares_memory_) bmrt_set_flags(rt_, BM_RUNTIME_SHARE_MEM);
+    open_runtimes++;
+    counted_ = true;
+  }
   if (!bmrt_load_bmodel(rt_, bmodel_path.c_str())) throw std::runtime_error("cannot load bmodel " + bmodel_path);
   const char** names = nullptr;
   bmrt_get_network_names(rt_, &names);
@@ -165,6 +180,11 @@ void Device::close() {
   if (rt_) {
     bmrt_destroy(rt_);
     rt_ = nullptr;
+  }
+  if (counted_) {
+    std::lock_guard<std::mutex> g(open_mu);
+    open_runtimes--;
+    counted_ = false;
   }
   if (handle_) {
     bm_dev_free(handle_);

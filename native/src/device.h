@@ -95,7 +95,8 @@ class DeviceStats {
 class Device {
  public:
   // Opens device `devid` and loads the bmodel (networks share one activation memory, as
-  // the vendor's demos run them).  Releases what it took when it throws.
+  // the vendor's demos run them, when no other runtime is open in the process: see
+  // device.cpp).  Releases what it took when it throws.
   Device(const std::string& bmodel_path, int devid, DeviceStats& stats);
   ~Device();
   Device(const Device&) = delete;
@@ -105,6 +106,7 @@ class Device {
   void close();
 
   const std::vector<std::string>& networks() const { return networks_; }
+  bool shares_memory() const { return shares_memory_; }
   bool has(const std::string& name) const;
   // The network's info; an absent Net (or an error when `required`) if there is none.
   Net net(const std::string& name, bool required) const;
@@ -121,6 +123,8 @@ class Device {
  private:
   DeviceStats& stats_;
   bm_handle_t handle_ = nullptr;
+  bool shares_memory_ = false;  // loaded with BM_RUNTIME_SHARE_MEM
+  bool counted_ = false;        // in open_runtimes
   void* rt_ = nullptr;
   std::vector<bm_device_mem_t> owned_;
   std::vector<std::string> networks_;

@@ -32,6 +32,7 @@ std::string dims_of(const Net& n, bool inputs) {
 
 Model::Model(const Device& dev, const std::string& bmodel_path) : path(bmodel_path) {
   info.networks = dev.networks();
+  info.shares_memory = dev.shares_memory();
   read(dev);
 }
 

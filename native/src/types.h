@@ -59,6 +59,7 @@ struct ModelInfo {
   // the cache; else each stage's own buffers hold the rows while that stage runs
   std::vector<StageInputs> stage_inputs;
   bool kv_stages_shared = true;
+  bool shares_memory = false;  // networks share one activation memory (BM_RUNTIME_SHARE_MEM)
 };
 
 // A read-only view of caller-owned memory (a numpy buffer kept alive by the bindings).

@@ -567,6 +567,19 @@ def fresh_frame(reader: CameraReader, param: str | None = None, max_age: float |
         reader.touch()  # a thread that was just ending for idleness starts again
 
 
+def _next_frame(reader: CameraReader, after_seq: int, param: str | None) -> Frame:
+    """The first frame after `after_seq`, waiting at most the read timeout."""
+    since = time.monotonic()
+    while True:
+        reader.touch()
+        new = reader.since(after_seq)
+        if new:
+            return new[0]
+        if not reader.running or time.monotonic() - since > reader.config.read_timeout:
+            raise _unavailable(reader, param, "stopped sending frames")
+        _sleep(POLL)
+
+
 def record_clip(
     reader: CameraReader,
     duration: float,
@@ -580,7 +593,10 @@ def record_clip(
     (the frames kept are then the transformed ones).  A stall of the read timeout, a
     reconnect or a resolution change mid-clip is a CameraError naming the camera."""
     keep = transform or (lambda image: image)
+    asked = time.time()
     first = fresh_frame(reader, param, max_age=1.0)
+    if first.ts < asked:  # the clip starts with the first frame captured after the ask
+        first = _next_frame(reader, first.seq, param)
     want = max(2, min(int(round(duration * fps)), max_frames))
     step = 1.0 / fps
     frames = [replace(first, image=keep(first.image))]

@@ -38,7 +38,7 @@ def _bmodel(folder):
 
 def _model_tool_weight(bmodel) -> int | None:
     """`weight:` of `model_tool --info` (the vendor's tool, in the converter's venv)."""
-    from qwen3vl_app.tiny_model import cache_root
+    from qwen3vl_app.devtools.tiny_model import cache_root
 
     tools = glob.glob(str(cache_root() / "tpu-mlir-venv-*/lib/python3.10/site-packages/tpu_mlir/bin/model_tool"))
     if not tools:
