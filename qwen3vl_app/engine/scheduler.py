@@ -240,13 +240,8 @@ class BatchScheduler:
         except Exception as e:  # every slot of the step fails; each request's greenlet logs it
             self._fail(active, e)
             return
-        dt = time.perf_counter() - t0
-        self.steps += 1
-        self.slot_steps += len(active)
+        self._count_step(active, time.perf_counter() - t0)
         for slot in active:
-            assert slot.request is not None
-            slot.request.engine_seconds += dt
-            slot.request.steps += 1
             slot.tokens.append(slot.next_token)
             self._emit(slot, outs[slot.index])
 
@@ -265,14 +260,10 @@ class BatchScheduler:
         except Exception as e:
             self._fail(active, e)
             return
-        dt = time.perf_counter() - t0
-        self.steps += 1
-        self.slot_steps += len(active)
+        self._count_step(active, time.perf_counter() - t0)
         for slot in active:
             req = slot.request
             assert req is not None
-            req.engine_seconds += dt
-            req.steps += 1
             fed, draft = feeds[slot.index], drafts.get(slot.index, [])
             kept, accepted = 0, 0
             for i, out in enumerate(outs[slot.index]):
@@ -293,6 +284,15 @@ class BatchScheduler:
                 self._forget(slot)
                 if slot.request is not None:
                     self._end(slot, e)
+
+    def _count_step(self, active: list[Slot], seconds: float) -> None:
+        """One engine step done for these slots, taking `seconds`."""
+        self.steps += 1
+        self.slot_steps += len(active)
+        for slot in active:
+            assert slot.request is not None
+            slot.request.engine_seconds += seconds
+            slot.request.steps += 1
 
     def _fail(self, active: list[Slot], e: BaseException) -> None:
         for slot in active:
