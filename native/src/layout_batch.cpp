@@ -91,7 +91,7 @@ void BatchLayout::check_steps(const std::vector<SlotStep>& steps, std::vector<ch
 // the stepped slots' inserted rows are copied out.
 std::vector<StepResult> BatchLayout::decode_batch(const std::vector<SlotStep>& steps) {
   if (info_.batch_slot_kv) return decode_slots(steps);
-  const int batch = info_.batch, S = info_.seq_len;
+  const int S = info_.seq_len;
   std::vector<char> active;
   check_steps(steps, active);
   Device& dev = p_.dev;
@@ -101,17 +101,9 @@ std::vector<StepResult> BatchLayout::decode_batch(const std::vector<SlotStep>& s
   const bool kv_out = c0.info->output_num == 3;  // new K/V as outputs, else inserted at row SEQLEN-1
   const size_t state_row = static_cast<size_t>(info_.hidden_size) * dtype_size(c0.in_dtype(0));
   // embedding_cache is batch 1: one launch per stepped slot, into that slot's states row
-  std::vector<int32_t> ids(static_cast<size_t>(batch), 0);
-  std::vector<int32_t> pos(static_cast<size_t>(batch) * 3, 0);
-  std::vector<float> mask(static_cast<size_t>(batch) * S, kMaskValue);
-  for (int s = 0; s < batch; s++) mask[static_cast<size_t>(s + 1) * S - 1] = 0.0f;  // the inserted row
-  for (const SlotStep& st : steps) {
-    const size_t s = static_cast<size_t>(st.slot);
-    ids[s] = st.token;
-    for (int r = 0; r < 3; r++) pos[s * 3 + static_cast<size_t>(r)] = st.position;
-    std::fill(mask.begin() + static_cast<std::ptrdiff_t>(s * S),
-              mask.begin() + static_cast<std::ptrdiff_t>(s * S + static_cast<size_t>(slot_length_[s])), 0.0f);
-  }
+  std::vector<int32_t> ids, pos;
+  std::vector<float> mask;
+  step_inputs(steps, S, ids, pos, mask);  // the inserted row last
   dev.s2d(ids_, ids.data(), ids.size() * 4);
   for (const SlotStep& st : steps) {
     const size_t s = static_cast<size_t>(st.slot);
@@ -166,6 +158,24 @@ std::vector<StepResult> BatchLayout::decode_batch(const std::vector<SlotStep>& s
     slot_length_[s]++;
   }
   return results;
+}
+
+// A step's token and positions per slot (0 for slots not stepped), and its mask: `keys`
+// per slot, open over the slot's rows and its last key (the step's own row).
+void BatchLayout::step_inputs(const std::vector<SlotStep>& steps, int keys, std::vector<int32_t>& ids,
+                              std::vector<int32_t>& pos, std::vector<float>& mask) const {
+  const size_t batch = static_cast<size_t>(info_.batch), K = static_cast<size_t>(keys);
+  ids.assign(batch, 0);
+  pos.assign(batch * 3, 0);
+  mask.assign(batch * K, kMaskValue);
+  for (size_t s = 0; s < batch; s++) mask[(s + 1) * K - 1] = 0.0f;
+  for (const SlotStep& st : steps) {
+    const size_t s = static_cast<size_t>(st.slot);
+    ids[s] = st.token;
+    for (size_t r = 0; r < 3; r++) pos[s * 3 + r] = st.position;
+    std::fill(mask.begin() + static_cast<std::ptrdiff_t>(s * K),
+              mask.begin() + static_cast<std::ptrdiff_t>(s * K + static_cast<size_t>(slot_length_[s])), 0.0f);
+  }
 }
 
 // ---- "slots" builds: K/V written in place, embedding and lm_head once per step ----------
@@ -246,17 +256,9 @@ std::vector<StepResult> BatchLayout::decode_slots(const std::vector<SlotStep>& s
   const Net& c0 = m.caches[0];
   const size_t state_row = static_cast<size_t>(info_.hidden_size) * dtype_size(c0.in_dtype(0));
   const int M = S + 1;  // keys per slot: the history, then the new row
-  std::vector<int32_t> ids(static_cast<size_t>(batch), 0);
-  std::vector<int32_t> pos(static_cast<size_t>(batch) * 3, 0);
-  std::vector<float> mask(static_cast<size_t>(batch) * M, kMaskValue);
-  for (int s = 0; s < batch; s++) mask[static_cast<size_t>(s + 1) * M - 1] = 0.0f;  // the new row
-  for (const SlotStep& st : steps) {
-    const size_t s = static_cast<size_t>(st.slot);
-    ids[s] = st.token;
-    for (int r = 0; r < 3; r++) pos[s * 3 + static_cast<size_t>(r)] = st.position;
-    std::fill(mask.begin() + static_cast<std::ptrdiff_t>(s * M),
-              mask.begin() + static_cast<std::ptrdiff_t>(s * M + static_cast<size_t>(slot_length_[s])), 0.0f);
-  }
+  std::vector<int32_t> ids, pos;
+  std::vector<float> mask;
+  step_inputs(steps, M, ids, pos, mask);  // the new row last
   embed_step(steps, ids, state_row);
   dev.s2d(c0.in_mem(1), pos.data(), pos.size() * 4);
   const auto enc = encode_floats(mask.data(), mask.size(), c0.in_dtype(2));

@@ -114,6 +114,8 @@ class BatchLayout {
   bm_device_mem_t logits_{};
   void check_steps(const std::vector<SlotStep>& steps, std::vector<char>& active) const;
   void zero_slot_buffers();
+  void step_inputs(const std::vector<SlotStep>& steps, int keys, std::vector<int32_t>& ids, std::vector<int32_t>& pos,
+                   std::vector<float>& mask) const;
   void embed_step(const std::vector<SlotStep>& steps, const std::vector<int32_t>& ids, size_t state_row);
   std::vector<StepResult> heads_step(const std::vector<SlotStep>& steps, size_t state_row);
   std::vector<StepResult> decode_slots(const std::vector<SlotStep>& steps);
