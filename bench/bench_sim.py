@@ -241,7 +241,8 @@ def print_memory() -> None:
 def print_host_ms(folder) -> None:
     """Host work per token on the critical path, device time taken out (bench/host_cost.py):
     sampling from copied logits, greedy, and the device heads' host part."""
-    from bench.host_cost import draw_ms, host_ms_per_token
+    from host_cost import draw_ms, host_ms_per_token  # bench/ is the script's folder
+
     from qwen3vl_app.engine.bm1684x.engine import BM1684XEngine
     from qwen3vl_app.engine.sampling import SamplingParams
     from tests.native.test_bm1684x import _text_prompt

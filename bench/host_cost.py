@@ -1,6 +1,6 @@
 """Host milliseconds per generated token, the device's time taken out.
 
-    from bench.host_cost import host_ms_per_token
+    from host_cost import host_ms_per_token  # from a script in bench/
     host_ms_per_token(engine, prompt, SamplingParams(...), tokens=8)
 
 Runs one request through the real scheduler (engine/scheduler.py) on the engine and, for
