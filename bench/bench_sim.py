@@ -89,9 +89,7 @@ def measure(folder: Path, lm_head: str, steps: int) -> dict:
             )
         assert step is not None
         # the first step after a prefill uploads the whole decode mask once: report the last
-        return row(
-            "tiny", n, lm_head, "single" if n == 1 else "batch_now", "measured", step, statistics.median(host_ms)
-        )
+        return row("tiny", n, lm_head, "single" if n == 1 else "slots", "measured", step, statistics.median(host_ms))
     finally:
         engine.close()
 
@@ -145,7 +143,7 @@ def row(model: str, batch: int, lm_head: str, layout: str, source: str, c: cost.
 def modelled_rows() -> list[dict]:
     rows = []
     for name, shape in cost.SHAPES.items():
-        for layout, batch in (("single", 1), ("batch_now", 4), ("batch_fused", 4)):
+        for layout, batch in (("single", 1), ("concat", 4), ("slots", 4)):
             for head in cost.LM_HEAD_KINDS:
                 rows.append(
                     row(name, batch, head, layout, "modelled", cost.modelled_step(shape, batch, head, layout), None)
@@ -208,7 +206,7 @@ def summary(rows: list[dict]) -> None:
             one = get(model, 1, "bf16", "single")
         except StopIteration:
             continue
-        for layout in ("batch_now", "batch_fused"):
+        for layout in ("concat", "slots"):
             try:
                 r = get(model, 4, "bf16", layout)
             except StopIteration:

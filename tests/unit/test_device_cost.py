@@ -45,12 +45,12 @@ def test_lighter_heads_save_what_their_tables_save():
 
 def test_batch_layouts():
     one = cost.modelled_step(FOUR_B, 1, "bf16", "single")
-    now = cost.modelled_step(FOUR_B, 4, "bf16", "batch_now")
-    fused = cost.modelled_step(FOUR_B, 4, "bf16", "batch_fused")
-    assert now.d2d == 2 * 4 * 36 and now.launches == 4 + 36 + 4
-    assert fused.d2d == 0 and fused.launches == one.launches
-    assert fused.weight_bytes == one.weight_bytes + 3 * 2560 * 2  # weights once; 4 embedding rows
-    assert fused.bytes_read < 2 * one.bytes_read < now.bytes_read
+    concat = cost.modelled_step(FOUR_B, 4, "bf16", "concat")
+    slots = cost.modelled_step(FOUR_B, 4, "bf16", "slots")
+    assert concat.d2d == 2 * 4 * 36 and concat.launches == 4 + 36 + 4
+    assert slots.d2d == 0 and slots.launches == one.launches
+    assert slots.weight_bytes == one.weight_bytes + 3 * 2560 * 2  # weights once; 4 embedding rows
+    assert slots.bytes_read < 2 * one.bytes_read < concat.bytes_read
 
 
 def test_measured_step_is_driven_by_the_nets_launched():

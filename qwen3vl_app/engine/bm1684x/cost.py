@@ -187,14 +187,16 @@ SHAPES = {
 # the vendor's published decode speed on an SE7 (docs/operations.md, shared notes)
 VENDOR_TOK_S = {"2b": 18.0, "4b": 13.0}
 
-# Batch layouts modelled for the published shapes.
-#   single      batch-1 build (published): embedding_cache, L x block_cache, lm_head
-#   batch_now   today's batch-N converter build: block_cache over N slots, but embedding_cache
-#               and lm_head once per slot, a slice + concat that rewrites every slot's SEQLEN
-#               K/V rows per layer, and 2 d2d row copies per slot per layer
-#   batch_fused batch-N with a [N, H] lm_head and embedding and an in-place K/V row write:
-#               weights read once per step, each slot's KV rows read once, 0 d2d
-LAYOUTS = ("single", "batch_now", "batch_fused")
+# Batch layouts modelled for the published shapes (the names of scripts/llm_convert_patched.py's
+# --kv-layout and of make bench-sim's measured rows).
+#   single  batch-1 build (published): embedding_cache, L x block_cache, lm_head
+#   concat  the first batch-N workaround: block_cache over N slots, but embedding_cache and
+#           lm_head once per slot, a slice + concat that rewrites every slot's SEQLEN K/V
+#           rows per layer, and 2 d2d row copies per slot per layer
+#   slots   ours (the default batch-N build): a [N, H] lm_head and embedding and each slot's
+#           new K/V row written in place: weights read once per step, each slot's KV rows
+#           read once, 0 d2d
+LAYOUTS = ("single", "concat", "slots")
 
 
 def modelled_step(shape: ModelShape, batch: int, lm_head: str, layout: str, kv_rows: int | None = None) -> StepCost:
@@ -202,20 +204,20 @@ def modelled_step(shape: ModelShape, batch: int, lm_head: str, layout: str, kv_r
     `kv_rows` rows (default: SEQLEN, all the rows a single-stage build's decode reads)."""
     rows = shape.seq_len if kv_rows is None else kv_rows
     c = StepCost()
-    per_slot_nets = 1 if layout == "batch_fused" or batch == 1 else batch
+    per_slot_nets = 1 if layout == "slots" or batch == 1 else batch
     kv_layer = 2 * rows * shape.kv_row_bytes  # K and V history of one slot, one layer
     states = shape.hidden * 2
     mask = (rows + 1) * 2
     c.add("embedding_cache", shape.hidden * 2 * (batch if per_slot_nets == 1 else 1), 0, 4, per_slot_nets)
     for i in range(shape.layers):
         kv = batch * kv_layer
-        if layout == "batch_now":
+        if layout == "concat":
             kv *= 3  # the history read by the slice, the concat written, read again by attention
         io = batch * (2 * states + 12 + mask + 2 * shape.kv_row_bytes)
         c.add(f"block_cache_{i}", shape.block_weight_bytes(), kv, io)
     c.add("lm_head", shape.lm_head_bytes(lm_head), 0, states * (batch if per_slot_nets == 1 else 1) + 4, per_slot_nets)
-    c.syncs = per_slot_nets if layout != "batch_fused" else 1
-    c.d2d = 2 * batch * shape.layers if layout == "batch_now" else 0
+    c.syncs = per_slot_nets if layout != "slots" else 1
+    c.d2d = 2 * batch * shape.layers if layout == "concat" else 0
     c.bytes_read += c.d2d * 2 * shape.kv_row_bytes
     # host <-> device per slot: token id, 3 positions, the mask's new element, the token id back
     c.host_device_bytes = batch * (4 + 12 + 2 + 4)
