@@ -13,7 +13,7 @@ from . import transport
 from .admission import admitted
 from .auth import auth
 from .chat_schema import ChatCompletionChunkSchema, ChatCompletionRequestSchema, ChatCompletionSchema
-from .common import check_message_count, json_body, prepare, request_limit, value_budget
+from .common import load_messages_body
 from .models import check_served
 from .replies import ChunkEncoder, completion, finish_usage, new_completion_id
 from .routedoc import route_doc
@@ -67,11 +67,8 @@ HONOURED = serving.GENERATION_FIELDS | {
 @admitted  # a --max_concurrent admission ticket for the whole response, or 503 at once
 def chat_completions():
     state = current_app.extensions["qwen3vl"]
-    limit = request_limit(state)
-    body = json_body(value_budget(limit))
-    if isinstance(body.get("messages"), list):  # counted before anything walks them
-        check_message_count(len(body["messages"]), limit)
-    req: ChatRequest = prepare(ChatCompletionRequestSchema().load, body)
+    req: ChatRequest
+    body, req = load_messages_body(state, ChatCompletionRequestSchema())
     model = check_served(state, req.model)  # 404 for a model not served here
     gen = serving.start_chat(state, req, transport.caller())
     plan = gen.plan

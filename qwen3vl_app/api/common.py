@@ -18,6 +18,7 @@ import json
 import json.decoder
 import json.scanner
 import re
+from typing import Any
 
 from flask import request
 from marshmallow import Schema, fields
@@ -156,6 +157,17 @@ def check_message_count(count: int, limit: int | None, what: str = "messages") -
     without rendering anything."""
     if limit is not None and count > limit:
         raise context_overflow(limit, count, "messages", f"{count} {what} of one token or more each")
+
+
+def load_messages_body(state, schema: Schema) -> tuple[dict, Any]:
+    """The body of a route that takes chat `messages`, and what `schema` loads from it: its
+    JSON values and its message count are checked against this worker's prompt limit
+    before anything walks them."""
+    limit = request_limit(state)
+    body = json_body(value_budget(limit))
+    if isinstance(body.get("messages"), list):
+        check_message_count(len(body["messages"]), limit)
+    return body, prepare(schema.load, body)
 
 
 def prepare(fn, *args):

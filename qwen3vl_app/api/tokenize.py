@@ -9,7 +9,7 @@ from .. import tokenization
 from ..protocol import DetokenizeRequest, TokenizeRequest
 from .admission import admitted
 from .auth import auth
-from .common import check_message_count, json_body, prepare, request_limit, value_budget
+from .common import json_body, load_messages_body, prepare, request_limit, value_budget
 from .models import check_served
 from .routedoc import route_doc
 from .tokenize_schema import DetokenizeReplySchema, DetokenizeRequestSchema, TokenizeReplySchema, TokenizeRequestSchema
@@ -44,11 +44,8 @@ def _detokenize_doc(operation_id: str) -> route_doc:
 
 def _tokenize():
     state = current_app.extensions["qwen3vl"]
-    limit = request_limit(state)
-    body = json_body(value_budget(limit))
-    if isinstance(body.get("messages"), list):  # counted before anything walks them
-        check_message_count(len(body["messages"]), limit)
-    req: TokenizeRequest = prepare(TokenizeRequestSchema().load, body)
+    req: TokenizeRequest
+    _, req = load_messages_body(state, TokenizeRequestSchema())
     check_served(state, req.model)  # 404 for a model not served here
     return jsonify(tokenization.count_request(state, req))
 
